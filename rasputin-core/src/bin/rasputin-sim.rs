@@ -1,0 +1,180 @@
+//! rasputin-sim: runs the deterministic cluster simulator over many seeds,
+//! or the partial-connectivity experiment.
+
+use std::process::ExitCode;
+use std::time::Instant;
+
+use clap::Parser;
+use rasputin::consensus::{ElectionMode, Faults};
+use rasputin::sim::experiment::{self, Scenario};
+use rasputin::sim::{run_seed, NemesisKind, SeedReport, SimConfig};
+
+#[derive(Parser, Debug)]
+#[command(name = "rasputin-sim", about = "Deterministic simulation of a Rasputin cluster under faults")]
+struct Arguments {
+    /// How many seeds to run.
+    #[arg(long, default_value_t = 100)]
+    seeds: u64,
+    /// The first seed; seeds run from here upwards.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Cluster size.
+    #[arg(long, default_value_t = 3, value_parser = parse_nodes)]
+    nodes: usize,
+    /// Faults to inject: all, partition, partial, crash, pause, clock or none.
+    #[arg(long, default_value = "all", value_parser = parse_nemesis)]
+    nemesis: NemesisSet,
+    /// Leader election: harpoon, raft or raft-pv-cq.
+    #[arg(long, default_value = "harpoon", value_parser = parse_election)]
+    election: ElectionMode,
+    /// Print every event of the run (use with --seeds 1).
+    #[arg(long)]
+    trace: bool,
+    /// Run the partial-connectivity experiment instead, over --seeds seeds per cell.
+    #[arg(long)]
+    experiment: bool,
+    /// Clock rate error ε: each clock runs at a rate in [1 − ε, 1 + ε]. Defaults to within the drift bound.
+    #[arg(long)]
+    clock_epsilon: Option<f64>,
+    /// Build in a deliberate bug, to see the checks catch it: lease-without-margin or read-before-noop.
+    #[arg(long, value_parser = parse_bug)]
+    bug: Option<Faults>,
+    /// Worker threads; results are printed in seed order whatever this is.
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+}
+
+fn parse_nodes(text: &str) -> Result<usize, String> {
+    match text {
+        "3" => Ok(3),
+        "5" => Ok(5),
+        _ => Err(format!("--nodes must be 3 or 5, not {text}")),
+    }
+}
+
+#[derive(Clone, Debug)]
+struct NemesisSet(Vec<NemesisKind>);
+
+fn parse_nemesis(text: &str) -> Result<NemesisSet, String> {
+    NemesisKind::parse_set(text)
+        .map(NemesisSet)
+        .ok_or_else(|| format!("unknown nemesis {text}: use all, partition, partial, crash, pause, clock or none"))
+}
+
+fn parse_election(text: &str) -> Result<ElectionMode, String> {
+    ElectionMode::parse(text).ok_or_else(|| format!("unknown election mode {text}: use harpoon, raft or raft-pv-cq"))
+}
+
+fn parse_bug(text: &str) -> Result<Faults, String> {
+    match text {
+        "lease-without-margin" => Ok(Faults { lease_without_drift_margin: true, ..Faults::default() }),
+        "read-before-noop" => Ok(Faults { read_before_noop_commits: true, ..Faults::default() }),
+        _ => Err(format!("unknown bug {text}: use lease-without-margin or read-before-noop")),
+    }
+}
+
+fn main() -> ExitCode {
+    let arguments = Arguments::parse();
+    if arguments.experiment {
+        run_experiment(&arguments);
+        return ExitCode::SUCCESS;
+    }
+    let nemesis = arguments.nemesis.0.clone();
+    let mut config = SimConfig::new(arguments.nodes, arguments.election, nemesis);
+    config.record_trace = arguments.trace;
+    config.clock_epsilon = arguments.clock_epsilon.unwrap_or(config.clock_epsilon);
+    config.faults = arguments.bug.unwrap_or_default();
+    let started = Instant::now();
+    let seeds: Vec<u64> = (arguments.seed..arguments.seed + arguments.seeds).collect();
+    let reports = in_parallel(&seeds, arguments.threads, |&seed| run_seed(&config, seed));
+    let elapsed = started.elapsed().as_secs_f64();
+    let mut operations = 0;
+    let mut violations = 0;
+    let mut slowest_recovery_ns = 0;
+    for report in &reports {
+        operations += report.operations;
+        slowest_recovery_ns = slowest_recovery_ns.max(report.recovery_ns.unwrap_or(0));
+        if arguments.trace {
+            print!("{}", report.trace);
+            println!("faults: {:?}", report.faults);
+        }
+        if let Some(violation) = &report.violation {
+            violations += 1;
+            println!("FAIL seed={}: {violation}", report.seed);
+            println!("  replay: {}", replay_command(&arguments, report));
+        }
+    }
+    println!(
+        "seeds={} ops={operations} violations={violations} nodes={} election={} wall={elapsed:.1}s ops_per_wall_second={:.0} slowest_recovery_ms={}",
+        seeds.len(),
+        arguments.nodes,
+        arguments.election.name(),
+        operations as f64 / elapsed.max(1e-9),
+        slowest_recovery_ns / 1_000_000
+    );
+    if violations == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn replay_command(arguments: &Arguments, report: &SeedReport) -> String {
+    let nemesis: Vec<&str> = arguments.nemesis.0.iter().map(|kind| kind.name()).collect();
+    let nemesis = if nemesis.len() == NemesisKind::ALL.len() { "all".to_string() } else { nemesis.join(",") };
+    format!(
+        "cargo run --release -p rasputin --bin rasputin-sim -- --seeds 1 --seed {} --nodes {} --nemesis {} --election {}",
+        report.seed,
+        arguments.nodes,
+        if nemesis.is_empty() { "none" } else { &nemesis },
+        arguments.election.name()
+    )
+}
+
+/// Runs `work` over `items` on `threads` threads, returning results in item order.
+fn in_parallel<T: Sync, R: Send>(items: &[T], threads: usize, work: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    let threads = threads.max(1);
+    let mut slots: Vec<Option<R>> = (0..items.len()).map(|_| None).collect();
+    let chunks: Vec<_> = slots.chunks_mut(1).zip(items.iter()).collect();
+    let queue = std::sync::Mutex::new(chunks.into_iter());
+    let (queue, work) = (&queue, &work);
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(move || loop {
+                let next = queue.lock().expect("no worker panics while holding the queue").next();
+                let Some((slot, item)) = next else { break };
+                slot[0] = Some(work(item));
+            });
+        }
+    });
+    slots.into_iter().map(|slot| slot.expect("every item was processed")).collect()
+}
+
+fn run_experiment(arguments: &Arguments) {
+    let modes = [ElectionMode::Harpoon, ElectionMode::RaftPreVoteCheckQuorum, ElectionMode::Raft];
+    println!("| scenario | election | nodes | leader changes (mean, max) | write availability | longest outage (election timeouts) |");
+    println!("|---|---|---|---|---|---|");
+    for scenario in Scenario::ALL {
+        for mode in modes {
+            let seeds: Vec<u64> = (arguments.seed..arguments.seed + arguments.seeds).collect();
+            let outcomes = in_parallel(&seeds, arguments.threads, |&seed| experiment::run(scenario, mode, seed));
+            let errors: Vec<&String> = outcomes.iter().filter_map(|outcome| outcome.error.as_ref()).collect();
+            for error in &errors {
+                eprintln!("{} {}: {error}", scenario.label(), mode.name());
+            }
+            let count = outcomes.len() as f64;
+            let changes: f64 = outcomes.iter().map(|outcome| outcome.leader_changes as f64).sum::<f64>() / count;
+            let max_changes = outcomes.iter().map(|outcome| outcome.leader_changes).max().unwrap_or(0);
+            let availability: f64 = outcomes.iter().map(|outcome| outcome.write_availability).sum::<f64>() / count;
+            let outage: f64 =
+                outcomes.iter().map(|outcome| outcome.longest_outage_election_timeouts).sum::<f64>() / count;
+            println!(
+                "| {} | {} | {} | {changes:.1}, {max_changes} | {:.0}% | {outage:.1} |",
+                scenario.label(),
+                mode.name(),
+                scenario.nodes(),
+                availability * 100.0
+            );
+        }
+    }
+}

@@ -1,0 +1,199 @@
+//! Consensus configuration, validated before a node starts.
+
+use super::types::{Nanos, NodeId};
+use thiserror::Error;
+
+/// How leaders are chosen. Only `Harpoon` is meant for production; the Raft
+/// modes exist so that experiments can measure Harpoon against them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ElectionMode {
+    /// Lease-based, non-preempting leadership with pre-vote.
+    Harpoon,
+    /// Raft as published: no pre-vote, no check-quorum, ReadIndex reads.
+    Raft,
+    /// Raft with pre-vote and check-quorum (etcd's recommended setting).
+    RaftPreVoteCheckQuorum,
+}
+
+impl ElectionMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            ElectionMode::Harpoon => "harpoon",
+            ElectionMode::Raft => "raft",
+            ElectionMode::RaftPreVoteCheckQuorum => "raft-pv-cq",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<ElectionMode> {
+        [ElectionMode::Harpoon, ElectionMode::Raft, ElectionMode::RaftPreVoteCheckQuorum]
+            .into_iter()
+            .find(|mode| mode.name() == text)
+    }
+
+    pub fn uses_pre_vote(self) -> bool {
+        self != ElectionMode::Raft
+    }
+}
+
+/// Deliberate bugs, compiled in so that tests can show the simulator's
+/// checks catch them. Never set outside tests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Faults {
+    /// Serve lease reads for the full `lease_duration`, ignoring clock drift and the margin.
+    pub lease_without_drift_margin: bool,
+    /// Serve reads before the leader's no-op of its term has committed.
+    pub read_before_noop_commits: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub id: NodeId,
+    /// Every voting member, including `id`.
+    pub members: Vec<NodeId>,
+    pub mode: ElectionMode,
+    /// The base election timeout; each wait is drawn from [timeout, 2 × timeout).
+    pub election_timeout_ns: Nanos,
+    pub heartbeat_interval_ns: Nanos,
+    /// How long a vote or lease extension binds the voter, on the voter's clock.
+    pub lease_duration_ns: Nanos,
+    /// The largest relative rate difference between any two nodes' clocks, in [0, 0.5).
+    pub drift_bound: f64,
+    /// Subtracted from every lease to absorb scheduling delay and timer granularity.
+    pub lease_margin_ns: Nanos,
+    /// A follower whose oldest unacknowledged append is older than this is probed again.
+    pub retransmit_timeout_ns: Nanos,
+    pub faults: Faults,
+}
+
+#[derive(Debug, Error, PartialEq)]
+pub enum ConfigError {
+    #[error("node id {id} is not among the members {members:?}; list every member, this node included")]
+    NotAMember { id: NodeId, members: Vec<NodeId> },
+    #[error("member {0} is listed twice; list each member once")]
+    DuplicateMember(NodeId),
+    #[error("the lease ({lease_ns} ns) must be shorter than the election timeout ({election_ns} ns), or a follower could campaign while still bound to its leader")]
+    LeaseNotShorterThanElection { lease_ns: Nanos, election_ns: Nanos },
+    #[error("the heartbeat interval ({heartbeat_ns} ns) must be under a third of the lease ({lease_ns} ns) so that a leader renews before its lease runs out")]
+    HeartbeatTooSlow { heartbeat_ns: Nanos, lease_ns: Nanos },
+    #[error("drift_bound {0} must lie in [0, 0.5)")]
+    DriftBoundOutOfRange(f64),
+    #[error("the lease margin ({margin_ns} ns) leaves no usable lease out of {usable_ns} ns; shorten the margin or lengthen the lease")]
+    MarginTooLarge { margin_ns: Nanos, usable_ns: Nanos },
+    #[error("{name} must be greater than zero")]
+    Zero { name: &'static str },
+}
+
+impl Config {
+    /// A configuration with the defaults used by the daemon: 1 s election
+    /// timeout, 100 ms heartbeats, a 500 ms lease and a 5% drift bound.
+    pub fn new(id: NodeId, members: Vec<NodeId>) -> Config {
+        Config {
+            id,
+            members,
+            mode: ElectionMode::Harpoon,
+            election_timeout_ns: 1_000_000_000,
+            heartbeat_interval_ns: 100_000_000,
+            lease_duration_ns: 500_000_000,
+            drift_bound: 0.05,
+            lease_margin_ns: 10_000_000,
+            retransmit_timeout_ns: 300_000_000,
+            faults: Faults::default(),
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !self.members.contains(&self.id) {
+            return Err(ConfigError::NotAMember { id: self.id, members: self.members.clone() });
+        }
+        let mut sorted = self.members.clone();
+        sorted.sort_unstable();
+        if let Some(pair) = sorted.windows(2).find(|pair| pair[0] == pair[1]) {
+            return Err(ConfigError::DuplicateMember(pair[0]));
+        }
+        for (name, value) in [
+            ("election_timeout_ns", self.election_timeout_ns),
+            ("heartbeat_interval_ns", self.heartbeat_interval_ns),
+            ("lease_duration_ns", self.lease_duration_ns),
+            ("retransmit_timeout_ns", self.retransmit_timeout_ns),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::Zero { name });
+            }
+        }
+        if !(0.0..0.5).contains(&self.drift_bound) {
+            return Err(ConfigError::DriftBoundOutOfRange(self.drift_bound));
+        }
+        if self.lease_duration_ns >= self.election_timeout_ns {
+            return Err(ConfigError::LeaseNotShorterThanElection {
+                lease_ns: self.lease_duration_ns,
+                election_ns: self.election_timeout_ns,
+            });
+        }
+        if self.heartbeat_interval_ns * 3 > self.lease_duration_ns {
+            return Err(ConfigError::HeartbeatTooSlow {
+                heartbeat_ns: self.heartbeat_interval_ns,
+                lease_ns: self.lease_duration_ns,
+            });
+        }
+        let usable_ns = self.usable_lease_ns();
+        if self.lease_margin_ns >= usable_ns {
+            return Err(ConfigError::MarginTooLarge { margin_ns: self.lease_margin_ns, usable_ns });
+        }
+        Ok(())
+    }
+
+    /// The part of a lease a leader may count on, on its own clock, before the margin.
+    pub fn usable_lease_ns(&self) -> Nanos {
+        (self.lease_duration_ns as f64 * (1.0 - self.drift_bound)) as Nanos
+    }
+
+    /// How long after a round's send time the leader's lease from that round lasts.
+    pub fn leader_lease_ns(&self) -> Nanos {
+        if self.faults.lease_without_drift_margin {
+            return self.lease_duration_ns;
+        }
+        self.usable_lease_ns() - self.lease_margin_ns
+    }
+
+    pub fn quorum(&self) -> usize {
+        self.members.len() / 2 + 1
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        assert_eq!(Config::new(1, vec![1, 2, 3]).validate(), Ok(()));
+    }
+
+    #[test]
+    fn lease_must_be_shorter_than_election_timeout() {
+        let mut config = Config::new(1, vec![1, 2, 3]);
+        config.lease_duration_ns = config.election_timeout_ns;
+        assert!(matches!(config.validate(), Err(ConfigError::LeaseNotShorterThanElection { .. })));
+    }
+
+    #[test]
+    fn drift_bound_must_be_below_half() {
+        let mut config = Config::new(1, vec![1, 2, 3]);
+        for bad in [0.5, 0.7, -0.1] {
+            config.drift_bound = bad;
+            assert_eq!(config.validate(), Err(ConfigError::DriftBoundOutOfRange(bad)));
+        }
+    }
+
+    #[test]
+    fn members_must_include_self_once() {
+        assert!(matches!(Config::new(4, vec![1, 2, 3]).validate(), Err(ConfigError::NotAMember { .. })));
+        assert_eq!(Config::new(1, vec![1, 2, 2]).validate(), Err(ConfigError::DuplicateMember(2)));
+    }
+
+    #[test]
+    fn leader_lease_is_shortened_by_drift_and_margin() {
+        let config = Config::new(1, vec![1, 2, 3]);
+        assert_eq!(config.leader_lease_ns(), 475_000_000 - 10_000_000);
+    }
+}

@@ -1,0 +1,23 @@
+//! Harpoon consensus: Raft's log replication with lease-based,
+//! non-preempting leadership. Sans-IO: see [`Node`] and [`Ready`].
+
+mod config;
+mod log;
+mod node;
+mod ready;
+mod types;
+
+pub use config::{Config, ConfigError, ElectionMode, Faults};
+pub use log::Log;
+pub use node::{
+    Input, Node, Recovered, Role, APPENDS_IN_FLIGHT_MAX, APPEND_BYTES_MAX, APPEND_ENTRIES_COUNT_MAX,
+    LEASE_ROUNDS_TRACKED_MAX, READS_WAITING_COUNT_MAX, UNCOMMITTED_ENTRIES_COUNT_MAX,
+};
+pub use ready::{Persist, ReadReady, Ready, Rejection};
+pub use types::{
+    ClientRequest, Entry, EntryPayload, Envelope, HardState, LogIndex, Message, Nanos, NodeId, Operation, RejectHint,
+    Snapshot, Term,
+};
+
+#[cfg(test)]
+mod tests;

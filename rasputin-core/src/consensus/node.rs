@@ -1,0 +1,1061 @@
+//! The Harpoon state machine: one replica's view of consensus, driven by
+//! [`Node::step`]. It performs no IO and reads no clock: time comes in with
+//! every input, and everything the node wants done comes out in a [`Ready`].
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use super::config::{Config, ConfigError, ElectionMode};
+use super::log::Log;
+use super::ready::{ReadReady, Ready, Rejection};
+use super::types::{
+    ClientRequest, Entry, EntryPayload, Envelope, HardState, LogIndex, Message, Nanos, NodeId, RejectHint, Snapshot,
+    Term,
+};
+
+/// Entries in one append message.
+pub const APPEND_ENTRIES_COUNT_MAX: usize = 256;
+/// Approximate payload bytes in one append message.
+pub const APPEND_BYTES_MAX: usize = 1 << 20;
+/// Append messages outstanding to one follower before the leader waits for acks.
+pub const APPENDS_IN_FLIGHT_MAX: usize = 8;
+/// Reads waiting for a ReadIndex round or for the term's no-op to commit.
+pub const READS_WAITING_COUNT_MAX: usize = 4096;
+/// Log entries the leader holds beyond the commit index before it refuses writes.
+pub const UNCOMMITTED_ENTRIES_COUNT_MAX: u64 = 8192;
+/// Lease rounds the leader remembers while waiting for their quorums.
+pub const LEASE_ROUNDS_TRACKED_MAX: usize = 64;
+
+/// One input to [`Node::step`].
+#[derive(Clone, Debug)]
+pub enum Input {
+    /// Nothing happened but time passing; due at or after `Ready::next_deadline`.
+    Tick,
+    Message(Envelope),
+    Client(ClientRequest),
+    /// Every persist up to the one whose last entry is (`index`, `term`) is synced.
+    Persisted {
+        index: LogIndex,
+        term: Term,
+    },
+    /// The driver snapshotted its state machine at `snapshot.last_index`
+    /// (no later than the applied index) and persisted it; the log before it may go.
+    Compact(Snapshot),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Role {
+    Follower,
+    /// Asking for pre-votes; its term is not raised yet.
+    PreCandidate,
+    Candidate,
+    Leader,
+}
+
+/// What a node finds on its disk when it starts.
+#[derive(Clone, Debug, Default)]
+pub struct Recovered {
+    pub hard_state: HardState,
+    pub snapshot: Option<Snapshot>,
+    /// Entries after the snapshot, in order.
+    pub entries: Vec<Entry>,
+}
+
+/// A vote or lease extension this node granted: until `until` (local time) it
+/// votes for nobody but `holder`. `holder` is None for the quiet period after a
+/// restart, when the node cannot know whom it promised before the crash.
+#[derive(Clone, Copy, Debug)]
+struct Promise {
+    holder: Option<NodeId>,
+    until: Nanos,
+}
+
+#[derive(Clone, Debug)]
+struct Progress {
+    next_index: LogIndex,
+    match_index: LogIndex,
+    /// The last index of each append in flight, oldest first.
+    in_flight: VecDeque<LogIndex>,
+    /// Probing sends one append at a time until the follower's log position is known.
+    probing: bool,
+    last_progress_at: Nanos,
+    last_ack_at: Nanos,
+    snapshot_sent_at: Option<Nanos>,
+}
+
+#[derive(Clone, Debug)]
+struct Round {
+    number: u64,
+    sent_at: Nanos,
+    acks: BTreeSet<NodeId>,
+}
+
+#[derive(Clone, Debug)]
+struct WaitingRead {
+    request: ClientRequest,
+    /// None until the leader's no-op has committed.
+    read_index: Option<LogIndex>,
+    /// The round that must reach a quorum; 0 until one is started for this read.
+    round: u64,
+}
+
+#[derive(Clone, Debug)]
+struct LeaderState {
+    progress: BTreeMap<NodeId, Progress>,
+    rounds: VecDeque<Round>,
+    current_round: u64,
+    confirmed_round: u64,
+    lease_end: Nanos,
+    noop_index: LogIndex,
+    reads_waiting: VecDeque<WaitingRead>,
+    heartbeat_due: Nanos,
+    check_quorum_due: Nanos,
+}
+
+pub struct Node {
+    config: Config,
+    rng: ChaCha8Rng,
+    now: Nanos,
+    hard_state: HardState,
+    hard_state_dirty: bool,
+    log: Log,
+    /// The lowest log index changed since the last Ready; the suffix from it must be persisted.
+    unstable_from: Option<LogIndex>,
+    snapshot: Option<Snapshot>,
+    snapshot_to_persist: Option<Snapshot>,
+    durable_index: LogIndex,
+    commit_index: LogIndex,
+    applied_index: LogIndex,
+    role: Role,
+    leader_id: Option<NodeId>,
+    election_deadline: Nanos,
+    last_leader_contact: Option<Nanos>,
+    promise: Option<Promise>,
+    votes: BTreeSet<NodeId>,
+    campaign_sent_at: Nanos,
+    leader: Option<LeaderState>,
+    out: Ready,
+}
+
+impl Node {
+    /// Starts a node from what it recovered from disk. `seed` drives its
+    /// election-timeout randomness; `now` is its local monotonic time.
+    pub fn new(config: Config, recovered: Recovered, seed: u64, now: Nanos) -> Result<Node, ConfigError> {
+        config.validate()?;
+        let (snapshot_index, snapshot_term) =
+            recovered.snapshot.as_ref().map_or((0, 0), |snapshot| (snapshot.last_index, snapshot.last_term));
+        let log = Log::restore(snapshot_index, snapshot_term, recovered.entries);
+        // Harpoon: a restarted node may have promised its vote before the crash,
+        // so it keeps quiet for a whole lease before granting any.
+        let promise = (config.mode == ElectionMode::Harpoon)
+            .then_some(Promise { holder: None, until: now + config.lease_duration_ns });
+        let mut node = Node {
+            rng: ChaCha8Rng::seed_from_u64(seed),
+            now,
+            hard_state: recovered.hard_state,
+            hard_state_dirty: false,
+            durable_index: log.last_index(),
+            log,
+            unstable_from: None,
+            snapshot: recovered.snapshot,
+            snapshot_to_persist: None,
+            commit_index: snapshot_index,
+            applied_index: snapshot_index,
+            role: Role::Follower,
+            leader_id: None,
+            election_deadline: 0,
+            last_leader_contact: None,
+            promise,
+            votes: BTreeSet::new(),
+            campaign_sent_at: 0,
+            leader: None,
+            out: Ready::default(),
+            config,
+        };
+        node.reset_election_deadline();
+        Ok(node)
+    }
+
+    /// Feeds one input at local time `now` and returns what the driver must do.
+    pub fn step(&mut self, now: Nanos, input: Input) -> Ready {
+        assert!(now >= self.now, "node {}: time went backwards from {} to {now}", self.config.id, self.now);
+        self.now = now;
+        self.on_time_passed();
+        match input {
+            Input::Tick => {}
+            Input::Message(envelope) => self.on_message(envelope),
+            Input::Client(request) => self.on_client(request),
+            Input::Persisted { index, term } => self.on_persisted(index, term),
+            Input::Compact(snapshot) => self.on_compact(snapshot),
+        }
+        self.finish_step();
+        self.take_ready()
+    }
+
+    // ----- inspection, for drivers, tests and the simulator's checks -----
+
+    pub fn id(&self) -> NodeId {
+        self.config.id
+    }
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+    pub fn role(&self) -> Role {
+        self.role
+    }
+    pub fn term(&self) -> Term {
+        self.hard_state.term
+    }
+    pub fn hard_state(&self) -> HardState {
+        self.hard_state
+    }
+    pub fn leader_id(&self) -> Option<NodeId> {
+        self.leader_id
+    }
+    pub fn commit_index(&self) -> LogIndex {
+        self.commit_index
+    }
+    pub fn applied_index(&self) -> LogIndex {
+        self.applied_index
+    }
+    pub fn log(&self) -> &Log {
+        &self.log
+    }
+
+    /// Whether this node would serve a lease read at local time `now`.
+    pub fn holds_lease(&self, now: Nanos) -> bool {
+        self.config.mode == ElectionMode::Harpoon && self.leader.as_ref().is_some_and(|leader| now < leader.lease_end)
+    }
+
+    // ----- time -----
+
+    fn on_time_passed(&mut self) {
+        let now = self.now;
+        if self.role != Role::Leader {
+            if now >= self.election_deadline {
+                self.on_election_timeout();
+            }
+            return;
+        }
+        let leader = self.leader.as_ref().expect("leader state exists while leading");
+        if self.config.mode == ElectionMode::Harpoon && now >= leader.lease_end {
+            // Lost the quorum's promises: stop serving, keep the term.
+            self.abdicate();
+            return;
+        }
+        if self.config.mode == ElectionMode::RaftPreVoteCheckQuorum && now >= leader.check_quorum_due {
+            if !self.quorum_recently_active() {
+                self.abdicate();
+                return;
+            }
+            self.leader_mut().check_quorum_due = now + self.config.election_timeout_ns;
+        }
+        if now >= self.leader_ref().heartbeat_due {
+            self.start_round();
+        }
+        self.retransmit_stalled();
+    }
+
+    fn quorum_recently_active(&self) -> bool {
+        let since = self.now.saturating_sub(self.config.election_timeout_ns);
+        let active = self.leader_ref().progress.values().filter(|progress| progress.last_ack_at >= since).count();
+        active + 1 >= self.config.quorum()
+    }
+
+    fn retransmit_stalled(&mut self) {
+        let timeout = self.config.retransmit_timeout_ns;
+        let now = self.now;
+        let stalled: Vec<NodeId> = self
+            .leader_ref()
+            .progress
+            .iter()
+            .filter(|(_, progress)| {
+                let waiting = !progress.in_flight.is_empty() || progress.snapshot_sent_at.is_some();
+                waiting && now >= progress.last_progress_at + timeout
+            })
+            .map(|(&peer, _)| peer)
+            .collect();
+        for peer in stalled {
+            let progress = self.progress_mut(peer);
+            progress.probing = true;
+            progress.next_index = progress.match_index + 1;
+            progress.in_flight.clear();
+            progress.snapshot_sent_at = None;
+            progress.last_progress_at = now;
+            self.replicate(peer);
+        }
+    }
+
+    fn random_election_timeout(&mut self) -> Nanos {
+        let base = self.config.election_timeout_ns;
+        self.rng.gen_range(base..2 * base)
+    }
+
+    fn reset_election_deadline(&mut self) {
+        self.election_deadline = self.now + self.random_election_timeout();
+    }
+
+    fn promise_binds(&self, candidate: NodeId) -> bool {
+        self.promise.is_some_and(|promise| promise.until > self.now && promise.holder != Some(candidate))
+    }
+
+    fn promise_to(&mut self, holder: NodeId) {
+        if self.config.mode == ElectionMode::Harpoon {
+            let until = self.now + self.config.lease_duration_ns;
+            let until = match self.promise {
+                Some(promise) if promise.holder == Some(holder) => until.max(promise.until),
+                _ => until,
+            };
+            self.promise = Some(Promise { holder: Some(holder), until });
+        }
+    }
+
+    /// A follower in Raft-with-check-quorum ignores campaigns while it hears from a leader.
+    fn hears_leader(&self) -> bool {
+        self.role == Role::Leader
+            || (self.leader_id.is_some()
+                && self.last_leader_contact.is_some_and(|at| self.now < at + self.config.election_timeout_ns))
+    }
+
+    fn bound_against(&self, candidate: NodeId) -> bool {
+        match self.config.mode {
+            ElectionMode::Harpoon => self.promise_binds(candidate),
+            ElectionMode::RaftPreVoteCheckQuorum => self.hears_leader(),
+            ElectionMode::Raft => false,
+        }
+    }
+
+    // ----- elections -----
+
+    fn on_election_timeout(&mut self) {
+        if let Some(promise) = self.promise.filter(|promise| promise.until > self.now) {
+            // Harpoon: still bound to a leader (or to the restart quiet period).
+            self.election_deadline = promise.until;
+            return;
+        }
+        self.reset_election_deadline();
+        if self.config.mode.uses_pre_vote() {
+            self.start_pre_vote();
+        } else {
+            self.start_election();
+        }
+    }
+
+    fn start_pre_vote(&mut self) {
+        self.role = Role::PreCandidate;
+        self.leader_id = None;
+        self.votes = BTreeSet::from([self.config.id]);
+        let message = Message::PreVote {
+            term: self.term() + 1,
+            last_log_index: self.log.last_index(),
+            last_log_term: self.log.last_term(),
+        };
+        self.broadcast(message);
+        if self.votes.len() >= self.config.quorum() {
+            self.start_election();
+        }
+    }
+
+    fn start_election(&mut self) {
+        self.role = Role::Candidate;
+        self.leader_id = None;
+        self.hard_state = HardState { term: self.term() + 1, voted_for: Some(self.config.id) };
+        self.hard_state_dirty = true;
+        self.votes = BTreeSet::from([self.config.id]);
+        self.campaign_sent_at = self.now;
+        self.promise_to(self.config.id);
+        let message = Message::Vote {
+            term: self.term(),
+            last_log_index: self.log.last_index(),
+            last_log_term: self.log.last_term(),
+        };
+        self.broadcast(message);
+        if self.votes.len() >= self.config.quorum() {
+            self.become_leader();
+        }
+    }
+
+    fn on_pre_vote(&mut self, from: NodeId, term: Term, last_log_index: LogIndex, last_log_term: Term) {
+        let granted = term > self.term()
+            && self.log.is_behind_or_equal(last_log_index, last_log_term)
+            && !self.bound_against(from);
+        let term = if granted { term } else { self.term() };
+        self.send(from, Message::PreVoteResponse { term, granted });
+    }
+
+    fn on_pre_vote_response(&mut self, from: NodeId, term: Term, granted: bool) {
+        if !granted && term > self.term() {
+            self.become_follower(term, None);
+            return;
+        }
+        if self.role != Role::PreCandidate || !granted || term != self.term() + 1 {
+            return;
+        }
+        self.votes.insert(from);
+        if self.votes.len() >= self.config.quorum() {
+            self.start_election();
+        }
+    }
+
+    fn on_vote(&mut self, from: NodeId, term: Term, last_log_index: LogIndex, last_log_term: Term) {
+        if term < self.term() || self.bound_against(from) {
+            // Harpoon: a bound voter neither votes nor adopts the candidate's term.
+            self.send_after_persist(from, Message::VoteResponse { term: self.term(), granted: false });
+            return;
+        }
+        if term > self.term() {
+            self.become_follower(term, None);
+        }
+        let free = self.hard_state.voted_for.is_none_or(|voted| voted == from);
+        let granted = free && self.log.is_behind_or_equal(last_log_index, last_log_term);
+        if granted {
+            self.hard_state.voted_for = Some(from);
+            self.hard_state_dirty = true;
+            self.reset_election_deadline();
+            self.promise_to(from);
+        }
+        self.send_after_persist(from, Message::VoteResponse { term: self.term(), granted });
+    }
+
+    fn on_vote_response(&mut self, from: NodeId, term: Term, granted: bool) {
+        if term > self.term() {
+            self.become_follower(term, None);
+            return;
+        }
+        if self.role != Role::Candidate || term != self.term() || !granted {
+            return;
+        }
+        self.votes.insert(from);
+        if self.votes.len() >= self.config.quorum() {
+            self.become_leader();
+        }
+    }
+
+    fn become_follower(&mut self, term: Term, leader: Option<NodeId>) {
+        if term > self.term() {
+            self.hard_state = HardState { term, voted_for: None };
+            self.hard_state_dirty = true;
+        }
+        self.step_down_from_leading(leader);
+        self.role = Role::Follower;
+        self.leader_id = leader;
+        self.reset_election_deadline();
+    }
+
+    /// Harpoon's abdication, also used by check-quorum: stop leading without a new term.
+    fn abdicate(&mut self) {
+        self.step_down_from_leading(None);
+        self.role = Role::Follower;
+        self.leader_id = None;
+        self.reset_election_deadline();
+    }
+
+    fn step_down_from_leading(&mut self, new_leader: Option<NodeId>) {
+        if let Some(leader) = self.leader.take() {
+            for read in leader.reads_waiting {
+                self.out.rejected.push((read.request, Rejection::NotLeader { leader: new_leader }));
+            }
+        }
+    }
+
+    fn become_leader(&mut self) {
+        let now = self.now;
+        let next_index = self.log.last_index() + 1;
+        let progress = self
+            .config
+            .members
+            .iter()
+            .filter(|&&member| member != self.config.id)
+            .map(|&peer| {
+                let progress = Progress {
+                    next_index,
+                    match_index: 0,
+                    in_flight: VecDeque::new(),
+                    probing: true,
+                    last_progress_at: now,
+                    last_ack_at: now,
+                    snapshot_sent_at: None,
+                };
+                (peer, progress)
+            })
+            .collect();
+        // The votes were promises made no earlier than the campaign's send time,
+        // so they give the first lease.
+        let lease_end = match self.config.mode {
+            ElectionMode::Harpoon => self.campaign_sent_at + self.config.leader_lease_ns(),
+            _ => 0,
+        };
+        self.leader = Some(LeaderState {
+            progress,
+            rounds: VecDeque::new(),
+            current_round: 0,
+            confirmed_round: 0,
+            lease_end,
+            noop_index: next_index,
+            reads_waiting: VecDeque::new(),
+            heartbeat_due: now,
+            check_quorum_due: now + self.config.election_timeout_ns,
+        });
+        self.role = Role::Leader;
+        self.leader_id = Some(self.config.id);
+        self.append_local(EntryPayload::Noop);
+        self.start_round();
+        self.replicate_all();
+    }
+
+    // ----- rounds: heartbeats, leases and read confirmation -----
+
+    /// Starts a lease/read round with a heartbeat to every peer.
+    fn start_round(&mut self) {
+        let now = self.now;
+        let id = self.config.id;
+        let interval = self.config.heartbeat_interval_ns;
+        let commit = self.commit_index;
+        let term = self.term();
+        self.promise_to(id);
+        let leader = self.leader_mut();
+        leader.current_round += 1;
+        let number = leader.current_round;
+        leader.rounds.push_back(Round { number, sent_at: now, acks: BTreeSet::from([id]) });
+        while leader.rounds.len() > LEASE_ROUNDS_TRACKED_MAX {
+            leader.rounds.pop_front();
+        }
+        leader.heartbeat_due = now + interval;
+        let heartbeats: Vec<(NodeId, Message)> = leader
+            .progress
+            .iter()
+            .map(|(&peer, progress)| {
+                (peer, Message::Heartbeat { term, commit: commit.min(progress.match_index), round: number })
+            })
+            .collect();
+        for (peer, message) in heartbeats {
+            self.send(peer, message);
+        }
+        self.on_round_ack(id, number);
+    }
+
+    fn on_round_ack(&mut self, from: NodeId, number: u64) {
+        let quorum = self.config.quorum();
+        let lease_ns = self.config.leader_lease_ns();
+        let harpoon = self.config.mode == ElectionMode::Harpoon;
+        let leader = self.leader_mut();
+        let Some(round) = leader.rounds.iter_mut().find(|round| round.number == number) else {
+            return;
+        };
+        round.acks.insert(from);
+        if round.acks.len() < quorum {
+            return;
+        }
+        let sent_at = round.sent_at;
+        if harpoon {
+            leader.lease_end = leader.lease_end.max(sent_at + lease_ns);
+        }
+        leader.confirmed_round = leader.confirmed_round.max(number);
+        // Older rounds can only give a shorter lease and confirm less.
+        leader.rounds.retain(|round| round.number > number);
+    }
+
+    // ----- replication -----
+
+    fn append_local(&mut self, payload: EntryPayload) {
+        let entry = Entry { term: self.term(), index: self.log.last_index() + 1, payload };
+        self.mark_unstable(entry.index);
+        self.log.truncate_and_append(entry);
+    }
+
+    fn mark_unstable(&mut self, index: LogIndex) {
+        self.unstable_from = Some(self.unstable_from.map_or(index, |from| from.min(index)));
+        self.durable_index = self.durable_index.min(index - 1);
+    }
+
+    fn replicate_all(&mut self) {
+        let peers: Vec<NodeId> = self.leader_ref().progress.keys().copied().collect();
+        for peer in peers {
+            self.replicate(peer);
+        }
+    }
+
+    fn replicate(&mut self, peer: NodeId) {
+        let now = self.now;
+        let last_index = self.log.last_index();
+        let snapshot_index = self.log.snapshot_index();
+        let retransmit = self.config.retransmit_timeout_ns;
+        let progress = self.progress_mut(peer);
+        if progress.next_index <= snapshot_index {
+            let recently_sent = progress.snapshot_sent_at.is_some_and(|at| now < at + retransmit);
+            if !recently_sent {
+                self.send_snapshot(peer);
+            }
+            return;
+        }
+        if progress.probing {
+            if progress.in_flight.is_empty() {
+                self.send_append(peer);
+            }
+            return;
+        }
+        loop {
+            let progress = self.progress_mut(peer);
+            if progress.in_flight.len() >= APPENDS_IN_FLIGHT_MAX || progress.next_index > last_index {
+                return;
+            }
+            self.send_append(peer);
+        }
+    }
+
+    fn send_append(&mut self, peer: NodeId) {
+        let progress = &self.leader_ref().progress[&peer];
+        let prev_index = progress.next_index - 1;
+        let probing = progress.probing;
+        let prev_term = self.log.term(prev_index).unwrap_or_else(|| {
+            panic!(
+                "node {}: no term at {prev_index} though the snapshot is at {}",
+                self.config.id,
+                self.log.snapshot_index()
+            )
+        });
+        let entries = if prev_index < self.log.last_index() {
+            self.log.slice(prev_index + 1, APPEND_ENTRIES_COUNT_MAX, APPEND_BYTES_MAX)
+        } else {
+            Vec::new()
+        };
+        let last_sent = prev_index + entries.len() as u64;
+        let message = Message::Append {
+            term: self.term(),
+            prev_index,
+            prev_term,
+            entries,
+            commit: self.commit_index,
+            round: self.leader_ref().current_round,
+        };
+        let progress = self.progress_mut(peer);
+        progress.in_flight.push_back(last_sent);
+        if !probing {
+            progress.next_index = last_sent + 1;
+        }
+        self.send(peer, message);
+    }
+
+    fn send_snapshot(&mut self, peer: NodeId) {
+        let snapshot = self.snapshot.clone().unwrap_or_else(|| {
+            panic!("node {}: log compacted to {} without a snapshot", self.config.id, self.log.snapshot_index())
+        });
+        let message = Message::InstallSnapshot { term: self.term(), snapshot, round: self.leader_ref().current_round };
+        let now = self.now;
+        let progress = self.progress_mut(peer);
+        progress.snapshot_sent_at = Some(now);
+        progress.last_progress_at = now;
+        self.send(peer, message);
+    }
+
+    fn on_append_response(&mut self, from: NodeId, success: bool, index: LogIndex, hint: Option<RejectHint>) {
+        let now = self.now;
+        if success {
+            let progress = self.progress_mut(from);
+            if index > progress.match_index {
+                progress.match_index = index;
+                progress.last_progress_at = now;
+            }
+            progress.next_index = progress.next_index.max(index + 1);
+            while progress.in_flight.front().is_some_and(|&last| last <= index) {
+                progress.in_flight.pop_front();
+            }
+            if progress.probing {
+                progress.probing = false;
+                progress.in_flight.clear();
+            }
+            self.maybe_commit();
+            self.replicate(from);
+            return;
+        }
+        let progress = self.progress_mut(from);
+        let stale = if progress.probing { index + 1 != progress.next_index } else { index <= progress.match_index };
+        if stale {
+            return;
+        }
+        let next = self.next_index_after_reject(index, hint);
+        let progress = self.progress_mut(from);
+        progress.next_index = next.clamp(progress.match_index + 1, index.max(progress.match_index + 1));
+        progress.probing = true;
+        progress.in_flight.clear();
+        progress.last_progress_at = now;
+        self.replicate(from);
+    }
+
+    /// Raft's fast backtracking: skip the follower's whole conflicting term.
+    fn next_index_after_reject(&self, rejected: LogIndex, hint: Option<RejectHint>) -> LogIndex {
+        let Some(hint) = hint else { return rejected };
+        match hint.conflict_term.and_then(|term| self.log.last_index_of_term(term)) {
+            Some(last_of_term) => (last_of_term + 1).min(rejected),
+            None => hint.conflict_index.min(rejected),
+        }
+    }
+
+    fn on_snapshot_response(&mut self, from: NodeId, last_index: LogIndex) {
+        let now = self.now;
+        let progress = self.progress_mut(from);
+        progress.match_index = progress.match_index.max(last_index);
+        progress.next_index = progress.match_index + 1;
+        progress.snapshot_sent_at = None;
+        progress.probing = true;
+        progress.in_flight.clear();
+        progress.last_progress_at = now;
+        self.maybe_commit();
+        self.replicate(from);
+    }
+
+    fn maybe_commit(&mut self) {
+        let mut matched: Vec<LogIndex> =
+            self.leader_ref().progress.values().map(|progress| progress.match_index).collect();
+        matched.push(self.durable_index);
+        matched.sort_unstable_by(|a, b| b.cmp(a));
+        let candidate = matched[self.config.quorum() - 1];
+        // Raft §5.4.2: only entries of the current term commit by counting.
+        if candidate > self.commit_index && self.log.term(candidate) == Some(self.term()) {
+            self.commit_index = candidate;
+        }
+    }
+
+    // ----- follower side -----
+
+    /// Accepts `from` as leader of `term` (which is at least ours).
+    fn follow(&mut self, from: NodeId, term: Term) {
+        if term > self.term() || self.role != Role::Follower || self.leader_id != Some(from) {
+            self.become_follower(term, Some(from));
+        } else {
+            self.reset_election_deadline();
+        }
+        self.last_leader_contact = Some(self.now);
+        self.promise_to(from);
+    }
+
+    fn on_append(&mut self, from: NodeId, append: Message) {
+        let Message::Append { term, prev_index, prev_term, entries, commit, round } = append else {
+            unreachable!("on_append takes only appends");
+        };
+        if term < self.term() {
+            let response =
+                Message::AppendResponse { term: self.term(), success: false, index: prev_index, hint: None, round };
+            self.send(from, response);
+            return;
+        }
+        self.follow(from, term);
+        if prev_index < self.commit_index {
+            let index = self.commit_index;
+            self.send_after_persist(from, Message::AppendResponse { term, success: true, index, hint: None, round });
+            return;
+        }
+        if self.log.term(prev_index) != Some(prev_term) {
+            let hint = self.reject_hint(prev_index);
+            let response = Message::AppendResponse { term, success: false, index: prev_index, hint: Some(hint), round };
+            self.send(from, response);
+            return;
+        }
+        let last_new = prev_index + entries.len() as u64;
+        for entry in entries {
+            if self.log.term(entry.index) == Some(entry.term) {
+                continue;
+            }
+            assert!(
+                entry.index > self.commit_index,
+                "node {}: leader {from} would overwrite committed index {} (commit {})",
+                self.config.id,
+                entry.index,
+                self.commit_index
+            );
+            self.mark_unstable(entry.index);
+            self.log.truncate_and_append(entry);
+        }
+        self.commit_index = self.commit_index.max(commit.min(last_new));
+        self.send_after_persist(
+            from,
+            Message::AppendResponse { term, success: true, index: last_new, hint: None, round },
+        );
+    }
+
+    fn reject_hint(&self, prev_index: LogIndex) -> RejectHint {
+        if prev_index > self.log.last_index() {
+            return RejectHint { conflict_index: self.log.last_index() + 1, conflict_term: None };
+        }
+        let conflict_term = self.log.term(prev_index);
+        RejectHint { conflict_index: self.log.first_index_of_term_at(prev_index), conflict_term }
+    }
+
+    fn on_heartbeat(&mut self, from: NodeId, term: Term, commit: LogIndex, round: u64) {
+        if term < self.term() {
+            self.send(from, Message::HeartbeatResponse { term: self.term(), round });
+            return;
+        }
+        self.follow(from, term);
+        // The leader sends min(its commit, our acknowledged match), which we hold.
+        self.commit_index = self.commit_index.max(commit.min(self.log.last_index()));
+        self.send(from, Message::HeartbeatResponse { term, round });
+    }
+
+    fn on_install_snapshot(&mut self, from: NodeId, term: Term, snapshot: Snapshot, round: u64) {
+        if term < self.term() {
+            let response = Message::InstallSnapshotResponse { term: self.term(), last_index: 0, round };
+            self.send(from, response);
+            return;
+        }
+        self.follow(from, term);
+        let last_index = snapshot.last_index;
+        if last_index <= self.commit_index {
+            let response = Message::InstallSnapshotResponse { term, last_index: self.commit_index, round };
+            self.send_after_persist(from, response);
+            return;
+        }
+        self.log.install(&snapshot);
+        self.unstable_from = self.unstable_from.map(|from| from.max(last_index + 1));
+        if self.unstable_from.is_some_and(|from| from > self.log.last_index()) {
+            self.unstable_from = None;
+        }
+        self.durable_index = self.durable_index.min(last_index);
+        self.commit_index = last_index;
+        self.applied_index = last_index;
+        self.snapshot = Some(snapshot.clone());
+        self.snapshot_to_persist = Some(snapshot);
+        self.send_after_persist(from, Message::InstallSnapshotResponse { term, last_index, round });
+    }
+
+    // ----- inputs -----
+
+    fn on_message(&mut self, envelope: Envelope) {
+        let Envelope { from, to, message } = envelope;
+        assert_eq!(to, self.config.id, "message for {to} delivered to node {}", self.config.id);
+        if !self.config.members.contains(&from) {
+            return;
+        }
+        let term = message.term();
+        let is_response = matches!(
+            message,
+            Message::AppendResponse { .. }
+                | Message::HeartbeatResponse { .. }
+                | Message::InstallSnapshotResponse { .. }
+        );
+        if is_response {
+            if term > self.term() {
+                self.become_follower(term, None);
+                return;
+            }
+            if self.role != Role::Leader || term < self.term() {
+                return;
+            }
+            self.progress_mut(from).last_ack_at = self.now;
+        }
+        match message {
+            Message::PreVote { term, last_log_index, last_log_term } => {
+                self.on_pre_vote(from, term, last_log_index, last_log_term)
+            }
+            Message::PreVoteResponse { term, granted } => self.on_pre_vote_response(from, term, granted),
+            Message::Vote { term, last_log_index, last_log_term } => {
+                self.on_vote(from, term, last_log_index, last_log_term)
+            }
+            Message::VoteResponse { term, granted } => self.on_vote_response(from, term, granted),
+            append @ Message::Append { .. } => self.on_append(from, append),
+            Message::Heartbeat { term, commit, round } => self.on_heartbeat(from, term, commit, round),
+            Message::InstallSnapshot { term, snapshot, round } => self.on_install_snapshot(from, term, snapshot, round),
+            Message::AppendResponse { success, index, hint, round, .. } => {
+                self.on_round_ack(from, round);
+                self.on_append_response(from, success, index, hint);
+            }
+            Message::HeartbeatResponse { round, .. } => {
+                self.on_round_ack(from, round);
+                let progress = &self.leader_ref().progress[&from];
+                if progress.match_index < self.log.last_index() && progress.in_flight.is_empty() {
+                    self.replicate(from);
+                }
+            }
+            Message::InstallSnapshotResponse { last_index, round, .. } => {
+                self.on_round_ack(from, round);
+                self.on_snapshot_response(from, last_index);
+            }
+        }
+    }
+
+    fn on_client(&mut self, request: ClientRequest) {
+        if self.role != Role::Leader {
+            let leader = self.leader_id;
+            self.out.rejected.push((request, Rejection::NotLeader { leader }));
+            return;
+        }
+        if request.operation.is_read() {
+            self.on_read(request);
+            return;
+        }
+        if self.log.last_index() - self.commit_index >= UNCOMMITTED_ENTRIES_COUNT_MAX {
+            self.out.rejected.push((request, Rejection::Overloaded));
+            return;
+        }
+        self.append_local(EntryPayload::Command(request));
+        self.replicate_all();
+    }
+
+    fn on_read(&mut self, request: ClientRequest) {
+        let now = self.now;
+        let faults = self.config.faults;
+        let commit = self.commit_index;
+        let holds_lease = self.holds_lease(now);
+        let leader = self.leader_mut();
+        let noop_committed = commit >= leader.noop_index || faults.read_before_noop_commits;
+        if holds_lease && noop_committed {
+            self.out.reads.push(ReadReady { request, read_index: commit });
+            return;
+        }
+        if leader.reads_waiting.len() >= READS_WAITING_COUNT_MAX {
+            self.out.rejected.push((request, Rejection::Overloaded));
+            return;
+        }
+        let read_index = noop_committed.then_some(commit);
+        leader.reads_waiting.push_back(WaitingRead { request, read_index, round: 0 });
+    }
+
+    fn on_persisted(&mut self, index: LogIndex, term: Term) {
+        // A persist may report entries that a later truncation has replaced.
+        if self.log.term(index) == Some(term) && self.unstable_from.is_none_or(|from| from > index) {
+            self.durable_index = self.durable_index.max(index);
+        }
+        if self.role == Role::Leader {
+            self.maybe_commit();
+        }
+    }
+
+    fn on_compact(&mut self, snapshot: Snapshot) {
+        let index = snapshot.last_index;
+        if index <= self.log.snapshot_index() {
+            return;
+        }
+        assert!(
+            index <= self.applied_index,
+            "node {}: snapshot at {index} is beyond the applied index {}",
+            self.config.id,
+            self.applied_index
+        );
+        assert_eq!(
+            self.log.term(index),
+            Some(snapshot.last_term),
+            "node {}: snapshot term disagrees with the log at {index}",
+            self.config.id
+        );
+        self.log.compact(index, snapshot.last_term);
+        self.unstable_from = self.unstable_from.map(|from| from.max(index + 1));
+        self.snapshot = Some(snapshot);
+    }
+
+    // ----- end of step -----
+
+    fn finish_step(&mut self) {
+        if self.role == Role::Leader {
+            self.serve_waiting_reads();
+        }
+        while self.applied_index < self.commit_index {
+            self.applied_index += 1;
+            let entry = self.log.entry(self.applied_index).unwrap_or_else(|| {
+                panic!("node {}: committed index {} is missing from the log", self.config.id, self.applied_index)
+            });
+            self.out.apply.push(entry.clone());
+        }
+    }
+
+    fn serve_waiting_reads(&mut self) {
+        let commit = self.commit_index;
+        let leader = self.leader_mut();
+        let noop_committed = commit >= leader.noop_index;
+        let mut needs_round = false;
+        for read in leader.reads_waiting.iter_mut() {
+            if read.read_index.is_none() && noop_committed {
+                read.read_index = Some(commit);
+            }
+            needs_round |= read.round == 0;
+        }
+        if needs_round {
+            self.start_round();
+            let leader = self.leader_mut();
+            let round = leader.current_round;
+            for read in leader.reads_waiting.iter_mut().filter(|read| read.round == 0) {
+                read.round = round;
+            }
+        }
+        let holds_lease = self.holds_lease(self.now);
+        let leader = self.leader.as_mut().expect("leader state exists while leading");
+        let confirmed = leader.confirmed_round;
+        while let Some(read) = leader.reads_waiting.front() {
+            // A valid lease confirms leadership as well as a quorum round does.
+            let ready = read.read_index.is_some() && (holds_lease || read.round <= confirmed);
+            if !ready {
+                break;
+            }
+            let read = leader.reads_waiting.pop_front().expect("front exists");
+            let read_index = read.read_index.expect("checked above");
+            self.out.reads.push(ReadReady { request: read.request, read_index });
+        }
+    }
+
+    fn take_ready(&mut self) -> Ready {
+        let mut ready = std::mem::take(&mut self.out);
+        if self.hard_state_dirty {
+            self.hard_state_dirty = false;
+            ready.persist.hard_state = Some(self.hard_state);
+            // Every message carries the new term or vote; none may leave before it is durable.
+            let mut held = std::mem::take(&mut ready.send);
+            held.append(&mut ready.send_after_persist);
+            ready.send_after_persist = held;
+        }
+        if let Some(from) = self.unstable_from.take() {
+            ready.persist.entries = self.log.suffix(from).to_vec();
+        }
+        ready.persist.snapshot = self.snapshot_to_persist.take();
+        ready.next_deadline = self.next_deadline();
+        ready
+    }
+
+    fn next_deadline(&self) -> Nanos {
+        let Some(leader) = &self.leader else {
+            return self.election_deadline;
+        };
+        let mut deadline = leader.heartbeat_due;
+        match self.config.mode {
+            ElectionMode::Harpoon => deadline = deadline.min(leader.lease_end),
+            ElectionMode::RaftPreVoteCheckQuorum => deadline = deadline.min(leader.check_quorum_due),
+            ElectionMode::Raft => {}
+        }
+        for progress in leader.progress.values() {
+            if !progress.in_flight.is_empty() || progress.snapshot_sent_at.is_some() {
+                deadline = deadline.min(progress.last_progress_at + self.config.retransmit_timeout_ns);
+            }
+        }
+        deadline.max(self.now)
+    }
+
+    // ----- small helpers -----
+
+    fn send(&mut self, to: NodeId, message: Message) {
+        self.out.send.push(Envelope { from: self.config.id, to, message });
+    }
+
+    fn send_after_persist(&mut self, to: NodeId, message: Message) {
+        self.out.send_after_persist.push(Envelope { from: self.config.id, to, message });
+    }
+
+    fn broadcast(&mut self, message: Message) {
+        let peers: Vec<NodeId> = self.config.members.iter().copied().filter(|&peer| peer != self.config.id).collect();
+        for peer in peers {
+            self.send(peer, message.clone());
+        }
+    }
+
+    fn leader_ref(&self) -> &LeaderState {
+        self.leader.as_ref().expect("leader state exists while leading")
+    }
+
+    fn leader_mut(&mut self) -> &mut LeaderState {
+        self.leader.as_mut().expect("leader state exists while leading")
+    }
+
+    fn progress_mut(&mut self, peer: NodeId) -> &mut Progress {
+        let id = self.config.id;
+        self.leader_mut().progress.get_mut(&peer).unwrap_or_else(|| panic!("node {id}: no progress for peer {peer}"))
+    }
+}

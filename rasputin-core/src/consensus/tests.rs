@@ -1,0 +1,364 @@
+//! Unit tests of single-node rules, driven by hand-made messages.
+
+use super::*;
+
+const MS: Nanos = 1_000_000;
+
+fn config(id: NodeId, mode: ElectionMode) -> Config {
+    let mut config = Config::new(id, vec![1, 2, 3]);
+    config.mode = mode;
+    config
+}
+
+fn node(id: NodeId, mode: ElectionMode) -> Node {
+    Node::new(config(id, mode), Recovered::default(), id, 0).expect("valid config")
+}
+
+fn deliver(node: &mut Node, now: Nanos, from: NodeId, message: Message) -> Ready {
+    node.step(now, Input::Message(Envelope { from, to: node.id(), message }))
+}
+
+fn messages(ready: &Ready) -> Vec<&Message> {
+    ready.send.iter().chain(&ready.send_after_persist).map(|envelope| &envelope.message).collect()
+}
+
+fn set(client_id: u64, sequence: u64) -> ClientRequest {
+    ClientRequest { client_id, sequence, operation: Operation::Set { key: b"k".to_vec(), value: b"v".to_vec() } }
+}
+
+fn get(client_id: u64, sequence: u64) -> ClientRequest {
+    ClientRequest { client_id, sequence, operation: Operation::Get { key: b"k".to_vec() } }
+}
+
+/// Makes node 1 leader of term 1 with the votes of 2 and 3, at time `now`.
+fn elect_node_one(mode: ElectionMode, now: Nanos) -> Node {
+    let mut leader = node(1, mode);
+    let ready = leader.step(now, Input::Tick);
+    let pre_vote = messages(&ready).iter().any(|message| matches!(message, Message::PreVote { .. }));
+    if pre_vote {
+        let _ = deliver(&mut leader, now, 2, Message::PreVoteResponse { term: 1, granted: true });
+    }
+    assert_eq!(leader.role(), Role::Candidate, "node 1 campaigns once its timer fires at {now}");
+    let _ = deliver(&mut leader, now, 2, Message::VoteResponse { term: 1, granted: true });
+    assert_eq!(leader.role(), Role::Leader);
+    leader
+}
+
+/// Acknowledges everything the leader has, from both peers, in the current round.
+fn acknowledge_all(leader: &mut Node, now: Nanos) -> Ready {
+    let index = leader.log().last_index();
+    let term = leader.term();
+    let mut last = Ready::default();
+    for peer in [2, 3] {
+        let ack = Message::AppendResponse { term, success: true, index, hint: None, round: 1 };
+        last = deliver(leader, now, peer, ack);
+    }
+    let _ = leader.step(now, Input::Persisted { index, term });
+    last
+}
+
+const LATE: Nanos = 5_000 * MS;
+
+#[test]
+fn a_single_node_cluster_elects_itself_and_commits() {
+    let mut solo = Node::new(Config::new(1, vec![1]), Recovered::default(), 1, 0).unwrap();
+    let ready = solo.step(LATE, Input::Tick);
+    assert_eq!(solo.role(), Role::Leader);
+    let (index, term) = ready.persist.last_position().expect("the no-op is persisted");
+    let ready = solo.step(LATE, Input::Persisted { index, term });
+    assert_eq!(ready.apply.len(), 1, "the no-op commits once durable");
+}
+
+#[test]
+fn votes_wait_for_persistence_and_carry_the_hard_state() {
+    let mut voter = node(2, ElectionMode::Raft);
+    let ready = deliver(&mut voter, MS, 1, Message::Vote { term: 4, last_log_index: 0, last_log_term: 0 });
+    assert_eq!(ready.persist.hard_state, Some(HardState { term: 4, voted_for: Some(1) }));
+    assert!(ready.send.is_empty(), "nothing may leave before the vote is durable");
+    assert!(matches!(ready.send_after_persist[0].message, Message::VoteResponse { term: 4, granted: true }));
+}
+
+/// Data-driven: how a voter answers a Vote request in each mode and situation.
+#[test]
+fn vote_rules_by_mode() {
+    struct Case {
+        mode: ElectionMode,
+        /// The voter last heard from leader 3 this long before the request.
+        heard_leader_ago: Option<Nanos>,
+        candidate_log: (LogIndex, Term),
+        granted: bool,
+        adopts_term: bool,
+    }
+    let cases = [
+        Case {
+            mode: ElectionMode::Raft,
+            heard_leader_ago: Some(10 * MS),
+            candidate_log: (1, 1),
+            granted: true,
+            adopts_term: true,
+        },
+        Case {
+            mode: ElectionMode::Raft,
+            heard_leader_ago: None,
+            candidate_log: (0, 0),
+            granted: false,
+            adopts_term: true,
+        },
+        Case {
+            mode: ElectionMode::RaftPreVoteCheckQuorum,
+            heard_leader_ago: Some(10 * MS),
+            candidate_log: (1, 1),
+            granted: false,
+            adopts_term: false,
+        },
+        Case {
+            mode: ElectionMode::RaftPreVoteCheckQuorum,
+            heard_leader_ago: Some(1_500 * MS),
+            candidate_log: (1, 1),
+            granted: true,
+            adopts_term: true,
+        },
+        Case {
+            mode: ElectionMode::Harpoon,
+            heard_leader_ago: Some(10 * MS),
+            candidate_log: (1, 1),
+            granted: false,
+            adopts_term: false,
+        },
+        Case {
+            mode: ElectionMode::Harpoon,
+            heard_leader_ago: Some(499 * MS),
+            candidate_log: (1, 1),
+            granted: false,
+            adopts_term: false,
+        },
+        Case {
+            mode: ElectionMode::Harpoon,
+            heard_leader_ago: Some(501 * MS),
+            candidate_log: (1, 1),
+            granted: true,
+            adopts_term: true,
+        },
+        Case {
+            mode: ElectionMode::Harpoon,
+            heard_leader_ago: Some(501 * MS),
+            candidate_log: (0, 0),
+            granted: false,
+            adopts_term: true,
+        },
+    ];
+    for (number, case) in cases.iter().enumerate() {
+        let mut voter = node(2, case.mode);
+        let entry = Entry { term: 1, index: 1, payload: EntryPayload::Noop };
+        let heard_at = LATE;
+        let append =
+            Message::Append { term: 1, prev_index: 0, prev_term: 0, entries: vec![entry], commit: 0, round: 1 };
+        let _ = deliver(&mut voter, heard_at, 3, append);
+        let now = heard_at + case.heard_leader_ago.unwrap_or(0);
+        let (last_log_index, last_log_term) = case.candidate_log;
+        let ready = deliver(&mut voter, now, 1, Message::Vote { term: 2, last_log_index, last_log_term });
+        let granted =
+            messages(&ready).iter().any(|message| matches!(message, Message::VoteResponse { granted: true, .. }));
+        assert_eq!(granted, case.granted, "case {number}: granted");
+        assert_eq!(voter.term() == 2, case.adopts_term, "case {number}: adopts the term");
+    }
+}
+
+#[test]
+fn an_isolated_harpoon_node_does_not_inflate_its_term() {
+    let mut lonely = node(3, ElectionMode::Harpoon);
+    let mut now = 0;
+    for _ in 0..20 {
+        let ready = lonely.step(now, Input::Tick);
+        now = ready.next_deadline.max(now + 1);
+    }
+    assert_eq!(lonely.term(), 0, "pre-vote never won, so the term never rose");
+    assert_eq!(lonely.role(), Role::PreCandidate);
+}
+
+#[test]
+fn classic_raft_inflates_its_term_when_isolated() {
+    let mut lonely = node(3, ElectionMode::Raft);
+    let mut now = 0;
+    for _ in 0..5 {
+        let ready = lonely.step(now, Input::Tick);
+        now = ready.next_deadline.max(now + 1);
+    }
+    assert!(lonely.term() >= 3, "each timeout starts a new term");
+}
+
+#[test]
+fn a_restarted_harpoon_node_keeps_quiet_for_a_lease() {
+    let mut restarted = Node::new(config(2, ElectionMode::Harpoon), Recovered::default(), 2, 1_000 * MS).unwrap();
+    let vote = Message::Vote { term: 1, last_log_index: 0, last_log_term: 0 };
+    let ready = deliver(&mut restarted, 1_400 * MS, 1, vote.clone());
+    assert!(messages(&ready).iter().any(|message| matches!(message, Message::VoteResponse { granted: false, .. })));
+    let ready = deliver(&mut restarted, 1_501 * MS, 1, vote);
+    assert!(messages(&ready).iter().any(|message| matches!(message, Message::VoteResponse { granted: true, .. })));
+}
+
+#[test]
+fn a_leader_without_renewals_abdicates_without_a_new_term() {
+    let mut leader = elect_node_one(ElectionMode::Harpoon, LATE);
+    let term = leader.term();
+    assert!(leader.holds_lease(LATE + MS));
+    let _ = leader.step(LATE + 400 * MS, Input::Tick);
+    assert_eq!(leader.role(), Role::Leader, "the lease from the votes still runs");
+    let _ = leader.step(LATE + 480 * MS, Input::Tick);
+    assert_eq!(leader.role(), Role::Follower, "no quorum renewed the lease");
+    assert_eq!(leader.term(), term);
+    assert!(!leader.holds_lease(LATE + 480 * MS));
+}
+
+#[test]
+fn acknowledged_rounds_extend_the_lease_from_their_send_time() {
+    let mut leader = elect_node_one(ElectionMode::Harpoon, LATE);
+    let round_at = LATE + 300 * MS;
+    let ready = leader.step(round_at, Input::Tick);
+    let round = messages(&ready)
+        .iter()
+        .find_map(|message| match message {
+            Message::Heartbeat { round, .. } => Some(*round),
+            _ => None,
+        })
+        .expect("a heartbeat round started");
+    let _ = deliver(&mut leader, round_at + 50 * MS, 2, Message::HeartbeatResponse { term: 1, round });
+    let expected_end = round_at + leader.config().leader_lease_ns();
+    assert!(leader.holds_lease(expected_end - 1));
+    assert!(!leader.holds_lease(expected_end));
+}
+
+#[test]
+fn lease_reads_wait_for_the_noop_and_are_then_immediate() {
+    let mut leader = elect_node_one(ElectionMode::Harpoon, LATE);
+    let ready = leader.step(LATE + MS, Input::Client(get(9, 1)));
+    assert!(ready.reads.is_empty(), "the term's no-op has not committed");
+    let ready = acknowledge_all(&mut leader, LATE + 2 * MS);
+    assert_eq!(ready.reads.len(), 1, "the waiting read is confirmed by the acknowledged round");
+    let ready = leader.step(LATE + 3 * MS, Input::Client(get(9, 2)));
+    assert_eq!(ready.reads.len(), 1, "a lease read needs no round trip");
+    assert_eq!(ready.reads[0].read_index, leader.commit_index());
+}
+
+#[test]
+fn raft_reads_always_take_a_quorum_round() {
+    let mut leader = elect_node_one(ElectionMode::Raft, LATE);
+    let _ = acknowledge_all(&mut leader, LATE + MS);
+    let ready = leader.step(LATE + 2 * MS, Input::Client(get(9, 1)));
+    assert!(ready.reads.is_empty());
+    let round = messages(&ready)
+        .iter()
+        .find_map(|message| match message {
+            Message::Heartbeat { round, .. } => Some(*round),
+            _ => None,
+        })
+        .expect("the read started a round");
+    let ready = deliver(&mut leader, LATE + 3 * MS, 2, Message::HeartbeatResponse { term: 1, round });
+    assert_eq!(ready.reads.len(), 1);
+}
+
+#[test]
+fn only_entries_of_the_current_term_commit_by_counting() {
+    // Node 1 holds an old-term entry at index 1, then becomes leader of term 3.
+    let old = Entry { term: 1, index: 1, payload: EntryPayload::Noop };
+    let recovered =
+        Recovered { hard_state: HardState { term: 2, voted_for: None }, snapshot: None, entries: vec![old] };
+    let mut leader = Node::new(config(1, ElectionMode::Raft), recovered, 1, 0).unwrap();
+    let _ = leader.step(LATE, Input::Tick);
+    let _ = deliver(&mut leader, LATE, 2, Message::VoteResponse { term: 3, granted: true });
+    assert_eq!(leader.role(), Role::Leader);
+    let _ = leader.step(LATE, Input::Persisted { index: 2, term: 3 });
+    let ack_old = Message::AppendResponse { term: 3, success: true, index: 1, hint: None, round: 1 };
+    let _ = deliver(&mut leader, LATE, 2, ack_old);
+    assert_eq!(leader.commit_index(), 0, "a majority holds index 1, but it is from term 1");
+    let ack_noop = Message::AppendResponse { term: 3, success: true, index: 2, hint: None, round: 1 };
+    let _ = deliver(&mut leader, LATE, 2, ack_noop);
+    assert_eq!(leader.commit_index(), 2, "the term-3 no-op commits, and index 1 with it");
+}
+
+#[test]
+fn followers_truncate_conflicts_and_hint_the_conflicting_term() {
+    let mut follower = node(2, ElectionMode::Raft);
+    let entries = (1..=3).map(|index| Entry { term: 1, index, payload: EntryPayload::Noop }).collect();
+    let _ = deliver(
+        &mut follower,
+        LATE,
+        1,
+        Message::Append { term: 1, prev_index: 0, prev_term: 0, entries, commit: 1, round: 1 },
+    );
+    let probe = Message::Append { term: 2, prev_index: 3, prev_term: 2, entries: vec![], commit: 1, round: 1 };
+    let ready = deliver(&mut follower, LATE, 3, probe);
+    let hint = messages(&ready).iter().find_map(|message| match message {
+        Message::AppendResponse { success: false, hint, .. } => *hint,
+        _ => None,
+    });
+    assert_eq!(hint, Some(RejectHint { conflict_index: 1, conflict_term: Some(1) }));
+    let replacement = vec![Entry { term: 2, index: 2, payload: EntryPayload::Noop }];
+    let append = Message::Append { term: 2, prev_index: 1, prev_term: 1, entries: replacement, commit: 1, round: 1 };
+    let ready = deliver(&mut follower, LATE, 3, append);
+    assert_eq!(follower.log().last_index(), 2);
+    assert_eq!(follower.log().term(2), Some(2));
+    assert_eq!(ready.persist.entries.first().map(|entry| entry.index), Some(2), "the rewrite starts at the conflict");
+}
+
+#[test]
+fn stale_appends_never_truncate_matching_entries() {
+    let mut follower = node(2, ElectionMode::Raft);
+    let entries: Vec<Entry> = (1..=3).map(|index| Entry { term: 1, index, payload: EntryPayload::Noop }).collect();
+    let _ = deliver(
+        &mut follower,
+        LATE,
+        1,
+        Message::Append { term: 1, prev_index: 0, prev_term: 0, entries: entries.clone(), commit: 0, round: 1 },
+    );
+    let stale =
+        Message::Append { term: 1, prev_index: 0, prev_term: 0, entries: entries[..1].to_vec(), commit: 0, round: 1 };
+    let _ = deliver(&mut follower, LATE, 1, stale);
+    assert_eq!(follower.log().last_index(), 3);
+}
+
+#[test]
+fn the_leader_pipelines_a_bounded_number_of_appends() {
+    let mut leader = elect_node_one(ElectionMode::Raft, LATE);
+    let _ = acknowledge_all(&mut leader, LATE);
+    let mut appends_to_two = 0;
+    for sequence in 1..=(APPENDS_IN_FLIGHT_MAX as u64 + 5) {
+        let ready = leader.step(LATE + MS, Input::Client(set(9, sequence)));
+        appends_to_two += ready
+            .send
+            .iter()
+            .filter(|envelope| envelope.to == 2 && matches!(envelope.message, Message::Append { .. }))
+            .count();
+    }
+    assert_eq!(appends_to_two, APPENDS_IN_FLIGHT_MAX, "the window caps appends in flight");
+}
+
+#[test]
+fn a_follower_behind_the_compaction_point_gets_a_snapshot() {
+    let mut leader = elect_node_one(ElectionMode::Raft, LATE);
+    let _ = leader.step(LATE, Input::Persisted { index: 1, term: 1 });
+    let _ = deliver(
+        &mut leader,
+        LATE,
+        2,
+        Message::AppendResponse { term: 1, success: true, index: 1, hint: None, round: 1 },
+    );
+    assert_eq!(leader.commit_index(), 1, "node 3 never answered, node 2 made the quorum");
+    let snapshot = Snapshot { last_index: 1, last_term: 1, data: std::sync::Arc::new(vec![7]) };
+    let _ = leader.step(LATE, Input::Compact(snapshot.clone()));
+    let retransmit_at = LATE + leader.config().retransmit_timeout_ns;
+    let ready = leader.step(retransmit_at, Input::Tick);
+    let to_three: Vec<&Message> =
+        ready.send.iter().filter(|envelope| envelope.to == 3).map(|envelope| &envelope.message).collect();
+    assert!(to_three.iter().any(|message| matches!(message, Message::InstallSnapshot { .. })), "sent {to_three:?}");
+
+    let mut follower = node(3, ElectionMode::Raft);
+    let install = Message::InstallSnapshot { term: 1, snapshot: snapshot.clone(), round: 1 };
+    let ready = deliver(&mut follower, MS, 1, install);
+    assert_eq!(ready.persist.snapshot, Some(snapshot));
+    assert_eq!(follower.commit_index(), 1);
+    let response = ready.send_after_persist.iter().map(|envelope| &envelope.message);
+    assert!(response
+        .into_iter()
+        .any(|message| matches!(message, Message::InstallSnapshotResponse { last_index: 1, .. })));
+}

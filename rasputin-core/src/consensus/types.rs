@@ -1,0 +1,209 @@
+//! The vocabulary of the consensus module: identifiers, log entries, client
+//! requests and peer messages. Plain data only; behaviour lives in `node`.
+
+use std::sync::Arc;
+
+/// A cluster member's identity. Stable for the member's lifetime.
+pub type NodeId = u64;
+/// A Raft term.
+pub type Term = u64;
+/// A position in the replicated log. Index 0 is the empty prefix.
+pub type LogIndex = u64;
+/// A node's local monotonic time in nanoseconds. Never compared across nodes.
+pub type Nanos = u64;
+
+/// What a client asks of the key-value state machine.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Operation {
+    Set { key: Vec<u8>, value: Vec<u8> },
+    Get { key: Vec<u8> },
+    Cas { key: Vec<u8>, expected: Vec<u8>, new: Vec<u8> },
+    Del { key: Vec<u8> },
+}
+
+impl Operation {
+    /// Reads do not enter the log; they are served at a confirmed read index.
+    pub fn is_read(&self) -> bool {
+        matches!(self, Operation::Get { .. })
+    }
+
+    pub fn key(&self) -> &[u8] {
+        match self {
+            Operation::Set { key, .. }
+            | Operation::Get { key }
+            | Operation::Cas { key, .. }
+            | Operation::Del { key } => key,
+        }
+    }
+
+    /// Bytes this operation occupies in a log entry, used for batch limits.
+    pub fn size_bytes(&self) -> usize {
+        match self {
+            Operation::Set { key, value } => key.len() + value.len(),
+            Operation::Get { key } | Operation::Del { key } => key.len(),
+            Operation::Cas { key, expected, new } => key.len() + expected.len() + new.len(),
+        }
+    }
+}
+
+/// A client command. `(client_id, sequence)` identifies it across retries, so
+/// the state machine can apply a retried write exactly once.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ClientRequest {
+    pub client_id: u64,
+    pub sequence: u64,
+    pub operation: Operation,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum EntryPayload {
+    /// Appended by every new leader so that it can commit entries of its term
+    /// and learn the commit index (Raft §8).
+    Noop,
+    Command(ClientRequest),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Entry {
+    pub term: Term,
+    pub index: LogIndex,
+    pub payload: EntryPayload,
+}
+
+impl Entry {
+    pub fn size_bytes(&self) -> usize {
+        let payload = match &self.payload {
+            EntryPayload::Noop => 0,
+            EntryPayload::Command(request) => request.operation.size_bytes(),
+        };
+        payload + 32
+    }
+}
+
+/// State that must survive a crash before any message that depends on it leaves.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct HardState {
+    pub term: Term,
+    pub voted_for: Option<NodeId>,
+}
+
+/// A state-machine image covering the log up to `last_index`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Snapshot {
+    pub last_index: LogIndex,
+    pub last_term: Term,
+    /// Opaque to consensus; shared so that sending it to several peers does not copy it.
+    pub data: Arc<Vec<u8>>,
+}
+
+/// Where a follower's log diverges, so the leader can skip a whole term at a time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct RejectHint {
+    /// The first index of `conflict_term` in the follower's log, or its last index + 1.
+    pub conflict_index: LogIndex,
+    /// The term the follower holds at the rejected `prev_index`, if it holds one.
+    pub conflict_term: Option<Term>,
+}
+
+/// A peer message. `round` numbers the leader's lease and read-confirmation
+/// rounds; a response echoes the round of the request it answers, and only
+/// responses to a round count towards that round's quorum.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Message {
+    /// "Would you vote for me in `term`?" Changes no state at the receiver.
+    PreVote {
+        term: Term,
+        last_log_index: LogIndex,
+        last_log_term: Term,
+    },
+    PreVoteResponse {
+        term: Term,
+        granted: bool,
+    },
+    Vote {
+        term: Term,
+        last_log_index: LogIndex,
+        last_log_term: Term,
+    },
+    VoteResponse {
+        term: Term,
+        granted: bool,
+    },
+    Append {
+        term: Term,
+        prev_index: LogIndex,
+        prev_term: Term,
+        entries: Vec<Entry>,
+        commit: LogIndex,
+        round: u64,
+    },
+    AppendResponse {
+        term: Term,
+        success: bool,
+        /// On success, the last index now known to match the leader.
+        /// On rejection, the `prev_index` that was rejected.
+        index: LogIndex,
+        hint: Option<RejectHint>,
+        round: u64,
+    },
+    /// Carries the commit index and starts a lease round; no log check.
+    Heartbeat {
+        term: Term,
+        commit: LogIndex,
+        round: u64,
+    },
+    HeartbeatResponse {
+        term: Term,
+        round: u64,
+    },
+    InstallSnapshot {
+        term: Term,
+        snapshot: Snapshot,
+        round: u64,
+    },
+    InstallSnapshotResponse {
+        term: Term,
+        last_index: LogIndex,
+        round: u64,
+    },
+}
+
+impl Message {
+    pub fn term(&self) -> Term {
+        match self {
+            Message::PreVote { term, .. }
+            | Message::PreVoteResponse { term, .. }
+            | Message::Vote { term, .. }
+            | Message::VoteResponse { term, .. }
+            | Message::Append { term, .. }
+            | Message::AppendResponse { term, .. }
+            | Message::Heartbeat { term, .. }
+            | Message::HeartbeatResponse { term, .. }
+            | Message::InstallSnapshot { term, .. }
+            | Message::InstallSnapshotResponse { term, .. } => *term,
+        }
+    }
+
+    /// A short name for traces and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Message::PreVote { .. } => "prevote",
+            Message::PreVoteResponse { .. } => "prevote-resp",
+            Message::Vote { .. } => "vote",
+            Message::VoteResponse { .. } => "vote-resp",
+            Message::Append { .. } => "append",
+            Message::AppendResponse { .. } => "append-resp",
+            Message::Heartbeat { .. } => "heartbeat",
+            Message::HeartbeatResponse { .. } => "heartbeat-resp",
+            Message::InstallSnapshot { .. } => "snapshot",
+            Message::InstallSnapshotResponse { .. } => "snapshot-resp",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Envelope {
+    pub from: NodeId,
+    pub to: NodeId,
+    pub message: Message,
+}

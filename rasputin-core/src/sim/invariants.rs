@@ -1,0 +1,105 @@
+//! Safety properties checked after every simulator event. A breach is
+//! returned as a description, which the simulator reports with its seed.
+
+use std::collections::hash_map::DefaultHasher;
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{Hash, Hasher};
+
+use crate::consensus::{Entry, EntryPayload, LogIndex, Node, NodeId, Term};
+
+/// A stable fingerprint of an entry's payload.
+fn fingerprint(payload: &EntryPayload) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    payload.hash(&mut hasher);
+    hasher.finish()
+}
+
+#[derive(Default)]
+pub struct Invariants {
+    leaders: BTreeMap<Term, NodeId>,
+    /// (index, term) → (payload fingerprint, term of the entry before it).
+    entries: HashMap<(LogIndex, Term), (u64, Term)>,
+    /// Committed entries as first applied anywhere: index → (term, fingerprint).
+    committed: Vec<(Term, u64)>,
+}
+
+pub type Breach = String;
+
+impl Invariants {
+    /// At most one leader per term, and leader completeness.
+    pub fn on_leader(&mut self, node: &Node) -> Result<(), Breach> {
+        let term = node.term();
+        let id = node.id();
+        if let Some(&other) = self.leaders.get(&term) {
+            if other != id {
+                return Err(format!("two leaders in term {term}: nodes {other} and {id}"));
+            }
+            return Ok(());
+        }
+        self.leaders.insert(term, id);
+        let log = node.log();
+        for (offset, &(committed_term, print)) in self.committed.iter().enumerate() {
+            let index = offset as LogIndex + 1;
+            if index <= log.snapshot_index() {
+                continue;
+            }
+            let held = log.entry(index).map(|entry| (entry.term, fingerprint(&entry.payload)));
+            if held != Some((committed_term, print)) {
+                return Err(format!(
+                    "leader completeness: node {id}, leader of term {term}, lacks committed index {index} (term {committed_term}); holds {held:?}"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Log matching: an (index, term) pair names one entry and one predecessor term everywhere.
+    pub fn on_persisted_entries(&mut self, node: &Node, entries: &[Entry]) -> Result<(), Breach> {
+        for entry in entries {
+            let previous_term = node.log().term(entry.index - 1).unwrap_or(0);
+            let print = (fingerprint(&entry.payload), previous_term);
+            let recorded = *self.entries.entry((entry.index, entry.term)).or_insert(print);
+            if recorded != print {
+                return Err(format!(
+                    "log matching: node {} holds a different entry or predecessor at index {} term {}",
+                    node.id(),
+                    entry.index,
+                    entry.term
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// State machine safety: no two nodes apply different entries at one index.
+    pub fn on_apply(&mut self, node_id: NodeId, entry: &Entry) -> Result<(), Breach> {
+        let print = (entry.term, fingerprint(&entry.payload));
+        let offset = (entry.index - 1) as usize;
+        if offset == self.committed.len() {
+            self.committed.push(print);
+            return Ok(());
+        }
+        if offset > self.committed.len() {
+            return Err(format!(
+                "node {node_id} applied index {} before anyone applied {}",
+                entry.index,
+                self.committed.len() + 1
+            ));
+        }
+        if self.committed[offset] != print {
+            return Err(format!(
+                "node {node_id} applied term {} at index {}, where term {} was applied before",
+                entry.term, entry.index, self.committed[offset].0
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// At most one node holds a valid lease at an instant of true time.
+pub fn check_leases(holders: &[NodeId], true_ns: u64) -> Result<(), Breach> {
+    if holders.len() > 1 {
+        return Err(format!("at true time {true_ns} ns, nodes {holders:?} all hold a valid lease"));
+    }
+    Ok(())
+}
