@@ -37,8 +37,8 @@ struct Arguments {
     #[arg(long)]
     clock_epsilon: Option<f64>,
     /// Build in a deliberate bug, to see the checks catch it: lease-without-margin or read-before-noop.
-    #[arg(long, value_parser = parse_bug)]
-    bug: Option<Faults>,
+    #[arg(long, value_parser = ["lease-without-margin", "read-before-noop"])]
+    bug: Option<String>,
     /// Worker threads; results are printed in seed order whatever this is.
     #[arg(long, default_value_t = 2)]
     threads: usize,
@@ -65,11 +65,10 @@ fn parse_election(text: &str) -> Result<ElectionMode, String> {
     ElectionMode::parse(text).ok_or_else(|| format!("unknown election mode {text}: use harpoon, raft or raft-pv-cq"))
 }
 
-fn parse_bug(text: &str) -> Result<Faults, String> {
-    match text {
-        "lease-without-margin" => Ok(Faults { lease_without_drift_margin: true, ..Faults::default() }),
-        "read-before-noop" => Ok(Faults { read_before_noop_commits: true, ..Faults::default() }),
-        _ => Err(format!("unknown bug {text}: use lease-without-margin or read-before-noop")),
+fn faults_for(bug: Option<&str>) -> Faults {
+    Faults {
+        lease_without_drift_margin: bug == Some("lease-without-margin"),
+        read_before_noop_commits: bug == Some("read-before-noop"),
     }
 }
 
@@ -83,7 +82,7 @@ fn main() -> ExitCode {
     let mut config = SimConfig::new(arguments.nodes, arguments.election, nemesis);
     config.record_trace = arguments.trace;
     config.clock_epsilon = arguments.clock_epsilon.unwrap_or(config.clock_epsilon);
-    config.faults = arguments.bug.unwrap_or_default();
+    config.faults = faults_for(arguments.bug.as_deref());
     let started = Instant::now();
     let seeds: Vec<u64> = (arguments.seed..arguments.seed + arguments.seeds).collect();
     let reports = in_parallel(&seeds, arguments.threads, |&seed| run_seed(&config, seed));
@@ -122,13 +121,20 @@ fn main() -> ExitCode {
 fn replay_command(arguments: &Arguments, report: &SeedReport) -> String {
     let nemesis: Vec<&str> = arguments.nemesis.0.iter().map(|kind| kind.name()).collect();
     let nemesis = if nemesis.len() == NemesisKind::ALL.len() { "all".to_string() } else { nemesis.join(",") };
-    format!(
+    let mut command = format!(
         "cargo run --release -p rasputin --bin rasputin-sim -- --seeds 1 --seed {} --nodes {} --nemesis {} --election {}",
         report.seed,
         arguments.nodes,
         if nemesis.is_empty() { "none" } else { &nemesis },
         arguments.election.name()
-    )
+    );
+    if let Some(epsilon) = arguments.clock_epsilon {
+        command.push_str(&format!(" --clock-epsilon {epsilon}"));
+    }
+    if let Some(bug) = &arguments.bug {
+        command.push_str(&format!(" --bug {bug}"));
+    }
+    command
 }
 
 /// Runs `work` over `items` on `threads` threads, returning results in item order.

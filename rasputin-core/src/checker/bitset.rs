@@ -2,7 +2,7 @@
 
 const WORD_BITS: usize = 64;
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub(super) struct Bitset {
     words: Vec<u64>,
 }

@@ -1,15 +1,17 @@
 //! Brute-force reference checker for small histories, used by the tests.
 //!
 //! It tries every subset of the unknown-outcome operations and every order of
-//! the chosen ones with the completed ones, over all keys at once, so it also
-//! checks that splitting a history by key loses nothing.
+//! the chosen ones with the completed ones that respects real-time order,
+//! over all keys at once, so it also checks that splitting a history by key
+//! loses nothing. Orders are built one operation at a time and abandoned as
+//! soon as a prefix is illegal, which keeps histories of ten operations cheap.
 
 use std::collections::BTreeMap;
 
 use super::{model, Operation, Value};
 
-/// Enough for the tests' histories; the cost grows as 2^unknown * n!.
-const OPERATIONS_MAX: usize = 9;
+/// The cost grows as 2^unknown * n!.
+const OPERATIONS_MAX: usize = 10;
 
 pub(super) fn is_linearizable(history: &[Operation]) -> bool {
     assert!(history.len() <= OPERATIONS_MAX, "brute force cannot check {} operations", history.len());
@@ -18,20 +20,32 @@ pub(super) fn is_linearizable(history: &[Operation]) -> bool {
     (0..1u32 << unknown.len()).any(|subset| {
         let mut chosen = completed.clone();
         chosen.extend(unknown.iter().enumerate().filter(|&(bit, _)| subset & (1 << bit) != 0).map(|(_, &index)| index));
-        any_permutation(&mut chosen, 0, &mut |order| respects_real_time(history, order) && is_legal(history, order))
+        can_order(history, &mut chosen, &mut BTreeMap::new())
     })
 }
 
-/// Whether `accept` holds for some ordering of `items` that keeps
-/// `items[..fixed]` as they are.
-fn any_permutation(items: &mut [usize], fixed: usize, accept: &mut impl FnMut(&[usize]) -> bool) -> bool {
-    if fixed == items.len() {
-        return accept(items);
+/// Whether the `remaining` operations can follow, in some order, a prefix
+/// that left the keys in `registers`.
+fn can_order(history: &[Operation], remaining: &mut Vec<usize>, registers: &mut BTreeMap<u64, Value>) -> bool {
+    if remaining.is_empty() {
+        return true;
     }
-    for choice in fixed..items.len() {
-        items.swap(fixed, choice);
-        let found = any_permutation(items, fixed + 1, accept);
-        items.swap(fixed, choice);
+    for position in 0..remaining.len() {
+        let next = remaining[position];
+        if remaining.iter().any(|&other| must_precede(history, other, next)) {
+            continue;
+        }
+        let operation = &history[next];
+        let before = registers.get(&operation.key).copied().flatten();
+        let (after, output) = model::apply(before, &operation.input);
+        if operation.output.as_ref().is_some_and(|observed| *observed != output) {
+            continue;
+        }
+        registers.insert(operation.key, after);
+        remaining.remove(position);
+        let found = can_order(history, remaining, registers);
+        remaining.insert(position, next);
+        registers.insert(operation.key, before);
         if found {
             return true;
         }
@@ -39,23 +53,7 @@ fn any_permutation(items: &mut [usize], fixed: usize, accept: &mut impl FnMut(&[
     false
 }
 
-/// No operation is ordered after one that was invoked after it completed.
-fn respects_real_time(history: &[Operation], order: &[usize]) -> bool {
-    order.iter().enumerate().all(|(position, &earlier)| {
-        order[position + 1..].iter().all(|&later| {
-            history[later].complete_ns.is_none_or(|complete_ns| complete_ns >= history[earlier].invoke_ns)
-        })
-    })
-}
-
-/// Running `order` sequentially reproduces every observed output.
-fn is_legal(history: &[Operation], order: &[usize]) -> bool {
-    let mut registers: BTreeMap<u64, Value> = BTreeMap::new();
-    order.iter().all(|&index| {
-        let operation = &history[index];
-        let register = registers.entry(operation.key).or_insert(None);
-        let (next, output) = model::apply(*register, &operation.input);
-        *register = next;
-        operation.output.as_ref().is_none_or(|observed| *observed == output)
-    })
+/// Real-time order: `earlier` completed before `later` was invoked.
+fn must_precede(history: &[Operation], earlier: usize, later: usize) -> bool {
+    history[earlier].complete_ns.is_some_and(|complete_ns| complete_ns < history[later].invoke_ns)
 }

@@ -8,24 +8,22 @@
 //! The cache therefore maps (completed set, state) to the minimal unknown sets
 //! visited, and rejects any configuration dominated by one of them.
 
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
+use std::borrow::Borrow;
+use std::collections::HashSet;
+use std::hash::{BuildHasherDefault, Hash, Hasher};
 
 use super::bitset::{is_subset, Bitset};
 use super::Value;
 
 pub(super) struct Cache {
-    /// Encoded (completed set, state) to the visited unknown sets, each
-    /// `unknown_words` long, concatenated.
-    visited: HashMap<Box<[u64]>, Vec<u64>, BuildHasherDefault<WordHasher>>,
+    visited: HashSet<Visited, BuildHasherDefault<WordHasher>>,
     /// Reused buffer for encoding keys so that lookups do not allocate.
     key: Vec<u64>,
-    states: u64,
 }
 
 impl Cache {
     pub(super) fn new() -> Self {
-        Cache { visited: HashMap::default(), key: Vec::new(), states: 0 }
+        Cache { visited: HashSet::default(), key: Vec::new() }
     }
 
     /// Records the configuration and returns true, unless a visited
@@ -33,50 +31,80 @@ impl Cache {
     pub(super) fn visit(&mut self, completed: &Bitset, unknown: &Bitset, state: Value) -> bool {
         self.encode(completed.words(), state);
         let unknown = unknown.words();
-        if let Some(visited_sets) = self.visited.get_mut(self.key.as_slice()) {
-            let mut sets = visited_sets.chunks_exact(unknown.len());
-            if sets.any(|set| is_subset(set, unknown)) {
-                return false;
-            }
-            // Sets that contain the new one are now redundant: drop them to
-            // keep the dominance scan short.
-            let mut minimal: Vec<u64> = visited_sets
-                .chunks_exact(unknown.len())
-                .filter(|set| !is_subset(unknown, set))
-                .flatten()
-                .copied()
-                .collect();
-            minimal.extend_from_slice(unknown);
-            *visited_sets = minimal;
-        } else {
-            self.visited.insert(self.key.as_slice().into(), unknown.to_vec());
+        let visited_sets = self.visited.get(self.key.as_slice()).map_or(&[][..], Visited::unknown_sets);
+        if visited_sets.chunks_exact(unknown.len()).any(|set| is_subset(set, unknown)) {
+            return false;
         }
-        self.states += 1;
+        let mut entry = Vec::with_capacity(self.key.len() + visited_sets.len() + unknown.len());
+        entry.extend_from_slice(&self.key);
+        // Sets that contain the new one are now redundant: dropping them keeps
+        // the dominance scan short.
+        entry.extend(visited_sets.chunks_exact(unknown.len()).filter(|set| !is_subset(unknown, set)).flatten());
+        entry.extend_from_slice(unknown);
+        self.visited.replace(Visited(entry.into_boxed_slice()));
         true
     }
 
-    /// Number of configurations recorded so far.
-    pub(super) fn states(&self) -> u64 {
-        self.states
-    }
-
-    /// Encodes state and completed set as [state tag, state value, number of
-    /// leading all-ones words, words up to the last non-zero one]. Operations
-    /// are numbered in invoke order and real-time order forces old ones to be
-    /// linearized, so a linearized set is a run of full words followed by a
-    /// short window: storing only the window keeps the cache small.
+    /// Encodes state and completed set as [key length and number of leading
+    /// all-ones words, state tag, state value, words up to the last non-zero
+    /// one]. Operations are numbered in invoke order and real-time order
+    /// forces old ones to be linearized, so a linearized set is a run of full
+    /// words followed by a short window: storing only the window keeps the
+    /// cache small.
     fn encode(&mut self, completed: &[u64], state: Value) {
+        let full_words = completed.iter().take_while(|&&word| word == u64::MAX).count();
+        let window_end = completed.iter().rposition(|&word| word != 0).map_or(full_words, |last| last + 1);
+        let key_length = 3 + window_end - full_words;
+        let packed = u32::try_from(key_length)
+            .ok()
+            .zip(u32::try_from(full_words).ok())
+            .map(|(length, full)| u64::from(length) | u64::from(full) << 32);
+        let packed = packed.unwrap_or_else(|| panic!("{} bitset words do not fit a cache key", completed.len()));
         self.key.clear();
+        self.key.push(packed);
         self.key.extend_from_slice(&match state {
             None => [0, 0],
             Some(value) => [1, value],
         });
-        let full_words = completed.iter().take_while(|&&word| word == u64::MAX).count();
-        let window_end = completed.iter().rposition(|&word| word != 0).map_or(full_words, |last| last + 1);
-        self.key.push(full_words as u64);
         self.key.extend_from_slice(&completed[full_words..window_end]);
     }
 }
+
+/// A visited (completed set, state) followed by its minimal unknown sets, in
+/// one allocation to keep the cache small. Hashing and equality cover only
+/// the key, whose length is the low half of the first word, so entries are
+/// found by an encoded key alone.
+struct Visited(Box<[u64]>);
+
+impl Visited {
+    fn key(&self) -> &[u64] {
+        &self.0[..self.0[0] as u32 as usize]
+    }
+
+    fn unknown_sets(&self) -> &[u64] {
+        &self.0[self.key().len()..]
+    }
+}
+
+impl Borrow<[u64]> for Visited {
+    fn borrow(&self) -> &[u64] {
+        self.key()
+    }
+}
+
+impl Hash for Visited {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.key().hash(state);
+    }
+}
+
+impl PartialEq for Visited {
+    fn eq(&self, other: &Self) -> bool {
+        self.key() == other.key()
+    }
+}
+
+impl Eq for Visited {}
 
 /// A multiply-rotate hasher over 64-bit words with a final avalanche. The keys
 /// come from our own search, not from an adversary, so SipHash's protection is

@@ -7,12 +7,21 @@
 //! effect "lifts" both entries out of the list; backtracking relinks them.
 //!
 //! Unknown-outcome operations have no return entry (they return at +infinity)
-//! and are optional. They are kept outside the list, in invoke order, and are
-//! tried only after the completed candidates: configurations reached without
-//! them are then cached first and dominate the ones that add them (see
-//! `cache`), which keeps their optionality from multiplying the search.
+//! and are optional, so each could be inserted almost anywhere; three rules
+//! keep that freedom from multiplying the search:
+//! - They are kept outside the list, in invoke order, and tried after the
+//!   completed candidates, so configurations without them are cached first and
+//!   dominate those that add them (see `cache`).
+//! - Moving an unknown-outcome operation later never breaks real-time order,
+//!   and leaving it out never breaks anything. So if some linearization
+//!   exists, one exists where each unknown-outcome operation is directly
+//!   followed by an operation that depends on it: one that could not take
+//!   effect without it, or ends in a different state both without it and with
+//!   the two swapped. The search only explores such linearizations.
+//! - Of several pending unknown-outcome operations with equal inputs, only the
+//!   earliest invoked is tried: once all are eligible they are interchangeable.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use super::bitset::Bitset;
 use super::cache::Cache;
@@ -85,6 +94,8 @@ struct Search<'a> {
     completed: Vec<usize>,
     /// History indices of the unknown-outcome operations that can matter, in invoke order.
     unknown: Vec<usize>,
+    /// For each of `unknown`, the latest earlier one with an equal input.
+    earlier_twin: Vec<Option<usize>>,
     /// Node 0 is the head sentinel and the last node the tail sentinel.
     entries: Vec<Entry>,
     next: Vec<usize>,
@@ -97,12 +108,13 @@ struct Search<'a> {
     state: Value,
     stack: Vec<Frame>,
     cache: Cache,
+    states_explored: u64,
     deepest: Option<DeadEnd>,
 }
 
 impl<'a> Search<'a> {
     fn new(history: &'a [Operation], operations: &[usize]) -> Self {
-        let observed = observed_values(history, operations);
+        let observed = observed_states(history, operations);
         let (completed, unknown): (Vec<usize>, Vec<usize>) = operations
             .iter()
             .copied()
@@ -116,6 +128,7 @@ impl<'a> Search<'a> {
             nodes[entry.operation] = node;
         }
         Search {
+            earlier_twin: earlier_twins(history, &unknown),
             history,
             next: (1..=entries.len()).collect(),
             previous: (0..entries.len()).map(|node| node.saturating_sub(1)).collect(),
@@ -130,6 +143,7 @@ impl<'a> Search<'a> {
             state: None,
             stack: Vec::new(),
             cache: Cache::new(),
+            states_explored: 1,
             deepest: None,
         }
     }
@@ -138,47 +152,38 @@ impl<'a> Search<'a> {
         self.cache.visit(&self.linearized_completed, &self.linearized_unknown, self.state);
         let mut cursor = Cursor::Entry(self.next[HEAD]);
         while self.pending_completed > 0 {
-            let candidate = match cursor {
-                Cursor::Entry(node) => {
-                    let entry = self.entry(node);
-                    if entry.is_return {
-                        cursor = Cursor::Unknown { position: 0, boundary: entry.time };
-                        continue;
-                    }
-                    Some(Placed::Completed(entry.operation))
-                }
-                Cursor::Unknown { position, boundary } => self.next_unknown(position, boundary).map(Placed::Unknown),
-            };
-            let Some(placed) = candidate else {
+            let Some(placed) = self.candidate_at(cursor) else {
                 self.record_dead_end();
-                match self.backtrack() {
-                    Some(resumed) => cursor = resumed,
-                    None => {
-                        eprintln!(
-                            "DEBUG violated completed={} unknown={} states={}",
-                            self.completed.len(),
-                            self.unknown.len(),
-                            self.cache.states()
-                        );
-                        return KeyOutcome::Violated(self.deepest.expect("the root is a dead end"));
-                    }
-                }
+                let Some(resumed) = self.backtrack() else {
+                    return KeyOutcome::Violated(self.deepest.expect("the root is a dead end"));
+                };
+                cursor = resumed;
                 continue;
             };
             cursor = match self.try_place(placed, states_max) {
                 Attempt::Placed => Cursor::Entry(self.next[HEAD]),
                 Attempt::Rejected => self.cursor_after(placed),
-                Attempt::OverLimit => return KeyOutcome::Exhausted { states_explored: self.cache.states() },
+                Attempt::OverLimit => return KeyOutcome::Exhausted { states_explored: self.states_explored },
             };
         }
-        eprintln!(
-            "DEBUG completed={} unknown={} states={} stack={}",
-            self.completed.len(),
-            self.unknown.len(),
-            self.cache.states(),
-            self.stack.len()
-        );
         KeyOutcome::Linearizable
+    }
+
+    /// The first candidate to try at or after `cursor`, if any is left. The
+    /// walk of the list ends at the first return entry, which is where the
+    /// unknown-outcome candidates begin.
+    fn candidate_at(&self, cursor: Cursor) -> Option<Placed> {
+        match cursor {
+            Cursor::Entry(node) => {
+                let entry = self.entry(node);
+                if entry.is_return {
+                    self.next_unknown(0, entry.time).map(Placed::Unknown)
+                } else {
+                    Some(Placed::Completed(entry.operation))
+                }
+            }
+            Cursor::Unknown { position, boundary } => self.next_unknown(position, boundary).map(Placed::Unknown),
+        }
     }
 
     /// The entry at `node`, which must not be the tail: while a completed
@@ -192,27 +197,51 @@ impl<'a> Search<'a> {
         self.entries[node]
     }
 
-    /// The first unlinearized unknown-outcome operation at or after `position`
-    /// that was invoked no later than `boundary`.
+    /// The first unknown-outcome operation at or after `position` that was
+    /// invoked no later than `boundary`, is not linearized, and has no pending
+    /// earlier twin.
     fn next_unknown(&self, position: usize, boundary: u64) -> Option<usize> {
         (position..self.unknown.len())
             .take_while(|&operation| self.history[self.unknown[operation]].invoke_ns <= boundary)
-            .find(|&operation| !self.linearized_unknown.contains(operation))
+            .find(|&operation| {
+                !self.linearized_unknown.contains(operation) && !self.has_pending_earlier_twin(operation)
+            })
     }
 
-    /// Lets `placed` take effect if its output matches and the resulting
-    /// configuration is not dominated by one already searched.
+    fn has_pending_earlier_twin(&self, operation: usize) -> bool {
+        let mut twin = self.earlier_twin[operation];
+        while let Some(earlier) = twin {
+            if !self.linearized_unknown.contains(earlier) {
+                return true;
+            }
+            twin = self.earlier_twin[earlier];
+        }
+        false
+    }
+
+    /// Lets `placed` take effect if its output matches, it depends on a
+    /// directly preceding unknown-outcome operation, and the resulting
+    /// configuration is not dominated by one already searched. Configurations
+    /// right after an unknown-outcome operation are not cached: they carry the
+    /// extra obligation that the next operation depend on it, so they cannot
+    /// stand for the same configuration without that obligation.
     fn try_place(&mut self, placed: Placed, states_max: u64) -> Attempt {
         let operation = &self.history[self.history_index(placed)];
         let Some(next_state) = model::step(self.state, &operation.input, operation.output.as_ref()) else {
             return Attempt::Rejected;
         };
+        if !self.depends_on_last_unknown(operation, next_state) {
+            return Attempt::Rejected;
+        }
         self.mark(placed, true);
-        if !self.cache.visit(&self.linearized_completed, &self.linearized_unknown, next_state) {
+        if matches!(placed, Placed::Completed(_))
+            && !self.cache.visit(&self.linearized_completed, &self.linearized_unknown, next_state)
+        {
             self.mark(placed, false);
             return Attempt::Rejected;
         }
-        if self.cache.states() > states_max {
+        self.states_explored += 1;
+        if self.states_explored > states_max {
             return Attempt::OverLimit;
         }
         self.stack.push(Frame { placed, previous_state: self.state });
@@ -221,6 +250,22 @@ impl<'a> Search<'a> {
             self.lift(operation);
         }
         Attempt::Placed
+    }
+
+    /// Whether `operation`, about to take effect with result `next_state`,
+    /// depends on the unknown-outcome operation placed just before it (true
+    /// when there is none): it could not take effect from the state before
+    /// that one, or its result there differs from `next_state` both alone and
+    /// followed by the unknown-outcome operation.
+    fn depends_on_last_unknown(&self, operation: &Operation, next_state: Value) -> bool {
+        let Some(&Frame { placed: Placed::Unknown(unknown), previous_state }) = self.stack.last() else {
+            return true;
+        };
+        let Some(state_without) = model::step(previous_state, &operation.input, operation.output.as_ref()) else {
+            return true;
+        };
+        let (state_swapped, _) = model::apply(state_without, &self.history[self.unknown[unknown]].input);
+        next_state != state_without && next_state != state_swapped
     }
 
     /// Undoes the most recent placement; returns where the search of the
@@ -339,42 +384,48 @@ fn sorted_entries(history: &[Operation], completed: &[usize]) -> Vec<Entry> {
     entries
 }
 
-/// Values that some operation of the key observed in its output or expects as
-/// a CAS operand (an over-approximation is harmless).
-fn observed_values(history: &[Operation], operations: &[usize]) -> HashSet<u64> {
+/// For each of `unknown` (history indices), the index within `unknown` of the
+/// latest earlier operation with an equal input.
+fn earlier_twins(history: &[Operation], unknown: &[usize]) -> Vec<Option<usize>> {
+    let mut latest: HashMap<&Input, usize> = HashMap::new();
+    unknown.iter().enumerate().map(|(position, &index)| latest.insert(&history[index].input, position)).collect()
+}
+
+/// Register states that some operation of the key observed in its output or
+/// may have found when a CAS succeeded (an over-approximation is harmless).
+fn observed_states(history: &[Operation], operations: &[usize]) -> HashSet<Value> {
     let mut observed = HashSet::new();
     for &index in operations {
         let operation = &history[index];
-        if let Input::Cas { expected, .. } = operation.input {
-            observed.insert(expected);
+        let may_have_succeeded = !matches!(operation.output, Some(Output::Cas { success: false, .. }));
+        if let (Input::Cas { expected, .. }, true) = (&operation.input, may_have_succeeded) {
+            observed.insert(Some(*expected));
         }
-        if let Some(
-            Output::Read(Some(value)) | Output::Cas { current: Some(value), .. } | Output::Delete(Some(value)),
-        ) = operation.output
-        {
-            observed.insert(value);
+        match operation.output {
+            Some(Output::Read(state) | Output::Cas { current: state, .. } | Output::Delete(state)) => {
+                observed.insert(state);
+            }
+            Some(Output::Write) | None => {}
         }
     }
     observed
 }
 
 /// Whether an operation can affect the verdict. Completed operations always
-/// can. An unknown-outcome read has no effect and nothing to match. An
-/// unknown-outcome write of a value nobody observed or expects cannot either:
-/// in a linearization that includes it, every completed operation up to the
-/// next change of the register would observe the value (read, failed CAS,
-/// delete) or expect it (CAS), so only unknown-outcome operations that leave
-/// the value in place lie in between and can be dropped along with the
-/// write; the write or delete that then replaces the value yields the same
-/// state without them. Dropping such operations spares the search from
-/// trying them at every point of the history.
-fn can_matter(operation: &Operation, observed: &HashSet<u64>) -> bool {
+/// can, and an unknown-outcome read never does. Nor does an unknown-outcome
+/// operation whose only effect is to set a state that no operation observes
+/// or succeeds from: in a linearization that includes it, every completed operation
+/// up to the next change of the register would observe that state (read,
+/// failed CAS, delete) or succeed from it (CAS), so only unknown-outcome
+/// operations that leave it in place lie in between and can be dropped along
+/// with it; the write or delete that then changes the register does so regardless.
+fn can_matter(operation: &Operation, observed: &HashSet<Value>) -> bool {
     if operation.output.is_some() {
         return true;
     }
     match operation.input {
         Input::Read => false,
-        Input::Write(value) => observed.contains(&value),
-        Input::Cas { .. } | Input::Delete => true,
+        Input::Write(value) | Input::Cas { new: value, .. } => observed.contains(&Some(value)),
+        Input::Delete => observed.contains(&None),
     }
 }

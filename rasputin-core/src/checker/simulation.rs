@@ -48,8 +48,15 @@ pub(super) fn simulate(rng: &mut ChaCha8Rng, workload: &Workload) -> Vec<Operati
             output: None,
         });
     }
+    record_outputs(&mut history, effects, workload.keys);
+    history
+}
+
+/// Applies the operations that take effect in the order of their
+/// linearization points and records the outputs of the completed ones.
+fn record_outputs(history: &mut [Operation], mut effects: Vec<(u64, u64, usize)>, keys: u64) {
     effects.sort_unstable();
-    let mut registers: Vec<Value> = vec![None; workload.keys as usize];
+    let mut registers: Vec<Value> = vec![None; keys as usize];
     for (_, _, index) in effects {
         let operation = &mut history[index];
         let register = &mut registers[operation.key as usize];
@@ -59,7 +66,6 @@ pub(super) fn simulate(rng: &mut ChaCha8Rng, workload: &Workload) -> Vec<Operati
             operation.output = Some(output);
         }
     }
-    history
 }
 
 /// A random operation on a key whose written values so far are `written`;

@@ -35,8 +35,8 @@ impl Scenario {
 
     pub fn nodes(self) -> usize {
         match self {
-            Scenario::LeaderFollower | Scenario::Chained => 3,
-            Scenario::QuorumLoss | Scenario::Constrained => 5,
+            Scenario::Chained => 3,
+            Scenario::LeaderFollower | Scenario::QuorumLoss | Scenario::Constrained => 5,
         }
     }
 }

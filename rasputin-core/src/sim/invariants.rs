@@ -21,12 +21,16 @@ pub struct Invariants {
     entries: HashMap<(LogIndex, Term), (u64, Term)>,
     /// Committed entries as first applied anywhere: index → (term, fingerprint).
     committed: Vec<(Term, u64)>,
+    /// index → the lowest term of a leader that applied it, i.e. committed it.
+    committed_in_term: Vec<Term>,
 }
 
 pub type Breach = String;
 
 impl Invariants {
-    /// At most one leader per term, and leader completeness.
+    /// At most one leader per term, and leader completeness: a leader holds
+    /// every entry committed by the leader of an earlier term. (A late-elected
+    /// leader of an older term may lack entries committed in newer ones.)
     pub fn on_leader(&mut self, node: &Node) -> Result<(), Breach> {
         let term = node.term();
         let id = node.id();
@@ -40,7 +44,7 @@ impl Invariants {
         let log = node.log();
         for (offset, &(committed_term, print)) in self.committed.iter().enumerate() {
             let index = offset as LogIndex + 1;
-            if index <= log.snapshot_index() {
+            if index <= log.snapshot_index() || self.committed_in_term[offset] >= term {
                 continue;
             }
             let held = log.entry(index).map(|entry| (entry.term, fingerprint(&entry.payload)));
@@ -71,13 +75,19 @@ impl Invariants {
         Ok(())
     }
 
-    /// State machine safety: no two nodes apply different entries at one index.
-    pub fn on_apply(&mut self, node_id: NodeId, entry: &Entry) -> Result<(), Breach> {
+    /// State machine safety: no two nodes apply different entries at one
+    /// index. `leader_term` is the applying node's term if it leads.
+    pub fn on_apply(&mut self, node_id: NodeId, entry: &Entry, leader_term: Option<Term>) -> Result<(), Breach> {
         let print = (entry.term, fingerprint(&entry.payload));
         let offset = (entry.index - 1) as usize;
+        let committing_term = leader_term.unwrap_or(Term::MAX);
         if offset == self.committed.len() {
             self.committed.push(print);
+            self.committed_in_term.push(committing_term);
             return Ok(());
+        }
+        if offset < self.committed.len() {
+            self.committed_in_term[offset] = self.committed_in_term[offset].min(committing_term);
         }
         if offset > self.committed.len() {
             return Err(format!(

@@ -12,6 +12,9 @@ mod network;
 mod workload;
 mod world;
 
+#[cfg(test)]
+mod tests;
+
 pub use nemesis::NemesisKind;
 pub use network::NetworkConfig;
 pub use world::{run_seed, SeedReport};

@@ -23,6 +23,8 @@ use crate::state_machine::{KvStore, Response};
 
 /// One-way latency between a client and a node.
 const CLIENT_LATENCY_NS: u64 = 300_000;
+/// Search states the checker may visit per key before calling a history inconclusive.
+const CHECKER_STATES_PER_KEY_MAX: u64 = 10_000_000;
 /// How long a client waits before retrying after a "not leader" answer.
 const REDIRECT_BACKOFF_NS: u64 = 2_000_000;
 
@@ -362,8 +364,9 @@ impl<'a> World<'a> {
         if let Some(snapshot) = &persist.snapshot {
             self.servers[index].kv = KvStore::restore(&snapshot.data).expect("snapshots come from peers' stores");
         }
+        let leader_term = self.servers[index].node.as_ref().filter(|node| node.role() == Role::Leader).map(Node::term);
         for entry in &apply {
-            self.invariants.on_apply(id, entry)?;
+            self.invariants.on_apply(id, entry, leader_term)?;
             self.apply(index, entry);
         }
         for read in reads {
@@ -783,10 +786,20 @@ impl<'a> World<'a> {
             }
         }
         self.report.operations = self.history.len();
-        if let checker::Verdict::NotLinearizable(violation) = checker::check(&self.history, &checker::Limits::default())
-        {
-            self.report.violation = Some(format!("history is not linearizable: {violation:?}"));
-            return self.report;
+        let limits = checker::Limits { states_per_key_max: CHECKER_STATES_PER_KEY_MAX };
+        match checker::check(&self.history, &limits) {
+            checker::Verdict::Linearizable => {}
+            checker::Verdict::NotLinearizable(violation) => {
+                let explanation = &violation.explanation;
+                self.report.violation =
+                    Some(format!("history not linearizable on key {}: {explanation}", violation.key));
+                return self.report;
+            }
+            checker::Verdict::Inconclusive { key, states_explored } => {
+                self.report.violation =
+                    Some(format!("the checker gave up on key {key} after {states_explored} states; inspect this seed"));
+                return self.report;
+            }
         }
         if !self.config.nemeses.is_empty() {
             match self.report.recovery_ns {
@@ -800,6 +813,12 @@ impl<'a> World<'a> {
             }
         }
         self.report
+    }
+
+    #[cfg(test)]
+    pub(super) fn set_clock_rate(&mut self, index: usize, rate: f64) -> Result<(), Breach> {
+        self.servers[index].clock.set_rate(self.now_ns, rate);
+        self.kick(index)
     }
 
     pub(super) fn into_report(self) -> SeedReport {
