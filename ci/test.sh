@@ -19,7 +19,22 @@ ensure_rust() {
     fi
 }
 
+ensure_build_packages() {
+    # The rocksdb crate compiles RocksDB and generates its bindings with libclang.
+    local missing=()
+    [ -e /usr/lib/llvm-14/lib/libclang.so ] || ls /usr/lib/llvm-*/lib/libclang.so >/dev/null 2>&1 || missing+=(libclang-dev)
+    command -v c++ >/dev/null 2>&1 || missing+=(g++)
+    command -v dash >/dev/null 2>&1 || missing+=(dash)
+    if [ "${#missing[@]}" -gt 0 ]; then
+        step "installing Debian packages: ${missing[*]}"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -q
+        apt-get install -y -q "${missing[@]}"
+    fi
+}
+
 ensure_rust
+ensure_build_packages
 cargo --version
 
 step "formatting"
@@ -35,6 +50,14 @@ cargo build --workspace --release --locked
 step "Rust tests: consensus, state machine, checker, simulator"
 # Release mode reuses the build above and runs the simulator seeds ~10x faster.
 cargo test --workspace --release --locked
+
+step "the README example against ./run.sh's cluster, started under dash"
+dash ./run.sh
+trap 'dash ./run.sh stop' EXIT
+cargo run --release --locked -p rasputin-examples --bin readme-example
+echo "README example: passed"
+dash ./run.sh stop
+trap - EXIT
 
 step "simulator: 2000 seeds, every nemesis, harpoon, 3 nodes"
 ./target/release/rasputin-sim --seeds 2000 --nemesis all --election harpoon --nodes 3

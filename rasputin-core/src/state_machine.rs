@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use thiserror::Error;
 
-use crate::consensus::{ClientRequest, Entry, EntryPayload, LogIndex, Operation, Term};
+use crate::consensus::{Entry, EntryPayload, LogIndex, Operation, Term};
 
 /// Client sessions remembered; beyond this the least recently active is forgotten.
 pub const CLIENT_SESSIONS_COUNT_MAX: usize = 100_000;
@@ -24,10 +24,85 @@ pub struct Response {
     pub index: LogIndex,
 }
 
+/// A client's last write and its response, to answer retries of it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-struct Session {
-    sequence: u64,
-    response: Response,
+pub struct Session {
+    pub sequence: u64,
+    pub response: Response,
+}
+
+/// Read access to a key-value state, in memory or on disk.
+pub trait KvRead {
+    type Error;
+    fn value(&self, key: &[u8]) -> Result<Option<Vec<u8>>, Self::Error>;
+    fn session(&self, client_id: u64) -> Result<Option<Session>, Self::Error>;
+}
+
+/// One change an applied entry makes to the state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Change {
+    Put { key: Vec<u8>, value: Vec<u8> },
+    Delete { key: Vec<u8> },
+    Session { client_id: u64, session: Session },
+}
+
+/// What applying an entry means: the client's answer and the changes to make.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Decision {
+    pub applied: Option<Applied>,
+    pub changes: Vec<Change>,
+}
+
+/// Decides the effect of the committed `entry` on `state`, with the README's
+/// semantics and exactly-once sessions. Shared by every store, so that the
+/// simulator and the daemon cannot disagree on what an operation does.
+pub fn decide<S: KvRead>(state: &S, entry: &Entry) -> Result<Decision, S::Error> {
+    let EntryPayload::Command(request) = &entry.payload else {
+        return Ok(Decision::default());
+    };
+    let reply = |response: Response| Applied { client_id: request.client_id, sequence: request.sequence, response };
+    if let Some(session) = state.session(request.client_id)? {
+        if request.sequence == session.sequence {
+            return Ok(Decision { applied: Some(reply(session.response)), changes: Vec::new() });
+        }
+        if request.sequence < session.sequence {
+            return Ok(Decision::default());
+        }
+    }
+    let (success, value, change) = match &request.operation {
+        Operation::Set { key, value } => {
+            (true, value.clone(), Some(Change::Put { key: key.clone(), value: value.clone() }))
+        }
+        Operation::Get { key } => match state.value(key)? {
+            Some(value) => (true, value, None),
+            None => (false, Vec::new(), None),
+        },
+        Operation::Cas { key, expected, new } => match state.value(key)? {
+            Some(current) if &current == expected => {
+                (true, new.clone(), Some(Change::Put { key: key.clone(), value: new.clone() }))
+            }
+            Some(current) => (false, current, None),
+            None => (false, Vec::new(), None),
+        },
+        Operation::Del { key } => match state.value(key)? {
+            Some(previous) => (true, previous, Some(Change::Delete { key: key.clone() })),
+            None => (false, Vec::new(), None),
+        },
+    };
+    let response = Response { success, value, term: entry.term, index: entry.index };
+    let session = Session { sequence: request.sequence, response: response.clone() };
+    let mut changes: Vec<Change> = change.into_iter().collect();
+    changes.push(Change::Session { client_id: request.client_id, session });
+    Ok(Decision { applied: Some(reply(response)), changes })
+}
+
+/// Reads a key as a client sees it at the current applied state.
+pub fn read_response<S: KvRead>(state: &S, key: &[u8], term: Term, index: LogIndex) -> Result<Response, S::Error> {
+    let (success, value) = match state.value(key)? {
+        Some(value) => (true, value),
+        None => (false, Vec::new()),
+    };
+    Ok(Response { success, value, term, index })
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -73,65 +148,35 @@ impl KvStore {
             self.applied_index,
             entry.index
         );
+        let Ok(decision) = decide(self, entry);
+        for change in decision.changes {
+            self.make(change);
+        }
         self.applied_index = entry.index;
         self.applied_term = entry.term;
-        let EntryPayload::Command(request) = &entry.payload else {
-            return None;
-        };
-        if let Some(session) = self.sessions.get(&request.client_id) {
-            if request.sequence == session.sequence {
-                return Some(Applied {
-                    client_id: request.client_id,
-                    sequence: request.sequence,
-                    response: session.response.clone(),
-                });
-            }
-            if request.sequence < session.sequence {
-                return None;
-            }
-        }
-        let response = self.execute(request, entry.term, entry.index);
-        self.remember(request, response.clone());
-        Some(Applied { client_id: request.client_id, sequence: request.sequence, response })
+        decision.applied
     }
 
     /// Serves a read at the current applied state.
     pub fn read(&self, key: &[u8]) -> Response {
-        let (success, value) = match self.data.get(key) {
-            Some(value) => (true, value.clone()),
-            None => (false, Vec::new()),
-        };
-        Response { success, value, term: self.applied_term, index: self.applied_index }
+        let Ok(response) = read_response(self, key, self.applied_term, self.applied_index);
+        response
     }
 
-    fn execute(&mut self, request: &ClientRequest, term: Term, index: LogIndex) -> Response {
-        let (success, value) = match &request.operation {
-            Operation::Set { key, value } => {
-                self.data.insert(key.clone(), value.clone());
-                (true, value.clone())
+    fn make(&mut self, change: Change) {
+        match change {
+            Change::Put { key, value } => {
+                self.data.insert(key, value);
             }
-            Operation::Get { key } => match self.data.get(key) {
-                Some(value) => (true, value.clone()),
-                None => (false, Vec::new()),
-            },
-            Operation::Cas { key, expected, new } => match self.data.get_mut(key) {
-                Some(current) if current == expected => {
-                    *current = new.clone();
-                    (true, new.clone())
-                }
-                Some(current) => (false, current.clone()),
-                None => (false, Vec::new()),
-            },
-            Operation::Del { key } => match self.data.remove(key) {
-                Some(previous) => (true, previous),
-                None => (false, Vec::new()),
-            },
-        };
-        Response { success, value, term, index }
+            Change::Delete { key } => {
+                self.data.remove(&key);
+            }
+            Change::Session { client_id, session } => self.remember(client_id, session),
+        }
     }
 
-    fn remember(&mut self, request: &ClientRequest, response: Response) {
-        if !self.sessions.contains_key(&request.client_id) && self.sessions.len() >= CLIENT_SESSIONS_COUNT_MAX {
+    fn remember(&mut self, client_id: u64, session: Session) {
+        if !self.sessions.contains_key(&client_id) && self.sessions.len() >= CLIENT_SESSIONS_COUNT_MAX {
             let oldest = self
                 .sessions
                 .iter()
@@ -140,54 +185,97 @@ impl KvStore {
                 .expect("sessions are full, so not empty");
             self.sessions.remove(&oldest);
         }
-        self.sessions.insert(request.client_id, Session { sequence: request.sequence, response });
+        self.sessions.insert(client_id, session);
     }
 
     /// Serialises the whole state, applied position included.
     pub fn snapshot(&self) -> Vec<u8> {
-        let mut out = Vec::new();
-        put_u64(&mut out, self.applied_index);
-        put_u64(&mut out, self.applied_term);
-        put_u64(&mut out, self.data.len() as u64);
-        for (key, value) in &self.data {
-            put_bytes(&mut out, key);
-            put_bytes(&mut out, value);
-        }
-        put_u64(&mut out, self.sessions.len() as u64);
-        for (client, session) in &self.sessions {
-            put_u64(&mut out, *client);
-            put_u64(&mut out, session.sequence);
-            put_u64(&mut out, session.response.success as u64);
-            put_bytes(&mut out, &session.response.value);
-            put_u64(&mut out, session.response.term);
-            put_u64(&mut out, session.response.index);
-        }
-        out
+        let data = self.data.iter().map(|(key, value)| (key.as_slice(), value.as_slice()));
+        let sessions = self.sessions.iter().map(|(&client, session)| (client, session));
+        encode_snapshot(self.applied_index, self.applied_term, data, sessions)
     }
 
     pub fn restore(bytes: &[u8]) -> Result<KvStore, SnapshotDecodeError> {
-        let mut reader = Reader { bytes, position: 0 };
-        let applied_index = reader.u64()?;
-        let applied_term = reader.u64()?;
-        let mut data = BTreeMap::new();
-        for _ in 0..reader.u64()? {
-            let key = reader.bytes()?;
-            data.insert(key, reader.bytes()?);
-        }
-        let mut sessions = BTreeMap::new();
-        for _ in 0..reader.u64()? {
-            let client = reader.u64()?;
-            let sequence = reader.u64()?;
-            let success = reader.u64()? != 0;
-            let value = reader.bytes()?;
-            let response = Response { success, value, term: reader.u64()?, index: reader.u64()? };
-            sessions.insert(client, Session { sequence, response });
-        }
-        if reader.position != bytes.len() {
-            return Err(SnapshotDecodeError::TrailingBytes(bytes.len() - reader.position));
-        }
-        Ok(KvStore { data, sessions, applied_index, applied_term })
+        let contents = decode_snapshot(bytes)?;
+        Ok(KvStore {
+            data: contents.data.into_iter().collect(),
+            sessions: contents.sessions.into_iter().collect(),
+            applied_index: contents.applied_index,
+            applied_term: contents.applied_term,
+        })
     }
+}
+
+impl KvRead for KvStore {
+    type Error = std::convert::Infallible;
+
+    fn value(&self, key: &[u8]) -> Result<Option<Vec<u8>>, Self::Error> {
+        Ok(self.data.get(key).cloned())
+    }
+
+    fn session(&self, client_id: u64) -> Result<Option<Session>, Self::Error> {
+        Ok(self.sessions.get(&client_id).cloned())
+    }
+}
+
+/// A decoded snapshot, in key order.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SnapshotContents {
+    pub applied_index: LogIndex,
+    pub applied_term: Term,
+    pub data: Vec<(Vec<u8>, Vec<u8>)>,
+    pub sessions: Vec<(u64, Session)>,
+}
+
+/// The snapshot format every store shares: position, key-values, sessions.
+pub fn encode_snapshot<'a>(
+    applied_index: LogIndex,
+    applied_term: Term,
+    data: impl ExactSizeIterator<Item = (&'a [u8], &'a [u8])>,
+    sessions: impl ExactSizeIterator<Item = (u64, &'a Session)>,
+) -> Vec<u8> {
+    let mut out = Vec::new();
+    put_u64(&mut out, applied_index);
+    put_u64(&mut out, applied_term);
+    put_u64(&mut out, data.len() as u64);
+    for (key, value) in data {
+        put_bytes(&mut out, key);
+        put_bytes(&mut out, value);
+    }
+    put_u64(&mut out, sessions.len() as u64);
+    for (client, session) in sessions {
+        put_u64(&mut out, client);
+        put_u64(&mut out, session.sequence);
+        put_u64(&mut out, session.response.success as u64);
+        put_bytes(&mut out, &session.response.value);
+        put_u64(&mut out, session.response.term);
+        put_u64(&mut out, session.response.index);
+    }
+    out
+}
+
+pub fn decode_snapshot(bytes: &[u8]) -> Result<SnapshotContents, SnapshotDecodeError> {
+    let mut reader = Reader { bytes, position: 0 };
+    let applied_index = reader.u64()?;
+    let applied_term = reader.u64()?;
+    let mut data = Vec::new();
+    for _ in 0..reader.u64()? {
+        let key = reader.bytes()?;
+        data.push((key, reader.bytes()?));
+    }
+    let mut sessions = Vec::new();
+    for _ in 0..reader.u64()? {
+        let client = reader.u64()?;
+        let sequence = reader.u64()?;
+        let success = reader.u64()? != 0;
+        let value = reader.bytes()?;
+        let response = Response { success, value, term: reader.u64()?, index: reader.u64()? };
+        sessions.push((client, Session { sequence, response }));
+    }
+    if reader.position != bytes.len() {
+        return Err(SnapshotDecodeError::TrailingBytes(bytes.len() - reader.position));
+    }
+    Ok(SnapshotContents { applied_index, applied_term, data, sessions })
 }
 
 fn put_u64(out: &mut Vec<u8>, value: u64) {
@@ -228,6 +316,7 @@ impl Reader<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::consensus::ClientRequest;
 
     fn command(index: LogIndex, client_id: u64, sequence: u64, operation: Operation) -> Entry {
         Entry { term: 1, index, payload: EntryPayload::Command(ClientRequest { client_id, sequence, operation }) }

@@ -677,6 +677,11 @@ impl Node {
         }
         let next = self.next_index_after_reject(index, hint);
         let progress = self.progress_mut(from);
+        if let Some(RejectHint { conflict_index, conflict_term: None }) = hint {
+            // The follower's log ends before what it acknowledged: its disk
+            // was wiped or replaced. Start over from where it really is.
+            progress.match_index = progress.match_index.min(conflict_index.saturating_sub(1));
+        }
         progress.next_index = next.clamp(progress.match_index + 1, index.max(progress.match_index + 1));
         progress.probing = true;
         progress.in_flight.clear();

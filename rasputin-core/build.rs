@@ -1,0 +1,10 @@
+//! Compiles the wire protocol with prost. protoc comes from the
+//! protoc-bin-vendored crate, so no system package is needed.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let protoc = protoc_bin_vendored::protoc_bin_path()?;
+    std::env::set_var("PROTOC", protoc);
+    println!("cargo:rerun-if-changed=proto/rasputin.proto");
+    prost_build::Config::new().bytes(["."]).compile_protos(&["proto/rasputin.proto"], &["proto/"])?;
+    Ok(())
+}

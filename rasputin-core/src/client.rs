@@ -1,0 +1,397 @@
+//! `rasputin::Client`: finds the leader, follows redirects, pipelines
+//! requests from many threads over a few reused connections, and retries
+//! with the same (client id, sequence) so that writes take effect once.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{sync_channel, RecvTimeoutError, SyncSender};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use thiserror::Error;
+
+use crate::consensus::{ClientRequest, Operation};
+use crate::wire::{self, proto, ErrorCode, WireError, CLIENT_FRAME_BYTES_MAX, KEY_BYTES_MAX, VALUE_BYTES_MAX};
+
+pub use crate::state_machine::Response;
+
+/// How long one attempt waits for its answer before trying another node.
+pub const ATTEMPT_TIMEOUT_DEFAULT: Duration = Duration::from_secs(2);
+/// How long an operation may take, retries included.
+pub const OPERATION_TIMEOUT_DEFAULT: Duration = Duration::from_secs(10);
+/// Pause before retrying after a refusal without a leader hint.
+const RETRY_BACKOFF: Duration = Duration::from_millis(50);
+
+#[derive(Debug, Error)]
+pub enum ClientError {
+    #[error("key of {0} bytes exceeds the limit of {KEY_BYTES_MAX} bytes; use a shorter key")]
+    KeyTooLarge(usize),
+    #[error("value of {0} bytes exceeds the limit of {VALUE_BYTES_MAX} bytes; split the value")]
+    ValueTooLarge(usize),
+    #[error("the operation did not finish within {timeout:?} ({detail}); a write may or may not have taken effect — retrying it with the same client is safe")]
+    Timeout { timeout: Duration, detail: String },
+    #[error("the server refused the request ({code:?}): {message}")]
+    Refused { code: ErrorCode, message: String },
+    #[error("no peers were given; pass at least one server's client address")]
+    NoPeers,
+}
+
+impl ClientError {
+    /// The stable numeric code of this error, as on the wire.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            ClientError::KeyTooLarge(_) | ClientError::ValueTooLarge(_) => ErrorCode::ValueTooLarge,
+            ClientError::Timeout { .. } => ErrorCode::Internal,
+            ClientError::Refused { code, .. } => *code,
+            ClientError::NoPeers => ErrorCode::BadRequest,
+        }
+    }
+}
+
+impl Response {
+    /// The value: what get read, what set wrote, cas's current value, del's previous value.
+    pub fn get_value(&self) -> &[u8] {
+        &self.value
+    }
+
+    /// get: the key existed; cas: the swap happened; del: the key existed; set: always.
+    pub fn get_success(&self) -> bool {
+        self.success
+    }
+}
+
+/// A pipelined connection to one server. A reader thread hands each
+/// response to the caller waiting for its request id.
+struct Connection {
+    writer: Mutex<TcpStream>,
+    waiters: Arc<Mutex<HashMap<u64, SyncSender<proto::ClientResponse>>>>,
+    dead: Arc<AtomicBool>,
+}
+
+impl Connection {
+    fn open(address: SocketAddr, timeout: Duration) -> Result<Connection, String> {
+        let mut stream = TcpStream::connect_timeout(&address, timeout).map_err(|error| error.to_string())?;
+        stream.set_nodelay(true).map_err(|error| error.to_string())?;
+        let hello = proto::Hello {
+            protocol_version: wire::PROTOCOL_VERSION,
+            role: proto::hello::Role::Client as i32,
+            ..Default::default()
+        };
+        write_frame(&mut stream, &hello).map_err(|error| error.to_string())?;
+        stream.set_read_timeout(Some(timeout)).map_err(|error| error.to_string())?;
+        let mut buffer = BytesMut::new();
+        let reply: proto::HelloReply = read_frame(&mut stream, &mut buffer)
+            .map_err(|error| error.to_string())
+            .and_then(|frame| wire::decode(frame, "HelloReply").map_err(|error| error.to_string()))?;
+        if !reply.accepted {
+            return Err(format!("handshake refused: {}", reply.message));
+        }
+        stream.set_read_timeout(None).map_err(|error| error.to_string())?;
+        let reader = stream.try_clone().map_err(|error| error.to_string())?;
+        let connection = Connection {
+            writer: Mutex::new(stream),
+            waiters: Arc::new(Mutex::new(HashMap::new())),
+            dead: Arc::new(AtomicBool::new(false)),
+        };
+        let (waiters, dead) = (connection.waiters.clone(), connection.dead.clone());
+        std::thread::Builder::new()
+            .name("rasputin-client-reader".into())
+            .spawn(move || dispatch_responses(reader, buffer, waiters, dead))
+            .map_err(|error| error.to_string())?;
+        Ok(connection)
+    }
+
+    /// Sends one request and waits up to `timeout` for its response.
+    fn call(&self, request: &proto::ClientRequest, timeout: Duration) -> Result<proto::ClientResponse, String> {
+        let (sender, receiver) = sync_channel(1);
+        lock(&self.waiters).insert(request.request_id, sender);
+        let sent = write_frame(&mut lock(&self.writer), request);
+        if let Err(error) = sent {
+            self.dead.store(true, Ordering::SeqCst);
+            lock(&self.waiters).remove(&request.request_id);
+            return Err(error.to_string());
+        }
+        let outcome = receiver.recv_timeout(timeout);
+        lock(&self.waiters).remove(&request.request_id);
+        match outcome {
+            Ok(response) => Ok(response),
+            Err(RecvTimeoutError::Timeout) => Err(format!("no answer within {timeout:?}")),
+            Err(RecvTimeoutError::Disconnected) => Err("the connection closed".to_string()),
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panicking holder cannot leave these maps half-updated; keep going.
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn dispatch_responses(
+    mut stream: TcpStream,
+    mut buffer: BytesMut,
+    waiters: Arc<Mutex<HashMap<u64, SyncSender<proto::ClientResponse>>>>,
+    dead: Arc<AtomicBool>,
+) {
+    while let Ok(frame) = read_frame(&mut stream, &mut buffer) {
+        let Ok(response) = wire::decode::<proto::ClientResponse>(frame, "ClientResponse") else { break };
+        if let Some(sender) = lock(&waiters).remove(&response.request_id) {
+            let _ = sender.try_send(response);
+        }
+    }
+    dead.store(true, Ordering::SeqCst);
+    // Dropping the senders wakes every waiter with "disconnected".
+    lock(&waiters).clear();
+}
+
+fn write_frame(stream: &mut TcpStream, message: &impl prost::Message) -> std::io::Result<()> {
+    let mut buffer = BytesMut::new();
+    wire::encode_frame(message, &mut buffer);
+    stream.write_all(&buffer)
+}
+
+fn read_frame(stream: &mut TcpStream, buffer: &mut BytesMut) -> Result<bytes::Bytes, WireError> {
+    let mut chunk = [0u8; 16 << 10];
+    loop {
+        if let Some(frame) = wire::take_frame(buffer, CLIENT_FRAME_BYTES_MAX)? {
+            return Ok(frame);
+        }
+        let read = stream.read(&mut chunk).unwrap_or(0);
+        if read == 0 {
+            return Err(WireError::MissingField { message: "stream", field: "bytes (connection closed)" });
+        }
+        buffer.extend_from_slice(&chunk[..read]);
+    }
+}
+
+/// A session: a client id used by one operation at a time, so that the
+/// server can recognise retries of that operation.
+struct Session {
+    client_id: u64,
+    next_sequence: u64,
+}
+
+struct Inner {
+    peers: Vec<SocketAddr>,
+    connections_per_server: usize,
+    connections: Mutex<HashMap<SocketAddr, Vec<Arc<Connection>>>>,
+    next_connection: AtomicUsize,
+    leader: Mutex<Option<SocketAddr>>,
+    idle_sessions: Mutex<Vec<Session>>,
+    next_client_id: AtomicU64,
+    next_request_id: AtomicU64,
+    attempt_timeout: Mutex<Duration>,
+    operation_timeout: Mutex<Duration>,
+}
+
+/// A client of a Rasputin cluster. It is `Send + Sync`: share one between
+/// threads (wrap it in an `Arc`), and their requests are pipelined over up
+/// to `nthreads` connections per server.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+impl Client {
+    /// `peers` are servers' client addresses; any one of them will do, the
+    /// client finds the leader. Connections open lazily, so this cannot fail.
+    pub fn new(peers: Vec<SocketAddr>, nthreads: usize) -> Client {
+        let client_id_base = rand::random::<u64>() >> 16 << 16;
+        Client {
+            inner: Arc::new(Inner {
+                peers,
+                connections_per_server: nthreads.max(1),
+                connections: Mutex::new(HashMap::new()),
+                next_connection: AtomicUsize::new(0),
+                leader: Mutex::new(None),
+                idle_sessions: Mutex::new(Vec::new()),
+                next_client_id: AtomicU64::new(client_id_base.max(1)),
+                next_request_id: AtomicU64::new(1),
+                attempt_timeout: Mutex::new(ATTEMPT_TIMEOUT_DEFAULT),
+                operation_timeout: Mutex::new(OPERATION_TIMEOUT_DEFAULT),
+            }),
+        }
+    }
+
+    /// Sets how long one attempt and a whole operation may take.
+    pub fn set_timeouts(&self, attempt: Duration, operation: Duration) {
+        *lock(&self.inner.attempt_timeout) = attempt;
+        *lock(&self.inner.operation_timeout) = operation;
+    }
+
+    pub fn set(&self, key: &[u8], value: &[u8]) -> Result<Response, ClientError> {
+        check_sizes(key, &[value])?;
+        self.execute(Operation::Set { key: key.to_vec(), value: value.to_vec() })
+    }
+
+    /// success is false if the key is missing.
+    pub fn get(&self, key: &[u8]) -> Result<Response, ClientError> {
+        check_sizes(key, &[])?;
+        self.execute(Operation::Get { key: key.to_vec() })
+    }
+
+    /// Swaps in `new` if the value is `expected`; returns the current value and whether it swapped.
+    pub fn cas(&self, key: &[u8], expected: &[u8], new: &[u8]) -> Result<Response, ClientError> {
+        check_sizes(key, &[expected, new])?;
+        self.execute(Operation::Cas { key: key.to_vec(), expected: expected.to_vec(), new: new.to_vec() })
+    }
+
+    /// Deletes the key; returns the value it had (success false if it was missing).
+    pub fn del(&self, key: &[u8]) -> Result<Response, ClientError> {
+        check_sizes(key, &[])?;
+        self.execute(Operation::Del { key: key.to_vec() })
+    }
+
+    /// The server this client last found leading, if any.
+    pub fn leader(&self) -> Option<SocketAddr> {
+        *lock(&self.inner.leader)
+    }
+
+    fn execute(&self, operation: Operation) -> Result<Response, ClientError> {
+        if self.inner.peers.is_empty() {
+            return Err(ClientError::NoPeers);
+        }
+        let mut session = self.take_session();
+        let request = ClientRequest { client_id: session.client_id, sequence: session.next_sequence, operation };
+        let outcome = self.execute_with_retries(&request);
+        // A session whose last operation may still be in flight is not reused.
+        if !matches!(outcome, Err(ClientError::Timeout { .. })) {
+            session.next_sequence += 1;
+            lock(&self.inner.idle_sessions).push(session);
+        }
+        outcome
+    }
+
+    fn take_session(&self) -> Session {
+        lock(&self.inner.idle_sessions).pop().unwrap_or_else(|| Session {
+            client_id: self.inner.next_client_id.fetch_add(1, Ordering::Relaxed),
+            next_sequence: 1,
+        })
+    }
+
+    fn execute_with_retries(&self, request: &ClientRequest) -> Result<Response, ClientError> {
+        let operation_timeout = *lock(&self.inner.operation_timeout);
+        let attempt_timeout = *lock(&self.inner.attempt_timeout);
+        let deadline = Instant::now() + operation_timeout;
+        let mut target = self.leader().unwrap_or(self.inner.peers[0]);
+        let mut rotation = 0;
+        let mut last_problem = String::from("no attempt made");
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                return Err(ClientError::Timeout { timeout: operation_timeout, detail: last_problem });
+            }
+            let request_id = self.inner.next_request_id.fetch_add(1, Ordering::Relaxed);
+            let message = wire::client_request_to_proto(request_id, request);
+            let attempt = self.connection(target, remaining.min(attempt_timeout)).and_then(|connection| {
+                connection.call(&message, remaining.min(attempt_timeout)).inspect_err(|_| {
+                    self.forget(target, &connection);
+                })
+            });
+            let response = match attempt {
+                Ok(response) => response,
+                Err(problem) => {
+                    last_problem = format!("{target}: {problem}");
+                    rotation += 1;
+                    target = self.inner.peers[rotation % self.inner.peers.len()];
+                    std::thread::sleep(RETRY_BACKOFF.min(remaining));
+                    continue;
+                }
+            };
+            match ErrorCode::try_from(response.error).unwrap_or(ErrorCode::Internal) {
+                ErrorCode::Ok => {
+                    *lock(&self.inner.leader) = Some(target);
+                    return Ok(Response {
+                        success: response.success,
+                        value: response.value.to_vec(),
+                        term: response.term,
+                        index: response.index,
+                    });
+                }
+                ErrorCode::NotLeader => {
+                    last_problem = format!("{target} is not the leader");
+                    match response.leader.parse::<SocketAddr>() {
+                        Ok(leader) => target = leader,
+                        Err(_) => {
+                            rotation += 1;
+                            target = self.inner.peers[rotation % self.inner.peers.len()];
+                            std::thread::sleep(RETRY_BACKOFF.min(remaining));
+                        }
+                    }
+                }
+                ErrorCode::Overloaded | ErrorCode::ShuttingDown => {
+                    last_problem = format!("{target}: {}", response.message);
+                    std::thread::sleep(RETRY_BACKOFF.min(remaining));
+                }
+                code => return Err(ClientError::Refused { code, message: response.message }),
+            }
+        }
+    }
+
+    /// A live connection to `address`, opening one if the pool is not full.
+    fn connection(&self, address: SocketAddr, timeout: Duration) -> Result<Arc<Connection>, String> {
+        let turn = self.inner.next_connection.fetch_add(1, Ordering::Relaxed);
+        {
+            let mut pool = lock(&self.inner.connections);
+            let connections = pool.entry(address).or_default();
+            connections.retain(|connection| !connection.dead.load(Ordering::SeqCst));
+            if connections.len() >= self.inner.connections_per_server {
+                return Ok(connections[turn % connections.len()].clone());
+            }
+        }
+        let connection = Arc::new(Connection::open(address, timeout)?);
+        lock(&self.inner.connections).entry(address).or_default().push(connection.clone());
+        Ok(connection)
+    }
+
+    fn forget(&self, address: SocketAddr, connection: &Arc<Connection>) {
+        connection.dead.store(true, Ordering::SeqCst);
+        if let Ok(stream) = lock(&connection.writer).try_clone() {
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+        }
+        if let Some(connections) = lock(&self.inner.connections).get_mut(&address) {
+            connections.retain(|other| !Arc::ptr_eq(other, connection));
+        }
+    }
+}
+
+fn check_sizes(key: &[u8], values: &[&[u8]]) -> Result<(), ClientError> {
+    if key.len() > KEY_BYTES_MAX {
+        return Err(ClientError::KeyTooLarge(key.len()));
+    }
+    match values.iter().map(|value| value.len()).max() {
+        Some(length) if length > VALUE_BYTES_MAX => Err(ClientError::ValueTooLarge(length)),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_send_sync<T: Send + Sync>() {}
+
+    #[test]
+    fn the_client_is_send_and_sync() {
+        assert_send_sync::<Client>();
+    }
+
+    #[test]
+    fn oversized_input_is_refused_before_sending() {
+        let client = Client::new(vec!["127.0.0.1:9".parse().unwrap()], 1);
+        let big = vec![0; VALUE_BYTES_MAX + 1];
+        assert!(matches!(client.set(b"k", &big), Err(ClientError::ValueTooLarge(_))));
+        assert!(matches!(client.get(&big), Err(ClientError::KeyTooLarge(_))));
+        assert!(matches!(Client::new(Vec::new(), 1).get(b"k"), Err(ClientError::NoPeers)));
+    }
+
+    #[test]
+    fn an_unreachable_cluster_times_out_without_panicking() {
+        let client = Client::new(vec!["127.0.0.1:9".parse().unwrap()], 1);
+        client.set_timeouts(Duration::from_millis(50), Duration::from_millis(200));
+        let error = client.get(b"k").unwrap_err();
+        assert!(matches!(error, ClientError::Timeout { .. }), "{error}");
+    }
+}

@@ -1,0 +1,12 @@
+//! rasputind: the daemon. mio event loops for the peer and client ports
+//! drive the sans-IO consensus core with a monotonic clock, and RocksDB
+//! stores the log, the hard state and the key-value state machine.
+
+mod config;
+mod connection;
+mod daemon;
+mod storage;
+
+pub use config::{Flags, Membership, PeerList, SNAPSHOT_EVERY_ENTRIES_DEFAULT};
+pub use daemon::{run, DaemonError};
+pub use storage::{Storage, StorageError};

@@ -1,0 +1,292 @@
+//! RocksDB storage: the log, the hard state, the key-value state machine,
+//! client sessions and the latest snapshot, in one database per node.
+//!
+//! Key layout (one column family, so one WriteBatch covers everything):
+//! `m:…` metadata, `l:` + big-endian index for log entries, `k:` + key for
+//! values, `s:` + big-endian client id for sessions.
+
+use std::path::Path;
+
+use rocksdb::{Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB};
+use thiserror::Error;
+
+use crate::consensus::{Entry, LogIndex, Persist, Recovered, Snapshot, Term};
+use crate::state_machine::{self, Applied, Change, KvRead, Response, Session, SnapshotDecodeError};
+use crate::wire::{self, proto, WireError};
+
+const HARD_STATE_KEY: &[u8] = b"m:hard";
+const APPLIED_KEY: &[u8] = b"m:applied";
+const IDENTITY_KEY: &[u8] = b"m:identity";
+const SNAPSHOT_KEY: &[u8] = b"m:snapshot";
+const LOG_PREFIX: &[u8] = b"l:";
+const VALUE_PREFIX: &[u8] = b"k:";
+const SESSION_PREFIX: &[u8] = b"s:";
+
+#[derive(Debug, Error)]
+pub enum StorageError {
+    #[error("storage directory {path} is locked by another process (is another rasputind running on it?): {source}")]
+    Locked { path: String, source: rocksdb::Error },
+    #[error("cannot open storage in {path}: {source}; check the path and its permissions")]
+    Open { path: String, source: rocksdb::Error },
+    #[error("storage IO failed: {0}; the disk may be full or failing, and the node stops rather than risk its data")]
+    Io(#[from] rocksdb::Error),
+    #[error("stored record is corrupt: {0}; restore this node's directory from a peer by wiping it")]
+    Corrupt(#[from] WireError),
+    #[error("stored snapshot is corrupt: {0}; wipe this node's directory so that it fetches a fresh one")]
+    CorruptSnapshot(#[from] SnapshotDecodeError),
+    #[error("storage belongs to node {stored_node} of cluster {stored_cluster:x}, but this is node {node} of cluster {cluster:x}; point --storage-dir at this node's own directory")]
+    WrongIdentity { stored_node: u64, stored_cluster: u64, node: u64, cluster: u64 },
+}
+
+fn log_key(index: LogIndex) -> Vec<u8> {
+    [LOG_PREFIX, &index.to_be_bytes()].concat()
+}
+
+fn value_key(key: &[u8]) -> Vec<u8> {
+    [VALUE_PREFIX, key].concat()
+}
+
+fn session_key(client_id: u64) -> Vec<u8> {
+    [SESSION_PREFIX, &client_id.to_be_bytes()].concat()
+}
+
+/// The first key after every key that starts with `prefix`.
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    *end.last_mut().expect("prefixes are not empty") += 1;
+    end
+}
+
+pub struct Storage {
+    db: DB,
+    applied_index: LogIndex,
+    applied_term: Term,
+}
+
+impl Storage {
+    /// Opens (creating if needed) the node's database. RocksDB's own LOCK
+    /// file keeps a second daemon out of the same directory.
+    pub fn open(directory: &Path) -> Result<Storage, StorageError> {
+        let mut options = Options::default();
+        options.create_if_missing(true);
+        let path = directory.display().to_string();
+        let db = DB::open(&options, directory).map_err(|source| {
+            if source.to_string().contains("lock") {
+                StorageError::Locked { path: path.clone(), source }
+            } else {
+                StorageError::Open { path: path.clone(), source }
+            }
+        })?;
+        let applied = match db.get(APPLIED_KEY)? {
+            Some(bytes) => wire::decode::<proto::AppliedPosition>(bytes.into(), "AppliedPosition")?,
+            None => proto::AppliedPosition::default(),
+        };
+        Ok(Storage { db, applied_index: applied.index, applied_term: applied.term })
+    }
+
+    /// Records which node and cluster this directory belongs to, or checks it.
+    pub fn claim_identity(&self, node: u64, cluster: u64) -> Result<(), StorageError> {
+        let expected = [node.to_be_bytes(), cluster.to_be_bytes()].concat();
+        match self.db.get(IDENTITY_KEY)? {
+            None => Ok(self.db.put(IDENTITY_KEY, &expected)?),
+            Some(stored) if stored == expected => Ok(()),
+            Some(stored) => {
+                let number = |range: std::ops::Range<usize>| {
+                    stored.get(range).and_then(|bytes| bytes.try_into().ok()).map_or(0, u64::from_be_bytes)
+                };
+                Err(StorageError::WrongIdentity {
+                    stored_node: number(0..8),
+                    stored_cluster: number(8..16),
+                    node,
+                    cluster,
+                })
+            }
+        }
+    }
+
+    pub fn applied(&self) -> (LogIndex, Term) {
+        (self.applied_index, self.applied_term)
+    }
+
+    /// Everything consensus needs to restart.
+    pub fn recover(&self) -> Result<Recovered, StorageError> {
+        let hard_state = match self.db.get(HARD_STATE_KEY)? {
+            Some(bytes) => wire::hard_state_from_proto(wire::decode(bytes.into(), "HardState")?),
+            None => Default::default(),
+        };
+        let snapshot = self.stored_snapshot()?;
+        let after = snapshot.as_ref().map_or(0, |snapshot| snapshot.last_index);
+        let mut entries = Vec::new();
+        let start = log_key(after + 1);
+        for item in self.db.iterator(IteratorMode::From(&start, Direction::Forward)) {
+            let (key, value) = item?;
+            if !key.starts_with(LOG_PREFIX) {
+                break;
+            }
+            entries.push(wire::entry_from_proto(wire::decode(value.into_vec().into(), "Entry")?)?);
+        }
+        Ok(Recovered { hard_state, snapshot, entries })
+    }
+
+    pub fn stored_snapshot(&self) -> Result<Option<Snapshot>, StorageError> {
+        match self.db.get(SNAPSHOT_KEY)? {
+            Some(bytes) => Ok(Some(wire::snapshot_from_proto(wire::decode(bytes.into(), "Snapshot")?))),
+            None => Ok(None),
+        }
+    }
+
+    /// Adds consensus's persist request to `batch`. `log_emptied` says the
+    /// node dropped its whole log for an installed snapshot.
+    pub fn stage(&mut self, batch: &mut WriteBatch, persist: &Persist, log_emptied: bool) -> Result<(), StorageError> {
+        if let Some(hard_state) = persist.hard_state {
+            batch.put(HARD_STATE_KEY, wire::to_bytes(&wire::hard_state_to_proto(hard_state)));
+        }
+        if let Some(snapshot) = &persist.snapshot {
+            self.stage_install(batch, snapshot, log_emptied)?;
+        }
+        if let Some(first) = persist.entries.first() {
+            batch.delete_range(log_key(first.index), prefix_end(LOG_PREFIX));
+            for entry in &persist.entries {
+                batch.put(log_key(entry.index), wire::to_bytes(&wire::entry_to_proto(entry)));
+            }
+        }
+        Ok(())
+    }
+
+    /// Replaces the state machine with a snapshot received from the leader.
+    fn stage_install(
+        &mut self,
+        batch: &mut WriteBatch,
+        snapshot: &Snapshot,
+        log_emptied: bool,
+    ) -> Result<(), StorageError> {
+        let contents = state_machine::decode_snapshot(&snapshot.data)?;
+        batch.delete_range(VALUE_PREFIX.to_vec(), prefix_end(VALUE_PREFIX));
+        batch.delete_range(SESSION_PREFIX.to_vec(), prefix_end(SESSION_PREFIX));
+        for (key, value) in &contents.data {
+            batch.put(value_key(key), value);
+        }
+        for (client_id, session) in &contents.sessions {
+            batch.put(session_key(*client_id), wire::to_bytes(&session_to_proto(session)));
+        }
+        let log_end = if log_emptied { prefix_end(LOG_PREFIX) } else { log_key(snapshot.last_index + 1) };
+        batch.delete_range(log_key(0), log_end);
+        batch.put(SNAPSHOT_KEY, wire::to_bytes(&wire::snapshot_to_proto(snapshot)));
+        self.stage_applied(batch, snapshot.last_index, snapshot.last_term);
+        Ok(())
+    }
+
+    fn stage_applied(&mut self, batch: &mut WriteBatch, index: LogIndex, term: Term) {
+        batch.put(APPLIED_KEY, wire::to_bytes(&proto::AppliedPosition { index, term }));
+        self.applied_index = index;
+        self.applied_term = term;
+    }
+
+    /// Writes `batch`; with `sync`, waits until it is on disk.
+    pub fn write(&self, batch: WriteBatch, sync: bool) -> Result<(), StorageError> {
+        let mut options = WriteOptions::default();
+        options.set_sync(sync);
+        Ok(self.db.write_opt(batch, &options)?)
+    }
+
+    /// Applies one committed entry. Its changes and the new applied index go
+    /// in one WriteBatch. Entries already covered by a snapshot are skipped.
+    pub fn apply(&mut self, entry: &Entry) -> Result<Option<Applied>, StorageError> {
+        if entry.index <= self.applied_index {
+            return Ok(None);
+        }
+        let decision = state_machine::decide(&*self, entry)?;
+        let mut batch = WriteBatch::default();
+        for change in &decision.changes {
+            match change {
+                Change::Put { key, value } => batch.put(value_key(key), value),
+                Change::Delete { key } => batch.delete(value_key(key)),
+                Change::Session { client_id, session } => {
+                    batch.put(session_key(*client_id), wire::to_bytes(&session_to_proto(session)))
+                }
+            }
+        }
+        self.stage_applied(&mut batch, entry.index, entry.term);
+        // Not synced: a committed entry can be applied again from the log.
+        self.write(batch, false)?;
+        Ok(decision.applied)
+    }
+
+    pub fn read(&self, key: &[u8]) -> Result<Response, StorageError> {
+        state_machine::read_response(self, key, self.applied_term, self.applied_index)
+    }
+
+    /// Serialises the state machine at the applied index, for a snapshot.
+    pub fn snapshot_data(&self) -> Result<Vec<u8>, StorageError> {
+        let data = self.scan(VALUE_PREFIX)?;
+        let sessions: Vec<(u64, Session)> = self
+            .scan(SESSION_PREFIX)?
+            .into_iter()
+            .map(|(key, value)| {
+                let client = u64::from_be_bytes(key.as_slice().try_into().unwrap_or([0; 8]));
+                Ok((client, session_from_proto(wire::decode(value.into(), "Session")?)))
+            })
+            .collect::<Result<_, StorageError>>()?;
+        let data_iter = data.iter().map(|(key, value)| (key.as_slice(), value.as_slice()));
+        let session_iter = sessions.iter().map(|(client, session)| (*client, session));
+        Ok(state_machine::encode_snapshot(self.applied_index, self.applied_term, data_iter, session_iter))
+    }
+
+    /// Stores `snapshot` as the latest and drops the log it covers.
+    pub fn compact(&self, snapshot: &Snapshot) -> Result<(), StorageError> {
+        let mut batch = WriteBatch::default();
+        batch.put(SNAPSHOT_KEY, wire::to_bytes(&wire::snapshot_to_proto(snapshot)));
+        batch.delete_range(log_key(0), log_key(snapshot.last_index + 1));
+        self.write(batch, true)
+    }
+
+    /// Every (key without prefix, value) under `prefix`, in key order.
+    fn scan(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError> {
+        let mut out = Vec::new();
+        for item in self.db.iterator(IteratorMode::From(prefix, Direction::Forward)) {
+            let (key, value) = item?;
+            if !key.starts_with(prefix) {
+                break;
+            }
+            out.push((key[prefix.len()..].to_vec(), value.into_vec()));
+        }
+        Ok(out)
+    }
+}
+
+impl KvRead for Storage {
+    type Error = StorageError;
+
+    fn value(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        Ok(self.db.get(value_key(key))?)
+    }
+
+    fn session(&self, client_id: u64) -> Result<Option<Session>, StorageError> {
+        match self.db.get(session_key(client_id))? {
+            Some(bytes) => Ok(Some(session_from_proto(wire::decode(bytes.into(), "Session")?))),
+            None => Ok(None),
+        }
+    }
+}
+
+fn session_to_proto(session: &Session) -> proto::Session {
+    proto::Session {
+        sequence: session.sequence,
+        success: session.response.success,
+        value: session.response.value.clone().into(),
+        term: session.response.term,
+        index: session.response.index,
+    }
+}
+
+fn session_from_proto(session: proto::Session) -> Session {
+    Session {
+        sequence: session.sequence,
+        response: Response {
+            success: session.success,
+            value: session.value.to_vec(),
+            term: session.term,
+            index: session.index,
+        },
+    }
+}

@@ -1,0 +1,93 @@
+#!/bin/sh
+# Builds Rasputin in release mode and starts a local 3-node cluster in the
+# background. Data and logs go under _rasputin_test/. The first node's client
+# port is 8888, so the README's example works as written.
+#
+#   ./run.sh          build and start the cluster
+#   ./run.sh stop     stop the nodes started here, by their recorded pids
+#
+# POSIX sh: works under dash and bash.
+set -eu
+
+cd "$(dirname "$0")"
+DIR=_rasputin_test
+PIDS="$DIR/pids"
+PEERS="127.0.0.1:7777,127.0.0.1:7778,127.0.0.1:7779"
+
+if [ -x "$HOME/.cargo/bin/cargo" ]; then
+    PATH="$HOME/.cargo/bin:$PATH"
+    export PATH
+fi
+
+stop() {
+    if [ ! -f "$PIDS" ]; then
+        echo "run.sh: no cluster recorded in $PIDS"
+        return 0
+    fi
+    while read -r pid; do
+        if kill -0 "$pid" 2>/dev/null; then
+            kill -TERM "$pid"
+        fi
+    done < "$PIDS"
+    # Wait (bounded) for a clean shutdown, then make sure.
+    tries=0
+    while [ "$tries" -lt 50 ]; do
+        alive=0
+        while read -r pid; do
+            if kill -0 "$pid" 2>/dev/null; then alive=1; fi
+        done < "$PIDS"
+        [ "$alive" -eq 0 ] && break
+        tries=$((tries + 1))
+        sleep 0.1
+    done
+    while read -r pid; do
+        if kill -0 "$pid" 2>/dev/null; then kill -KILL "$pid"; fi
+    done < "$PIDS"
+    rm -f "$PIDS"
+    echo "run.sh: cluster stopped"
+}
+
+case "${1:-start}" in
+    stop)
+        stop
+        exit 0
+        ;;
+    start) ;;
+    *)
+        echo "usage: ./run.sh [stop]" >&2
+        exit 2
+        ;;
+esac
+
+if [ -f "$PIDS" ]; then
+    echo "run.sh: a cluster is already recorded in $PIDS; run ./run.sh stop first" >&2
+    exit 1
+fi
+
+cargo build --release --bin rasputind
+mkdir -p "$DIR"
+: > "$PIDS"
+for n in 1 2 3; do
+    peer_port=$((7776 + n))
+    cli_port=$((8887 + n))
+    target/release/rasputind \
+        --peer-port="$peer_port" \
+        --cli-port="$cli_port" \
+        --seed-peers="$PEERS" \
+        --storage-dir="$DIR/node$n" \
+        --logfile="$DIR/node$n.log" \
+        </dev/null >/dev/null 2>>"$DIR/node$n.stderr" &
+    echo "$!" >> "$PIDS"
+done
+
+# Wait (bounded) until some node has become leader.
+tries=0
+until grep -q "role=Leader" "$DIR"/node*.log 2>/dev/null; do
+    tries=$((tries + 1))
+    if [ "$tries" -gt 100 ]; then
+        echo "run.sh: no leader after 10 s; see $DIR/node*.log and $DIR/node*.stderr" >&2
+        exit 1
+    fi
+    sleep 0.1
+done
+echo "run.sh: 3 nodes running (client ports 8888, 8889, 8890); logs in $DIR/node*.log; stop with ./run.sh stop"
