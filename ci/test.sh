@@ -25,6 +25,9 @@ ensure_build_packages() {
     [ -e /usr/lib/llvm-14/lib/libclang.so ] || ls /usr/lib/llvm-*/lib/libclang.so >/dev/null 2>&1 || missing+=(libclang-dev)
     command -v c++ >/dev/null 2>&1 || missing+=(g++)
     command -v dash >/dev/null 2>&1 || missing+=(dash)
+    command -v valgrind >/dev/null 2>&1 || missing+=(valgrind)
+    command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
+    command -v make >/dev/null 2>&1 || missing+=(make)
     if [ "${#missing[@]}" -gt 0 ]; then
         step "installing Debian packages: ${missing[*]}"
         export DEBIAN_FRONTEND=noninteractive
@@ -51,11 +54,36 @@ step "Rust tests: consensus, state machine, checker, simulator"
 # Release mode reuses the build above and runs the simulator seeds ~10x faster.
 cargo test --workspace --release --locked
 
-step "the README example against ./run.sh's cluster, started under dash"
+step "librasputin: the committed header matches a freshly generated one"
+generated=$(ls -t target/release/build/rasputin-ffi-*/out/rasputin.h | head -n 1)
+if ! diff -u include/rasputin.h "$generated"; then
+    echo "include/rasputin.h is stale: cp $generated include/rasputin.h" >&2
+    exit 1
+fi
+readelf -d target/release/librasputin.so | grep -q 'SONAME.*librasputin.so.0'
+test -f target/release/librasputin.a
+
+step "C: build the C example (shared and static, via pkg-config) and the C tests; C++ includes the header"
+export PKG_CONFIG_PATH="$PWD/target/release"
+make -s -C examples/c clean all LIBDIR="$(pkg-config --variable=libdir rasputin)"
+c_tests=target/release/c-tests
+mkdir -p "$c_tests"
+cc -O1 -g -Wall -Wextra -Werror $(pkg-config --cflags rasputin) -o "$c_tests/test_rasputin" \
+    rasputin-ffi/tests/c/test_rasputin.c $(pkg-config --libs rasputin) -lpthread
+c++ -Wall -Wextra -Werror $(pkg-config --cflags rasputin) -o "$c_tests/header_check" \
+    rasputin-ffi/tests/c/header_check.cpp $(pkg-config --libs rasputin)
+"$c_tests/header_check"
+
+step "against ./run.sh's cluster, started under dash: the README example in Rust and in C, the C tests under valgrind"
 dash ./run.sh
 trap 'dash ./run.sh stop' EXIT
 cargo run --release --locked -p rasputin-examples --bin readme-example
 echo "README example: passed"
+examples/c/readme-shared
+examples/c/readme-static
+RASPUTIN_PEERS=127.0.0.1:8888,127.0.0.1:8889,127.0.0.1:8890 valgrind --quiet --error-exitcode=3 \
+    --leak-check=full --show-leak-kinds=definite,indirect,possible \
+    --errors-for-leak-kinds=definite,indirect,possible "$c_tests/test_rasputin"
 dash ./run.sh stop
 trap - EXIT
 

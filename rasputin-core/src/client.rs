@@ -6,8 +6,7 @@ use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc::{sync_channel, RecvTimeoutError, SyncSender};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -63,12 +62,42 @@ impl Response {
     }
 }
 
+/// Where a caller waits for its response. Filled with None if the
+/// connection dies first. (A Condvar, unlike a channel, allocates nothing
+/// per calling thread, so foreign threads calling through the C ABI leave
+/// no thread-local state behind.)
+#[derive(Default)]
+struct Slot {
+    outcome: Mutex<Option<Option<proto::ClientResponse>>>,
+    filled: Condvar,
+}
+
+impl Slot {
+    fn fill(&self, outcome: Option<proto::ClientResponse>) {
+        *lock(&self.outcome) = Some(outcome);
+        self.filled.notify_one();
+    }
+
+    /// Waits up to `timeout`: Err on timeout, Ok(None) if the connection died.
+    fn wait(&self, timeout: Duration) -> Result<Option<proto::ClientResponse>, ()> {
+        let guard = lock(&self.outcome);
+        let (mut guard, _) = self
+            .filled
+            .wait_timeout_while(guard, timeout, |outcome| outcome.is_none())
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        guard.take().ok_or(())
+    }
+}
+
+type Waiters = Arc<Mutex<HashMap<u64, Arc<Slot>>>>;
+
 /// A pipelined connection to one server. A reader thread hands each
 /// response to the caller waiting for its request id.
 struct Connection {
     writer: Mutex<TcpStream>,
-    waiters: Arc<Mutex<HashMap<u64, SyncSender<proto::ClientResponse>>>>,
+    waiters: Waiters,
     dead: Arc<AtomicBool>,
+    reader: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 impl Connection {
@@ -90,36 +119,49 @@ impl Connection {
             return Err(format!("handshake refused: {}", reply.message));
         }
         stream.set_read_timeout(None).map_err(|error| error.to_string())?;
+        // A write that blocks this long means the server is gone; the caller retries elsewhere.
+        stream.set_write_timeout(Some(timeout)).map_err(|error| error.to_string())?;
         let reader = stream.try_clone().map_err(|error| error.to_string())?;
         let connection = Connection {
             writer: Mutex::new(stream),
             waiters: Arc::new(Mutex::new(HashMap::new())),
             dead: Arc::new(AtomicBool::new(false)),
+            reader: Mutex::new(None),
         };
         let (waiters, dead) = (connection.waiters.clone(), connection.dead.clone());
-        std::thread::Builder::new()
+        let handle = std::thread::Builder::new()
             .name("rasputin-client-reader".into())
             .spawn(move || dispatch_responses(reader, buffer, waiters, dead))
             .map_err(|error| error.to_string())?;
+        *lock(&connection.reader) = Some(handle);
         Ok(connection)
+    }
+
+    /// Closes the socket, which ends the reader thread, and waits for it.
+    fn close(&self) {
+        self.dead.store(true, Ordering::SeqCst);
+        let _ = lock(&self.writer).shutdown(std::net::Shutdown::Both);
+        if let Some(handle) = lock(&self.reader).take() {
+            let _ = handle.join();
+        }
     }
 
     /// Sends one request and waits up to `timeout` for its response.
     fn call(&self, request: &proto::ClientRequest, timeout: Duration) -> Result<proto::ClientResponse, String> {
-        let (sender, receiver) = sync_channel(1);
-        lock(&self.waiters).insert(request.request_id, sender);
+        let slot = Arc::new(Slot::default());
+        lock(&self.waiters).insert(request.request_id, slot.clone());
         let sent = write_frame(&mut lock(&self.writer), request);
         if let Err(error) = sent {
             self.dead.store(true, Ordering::SeqCst);
             lock(&self.waiters).remove(&request.request_id);
             return Err(error.to_string());
         }
-        let outcome = receiver.recv_timeout(timeout);
+        let outcome = slot.wait(timeout);
         lock(&self.waiters).remove(&request.request_id);
         match outcome {
-            Ok(response) => Ok(response),
-            Err(RecvTimeoutError::Timeout) => Err(format!("no answer within {timeout:?}")),
-            Err(RecvTimeoutError::Disconnected) => Err("the connection closed".to_string()),
+            Ok(Some(response)) => Ok(response),
+            Ok(None) => Err("the connection closed".to_string()),
+            Err(()) => Err(format!("no answer within {timeout:?}")),
         }
     }
 }
@@ -129,21 +171,17 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-fn dispatch_responses(
-    mut stream: TcpStream,
-    mut buffer: BytesMut,
-    waiters: Arc<Mutex<HashMap<u64, SyncSender<proto::ClientResponse>>>>,
-    dead: Arc<AtomicBool>,
-) {
+fn dispatch_responses(mut stream: TcpStream, mut buffer: BytesMut, waiters: Waiters, dead: Arc<AtomicBool>) {
     while let Ok(frame) = read_frame(&mut stream, &mut buffer) {
         let Ok(response) = wire::decode::<proto::ClientResponse>(frame, "ClientResponse") else { break };
-        if let Some(sender) = lock(&waiters).remove(&response.request_id) {
-            let _ = sender.try_send(response);
+        if let Some(slot) = lock(&waiters).remove(&response.request_id) {
+            slot.fill(Some(response));
         }
     }
     dead.store(true, Ordering::SeqCst);
-    // Dropping the senders wakes every waiter with "disconnected".
-    lock(&waiters).clear();
+    for (_, slot) in lock(&waiters).drain() {
+        slot.fill(None);
+    }
 }
 
 fn write_frame(stream: &mut TcpStream, message: &impl prost::Message) -> std::io::Result<()> {
@@ -347,12 +385,20 @@ impl Client {
     }
 
     fn forget(&self, address: SocketAddr, connection: &Arc<Connection>) {
-        connection.dead.store(true, Ordering::SeqCst);
-        if let Ok(stream) = lock(&connection.writer).try_clone() {
-            let _ = stream.shutdown(std::net::Shutdown::Both);
-        }
+        connection.close();
         if let Some(connections) = lock(&self.inner.connections).get_mut(&address) {
             connections.retain(|other| !Arc::ptr_eq(other, connection));
+        }
+    }
+}
+
+impl Drop for Inner {
+    /// The last handle is gone: close every connection and join its reader.
+    fn drop(&mut self) {
+        for connections in lock(&self.connections).values() {
+            for connection in connections {
+                connection.close();
+            }
         }
     }
 }

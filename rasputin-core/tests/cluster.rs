@@ -302,3 +302,33 @@ fn oversized_values_get_a_clear_error_and_the_key_is_untouched() {
     );
     assert_eq!(client.get(b"k").unwrap().get_value(), b"small");
 }
+
+#[test]
+fn a_second_daemon_cannot_open_a_directory_in_use() {
+    let cluster = Cluster::start("lock", 10_000);
+    cluster.client().set(b"k", b"v").unwrap();
+    let member = &cluster.members[0];
+    // Same identity, same directory, another client port: refused by the lock.
+    let output = Command::new(env!("CARGO_BIN_EXE_rasputind"))
+        .arg(format!("--peer-port={}", member.peer_port))
+        .arg(format!("--cli-port={}", free_port()))
+        .arg(format!("--seed-peers={}", cluster.peers))
+        .arg(format!("--storage-dir={}", member.directory.display()))
+        .output()
+        .expect("run a second rasputind");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("locked by another process"), "{stderr}");
+    assert_eq!(cluster.client().get(b"k").unwrap().get_value(), b"v", "the running node is unharmed");
+}
+
+#[test]
+fn bad_flags_exit_with_code_two() {
+    let output = Command::new(env!("CARGO_BIN_EXE_rasputind")).arg("--peer-port=notaport").output().unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let help = Command::new(env!("CARGO_BIN_EXE_rasputind")).arg("--help").output().unwrap();
+    let text = String::from_utf8_lossy(&help.stdout);
+    for flag in ["--peer-port", "--cli-port", "--seed-peers", "--storage-dir", "--logfile"] {
+        assert!(text.contains(flag), "--help documents {flag}");
+    }
+}

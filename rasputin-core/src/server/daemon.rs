@@ -408,7 +408,18 @@ impl Daemon {
 
     fn on_peer_frame(&mut self, token: Token, frame: bytes::Bytes) -> Result<(), DaemonError> {
         let remote = self.connections[&token].remote;
-        let envelope = match wire::decode(frame, "PeerMessage").and_then(wire::peer_message_from_proto) {
+        let message: proto::PeerMessage = match wire::decode(frame, "PeerMessage") {
+            Ok(message) => message,
+            Err(error) => {
+                self.close_for_bad_input(token, &error);
+                return Ok(());
+            }
+        };
+        if message.range_id != wire::DEFAULT_RANGE_ID {
+            self.close_for_bad_input(token, &format!("message for unknown range {}", message.range_id));
+            return Ok(());
+        }
+        let envelope = match wire::peer_message_from_proto(message) {
             Ok(envelope) => envelope,
             Err(error) => {
                 self.close_for_bad_input(token, &error);
