@@ -77,13 +77,19 @@ c++ -Wall -Wextra -Werror $(pkg-config --cflags rasputin) -o "$c_tests/header_ch
     rasputin-ffi/tests/c/header_check.cpp $(pkg-config --libs rasputin)
 "$c_tests/header_check"
 
-step "against ./run.sh's cluster, started under dash: the README example in Rust and in C, the C tests under valgrind"
+step "Python: pip install ./bindings/python (maturin builds the pyo3 extension), then pytest against a real cluster"
+python3 -m pip install --quiet --disable-pip-version-check ./bindings/python
+python3 -m pip show pytest >/dev/null 2>&1 || python3 -m pip install --quiet --disable-pip-version-check pytest
+python3 -m pytest -q bindings/python/tests
+
+step "against ./run.sh's cluster, started under dash: the README example in Rust, C and Python, the C tests under valgrind"
 dash ./run.sh
 trap 'dash ./run.sh stop' EXIT
 cargo run --release --locked -p rasputin-examples --bin readme-example
 echo "README example: passed"
 examples/c/readme-shared
 examples/c/readme-static
+python3 examples/python/readme.py
 RASPUTIN_PEERS=127.0.0.1:8888,127.0.0.1:8889,127.0.0.1:8890 valgrind --quiet --error-exitcode=3 \
     --leak-check=full --show-leak-kinds=definite,indirect,possible \
     --errors-for-leak-kinds=definite,indirect,possible "$c_tests/test_rasputin"

@@ -32,6 +32,8 @@ pub enum ClientError {
     ValueTooLarge(usize),
     #[error("the operation did not finish within {timeout:?} ({detail}); a write may or may not have taken effect — retrying it with the same client is safe")]
     Timeout { timeout: Duration, detail: String },
+    #[error("no server could be reached within {timeout:?} ({detail}); check that the cluster is running and the addresses are right")]
+    Unavailable { timeout: Duration, detail: String },
     #[error("the server refused the request ({code:?}): {message}")]
     Refused { code: ErrorCode, message: String },
     #[error("no peers were given; pass at least one server's client address")]
@@ -39,16 +41,37 @@ pub enum ClientError {
 }
 
 impl ClientError {
-    /// The stable numeric code of this error, as on the wire.
+    /// The server's wire error code behind this error, as on the wire.
     pub fn code(&self) -> ErrorCode {
         match self {
             ClientError::KeyTooLarge(_) | ClientError::ValueTooLarge(_) => ErrorCode::ValueTooLarge,
-            ClientError::Timeout { .. } => ErrorCode::Internal,
+            ClientError::Timeout { .. } | ClientError::Unavailable { .. } => ErrorCode::Internal,
             ClientError::Refused { code, .. } => *code,
             ClientError::NoPeers => ErrorCode::BadRequest,
         }
     }
+
+    /// The stable status number every binding reports for this error; the
+    /// same numbers as `rasputin_status` in librasputin's C header.
+    pub fn status(&self) -> i32 {
+        match self {
+            ClientError::NoPeers => STATUS_INVALID_ARGUMENT,
+            ClientError::KeyTooLarge(_) => STATUS_KEY_TOO_LARGE,
+            ClientError::ValueTooLarge(_) => STATUS_VALUE_TOO_LARGE,
+            ClientError::Timeout { .. } => STATUS_TIMEOUT,
+            ClientError::Refused { .. } => STATUS_REFUSED,
+            ClientError::Unavailable { .. } => STATUS_UNAVAILABLE,
+        }
+    }
 }
+
+/// Stable status numbers shared by every binding (see `ClientError::status`).
+pub const STATUS_INVALID_ARGUMENT: i32 = 2;
+pub const STATUS_KEY_TOO_LARGE: i32 = 3;
+pub const STATUS_VALUE_TOO_LARGE: i32 = 4;
+pub const STATUS_TIMEOUT: i32 = 5;
+pub const STATUS_REFUSED: i32 = 6;
+pub const STATUS_UNAVAILABLE: i32 = 8;
 
 impl Response {
     /// The value: what get read, what set wrote, cas's current value, del's previous value.
@@ -295,7 +318,7 @@ impl Client {
         let request = ClientRequest { client_id: session.client_id, sequence: session.next_sequence, operation };
         let outcome = self.execute_with_retries(&request);
         // A session whose last operation may still be in flight is not reused.
-        if !matches!(outcome, Err(ClientError::Timeout { .. })) {
+        if !matches!(outcome, Err(ClientError::Timeout { .. } | ClientError::Unavailable { .. })) {
             session.next_sequence += 1;
             lock(&self.inner.idle_sessions).push(session);
         }
@@ -316,14 +339,20 @@ impl Client {
         let mut target = self.leader().unwrap_or(self.inner.peers[0]);
         let mut rotation = 0;
         let mut last_problem = String::from("no attempt made");
+        let mut reached_a_server = false;
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
-                return Err(ClientError::Timeout { timeout: operation_timeout, detail: last_problem });
+                let (timeout, detail) = (operation_timeout, last_problem);
+                if !reached_a_server {
+                    return Err(ClientError::Unavailable { timeout, detail });
+                }
+                return Err(ClientError::Timeout { timeout, detail });
             }
             let request_id = self.inner.next_request_id.fetch_add(1, Ordering::Relaxed);
             let message = wire::client_request_to_proto(request_id, request);
             let attempt = self.connection(target, remaining.min(attempt_timeout)).and_then(|connection| {
+                reached_a_server = true;
                 connection.call(&message, remaining.min(attempt_timeout)).inspect_err(|_| {
                     self.forget(target, &connection);
                 })
@@ -434,10 +463,10 @@ mod tests {
     }
 
     #[test]
-    fn an_unreachable_cluster_times_out_without_panicking() {
+    fn an_unreachable_cluster_is_reported_unavailable_without_panicking() {
         let client = Client::new(vec!["127.0.0.1:9".parse().unwrap()], 1);
         client.set_timeouts(Duration::from_millis(50), Duration::from_millis(200));
         let error = client.get(b"k").unwrap_err();
-        assert!(matches!(error, ClientError::Timeout { .. }), "{error}");
+        assert!(matches!(error, ClientError::Unavailable { .. }), "{error}");
     }
 }

@@ -42,13 +42,17 @@ pub enum rasputin_status {
     RASPUTIN_ERROR_KEY_TOO_LARGE = 3,
     /// A value is longer than RASPUTIN_VALUE_BYTES_MAX.
     RASPUTIN_ERROR_VALUE_TOO_LARGE = 4,
-    /// The operation did not finish in time: the cluster is unreachable or has
-    /// no leader. A write may or may not have taken effect; retrying it is safe.
+    /// The operation did not finish in time: servers answered, but none could
+    /// complete it (no leader, say). A write may or may not have taken effect;
+    /// retrying it is safe.
     RASPUTIN_ERROR_TIMEOUT = 5,
     /// The server refused the request; rasputin_error_server_code tells why.
     RASPUTIN_ERROR_REFUSED = 6,
     /// A bug inside the library was caught before it could reach the caller.
     RASPUTIN_ERROR_INTERNAL = 7,
+    /// No server could be reached in time: the cluster is down, or the
+    /// addresses are wrong. Nothing was sent, so nothing took effect.
+    RASPUTIN_ERROR_UNAVAILABLE = 8,
 }
 
 use rasputin_status::*;
@@ -97,14 +101,17 @@ impl Failure {
 
 impl From<ClientError> for Failure {
     fn from(error: ClientError) -> Failure {
-        let status = match &error {
-            ClientError::KeyTooLarge(_) => RASPUTIN_ERROR_KEY_TOO_LARGE,
-            ClientError::ValueTooLarge(_) => RASPUTIN_ERROR_VALUE_TOO_LARGE,
-            ClientError::Timeout { .. } => RASPUTIN_ERROR_TIMEOUT,
-            ClientError::Refused { .. } => RASPUTIN_ERROR_REFUSED,
-            ClientError::NoPeers => RASPUTIN_ERROR_INVALID_ARGUMENT,
+        let status = match error.status() {
+            rasputin_core::client::STATUS_INVALID_ARGUMENT => RASPUTIN_ERROR_INVALID_ARGUMENT,
+            rasputin_core::client::STATUS_KEY_TOO_LARGE => RASPUTIN_ERROR_KEY_TOO_LARGE,
+            rasputin_core::client::STATUS_VALUE_TOO_LARGE => RASPUTIN_ERROR_VALUE_TOO_LARGE,
+            rasputin_core::client::STATUS_TIMEOUT => RASPUTIN_ERROR_TIMEOUT,
+            rasputin_core::client::STATUS_REFUSED => RASPUTIN_ERROR_REFUSED,
+            rasputin_core::client::STATUS_UNAVAILABLE => RASPUTIN_ERROR_UNAVAILABLE,
+            _ => RASPUTIN_ERROR_INTERNAL,
         };
-        Failure { status, server_code: error.code() as i32, message: error.to_string() }
+        let server_code = if status == RASPUTIN_ERROR_REFUSED { error.code() as i32 } else { 0 };
+        Failure { status, server_code, message: error.to_string() }
     }
 }
 
@@ -276,7 +283,8 @@ fn finish(result_out: *mut *mut rasputin_result, response: Response) {
 /// with rasputin_result_free. `key` and `value` are only read during the call.
 /// Thread safety: may be called from many threads on one client at once.
 /// Returns: RASPUTIN_OK; RASPUTIN_ERROR_NULL_ARGUMENT; RASPUTIN_ERROR_KEY_TOO_LARGE;
-/// RASPUTIN_ERROR_VALUE_TOO_LARGE; RASPUTIN_ERROR_TIMEOUT; RASPUTIN_ERROR_REFUSED; RASPUTIN_ERROR_INTERNAL.
+/// RASPUTIN_ERROR_VALUE_TOO_LARGE; RASPUTIN_ERROR_UNAVAILABLE; RASPUTIN_ERROR_TIMEOUT;
+/// RASPUTIN_ERROR_REFUSED; RASPUTIN_ERROR_INTERNAL.
 ///
 /// # Safety
 /// Buffers must hold their stated lengths; out-pointers must be NULL or writable.

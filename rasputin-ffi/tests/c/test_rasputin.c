@@ -162,7 +162,7 @@ static void test_unreachable_cluster(void) {
     CHECK(rasputin_client_new("127.0.0.1:1", 1, &client, &error) == RASPUTIN_OK);
     CHECK(rasputin_client_set_timeouts(client, 50, 300, &error) == RASPUTIN_OK);
     rasputin_result *result = NULL;
-    EXPECT_ERROR(RASPUTIN_ERROR_TIMEOUT, rasputin_get(client, BYTES("k"), &result, &error));
+    EXPECT_ERROR(RASPUTIN_ERROR_UNAVAILABLE, rasputin_get(client, BYTES("k"), &result, &error));
     CHECK(result == NULL);
     rasputin_client_free(client);
 }

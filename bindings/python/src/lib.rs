@@ -1,0 +1,243 @@
+//! The `rasputin._rasputin` extension module: a thin pyo3 layer over
+//! `rasputin::Client`. Every network call releases the GIL.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::time::Duration;
+
+use pyo3::create_exception;
+use pyo3::exceptions::{PyException, PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyList};
+use rasputin::client::{
+    STATUS_INVALID_ARGUMENT, STATUS_KEY_TOO_LARGE, STATUS_REFUSED, STATUS_TIMEOUT, STATUS_UNAVAILABLE,
+    STATUS_VALUE_TOO_LARGE,
+};
+use rasputin::{Client as CoreClient, ClientError, Response};
+
+create_exception!(
+    _rasputin,
+    RasputinError,
+    PyException,
+    "Base of every Rasputin error; `.code` is the stable status number."
+);
+create_exception!(
+    _rasputin,
+    ConnectionError,
+    RasputinError,
+    "No server could be reached: the cluster is down or the addresses are wrong."
+);
+create_exception!(
+    _rasputin,
+    ClusterUnavailable,
+    ConnectionError,
+    "No server could be reached in time; nothing was sent, so nothing took effect."
+);
+create_exception!(
+    _rasputin,
+    TimeoutError,
+    RasputinError,
+    "The operation did not finish in time; a write may or may not have taken effect, and retrying it is safe."
+);
+create_exception!(
+    _rasputin,
+    InvalidArgument,
+    RasputinError,
+    "An argument was malformed (for example an empty peer list)."
+);
+create_exception!(_rasputin, ValueTooLarge, RasputinError, "A key or value exceeds the cluster's size limits.");
+create_exception!(_rasputin, Refused, RasputinError, "The server refused the request; `.server_code` says why.");
+create_exception!(_rasputin, ClientClosed, RasputinError, "The client was closed.");
+
+/// The status number for a closed client (beyond librasputin's, which has no such state).
+const STATUS_CLOSED: i32 = 9;
+
+fn to_python_error(error: ClientError) -> PyErr {
+    let message = error.to_string();
+    let status = error.status();
+    let server_code = if status == STATUS_REFUSED { error.code() as i32 } else { 0 };
+    let exception = match status {
+        STATUS_UNAVAILABLE => ClusterUnavailable::new_err(message),
+        STATUS_TIMEOUT => TimeoutError::new_err(message),
+        STATUS_KEY_TOO_LARGE | STATUS_VALUE_TOO_LARGE => ValueTooLarge::new_err(message),
+        STATUS_INVALID_ARGUMENT => InvalidArgument::new_err(message),
+        _ => Refused::new_err(message),
+    };
+    Python::with_gil(|py| {
+        let value = exception.value(py);
+        let _ = value.setattr("code", status);
+        let _ = value.setattr("server_code", server_code);
+    });
+    exception
+}
+
+fn closed_error() -> PyErr {
+    let exception = ClientClosed::new_err("the client is closed; create a new one");
+    Python::with_gil(|py| {
+        let _ = exception.value(py).setattr("code", STATUS_CLOSED);
+        let _ = exception.value(py).setattr("server_code", 0);
+    });
+    exception
+}
+
+/// Accepts bytes (and other read-only buffers such as memoryview is not
+/// needed); refuses str with a clear TypeError.
+fn bytes_argument<'a>(value: &'a Bound<'_, PyAny>, name: &str) -> PyResult<&'a [u8]> {
+    value.downcast::<PyBytes>().map(|bytes| bytes.as_bytes()).map_err(|_| {
+        let kind = value.get_type().name().map(|name| name.to_string()).unwrap_or_default();
+        PyTypeError::new_err(format!("{name} must be bytes, not {kind}; encode strings first, e.g. {name}.encode()"))
+    })
+}
+
+/// The outcome of `cas`: whether the swap happened, and the current value.
+#[pyclass(frozen, module = "rasputin")]
+struct CasResult {
+    #[pyo3(get)]
+    success: bool,
+    #[pyo3(get)]
+    value: Option<Py<PyBytes>>,
+}
+
+#[pymethods]
+impl CasResult {
+    fn __repr__(&self, py: Python<'_>) -> String {
+        let value = self.value.as_ref().map(|value| format!("{:?}", value.bind(py).as_bytes()));
+        format!(
+            "CasResult(success={}, value={})",
+            if self.success { "True" } else { "False" },
+            value.unwrap_or("None".into())
+        )
+    }
+}
+
+/// A client of a Rasputin cluster. Thread-safe: share one between threads.
+#[pyclass(module = "rasputin")]
+struct Client {
+    inner: std::sync::RwLock<Option<CoreClient>>,
+}
+
+impl Client {
+    /// Runs `operation` on the client without the GIL.
+    fn call(
+        &self,
+        py: Python<'_>,
+        operation: impl FnOnce(&CoreClient) -> Result<Response, ClientError> + Send,
+    ) -> PyResult<Response> {
+        let guard = self.inner.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let client = guard.as_ref().ok_or_else(closed_error)?.clone();
+        drop(guard);
+        py.allow_threads(|| operation(&client)).map_err(to_python_error)
+    }
+}
+
+fn value_or_none(py: Python<'_>, response: &Response) -> Option<Py<PyBytes>> {
+    response.success.then(|| PyBytes::new(py, response.get_value()).unbind())
+}
+
+#[pymethods]
+impl Client {
+    #[new]
+    #[pyo3(signature = (peers, *, threads = 1, timeout = 10.0))]
+    fn new(peers: &Bound<'_, PyAny>, threads: usize, timeout: f64) -> PyResult<Client> {
+        let list = peers
+            .downcast::<PyList>()
+            .map_err(|_| PyTypeError::new_err("peers must be a list of \"host:port\" strings"))?;
+        let mut addresses: Vec<SocketAddr> = Vec::new();
+        for item in list.iter() {
+            let text: String =
+                item.extract().map_err(|_| PyTypeError::new_err("each peer must be a \"host:port\" string"))?;
+            let address = text.to_socket_addrs().ok().and_then(|mut all| all.next()).ok_or_else(|| {
+                let error = InvalidArgument::new_err(format!("{text:?} is not a host:port address"));
+                Python::with_gil(|py| {
+                    let _ = error.value(py).setattr("code", STATUS_INVALID_ARGUMENT);
+                    let _ = error.value(py).setattr("server_code", 0);
+                });
+                error
+            })?;
+            addresses.push(address);
+        }
+        if addresses.is_empty() {
+            return Err(PyValueError::new_err("peers is empty; list at least one \"host:port\""));
+        }
+        if threads == 0 {
+            return Err(PyValueError::new_err("threads must be at least 1"));
+        }
+        if !(timeout.is_finite() && timeout > 0.0) {
+            return Err(PyValueError::new_err("timeout must be a positive number of seconds"));
+        }
+        let client = CoreClient::new(addresses, threads);
+        let operation = Duration::from_secs_f64(timeout);
+        client.set_timeouts(operation.min(Duration::from_secs(2)), operation);
+        Ok(Client { inner: std::sync::RwLock::new(Some(client)) })
+    }
+
+    /// Sets `key` to `value`.
+    fn set(&self, py: Python<'_>, key: &Bound<'_, PyAny>, value: &Bound<'_, PyAny>) -> PyResult<()> {
+        let (key, value) = (bytes_argument(key, "key")?.to_vec(), bytes_argument(value, "value")?.to_vec());
+        self.call(py, move |client| client.set(&key, &value)).map(|_| ())
+    }
+
+    /// Returns the value of `key`, or None if it is missing.
+    fn get(&self, py: Python<'_>, key: &Bound<'_, PyAny>) -> PyResult<Option<Py<PyBytes>>> {
+        let key = bytes_argument(key, "key")?.to_vec();
+        let response = self.call(py, move |client| client.get(&key))?;
+        Ok(value_or_none(py, &response))
+    }
+
+    /// Sets `key` to `new` if it holds `expected`; returns whether it did and the current value.
+    fn cas(
+        &self,
+        py: Python<'_>,
+        key: &Bound<'_, PyAny>,
+        expected: &Bound<'_, PyAny>,
+        new: &Bound<'_, PyAny>,
+    ) -> PyResult<CasResult> {
+        let key = bytes_argument(key, "key")?.to_vec();
+        let expected = bytes_argument(expected, "expected")?.to_vec();
+        let new = bytes_argument(new, "new")?.to_vec();
+        let response = self.call(py, move |client| client.cas(&key, &expected, &new))?;
+        let value = (response.success || !response.get_value().is_empty())
+            .then(|| PyBytes::new(py, response.get_value()).unbind());
+        Ok(CasResult { success: response.success, value })
+    }
+
+    /// Deletes `key`; returns its previous value, or None if it was missing.
+    fn delete(&self, py: Python<'_>, key: &Bound<'_, PyAny>) -> PyResult<Option<Py<PyBytes>>> {
+        let key = bytes_argument(key, "key")?.to_vec();
+        let response = self.call(py, move |client| client.del(&key))?;
+        Ok(value_or_none(py, &response))
+    }
+
+    /// Closes the client's connections. Further calls raise ClientClosed. Idempotent.
+    fn close(&self, py: Python<'_>) {
+        let client = self.inner.write().unwrap_or_else(|poisoned| poisoned.into_inner()).take();
+        py.allow_threads(move || drop(client));
+    }
+
+    fn __enter__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+
+    #[pyo3(signature = (*_arguments))]
+    fn __exit__(&self, py: Python<'_>, _arguments: &Bound<'_, pyo3::types::PyTuple>) -> bool {
+        self.close(py);
+        false
+    }
+}
+
+#[pymodule]
+fn _rasputin(module: &Bound<'_, PyModule>) -> PyResult<()> {
+    let py = module.py();
+    module.add_class::<Client>()?;
+    module.add_class::<CasResult>()?;
+    module.add("RasputinError", py.get_type::<RasputinError>())?;
+    module.add("ConnectionError", py.get_type::<ConnectionError>())?;
+    module.add("ClusterUnavailable", py.get_type::<ClusterUnavailable>())?;
+    module.add("TimeoutError", py.get_type::<TimeoutError>())?;
+    module.add("InvalidArgument", py.get_type::<InvalidArgument>())?;
+    module.add("ValueTooLarge", py.get_type::<ValueTooLarge>())?;
+    module.add("Refused", py.get_type::<Refused>())?;
+    module.add("ClientClosed", py.get_type::<ClientClosed>())?;
+    module.add("KEY_BYTES_MAX", rasputin::wire::KEY_BYTES_MAX)?;
+    module.add("VALUE_BYTES_MAX", rasputin::wire::VALUE_BYTES_MAX)?;
+    Ok(())
+}

@@ -1,0 +1,140 @@
+"""The Python client against a real local cluster: every call, every error
+path, and threads sharing one client."""
+
+import threading
+
+import pytest
+
+import rasputin
+
+
+def test_the_readme_sequence(client):
+    client.set(b"k1", b"v1")
+    assert client.get(b"k1") == b"v1"
+    swapped = client.cas(b"k1", b"v1", b"v12")
+    assert swapped.success and swapped.value == b"v12"
+    refused = client.cas(b"k1", b"vNever", b"vNever2")
+    assert not refused.success and refused.value == b"v12"
+    assert client.cas(b"k1", b"v12", b"v13").value == b"v13"
+    assert client.delete(b"k1") == b"v13"
+    assert client.get(b"k1") is None
+
+
+def test_missing_keys_are_none_not_errors(client):
+    assert client.get(b"never-written") is None
+    assert client.delete(b"never-written") is None
+    missing = client.cas(b"never-written", b"a", b"b")
+    assert not missing.success and missing.value is None
+    assert "success=False" in repr(missing)
+
+
+def test_binary_and_empty_data_round_trip(client):
+    client.set(b"\x00\xff", b"\x00\x01\x00")
+    assert client.get(b"\x00\xff") == b"\x00\x01\x00"
+    client.set(b"", b"")
+    assert client.get(b"") == b""
+
+
+def test_str_is_refused_with_a_clear_type_error(client):
+    with pytest.raises(TypeError, match="key must be bytes, not str"):
+        client.set("k", b"v")
+    with pytest.raises(TypeError, match="value must be bytes"):
+        client.set(b"k", "v")
+    with pytest.raises(TypeError):
+        client.get(1)
+    with pytest.raises(TypeError):
+        client.cas(b"k", "a", b"b")
+    with pytest.raises(TypeError):
+        client.delete(None)
+
+
+def test_oversized_input_raises_value_too_large(client):
+    with pytest.raises(rasputin.ValueTooLarge) as raised:
+        client.set(b"k", b"x" * (rasputin.VALUE_BYTES_MAX + 1))
+    assert raised.value.code == 4
+    assert isinstance(raised.value, rasputin.RasputinError)
+    with pytest.raises(rasputin.ValueTooLarge) as raised:
+        client.get(b"k" * (rasputin.KEY_BYTES_MAX + 1))
+    assert raised.value.code == 3
+    client.set(b"largest", b"x" * rasputin.VALUE_BYTES_MAX)
+    assert len(client.get(b"largest")) == rasputin.VALUE_BYTES_MAX
+
+
+def test_an_unreachable_cluster_raises_cluster_unavailable():
+    with rasputin.Client(["127.0.0.1:1"], timeout=0.3) as client:
+        with pytest.raises(rasputin.ClusterUnavailable) as raised:
+            client.get(b"k")
+    assert raised.value.code == 8
+    assert isinstance(raised.value, rasputin.ConnectionError)
+    assert "cluster is running" in str(raised.value)
+
+
+def test_bad_arguments_are_refused():
+    with pytest.raises(rasputin.InvalidArgument):
+        rasputin.Client(["not an address"])
+    with pytest.raises(ValueError):
+        rasputin.Client([])
+    with pytest.raises(ValueError):
+        rasputin.Client(["127.0.0.1:1"], threads=0)
+    with pytest.raises(ValueError):
+        rasputin.Client(["127.0.0.1:1"], timeout=0)
+    with pytest.raises(TypeError):
+        rasputin.Client("127.0.0.1:1")
+
+
+def test_use_after_close_raises_client_closed(cluster):
+    client = rasputin.Client(cluster)
+    client.set(b"k", b"v")
+    client.close()
+    client.close()
+    with pytest.raises(rasputin.ClientClosed):
+        client.get(b"k")
+    with rasputin.Client(cluster) as managed:
+        managed.set(b"k", b"w")
+    with pytest.raises(rasputin.ClientClosed):
+        managed.set(b"k", b"x")
+
+
+def test_eight_threads_share_one_client(client):
+    failures = []
+
+    def work(number):
+        try:
+            for n in range(50):
+                key = f"thread-{number}-{n}".encode()
+                client.set(key, key + b"-value")
+                if client.get(key) != key + b"-value":
+                    failures.append(key)
+        except Exception as error:  # collected and asserted below
+            failures.append(error)
+
+    threads = [threading.Thread(target=work, args=(number,)) for number in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert failures == []
+
+
+def test_calls_release_the_gil(cluster):
+    """A call blocked on an unreachable server must not stop other Python threads."""
+    progress = []
+    stop = threading.Event()
+
+    def count():
+        while not stop.is_set():
+            progress.append(1)
+
+    counter = threading.Thread(target=count)
+    counter.start()
+    with rasputin.Client(["127.0.0.1:1"], timeout=0.5) as client:
+        with pytest.raises(rasputin.ClusterUnavailable):
+            client.get(b"k")
+    stop.set()
+    counter.join()
+    assert len(progress) > 1000
+
+
+def test_public_calls_have_docstrings():
+    for name in ["set", "get", "cas", "delete", "close"]:
+        assert getattr(rasputin.Client, name).__doc__
