@@ -94,8 +94,9 @@ typedef enum rasputin_status {
    */
   RASPUTIN_ERROR_VALUE_TOO_LARGE = 4,
   /**
-   * The operation did not finish in time: the cluster is unreachable or has
-   * no leader. A write may or may not have taken effect; retrying it is safe.
+   * The operation did not finish in time: servers answered, but none could
+   * complete it (no leader, say). A write may or may not have taken effect;
+   * retrying it is safe.
    */
   RASPUTIN_ERROR_TIMEOUT = 5,
   /**
@@ -106,6 +107,11 @@ typedef enum rasputin_status {
    * A bug inside the library was caught before it could reach the caller.
    */
   RASPUTIN_ERROR_INTERNAL = 7,
+  /**
+   * No server could be reached in time: the cluster is down, or the
+   * addresses are wrong. Nothing was sent, so nothing took effect.
+   */
+  RASPUTIN_ERROR_UNAVAILABLE = 8,
 } rasputin_status;
 
 /**
@@ -204,7 +210,8 @@ enum rasputin_status rasputin_client_set_timeouts(const struct rasputin_client *
  * with rasputin_result_free. `key` and `value` are only read during the call.
  * Thread safety: may be called from many threads on one client at once.
  * Returns: RASPUTIN_OK; RASPUTIN_ERROR_NULL_ARGUMENT; RASPUTIN_ERROR_KEY_TOO_LARGE;
- * RASPUTIN_ERROR_VALUE_TOO_LARGE; RASPUTIN_ERROR_TIMEOUT; RASPUTIN_ERROR_REFUSED; RASPUTIN_ERROR_INTERNAL.
+ * RASPUTIN_ERROR_VALUE_TOO_LARGE; RASPUTIN_ERROR_UNAVAILABLE; RASPUTIN_ERROR_TIMEOUT;
+ * RASPUTIN_ERROR_REFUSED; RASPUTIN_ERROR_INTERNAL.
  *
  * # Safety
  * Buffers must hold their stated lengths; out-pointers must be NULL or writable.
