@@ -28,6 +28,8 @@ ensure_build_packages() {
     command -v valgrind >/dev/null 2>&1 || missing+=(valgrind)
     command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
     command -v make >/dev/null 2>&1 || missing+=(make)
+    command -v mvn >/dev/null 2>&1 || missing+=(maven)
+    command -v javac >/dev/null 2>&1 || missing+=(openjdk-17-jdk-headless)
     if [ "${#missing[@]}" -gt 0 ]; then
         step "installing Debian packages: ${missing[*]}"
         export DEBIAN_FRONTEND=noninteractive
@@ -82,7 +84,10 @@ python3 -m pip install --quiet --disable-pip-version-check ./bindings/python
 python3 -m pip show pytest >/dev/null 2>&1 || python3 -m pip install --quiet --disable-pip-version-check pytest
 python3 -m pytest -q bindings/python/tests
 
-step "against ./run.sh's cluster, started under dash: the README example in Rust, C and Python, the C tests under valgrind"
+step "JVM: mvn verify in bindings/java (cargo builds the JNI library into the jar; JUnit 5 against a real cluster)"
+(cd bindings/java && mvn -B -ntp verify)
+
+step "against ./run.sh's cluster, started under dash: the README example in Rust, C, Python and Java, the C tests under valgrind"
 dash ./run.sh
 trap 'dash ./run.sh stop' EXIT
 cargo run --release --locked -p rasputin-examples --bin readme-example
@@ -90,6 +95,7 @@ echo "README example: passed"
 examples/c/readme-shared
 examples/c/readme-static
 python3 examples/python/readme.py
+java -cp bindings/java/target/rasputin-client-0.1.0.jar examples/java/Readme.java
 RASPUTIN_PEERS=127.0.0.1:8888,127.0.0.1:8889,127.0.0.1:8890 valgrind --quiet --error-exitcode=3 \
     --leak-check=full --show-leak-kinds=definite,indirect,possible \
     --errors-for-leak-kinds=definite,indirect,possible "$c_tests/test_rasputin"

@@ -1,0 +1,217 @@
+//! JNI glue for `io.rasputin.RasputinClient`. Each native method catches
+//! panics and turns every failure into a Java `RasputinException` subclass,
+//! so nothing native ever crashes the JVM.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::time::Duration;
+
+use jni::objects::{JByteArray, JClass, JObject, JString, JValue};
+use jni::sys::{jboolean, jbyteArray, jint, jlong, jobject};
+use jni::JNIEnv;
+use rasputin::client::{
+    STATUS_INVALID_ARGUMENT, STATUS_KEY_TOO_LARGE, STATUS_REFUSED, STATUS_TIMEOUT, STATUS_UNAVAILABLE,
+    STATUS_VALUE_TOO_LARGE,
+};
+use rasputin::{Client, ClientError, Response};
+
+/// librasputin's status for a caught bug.
+const STATUS_INTERNAL: i32 = 7;
+
+struct Failure {
+    status: i32,
+    server_code: i32,
+    message: String,
+}
+
+impl From<ClientError> for Failure {
+    fn from(error: ClientError) -> Failure {
+        let status = error.status();
+        let server_code = if status == STATUS_REFUSED { error.code() as i32 } else { 0 };
+        Failure { status, server_code, message: error.to_string() }
+    }
+}
+
+impl From<jni::errors::Error> for Failure {
+    fn from(error: jni::errors::Error) -> Failure {
+        Failure { status: STATUS_INTERNAL, server_code: 0, message: format!("JNI call failed: {error}") }
+    }
+}
+
+fn exception_class(status: i32) -> &'static str {
+    match status {
+        STATUS_UNAVAILABLE => "io/rasputin/ClusterUnavailableException",
+        STATUS_TIMEOUT => "io/rasputin/RasputinTimeoutException",
+        STATUS_KEY_TOO_LARGE | STATUS_VALUE_TOO_LARGE => "io/rasputin/ValueTooLargeException",
+        STATUS_INVALID_ARGUMENT => "io/rasputin/InvalidArgumentException",
+        STATUS_REFUSED => "io/rasputin/RefusedException",
+        _ => "io/rasputin/RasputinException",
+    }
+}
+
+fn throw(env: &mut JNIEnv, failure: Failure) {
+    if env.exception_check().unwrap_or(false) {
+        return;
+    }
+    let thrown = (|| -> jni::errors::Result<()> {
+        let message = env.new_string(&failure.message)?;
+        let arguments = [JValue::Object(&message), JValue::Int(failure.status), JValue::Int(failure.server_code)];
+        let exception = env.new_object(exception_class(failure.status), "(Ljava/lang/String;II)V", &arguments)?;
+        env.throw(jni::objects::JThrowable::from(exception))
+    })();
+    if thrown.is_err() && !env.exception_check().unwrap_or(false) {
+        let _ = env.throw_new("java/lang/IllegalStateException", failure.message);
+    }
+}
+
+/// Runs `body`; a failure or a panic becomes a pending Java exception and `fallback` is returned.
+fn guard<T>(env: &mut JNIEnv, fallback: T, body: impl FnOnce(&mut JNIEnv) -> Result<T, Failure>) -> T {
+    match catch_unwind(AssertUnwindSafe(|| body(env))) {
+        Ok(Ok(value)) => value,
+        Ok(Err(failure)) => {
+            throw(env, failure);
+            fallback
+        }
+        Err(_) => {
+            let message = "internal error in the Rasputin native library (a bug; please report it)".to_string();
+            throw(env, Failure { status: STATUS_INTERNAL, server_code: 0, message });
+            fallback
+        }
+    }
+}
+
+fn client<'a>(handle: jlong) -> Result<&'a Client, Failure> {
+    if handle == 0 {
+        return Err(Failure {
+            status: STATUS_INVALID_ARGUMENT,
+            server_code: 0,
+            message: "the client is closed".into(),
+        });
+    }
+    // SAFETY: the Java side passes a handle from nativeNew and frees it only
+    // under its write lock, after every call holding the read lock returned.
+    Ok(unsafe { &*(handle as *const Client) })
+}
+
+fn bytes(env: &mut JNIEnv, array: &JByteArray, name: &str) -> Result<Vec<u8>, Failure> {
+    if array.is_null() {
+        let message = format!("{name} must not be null");
+        return Err(Failure { status: STATUS_INVALID_ARGUMENT, server_code: 0, message });
+    }
+    Ok(env.convert_byte_array(array)?)
+}
+
+fn value_or_null(env: &mut JNIEnv, response: &Response) -> Result<jbyteArray, Failure> {
+    if !response.get_success() {
+        return Ok(std::ptr::null_mut());
+    }
+    Ok(env.byte_array_from_slice(response.get_value())?.into_raw())
+}
+
+#[no_mangle]
+pub extern "system" fn Java_io_rasputin_RasputinClient_nativeNew(
+    mut env: JNIEnv,
+    _class: JClass,
+    peers: JString,
+    threads: jint,
+    attempt_ms: jlong,
+    operation_ms: jlong,
+) -> jlong {
+    guard(&mut env, 0, |env| {
+        let invalid = |message: String| Failure { status: STATUS_INVALID_ARGUMENT, server_code: 0, message };
+        let text: String = env.get_string(&peers)?.into();
+        let mut addresses: Vec<SocketAddr> = Vec::new();
+        for part in text.split(',').map(str::trim).filter(|part| !part.is_empty()) {
+            let address = part.to_socket_addrs().ok().and_then(|mut all| all.next());
+            addresses.push(address.ok_or_else(|| invalid(format!("{part:?} is not a host:port address")))?);
+        }
+        if addresses.is_empty() {
+            return Err(invalid("the peer list is empty; give \"host:port\" strings".into()));
+        }
+        if threads < 1 || attempt_ms < 1 || operation_ms < 1 {
+            return Err(invalid("threads and timeouts must be at least 1".into()));
+        }
+        let client = Client::new(addresses, threads as usize);
+        client.set_timeouts(Duration::from_millis(attempt_ms as u64), Duration::from_millis(operation_ms as u64));
+        Ok(Box::into_raw(Box::new(client)) as jlong)
+    })
+}
+
+#[no_mangle]
+pub extern "system" fn Java_io_rasputin_RasputinClient_nativeFree(mut env: JNIEnv, _class: JClass, handle: jlong) {
+    guard(&mut env, (), |_| {
+        if handle != 0 {
+            // SAFETY: the Java side calls this once, under its write lock, with a handle from nativeNew.
+            drop(unsafe { Box::from_raw(handle as *mut Client) });
+        }
+        Ok(())
+    })
+}
+
+#[no_mangle]
+pub extern "system" fn Java_io_rasputin_RasputinClient_nativeSet(
+    mut env: JNIEnv,
+    _class: JClass,
+    handle: jlong,
+    key: JByteArray,
+    value: JByteArray,
+) {
+    guard(&mut env, (), |env| {
+        let (key, value) = (bytes(env, &key, "key")?, bytes(env, &value, "value")?);
+        client(handle)?.set(&key, &value)?;
+        Ok(())
+    })
+}
+
+#[no_mangle]
+pub extern "system" fn Java_io_rasputin_RasputinClient_nativeGet(
+    mut env: JNIEnv,
+    _class: JClass,
+    handle: jlong,
+    key: JByteArray,
+) -> jbyteArray {
+    guard(&mut env, std::ptr::null_mut(), |env| {
+        let key = bytes(env, &key, "key")?;
+        let response = client(handle)?.get(&key)?;
+        value_or_null(env, &response)
+    })
+}
+
+#[no_mangle]
+pub extern "system" fn Java_io_rasputin_RasputinClient_nativeDelete(
+    mut env: JNIEnv,
+    _class: JClass,
+    handle: jlong,
+    key: JByteArray,
+) -> jbyteArray {
+    guard(&mut env, std::ptr::null_mut(), |env| {
+        let key = bytes(env, &key, "key")?;
+        let response = client(handle)?.del(&key)?;
+        value_or_null(env, &response)
+    })
+}
+
+#[no_mangle]
+pub extern "system" fn Java_io_rasputin_RasputinClient_nativeCas(
+    mut env: JNIEnv,
+    _class: JClass,
+    handle: jlong,
+    key: JByteArray,
+    expected: JByteArray,
+    new_value: JByteArray,
+) -> jobject {
+    guard(&mut env, std::ptr::null_mut(), |env| {
+        let key = bytes(env, &key, "key")?;
+        let expected = bytes(env, &expected, "expected")?;
+        let new_value = bytes(env, &new_value, "newValue")?;
+        let response = client(handle)?.cas(&key, &expected, &new_value)?;
+        let value = if response.get_success() || !response.get_value().is_empty() {
+            JObject::from(env.byte_array_from_slice(response.get_value())?)
+        } else {
+            JObject::null()
+        };
+        let success = JValue::Bool(response.get_success() as jboolean);
+        let result = env.new_object("io/rasputin/CasResult", "(Z[B)V", &[success, JValue::Object(&value)])?;
+        Ok(result.into_raw())
+    })
+}

@@ -1,0 +1,132 @@
+package io.rasputin;
+
+import java.time.Duration;
+import java.util.List;
+import java.util.Objects;
+import java.util.concurrent.locks.ReentrantReadWriteLock;
+
+/**
+ * A client of a Rasputin cluster: a linearizable, replicated key-value store.
+ *
+ * <p><b>Thread safety:</b> one client is safe to use from many threads at
+ * once; their requests are pipelined over {@code threads} connections per
+ * server. {@link #close()} waits for calls in progress, and later calls throw
+ * {@link ClientClosedException}.
+ *
+ * <pre>{@code
+ * try (RasputinClient client = new RasputinClient(List.of("127.0.0.1:8888"))) {
+ *     client.set("k".getBytes(), "v".getBytes());
+ *     byte[] value = client.get("k".getBytes()); // null if missing
+ * }
+ * }</pre>
+ *
+ * <p>Every failure is a {@link RasputinException}; no native error crashes the JVM.
+ */
+public final class RasputinClient implements AutoCloseable {
+    static {
+        NativeLibrary.load();
+    }
+
+    /** The status number of {@link ClientClosedException}. */
+    public static final int STATUS_CLOSED = 9;
+
+    private final ReentrantReadWriteLock lock = new ReentrantReadWriteLock();
+    private long handle;
+
+    /** Creates a client with one connection per server and a 10 s timeout. */
+    public RasputinClient(List<String> peers) {
+        this(peers, 1, Duration.ofSeconds(10));
+    }
+
+    /**
+     * Creates a client. Connections open lazily, on the first call.
+     *
+     * @param peers servers' client addresses, "host:port"; any one is enough
+     * @param threads connections per server (at least 1)
+     * @param timeout the longest a call may take, retries included
+     * @throws InvalidArgumentException if an address is malformed or an option is out of range
+     */
+    public RasputinClient(List<String> peers, int threads, Duration timeout) {
+        Objects.requireNonNull(peers, "peers");
+        Objects.requireNonNull(timeout, "timeout");
+        long operationMs = timeout.toMillis();
+        long attemptMs = Math.min(operationMs, 2000);
+        this.handle = nativeNew(String.join(",", peers), threads, attemptMs, operationMs);
+    }
+
+    /** Sets {@code key} to {@code value}. */
+    public void set(byte[] key, byte[] value) {
+        long current = acquire();
+        try {
+            nativeSet(current, key, value);
+        } finally {
+            lock.readLock().unlock();
+        }
+    }
+
+    /** Returns the value of {@code key}, or {@code null} if it is missing. */
+    public byte[] get(byte[] key) {
+        long current = acquire();
+        try {
+            return nativeGet(current, key);
+        } finally {
+            lock.readLock().unlock();
+        }
+    }
+
+    /** Sets {@code key} to {@code newValue} if it holds {@code expected}. */
+    public CasResult cas(byte[] key, byte[] expected, byte[] newValue) {
+        long current = acquire();
+        try {
+            return nativeCas(current, key, expected, newValue);
+        } finally {
+            lock.readLock().unlock();
+        }
+    }
+
+    /** Deletes {@code key}; returns its previous value, or {@code null} if it was missing. */
+    public byte[] delete(byte[] key) {
+        long current = acquire();
+        try {
+            return nativeDelete(current, key);
+        } finally {
+            lock.readLock().unlock();
+        }
+    }
+
+    /** Closes the connections. Idempotent; waits for calls in progress. */
+    @Override
+    public void close() {
+        lock.writeLock().lock();
+        try {
+            if (handle != 0) {
+                nativeFree(handle);
+                handle = 0;
+            }
+        } finally {
+            lock.writeLock().unlock();
+        }
+    }
+
+    /** Takes the read lock and returns the live handle, or throws if closed. */
+    private long acquire() {
+        lock.readLock().lock();
+        if (handle == 0) {
+            lock.readLock().unlock();
+            throw new ClientClosedException("the client is closed; create a new one", STATUS_CLOSED, 0);
+        }
+        return handle;
+    }
+
+    private static native long nativeNew(String peers, int threads, long attemptMs, long operationMs);
+
+    private static native void nativeFree(long handle);
+
+    private static native void nativeSet(long handle, byte[] key, byte[] value);
+
+    private static native byte[] nativeGet(long handle, byte[] key);
+
+    private static native CasResult nativeCas(long handle, byte[] key, byte[] expected, byte[] newValue);
+
+    private static native byte[] nativeDelete(long handle, byte[] key);
+}
