@@ -38,8 +38,19 @@ ensure_build_packages() {
     fi
 }
 
+ensure_go() {
+    if ! command -v go >/dev/null 2>&1 && [ -x /usr/local/go/bin/go ]; then
+        export PATH="/usr/local/go/bin:$PATH"
+    fi
+    if ! command -v go >/dev/null 2>&1; then
+        echo "ci/test.sh: no Go toolchain found (looked on PATH and in /usr/local/go/bin); install Go 1.21 or newer" >&2
+        exit 1
+    fi
+}
+
 ensure_rust
 ensure_build_packages
+ensure_go
 cargo --version
 
 step "formatting"
@@ -87,7 +98,11 @@ python3 -m pytest -q bindings/python/tests
 step "JVM: mvn verify in bindings/java (cargo builds the JNI library into the jar; JUnit 5 against a real cluster)"
 (cd bindings/java && mvn -B -ntp verify)
 
-step "against ./run.sh's cluster, started under dash: the README example in Rust, C, Python and Java, the C tests under valgrind"
+step "Go: go vet and go test -race in bindings/go (cgo against librasputin via pkg-config)"
+(cd bindings/go && test -z "$(gofmt -l .)" && go vet ./... && go test -race -count=1 ./...)
+(cd examples/go && go vet ./...)
+
+step "against ./run.sh's cluster, started under dash: the README example in Rust, C, Python, Java and Go, the C tests under valgrind"
 dash ./run.sh
 trap 'dash ./run.sh stop' EXIT
 cargo run --release --locked -p rasputin-examples --bin readme-example
@@ -96,6 +111,7 @@ examples/c/readme-shared
 examples/c/readme-static
 python3 examples/python/readme.py
 java -cp bindings/java/target/rasputin-client-0.1.0.jar examples/java/Readme.java
+(cd examples/go && go run .)
 RASPUTIN_PEERS=127.0.0.1:8888,127.0.0.1:8889,127.0.0.1:8890 valgrind --quiet --error-exitcode=3 \
     --leak-check=full --show-leak-kinds=definite,indirect,possible \
     --errors-for-leak-kinds=definite,indirect,possible "$c_tests/test_rasputin"

@@ -204,6 +204,24 @@ enum rasputin_status rasputin_client_set_timeouts(const struct rasputin_client *
                                                   struct rasputin_error **error_out);
 
 /**
+ * Makes a second handle on `client`'s connections whose calls each take at
+ * most `operation_ms` (at least 1): for a per-call deadline, make one, call
+ * through it, and free it. Freeing either handle leaves the other working.
+ *
+ * Ownership: on success *client_out receives a handle the caller frees with rasputin_client_free.
+ * Thread safety: may be called from any thread, concurrently with calls on `client`.
+ * Returns: RASPUTIN_OK; RASPUTIN_ERROR_NULL_ARGUMENT; RASPUTIN_ERROR_INVALID_ARGUMENT (a zero timeout);
+ * RASPUTIN_ERROR_INTERNAL.
+ *
+ * # Safety
+ * `client` must be NULL or a live client; out-pointers must be NULL or writable.
+ */
+enum rasputin_status rasputin_client_with_timeout(const struct rasputin_client *client,
+                                                  uint64_t operation_ms,
+                                                  struct rasputin_client **client_out,
+                                                  struct rasputin_error **error_out);
+
+/**
  * Sets `key` to `value`.
  *
  * Ownership: on RASPUTIN_OK *result_out receives a result the caller frees

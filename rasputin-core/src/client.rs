@@ -253,6 +253,8 @@ struct Inner {
 #[derive(Clone)]
 pub struct Client {
     inner: Arc<Inner>,
+    /// (attempt, operation) timeouts of this handle, overriding the shared ones.
+    timeouts: Option<(Duration, Duration)>,
 }
 
 impl Client {
@@ -273,7 +275,14 @@ impl Client {
                 attempt_timeout: Mutex::new(ATTEMPT_TIMEOUT_DEFAULT),
                 operation_timeout: Mutex::new(OPERATION_TIMEOUT_DEFAULT),
             }),
+            timeouts: None,
         }
+    }
+
+    /// A handle on the same connections whose calls take at most `operation`
+    /// (each attempt at most `attempt`). For per-call deadlines.
+    pub fn with_timeouts(&self, attempt: Duration, operation: Duration) -> Client {
+        Client { inner: self.inner.clone(), timeouts: Some((attempt, operation)) }
     }
 
     /// Sets how long one attempt and a whole operation may take.
@@ -333,8 +342,8 @@ impl Client {
     }
 
     fn execute_with_retries(&self, request: &ClientRequest) -> Result<Response, ClientError> {
-        let operation_timeout = *lock(&self.inner.operation_timeout);
-        let attempt_timeout = *lock(&self.inner.attempt_timeout);
+        let (attempt_timeout, operation_timeout) =
+            self.timeouts.unwrap_or_else(|| (*lock(&self.inner.attempt_timeout), *lock(&self.inner.operation_timeout)));
         let deadline = Instant::now() + operation_timeout;
         let mut target = self.leader().unwrap_or(self.inner.peers[0]);
         let mut rotation = 0;

@@ -267,6 +267,38 @@ pub unsafe extern "C" fn rasputin_client_set_timeouts(
     })
 }
 
+/// Makes a second handle on `client`'s connections whose calls each take at
+/// most `operation_ms` (at least 1): for a per-call deadline, make one, call
+/// through it, and free it. Freeing either handle leaves the other working.
+///
+/// Ownership: on success *client_out receives a handle the caller frees with rasputin_client_free.
+/// Thread safety: may be called from any thread, concurrently with calls on `client`.
+/// Returns: RASPUTIN_OK; RASPUTIN_ERROR_NULL_ARGUMENT; RASPUTIN_ERROR_INVALID_ARGUMENT (a zero timeout);
+/// RASPUTIN_ERROR_INTERNAL.
+///
+/// # Safety
+/// `client` must be NULL or a live client; out-pointers must be NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn rasputin_client_with_timeout(
+    client: *const rasputin_client,
+    operation_ms: u64,
+    client_out: *mut *mut rasputin_client,
+    error_out: *mut *mut rasputin_error,
+) -> rasputin_status {
+    guard(error_out, || {
+        let client = client_ref(client)?;
+        check_out(client_out, "client_out")?;
+        if operation_ms == 0 {
+            return Err(Failure::new(RASPUTIN_ERROR_INVALID_ARGUMENT, "the timeout must be at least 1 ms"));
+        }
+        let operation = Duration::from_millis(operation_ms);
+        let view = client.client.with_timeouts(operation.min(Duration::from_secs(2)), operation);
+        // SAFETY: checked non-NULL above.
+        unsafe { *client_out = Box::into_raw(Box::new(rasputin_client { client: view })) };
+        Ok(())
+    })
+}
+
 fn finish(result_out: *mut *mut rasputin_result, response: Response) {
     let value_len = response.value.len();
     let value =

@@ -10,6 +10,7 @@ int main() {
         reinterpret_cast<const void *>(&rasputin_client_new),
         reinterpret_cast<const void *>(&rasputin_client_free),
         reinterpret_cast<const void *>(&rasputin_client_set_timeouts),
+        reinterpret_cast<const void *>(&rasputin_client_with_timeout),
         reinterpret_cast<const void *>(&rasputin_set),
         reinterpret_cast<const void *>(&rasputin_get),
         reinterpret_cast<const void *>(&rasputin_cas),

@@ -155,6 +155,22 @@ static void test_argument_errors(rasputin_client *client) {
     CHECK(rasputin_client_set_timeouts(client, 2000, 10000, NULL) == RASPUTIN_OK);
 }
 
+static void test_per_call_timeout_handles(rasputin_client *client) {
+    rasputin_client *view = NULL;
+    rasputin_result *result = NULL;
+    CHECK(rasputin_client_with_timeout(client, 5000, &view, NULL) == RASPUTIN_OK);
+    CHECK(rasputin_set(view, BYTES("through-view"), BYTES("v"), &result, NULL) == RASPUTIN_OK);
+    rasputin_result_free(result);
+    rasputin_client_free(view);
+    /* The original handle still works after the view is gone. */
+    CHECK(rasputin_get(client, BYTES("through-view"), &result, NULL) == RASPUTIN_OK);
+    CHECK(value_is(result, "v"));
+    rasputin_result_free(result);
+    EXPECT_ERROR(RASPUTIN_ERROR_INVALID_ARGUMENT, rasputin_client_with_timeout(client, 0, &view, &error));
+    EXPECT_ERROR(RASPUTIN_ERROR_NULL_ARGUMENT, rasputin_client_with_timeout(NULL, 10, &view, &error));
+    EXPECT_ERROR(RASPUTIN_ERROR_NULL_ARGUMENT, rasputin_client_with_timeout(client, 10, NULL, &error));
+}
+
 static void test_unreachable_cluster(void) {
     rasputin_client *client = NULL;
     rasputin_error *error = NULL;
@@ -228,6 +244,7 @@ int main(void) {
     test_readme_sequence(client);
     test_binary_and_empty_data(client);
     test_argument_errors(client);
+    test_per_call_timeout_handles(client);
     test_threads_share_one_client(client);
     rasputin_client_free(client);
     printf("%d passed, %d failed\n", passes, failures);

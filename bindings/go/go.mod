@@ -1,0 +1,3 @@
+module github.com/rasputin-db/rasputin/bindings/go
+
+go 1.21

@@ -1,0 +1,275 @@
+// Package rasputin is the Go client of Rasputin DB, a linearizable,
+// replicated key-value store. It calls librasputin's C ABI through cgo.
+//
+// Build against a local checkout:
+//
+//	cargo build --release -p rasputin-ffi            # librasputin.so, rasputin.pc
+//	export PKG_CONFIG_PATH=$PWD/target/release       # from the checkout's root
+//	go build ./...                                   # in bindings/go
+//
+// Without pkg-config, build with -tags rasputin_manual and set
+// CGO_CFLAGS=-I<checkout>/include and
+// CGO_LDFLAGS="-L<checkout>/target/release -Wl,-rpath,<checkout>/target/release -lrasputin".
+//
+// A *Client is safe for concurrent use by many goroutines. Close it when done;
+// a finalizer closes a forgotten client only as a backstop.
+package rasputin
+
+/*
+#include <stdlib.h>
+#include "rasputin.h"
+*/
+import "C"
+
+import (
+	"context"
+	"fmt"
+	"runtime"
+	"strings"
+	"sync"
+	"time"
+	"unsafe"
+)
+
+// Status is the stable status number of an error, the same as librasputin's rasputin_status.
+type Status int
+
+const (
+	StatusNullArgument    Status = C.RASPUTIN_ERROR_NULL_ARGUMENT
+	StatusInvalidArgument Status = C.RASPUTIN_ERROR_INVALID_ARGUMENT
+	StatusKeyTooLarge     Status = C.RASPUTIN_ERROR_KEY_TOO_LARGE
+	StatusValueTooLarge   Status = C.RASPUTIN_ERROR_VALUE_TOO_LARGE
+	StatusTimeout         Status = C.RASPUTIN_ERROR_TIMEOUT
+	StatusRefused         Status = C.RASPUTIN_ERROR_REFUSED
+	StatusInternal        Status = C.RASPUTIN_ERROR_INTERNAL
+	StatusUnavailable     Status = C.RASPUTIN_ERROR_UNAVAILABLE
+	// StatusClosed is Go-only: the client was closed.
+	StatusClosed Status = 9
+	// StatusNotFound is Go-only: Get found no such key.
+	StatusNotFound Status = 10
+)
+
+// Error is every error this package returns. Use errors.Is with the Err
+// values below, or read Code.
+type Error struct {
+	Code       Status
+	ServerCode int // the server's wire error code behind StatusRefused, else 0
+	Message    string
+}
+
+func (e *Error) Error() string { return "rasputin: " + e.Message }
+
+// Is matches errors by code, so errors.Is(err, rasputin.ErrTimeout) works.
+func (e *Error) Is(target error) bool {
+	other, ok := target.(*Error)
+	return ok && other.Code == e.Code
+}
+
+var (
+	ErrNotFound        = &Error{Code: StatusNotFound, Message: "key not found"}
+	ErrClosed          = &Error{Code: StatusClosed, Message: "client is closed"}
+	ErrUnavailable     = &Error{Code: StatusUnavailable, Message: "no server could be reached"}
+	ErrTimeout         = &Error{Code: StatusTimeout, Message: "operation timed out"}
+	ErrKeyTooLarge     = &Error{Code: StatusKeyTooLarge, Message: "key too large"}
+	ErrValueTooLarge   = &Error{Code: StatusValueTooLarge, Message: "value too large"}
+	ErrInvalidArgument = &Error{Code: StatusInvalidArgument, Message: "invalid argument"}
+	ErrRefused         = &Error{Code: StatusRefused, Message: "refused by the server"}
+)
+
+// takeError converts a librasputin error to an *Error and frees it.
+func takeError(status Status, failure *C.rasputin_error) error {
+	defer C.rasputin_error_free(failure)
+	return &Error{
+		Code:       status,
+		ServerCode: int(C.rasputin_error_server_code(failure)),
+		Message:    C.GoString(C.rasputin_error_message(failure)),
+	}
+}
+
+type options struct {
+	threads int
+	timeout time.Duration
+}
+
+// Option configures Connect.
+type Option func(*options)
+
+// WithThreads sets the number of pipelined connections per server (default 1).
+func WithThreads(threads int) Option { return func(o *options) { o.threads = threads } }
+
+// WithTimeout sets the longest a call may take, retries included (default 10 s).
+// A context deadline, when earlier, wins.
+func WithTimeout(timeout time.Duration) Option { return func(o *options) { o.timeout = timeout } }
+
+// Client is a connection pool to one cluster. Safe for concurrent use.
+type Client struct {
+	mu     sync.RWMutex
+	handle *C.rasputin_client
+}
+
+// Connect creates a client for the servers at peers ("host:port"; any one is
+// enough). Connections open lazily, so an unreachable cluster shows up on the first call.
+func Connect(peers []string, opts ...Option) (*Client, error) {
+	settings := options{threads: 1, timeout: 10 * time.Second}
+	for _, option := range opts {
+		option(&settings)
+	}
+	if settings.threads < 1 || settings.timeout < time.Millisecond {
+		return nil, &Error{Code: StatusInvalidArgument, Message: "threads must be at least 1 and the timeout at least 1 ms"}
+	}
+	list := C.CString(strings.Join(peers, ","))
+	defer C.free(unsafe.Pointer(list))
+	var handle *C.rasputin_client
+	var failure *C.rasputin_error
+	if status := C.rasputin_client_new(list, C.size_t(settings.threads), &handle, &failure); status != C.RASPUTIN_OK {
+		return nil, takeError(Status(status), failure)
+	}
+	milliseconds := C.uint64_t(settings.timeout / time.Millisecond)
+	attempt := milliseconds
+	if attempt > 2000 {
+		attempt = 2000
+	}
+	if status := C.rasputin_client_set_timeouts(handle, attempt, milliseconds, &failure); status != C.RASPUTIN_OK {
+		C.rasputin_client_free(handle)
+		return nil, takeError(Status(status), failure)
+	}
+	client := &Client{handle: handle}
+	runtime.SetFinalizer(client, (*Client).Close)
+	return client, nil
+}
+
+// Close closes the connections. It waits for calls in progress, is
+// idempotent, and later calls return ErrClosed.
+func (c *Client) Close() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.handle != nil {
+		C.rasputin_client_free(c.handle)
+		c.handle = nil
+		runtime.SetFinalizer(c, nil)
+	}
+	return nil
+}
+
+// cBytes passes a Go slice to C for the duration of one call only (the cgo rules).
+func cBytes(data []byte) (*C.uint8_t, C.size_t) {
+	if len(data) == 0 {
+		return nil, 0
+	}
+	return (*C.uint8_t)(unsafe.Pointer(&data[0])), C.size_t(len(data))
+}
+
+type result struct {
+	success bool
+	value   []byte
+}
+
+// call runs one librasputin call under the read lock, with ctx's deadline as its timeout.
+func (c *Client) call(ctx context.Context, operation func(*C.rasputin_client, **C.rasputin_result, **C.rasputin_error) uint32) (result, error) {
+	if err := ctx.Err(); err != nil {
+		return result{}, &Error{Code: StatusTimeout, Message: err.Error()}
+	}
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	if c.handle == nil {
+		return result{}, ErrClosed
+	}
+	handle := c.handle
+	var failure *C.rasputin_error
+	if deadline, ok := ctx.Deadline(); ok {
+		remaining := time.Until(deadline)
+		if remaining < time.Millisecond {
+			return result{}, &Error{Code: StatusTimeout, Message: "the context deadline has passed"}
+		}
+		var view *C.rasputin_client
+		if status := C.rasputin_client_with_timeout(handle, C.uint64_t(remaining/time.Millisecond), &view, &failure); status != C.RASPUTIN_OK {
+			return result{}, takeError(Status(status), failure)
+		}
+		defer C.rasputin_client_free(view)
+		handle = view
+	}
+	var outcome *C.rasputin_result
+	if status := operation(handle, &outcome, &failure); status != C.RASPUTIN_OK {
+		return result{}, takeError(Status(status), failure)
+	}
+	defer C.rasputin_result_free(outcome)
+	return result{success: bool(outcome.success), value: C.GoBytes(unsafe.Pointer(outcome.value), C.int(outcome.value_len))}, nil
+}
+
+// Set sets key to value.
+func (c *Client) Set(key, value []byte) error { return c.SetContext(context.Background(), key, value) }
+
+// SetContext is Set with ctx's deadline as the call's timeout.
+func (c *Client) SetContext(ctx context.Context, key, value []byte) error {
+	keyPointer, keyLength := cBytes(key)
+	valuePointer, valueLength := cBytes(value)
+	_, err := c.call(ctx, func(h *C.rasputin_client, out **C.rasputin_result, failure **C.rasputin_error) uint32 {
+		return C.rasputin_set(h, keyPointer, keyLength, valuePointer, valueLength, out, failure)
+	})
+	runtime.KeepAlive(key)
+	runtime.KeepAlive(value)
+	return err
+}
+
+// Get returns key's value, or ErrNotFound.
+func (c *Client) Get(key []byte) ([]byte, error) { return c.GetContext(context.Background(), key) }
+
+// GetContext is Get with ctx's deadline as the call's timeout.
+func (c *Client) GetContext(ctx context.Context, key []byte) ([]byte, error) {
+	keyPointer, keyLength := cBytes(key)
+	got, err := c.call(ctx, func(h *C.rasputin_client, out **C.rasputin_result, failure **C.rasputin_error) uint32 {
+		return C.rasputin_get(h, keyPointer, keyLength, out, failure)
+	})
+	runtime.KeepAlive(key)
+	if err != nil {
+		return nil, err
+	}
+	if !got.success {
+		return nil, fmt.Errorf("%q: %w", key, ErrNotFound)
+	}
+	return got.value, nil
+}
+
+// CAS sets key to newValue if it holds expected. It returns the key's value
+// after the call (nil if missing) and whether the swap happened.
+func (c *Client) CAS(key, expected, newValue []byte) (current []byte, swapped bool, err error) {
+	return c.CASContext(context.Background(), key, expected, newValue)
+}
+
+// CASContext is CAS with ctx's deadline as the call's timeout.
+func (c *Client) CASContext(ctx context.Context, key, expected, newValue []byte) ([]byte, bool, error) {
+	keyPointer, keyLength := cBytes(key)
+	expectedPointer, expectedLength := cBytes(expected)
+	newPointer, newLength := cBytes(newValue)
+	got, err := c.call(ctx, func(h *C.rasputin_client, out **C.rasputin_result, failure **C.rasputin_error) uint32 {
+		return C.rasputin_cas(h, keyPointer, keyLength, expectedPointer, expectedLength, newPointer, newLength, out, failure)
+	})
+	runtime.KeepAlive(key)
+	runtime.KeepAlive(expected)
+	runtime.KeepAlive(newValue)
+	if err != nil {
+		return nil, false, err
+	}
+	if !got.success && len(got.value) == 0 {
+		return nil, false, nil
+	}
+	return got.value, got.success, nil
+}
+
+// Delete deletes key and returns its previous value (nil if it was missing).
+func (c *Client) Delete(key []byte) ([]byte, error) {
+	return c.DeleteContext(context.Background(), key)
+}
+
+// DeleteContext is Delete with ctx's deadline as the call's timeout.
+func (c *Client) DeleteContext(ctx context.Context, key []byte) ([]byte, error) {
+	keyPointer, keyLength := cBytes(key)
+	got, err := c.call(ctx, func(h *C.rasputin_client, out **C.rasputin_result, failure **C.rasputin_error) uint32 {
+		return C.rasputin_del(h, keyPointer, keyLength, out, failure)
+	})
+	runtime.KeepAlive(key)
+	if err != nil || !got.success {
+		return nil, err
+	}
+	return got.value, nil
+}
