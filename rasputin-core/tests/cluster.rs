@@ -332,3 +332,61 @@ fn bad_flags_exit_with_code_two() {
         assert!(text.contains(flag), "--help documents {flag}");
     }
 }
+
+fn signal(cluster: &Cluster, index: usize, name: &str) {
+    let pid = cluster.members[index].process.as_ref().expect("running").id();
+    let status = Command::new("kill").arg(format!("-{name}")).arg(pid.to_string()).status().unwrap();
+    assert!(status.success(), "kill -{name} {pid}");
+}
+
+#[test]
+fn a_deposed_leader_redirects_the_writes_it_was_holding() {
+    let cluster = Cluster::start("deposed", 10_000);
+    let client = cluster.client();
+    client.set(b"k", b"before").unwrap();
+    let leader = cluster.index_of(client.leader().unwrap());
+    let followers: Vec<usize> = (0..3).filter(|&index| index != leader).collect();
+    for &follower in &followers {
+        signal(&cluster, follower, "STOP");
+    }
+    // The leader appends this write but cannot commit it; when its lease runs
+    // out it must answer "not leader" instead of holding the request forever.
+    let mut stream = TcpStream::connect(("127.0.0.1", cluster.members[leader].client_port)).unwrap();
+    let hello = proto::Hello {
+        protocol_version: wire::PROTOCOL_VERSION,
+        role: proto::hello::Role::Client as i32,
+        ..Default::default()
+    };
+    let request = proto::ClientRequest {
+        request_id: 11,
+        client_id: 77,
+        sequence: 1,
+        operation: Some(proto::client_request::Operation::Set(proto::Set { key: "k".into(), value: "held".into() })),
+        ..Default::default()
+    };
+    stream.write_all(&[frame(&hello), frame(&request)].concat()).unwrap();
+    let mut buffer = bytes::BytesMut::new();
+    let mut frames = Vec::new();
+    let deadline = Instant::now() + DEADLINE;
+    stream.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+    while frames.len() < 2 && Instant::now() < deadline {
+        let mut chunk = [0u8; 4096];
+        match stream.read(&mut chunk) {
+            Ok(0) => panic!("the leader closed the connection"),
+            Ok(read) => buffer.extend_from_slice(&chunk[..read]),
+            Err(_) => {}
+        }
+        while let Some(body) = wire::take_frame(&mut buffer, wire::CLIENT_FRAME_BYTES_MAX).unwrap() {
+            frames.push(body);
+        }
+    }
+    for &follower in &followers {
+        signal(&cluster, follower, "CONT");
+    }
+    assert_eq!(frames.len(), 2, "the deposed leader answered the held write");
+    let response: proto::ClientResponse = wire::decode(frames[1].clone(), "ClientResponse").unwrap();
+    assert_eq!(response.error, wire::ErrorCode::NotLeader as i32, "{}", response.message);
+    // The cluster recovers, and whatever became of the held write, the value is one of the two.
+    let value = client.get(b"k").unwrap();
+    assert!(value.get_value() == b"before" || value.get_value() == b"held", "{:?}", value.get_value());
+}

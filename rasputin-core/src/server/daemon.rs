@@ -465,10 +465,26 @@ impl Daemon {
     fn step(&mut self, input: Input) -> Result<(), DaemonError> {
         let was_leader = self.node.role() == Role::Leader;
         let ready = self.node.step(self.now(), input);
-        if was_leader != (self.node.role() == Role::Leader) {
+        let is_leader = self.node.role() == Role::Leader;
+        if was_leader != is_leader {
             info!(node = self.membership.node_id, term = self.node.term(), role = ?self.node.role(), "role changed");
         }
-        self.carry_out(ready)
+        self.carry_out(ready)?;
+        if was_leader && !is_leader {
+            self.redirect_waiting_writes();
+        }
+        Ok(())
+    }
+
+    /// A deposed leader's proposals may never apply here. Their clients are
+    /// told to retry at the new leader, under the same sequence numbers, so a
+    /// proposal that did commit is answered from its session, not applied twice.
+    fn redirect_waiting_writes(&mut self) {
+        let keys: Vec<(u64, u64)> = self.waiting.keys().copied().collect();
+        for key in keys {
+            let message = "this node lost the leadership; retry at the leader".to_string();
+            self.answer(key, Err((ErrorCode::NotLeader, message)));
+        }
     }
 
     /// Carries out one Ready, in the order the core's contract requires.
