@@ -90,10 +90,20 @@ c++ -Wall -Wextra -Werror $(pkg-config --cflags rasputin) -o "$c_tests/header_ch
     rasputin-ffi/tests/c/header_check.cpp $(pkg-config --libs rasputin)
 "$c_tests/header_check"
 
-step "Python: pip install ./bindings/python (maturin builds the pyo3 extension), then pytest against a real cluster"
-python3 -m pip install --quiet --disable-pip-version-check ./bindings/python
-python3 -m pip show pytest >/dev/null 2>&1 || python3 -m pip install --quiet --disable-pip-version-check pytest
-python3 -m pytest -q bindings/python/tests
+step "Python: pip install ./bindings/python into a virtualenv (maturin builds the pyo3 extension), then pytest against a real cluster"
+# A virtualenv keeps the install away from the system's packages (and from
+# Debian's PEP 668 guard); pip fetches maturin and pytest from PyPI.
+python=python3
+[ -x "$HOME/.pyenv/shims/python3" ] && python="$HOME/.pyenv/shims/python3"
+venv=target/python-venv
+if ! "$python" -m venv --clear "$venv" >/dev/null 2>&1; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q && apt-get install -y -q python3-venv python3-pip
+    python=/usr/bin/python3
+    "$python" -m venv --clear "$venv"
+fi
+"$venv/bin/python" -m pip install --quiet --disable-pip-version-check ./bindings/python pytest
+"$venv/bin/python" -m pytest -q bindings/python/tests
 
 step "JVM: mvn verify in bindings/java (cargo builds the JNI library into the jar; JUnit 5 against a real cluster)"
 (cd bindings/java && mvn -B -ntp verify)
@@ -109,7 +119,7 @@ cargo run --release --locked -p rasputin-examples --bin readme-example
 echo "README example: passed"
 examples/c/readme-shared
 examples/c/readme-static
-python3 examples/python/readme.py
+"$venv/bin/python" examples/python/readme.py
 java -cp bindings/java/target/rasputin-client-0.1.0.jar examples/java/Readme.java
 (cd examples/go && go run .)
 RASPUTIN_PEERS=127.0.0.1:8888,127.0.0.1:8889,127.0.0.1:8890 valgrind --quiet --error-exitcode=3 \
