@@ -215,6 +215,34 @@ fn frame(message: &impl prost::Message) -> Vec<u8> {
     buffer.to_vec()
 }
 
+/// Sends a client hello and `request` over a raw connection to `port`, and
+/// returns the first `count` frames the server sends back (within the deadline).
+fn raw_client_exchange(port: u16, request: &proto::ClientRequest, count: usize) -> Vec<bytes::Bytes> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let hello = proto::Hello {
+        protocol_version: wire::PROTOCOL_VERSION,
+        role: proto::hello::Role::Client as i32,
+        ..Default::default()
+    };
+    stream.write_all(&[frame(&hello), frame(request)].concat()).unwrap();
+    stream.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+    let mut buffer = bytes::BytesMut::new();
+    let mut frames = Vec::new();
+    let deadline = Instant::now() + DEADLINE;
+    while frames.len() < count && Instant::now() < deadline {
+        let mut chunk = [0u8; 4096];
+        match stream.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(read) => buffer.extend_from_slice(&chunk[..read]),
+            Err(_) => {}
+        }
+        while let Some(body) = wire::take_frame(&mut buffer, wire::CLIENT_FRAME_BYTES_MAX).unwrap() {
+            frames.push(body);
+        }
+    }
+    frames
+}
+
 #[test]
 fn bad_input_is_refused_and_the_server_keeps_serving() {
     let cluster = Cluster::start("bad-input", 10_000);
@@ -267,12 +295,6 @@ fn oversized_values_get_a_clear_error_and_the_key_is_untouched() {
     let error = client.set(b"k", &big).unwrap_err();
     assert_eq!(error.code(), wire::ErrorCode::ValueTooLarge, "{error}");
     // The server checks too, for clients that skip the library.
-    let mut stream = TcpStream::connect(("127.0.0.1", cluster.members[0].client_port)).unwrap();
-    let hello = proto::Hello {
-        protocol_version: wire::PROTOCOL_VERSION,
-        role: proto::hello::Role::Client as i32,
-        ..Default::default()
-    };
     let request = proto::ClientRequest {
         request_id: 7,
         client_id: 1,
@@ -280,19 +302,8 @@ fn oversized_values_get_a_clear_error_and_the_key_is_untouched() {
         operation: Some(proto::client_request::Operation::Set(proto::Set { key: "k".into(), value: big.into() })),
         ..Default::default()
     };
-    stream.write_all(&[frame(&hello), frame(&request)].concat()).unwrap();
-    let mut buffer = bytes::BytesMut::new();
-    let mut responses = Vec::new();
-    let deadline = Instant::now() + DEADLINE;
-    while responses.len() < 2 && Instant::now() < deadline {
-        let mut chunk = [0u8; 4096];
-        let read = stream.read(&mut chunk).unwrap();
-        assert!(read > 0, "the server closed the connection instead of answering");
-        buffer.extend_from_slice(&chunk[..read]);
-        while let Some(body) = wire::take_frame(&mut buffer, wire::CLIENT_FRAME_BYTES_MAX).unwrap() {
-            responses.push(body);
-        }
-    }
+    let responses = raw_client_exchange(cluster.members[0].client_port, &request, 2);
+    assert_eq!(responses.len(), 2, "the server answered the hello and the request");
     let response: proto::ClientResponse = wire::decode(responses[1].clone(), "ClientResponse").unwrap();
     assert_eq!(
         (response.request_id, response.error),
@@ -351,12 +362,6 @@ fn a_deposed_leader_redirects_the_writes_it_was_holding() {
     }
     // The leader appends this write but cannot commit it; when its lease runs
     // out it must answer "not leader" instead of holding the request forever.
-    let mut stream = TcpStream::connect(("127.0.0.1", cluster.members[leader].client_port)).unwrap();
-    let hello = proto::Hello {
-        protocol_version: wire::PROTOCOL_VERSION,
-        role: proto::hello::Role::Client as i32,
-        ..Default::default()
-    };
     let request = proto::ClientRequest {
         request_id: 11,
         client_id: 77,
@@ -364,22 +369,7 @@ fn a_deposed_leader_redirects_the_writes_it_was_holding() {
         operation: Some(proto::client_request::Operation::Set(proto::Set { key: "k".into(), value: "held".into() })),
         ..Default::default()
     };
-    stream.write_all(&[frame(&hello), frame(&request)].concat()).unwrap();
-    let mut buffer = bytes::BytesMut::new();
-    let mut frames = Vec::new();
-    let deadline = Instant::now() + DEADLINE;
-    stream.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
-    while frames.len() < 2 && Instant::now() < deadline {
-        let mut chunk = [0u8; 4096];
-        match stream.read(&mut chunk) {
-            Ok(0) => panic!("the leader closed the connection"),
-            Ok(read) => buffer.extend_from_slice(&chunk[..read]),
-            Err(_) => {}
-        }
-        while let Some(body) = wire::take_frame(&mut buffer, wire::CLIENT_FRAME_BYTES_MAX).unwrap() {
-            frames.push(body);
-        }
-    }
+    let frames = raw_client_exchange(cluster.members[leader].client_port, &request, 2);
     for &follower in &followers {
         signal(&cluster, follower, "CONT");
     }

@@ -163,6 +163,20 @@ pub extern "system" fn Java_io_rasputin_RasputinClient_nativeSet(
     })
 }
 
+/// The body of the calls that take just a key and return a value or null.
+fn key_operation(
+    env: &mut JNIEnv,
+    handle: jlong,
+    key: &JByteArray,
+    operation: fn(&Client, &[u8]) -> Result<Response, ClientError>,
+) -> jbyteArray {
+    guard(env, std::ptr::null_mut(), |env| {
+        let key = bytes(env, key, "key")?;
+        let response = operation(client(handle)?, &key)?;
+        value_or_null(env, &response)
+    })
+}
+
 #[no_mangle]
 pub extern "system" fn Java_io_rasputin_RasputinClient_nativeGet(
     mut env: JNIEnv,
@@ -170,11 +184,7 @@ pub extern "system" fn Java_io_rasputin_RasputinClient_nativeGet(
     handle: jlong,
     key: JByteArray,
 ) -> jbyteArray {
-    guard(&mut env, std::ptr::null_mut(), |env| {
-        let key = bytes(env, &key, "key")?;
-        let response = client(handle)?.get(&key)?;
-        value_or_null(env, &response)
-    })
+    key_operation(&mut env, handle, &key, Client::get)
 }
 
 #[no_mangle]
@@ -184,11 +194,7 @@ pub extern "system" fn Java_io_rasputin_RasputinClient_nativeDelete(
     handle: jlong,
     key: JByteArray,
 ) -> jbyteArray {
-    guard(&mut env, std::ptr::null_mut(), |env| {
-        let key = bytes(env, &key, "key")?;
-        let response = client(handle)?.del(&key)?;
-        value_or_null(env, &response)
-    })
+    key_operation(&mut env, handle, &key, Client::del)
 }
 
 #[no_mangle]
