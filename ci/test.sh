@@ -134,5 +134,22 @@ step "simulator: 2000 seeds, every nemesis, harpoon, 3 nodes"
 step "simulator: 2000 seeds, every nemesis, harpoon, 5 nodes"
 ./target/release/rasputin-sim --seeds 2000 --nemesis all --election harpoon --nodes 5
 
+step "Porcupine, an independent checker, judges simulator histories as ours does"
+(cd ci/porcupine && test -z "$(gofmt -l .)" && go vet ./... && go test -count=1 ./... && go build -o ../../target/porcupine-check .)
+rm -rf target/histories
+./target/release/rasputin-sim --seeds 20 --history-dir target/histories/sound >/dev/null
+target/porcupine-check target/histories/sound/seed-*.jsonl | tail -n 3
+# Seeds 6 and 10 of this broken variant fail our checker; Porcupine must fail them too.
+if ./target/release/rasputin-sim --seeds 12 --bug read-before-noop --history-dir target/histories/broken >/dev/null; then
+    echo "the broken variant passed the simulator's checks" >&2
+    exit 1
+fi
+for seed in 6 10; do
+    if target/porcupine-check target/histories/broken/seed-$seed.jsonl; then
+        echo "Porcupine missed the violation in broken seed $seed" >&2
+        exit 1
+    fi
+done
+
 echo
 echo "ci/test.sh: all checks passed"

@@ -39,6 +39,9 @@ struct Arguments {
     /// Build in a deliberate bug, to see the checks catch it: lease-without-margin or read-before-noop.
     #[arg(long, value_parser = ["lease-without-margin", "read-before-noop"])]
     bug: Option<String>,
+    /// Write each seed's client history to DIR/seed-S.jsonl (format: docs/history.md).
+    #[arg(long, value_name = "DIR")]
+    history_dir: Option<std::path::PathBuf>,
     /// Worker threads; results are printed in seed order whatever this is.
     #[arg(long, default_value_t = 2)]
     threads: usize,
@@ -83,6 +86,13 @@ fn main() -> ExitCode {
     config.record_trace = arguments.trace;
     config.clock_epsilon = arguments.clock_epsilon.unwrap_or(config.clock_epsilon);
     config.faults = faults_for(arguments.bug.as_deref());
+    config.record_history = arguments.history_dir.is_some();
+    if let Some(directory) = &arguments.history_dir {
+        if let Err(error) = std::fs::create_dir_all(directory) {
+            eprintln!("rasputin-sim: cannot create {}: {error}", directory.display());
+            return ExitCode::from(2);
+        }
+    }
     let started = Instant::now();
     let seeds: Vec<u64> = (arguments.seed..arguments.seed + arguments.seeds).collect();
     let reports = in_parallel(&seeds, arguments.threads, |&seed| run_seed(&config, seed));
@@ -96,6 +106,13 @@ fn main() -> ExitCode {
         if arguments.trace {
             print!("{}", report.trace);
             println!("faults: {:?}", report.faults);
+        }
+        if let (Some(directory), Some(lines)) = (&arguments.history_dir, &report.history_json_lines) {
+            let path = directory.join(format!("seed-{}.jsonl", report.seed));
+            if let Err(error) = std::fs::write(&path, lines) {
+                eprintln!("rasputin-sim: cannot write {}: {error}", path.display());
+                return ExitCode::from(2);
+            }
         }
         if let Some(violation) = &report.violation {
             violations += 1;

@@ -13,6 +13,7 @@
 
 mod bitset;
 mod cache;
+mod history;
 mod model;
 mod search;
 
@@ -24,6 +25,8 @@ mod simulation;
 mod tests;
 
 use std::collections::BTreeMap;
+
+pub use history::write_json_lines;
 
 /// A value as the checker sees it: written values are unique u64 ids; None = key absent.
 pub type Value = Option<u64>;

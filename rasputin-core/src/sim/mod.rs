@@ -51,6 +51,8 @@ pub struct SimConfig {
     /// Deliberate consensus bugs, for tests that show the checks catch them.
     pub faults: Faults,
     pub record_trace: bool,
+    /// Keep the client history as JSON lines in the report.
+    pub record_history: bool,
 }
 
 impl SimConfig {
@@ -78,6 +80,7 @@ impl SimConfig {
             snapshot_every_entries: 200,
             faults: Faults::default(),
             record_trace: false,
+            record_history: false,
         }
     }
 

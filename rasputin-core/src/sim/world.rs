@@ -109,6 +109,8 @@ pub struct SeedReport {
     pub elections: Vec<(u64, NodeId, Term)>,
     /// True completion times of successful writes.
     pub write_completions_ns: Vec<u64>,
+    /// The client history as JSON lines (docs/history.md), when asked for.
+    pub history_json_lines: Option<Vec<u8>>,
     /// From healing to the first write invoked after it committing.
     pub recovery_ns: Option<u64>,
     pub faults: Vec<String>,
@@ -786,6 +788,11 @@ impl<'a> World<'a> {
             }
         }
         self.report.operations = self.history.len();
+        if self.config.record_history {
+            let mut lines = Vec::new();
+            checker::write_json_lines(&self.history, self.now_ns, &mut lines).expect("writing to memory cannot fail");
+            self.report.history_json_lines = Some(lines);
+        }
         let limits = checker::Limits { states_per_key_max: CHECKER_STATES_PER_KEY_MAX };
         match checker::check(&self.history, &limits) {
             checker::Verdict::Linearizable => {}
