@@ -4,6 +4,7 @@ import java.time.Duration;
 import java.util.List;
 import java.util.Objects;
 import java.util.concurrent.locks.ReentrantReadWriteLock;
+import java.util.function.LongFunction;
 
 /**
  * A client of a Rasputin cluster: a linearizable, replicated key-value store.
@@ -56,42 +57,25 @@ public final class RasputinClient implements AutoCloseable {
 
     /** Sets {@code key} to {@code value}. */
     public void set(byte[] key, byte[] value) {
-        long current = acquire();
-        try {
-            nativeSet(current, key, value);
-        } finally {
-            lock.readLock().unlock();
-        }
+        withHandle(handle -> {
+            nativeSet(handle, key, value);
+            return null;
+        });
     }
 
     /** Returns the value of {@code key}, or {@code null} if it is missing. */
     public byte[] get(byte[] key) {
-        long current = acquire();
-        try {
-            return nativeGet(current, key);
-        } finally {
-            lock.readLock().unlock();
-        }
+        return withHandle(handle -> nativeGet(handle, key));
     }
 
     /** Sets {@code key} to {@code newValue} if it holds {@code expected}. */
     public CasResult cas(byte[] key, byte[] expected, byte[] newValue) {
-        long current = acquire();
-        try {
-            return nativeCas(current, key, expected, newValue);
-        } finally {
-            lock.readLock().unlock();
-        }
+        return withHandle(handle -> nativeCas(handle, key, expected, newValue));
     }
 
     /** Deletes {@code key}; returns its previous value, or {@code null} if it was missing. */
     public byte[] delete(byte[] key) {
-        long current = acquire();
-        try {
-            return nativeDelete(current, key);
-        } finally {
-            lock.readLock().unlock();
-        }
+        return withHandle(handle -> nativeDelete(handle, key));
     }
 
     /** Closes the connections. Idempotent; waits for calls in progress. */
@@ -108,14 +92,17 @@ public final class RasputinClient implements AutoCloseable {
         }
     }
 
-    /** Takes the read lock and returns the live handle, or throws if closed. */
-    private long acquire() {
+    /** Runs {@code call} on the live handle under the read lock, or throws if closed. */
+    private <T> T withHandle(LongFunction<T> call) {
         lock.readLock().lock();
-        if (handle == 0) {
+        try {
+            if (handle == 0) {
+                throw new ClientClosedException("the client is closed; create a new one", STATUS_CLOSED, 0);
+            }
+            return call.apply(handle);
+        } finally {
             lock.readLock().unlock();
-            throw new ClientClosedException("the client is closed; create a new one", STATUS_CLOSED, 0);
         }
-        return handle;
     }
 
     private static native long nativeNew(String peers, int threads, long attemptMs, long operationMs);
