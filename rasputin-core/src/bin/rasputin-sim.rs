@@ -36,8 +36,8 @@ struct Arguments {
     /// Clock rate error ε: each clock runs at a rate in [1 − ε, 1 + ε]. Defaults to within the drift bound.
     #[arg(long)]
     clock_epsilon: Option<f64>,
-    /// Build in a deliberate bug, to see the checks catch it: lease-without-margin or read-before-noop.
-    #[arg(long, value_parser = ["lease-without-margin", "read-before-noop"])]
+    /// Build in a deliberate bug, to see the checks catch it: lease-without-margin, read-before-noop or stale-reads.
+    #[arg(long, value_parser = ["lease-without-margin", "read-before-noop", "stale-reads"])]
     bug: Option<String>,
     /// Write each seed's client history to DIR/seed-S.jsonl (format: docs/history.md).
     #[arg(long, value_name = "DIR")]
@@ -72,6 +72,7 @@ fn faults_for(bug: Option<&str>) -> Faults {
     Faults {
         lease_without_drift_margin: bug == Some("lease-without-margin"),
         read_before_noop_commits: bug == Some("read-before-noop"),
+        reads_ignore_lease: bug == Some("stale-reads"),
     }
 }
 

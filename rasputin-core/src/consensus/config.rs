@@ -43,6 +43,10 @@ pub struct Faults {
     pub lease_without_drift_margin: bool,
     /// Serve reads before the leader's no-op of its term has committed.
     pub read_before_noop_commits: bool,
+    /// Serve reads at once from the leader's own state, with no lease or
+    /// quorum round, and keep leading after the lease runs out: the classic
+    /// stale read of a deposed leader that does not know it was deposed.
+    pub reads_ignore_lease: bool,
 }
 
 #[derive(Clone, Debug)]

@@ -240,7 +240,8 @@ impl Node {
             return;
         }
         let leader = self.leader.as_ref().expect("leader state exists while leading");
-        if self.config.mode == ElectionMode::Harpoon && now >= leader.lease_end {
+        let lease_checked = !self.config.faults.reads_ignore_lease;
+        if self.config.mode == ElectionMode::Harpoon && now >= leader.lease_end && lease_checked {
             // Lost the quorum's promises: stop serving, keep the term.
             self.abdicate();
             return;
@@ -902,9 +903,10 @@ impl Node {
         let now = self.now;
         let faults = self.config.faults;
         let commit = self.commit_index;
-        let holds_lease = self.holds_lease(now);
+        let holds_lease = self.holds_lease(now) || faults.reads_ignore_lease;
         let leader = self.leader_mut();
-        let noop_committed = commit >= leader.noop_index || faults.read_before_noop_commits;
+        let noop_committed =
+            commit >= leader.noop_index || faults.read_before_noop_commits || faults.reads_ignore_lease;
         if holds_lease && noop_committed {
             self.out.reads.push(ReadReady { request, read_index: commit });
             return;
@@ -1022,7 +1024,10 @@ impl Node {
         };
         let mut deadline = leader.heartbeat_due;
         match self.config.mode {
-            ElectionMode::Harpoon => deadline = deadline.min(leader.lease_end),
+            ElectionMode::Harpoon if !self.config.faults.reads_ignore_lease => {
+                deadline = deadline.min(leader.lease_end)
+            }
+            ElectionMode::Harpoon => {}
             ElectionMode::RaftPreVoteCheckQuorum => deadline = deadline.min(leader.check_quorum_due),
             ElectionMode::Raft => {}
         }

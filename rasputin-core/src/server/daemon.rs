@@ -3,7 +3,7 @@
 //! in the order the core's contract sets (see `consensus::ready`).
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use mio::net::{TcpListener, TcpStream};
@@ -85,6 +85,9 @@ struct Daemon {
     held_messages: Vec<Envelope>,
     deadline: Nanos,
     shutting_down: bool,
+    /// Outgoing peer connections leave from this address, so that peers (and
+    /// firewall rules) see the same address the node listens on.
+    bind: IpAddr,
 }
 
 /// Runs the daemon until SIGTERM or SIGINT.
@@ -93,7 +96,11 @@ pub fn run(flags: Flags) -> Result<(), DaemonError> {
     let storage = Storage::open(&flags.storage_dir)?;
     storage.claim_identity(membership.node_id, membership.cluster_id)?;
     let members = (1..=membership.peers.len() as u64).collect();
-    let config = Config::new(membership.node_id, members);
+    let mut config = Config::new(membership.node_id, members);
+    if cfg!(feature = "fault-stale-reads") {
+        config.faults.reads_ignore_lease = true;
+        warn!("built with the test-only feature fault-stale-reads: reads ignore the lease and may be stale; never run this build for real");
+    }
     let started = Instant::now();
     let recovered = storage.recover()?;
     info!(
@@ -117,6 +124,7 @@ pub fn run(flags: Flags) -> Result<(), DaemonError> {
     let advertise = flags.advertise.unwrap_or(flags.bind);
     let mut daemon = Daemon {
         client_address: SocketAddr::new(advertise, flags.cli_port).to_string(),
+        bind: flags.bind,
         snapshot_every_entries: flags.snapshot_every_entries,
         node,
         storage,
@@ -144,6 +152,23 @@ pub fn run(flags: Flags) -> Result<(), DaemonError> {
         "rasputind listening"
     );
     daemon.event_loop(&peer_listener, &client_listener, &mut signals)
+}
+
+/// Starts a non-blocking connect from `source` (any port), unless `source` is
+/// unspecified, when the kernel picks the source address as usual.
+fn connect_from(source: IpAddr, address: SocketAddr) -> std::io::Result<TcpStream> {
+    if source.is_unspecified() {
+        return TcpStream::connect(address);
+    }
+    let socket = socket2::Socket::new(socket2::Domain::for_address(address), socket2::Type::STREAM, None)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&SocketAddr::new(source, 0).into())?;
+    match socket.connect(&address.into()) {
+        Ok(()) => {}
+        Err(error) if error.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(error) => return Err(error),
+    }
+    Ok(TcpStream::from_std(socket.into()))
 }
 
 fn listen(address: SocketAddr) -> Result<TcpListener, DaemonError> {
@@ -248,7 +273,13 @@ impl Daemon {
                 continue;
             }
             self.reconnect_at.insert(peer, now + PEER_RECONNECT_INTERVAL);
-            let Ok(stream) = TcpStream::connect(address) else { continue };
+            let stream = match connect_from(self.bind, address) {
+                Ok(stream) => stream,
+                Err(error) => {
+                    debug!(%address, %error, "cannot connect to a peer; will retry");
+                    continue;
+                }
+            };
             let Some(token) = self.register(stream, Kind::PeerOutbound(peer), address) else { continue };
             let hello = proto::Hello {
                 protocol_version: PROTOCOL_VERSION,
