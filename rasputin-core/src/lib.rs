@@ -7,10 +7,12 @@
 //! - `server` (feature `server`): the daemon `rasputind` and its RocksDB storage.
 //! - [`sim`]: the deterministic cluster simulator.
 //! - [`checker`]: the linearizability checker for client histories.
+//! - [`harness`]: fault campaigns against real clusters (`rasputin-nemesis`).
 
 pub mod checker;
 pub mod client;
 pub mod consensus;
+pub mod harness;
 #[cfg(feature = "server")]
 pub mod server;
 pub mod sim;

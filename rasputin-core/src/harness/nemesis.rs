@@ -1,0 +1,284 @@
+//! The faults a campaign injects into a real cluster, and how each is healed.
+
+use std::time::Duration;
+
+use rand::seq::SliceRandom;
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+
+use super::cluster::Cluster;
+use super::network::{Link, LinkFault, LinkFaultKind, Network};
+use super::HarnessError;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum FaultKind {
+    /// kill -9 of a random node, restarted when healed.
+    KillOne,
+    /// kill -9 of the leader, restarted when healed.
+    KillLeader,
+    /// kill -9 of every node at once, all restarted when healed.
+    KillAll,
+    /// SIGSTOP of the leader, SIGCONT when healed; held longer than the lease.
+    PauseLeader,
+    /// One node (the leader half the time) cut off from all others.
+    Isolate,
+    /// The leader cut off from all others.
+    IsolateLeader,
+    /// A minority cut off from a majority.
+    MajorityMinority,
+    /// Two halves that cannot reach each other, and one node reaching both.
+    Bridge,
+    /// Two nodes cut from each other only.
+    Partial,
+    /// One node's messages to the others are lost (or theirs to it), not the reverse.
+    OneWay,
+    /// One node restarted with its clocks running fast or slow (libfaketime),
+    /// within the drift bound the lease assumes.
+    ClockSkew,
+}
+
+impl FaultKind {
+    pub const ALL: [FaultKind; 11] = [
+        FaultKind::KillOne,
+        FaultKind::KillLeader,
+        FaultKind::KillAll,
+        FaultKind::PauseLeader,
+        FaultKind::Isolate,
+        FaultKind::IsolateLeader,
+        FaultKind::MajorityMinority,
+        FaultKind::Bridge,
+        FaultKind::Partial,
+        FaultKind::OneWay,
+        FaultKind::ClockSkew,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            FaultKind::KillOne => "kill-one",
+            FaultKind::KillLeader => "kill-leader",
+            FaultKind::KillAll => "kill-all",
+            FaultKind::PauseLeader => "pause-leader",
+            FaultKind::Isolate => "isolate",
+            FaultKind::IsolateLeader => "isolate-leader",
+            FaultKind::MajorityMinority => "majority-minority",
+            FaultKind::Bridge => "bridge",
+            FaultKind::Partial => "partial",
+            FaultKind::OneWay => "one-way",
+            FaultKind::ClockSkew => "clock-skew",
+        }
+    }
+
+    /// Parses a comma-separated list of names or groups: all, kill, pause,
+    /// partition, clock, or single kinds such as kill-leader.
+    pub fn parse_set(text: &str) -> Result<Vec<FaultKind>, String> {
+        let mut kinds = Vec::new();
+        for part in text.split(',').map(str::trim) {
+            let group: Vec<FaultKind> = match part {
+                "all" => FaultKind::ALL.to_vec(),
+                "kill" => vec![FaultKind::KillOne, FaultKind::KillLeader, FaultKind::KillAll],
+                "pause" => vec![FaultKind::PauseLeader],
+                "partition" => FaultKind::ALL.into_iter().filter(|kind| kind.is_network()).collect(),
+                "clock" => vec![FaultKind::ClockSkew],
+                name => match FaultKind::ALL.into_iter().find(|kind| kind.name() == name) {
+                    Some(kind) => vec![kind],
+                    None => {
+                        return Err(format!(
+                            "unknown nemesis {name:?}: use all, kill, pause, partition, clock, or one of {}",
+                            FaultKind::ALL.map(FaultKind::name).join(", ")
+                        ))
+                    }
+                },
+            };
+            for kind in group {
+                if !kinds.contains(&kind) {
+                    kinds.push(kind);
+                }
+            }
+        }
+        Ok(kinds)
+    }
+
+    pub fn is_network(self) -> bool {
+        matches!(
+            self,
+            FaultKind::Isolate
+                | FaultKind::IsolateLeader
+                | FaultKind::MajorityMinority
+                | FaultKind::Bridge
+                | FaultKind::Partial
+                | FaultKind::OneWay
+        )
+    }
+}
+
+/// A fault in force, with what healing it takes.
+pub enum Active {
+    Killed(Vec<usize>),
+    Paused(usize),
+    Partitioned,
+    Skewed(usize),
+}
+
+/// Chooses the faults of each round: every enabled kind once, in order, then
+/// at random; with `combine`, some rounds add a network fault to a process
+/// fault (or the reverse).
+pub struct Planner {
+    kinds: Vec<FaultKind>,
+    combine: bool,
+    rounds_planned: usize,
+}
+
+impl Planner {
+    pub fn new(kinds: Vec<FaultKind>, combine: bool) -> Planner {
+        assert!(!kinds.is_empty(), "a campaign needs at least one fault kind");
+        Planner { kinds, combine, rounds_planned: 0 }
+    }
+
+    pub fn next_round(&mut self, random: &mut ChaCha8Rng) -> Vec<FaultKind> {
+        let first = match self.kinds.get(self.rounds_planned) {
+            Some(kind) => *kind,
+            None => *self.kinds.choose(random).expect("not empty"),
+        };
+        self.rounds_planned += 1;
+        let mut round = vec![first];
+        let others: Vec<FaultKind> =
+            self.kinds.iter().copied().filter(|kind| kind.is_network() != first.is_network()).collect();
+        if self.combine && !others.is_empty() && random.gen_bool(0.5) {
+            round.push(*others.choose(random).expect("not empty"));
+        }
+        round
+    }
+}
+
+/// The clock rate of a skewed node: 1% to 4% fast or slow, inside the 5%
+/// drift bound the daemon's lease is computed for.
+fn skewed_rate(random: &mut ChaCha8Rng) -> f64 {
+    let error = random.gen_range(0.01..0.04);
+    if random.gen_bool(0.5) {
+        1.0 + error
+    } else {
+        1.0 - error
+    }
+}
+
+/// The leader half the time (when one answers), otherwise a random node.
+fn target(cluster: &Cluster, random: &mut ChaCha8Rng) -> usize {
+    let leader = if random.gen_bool(0.5) { cluster.leader() } else { None };
+    leader.unwrap_or_else(|| random.gen_range(0..cluster.len()))
+}
+
+fn between(from: &[usize], to: &[usize]) -> Vec<Link> {
+    let mut links = Vec::new();
+    for &a in from {
+        for &b in to {
+            links.push((a, b));
+            links.push((b, a));
+        }
+    }
+    links
+}
+
+/// The directed links a network fault cuts.
+fn links_for(kind: FaultKind, cluster: &Cluster, random: &mut ChaCha8Rng) -> Vec<Link> {
+    let count = cluster.len();
+    let mut nodes: Vec<usize> = (0..count).collect();
+    nodes.shuffle(random);
+    match kind {
+        FaultKind::Isolate | FaultKind::IsolateLeader => {
+            let lonely = match kind {
+                FaultKind::IsolateLeader => cluster.leader().unwrap_or_else(|| random.gen_range(0..count)),
+                _ => target(cluster, random),
+            };
+            let others: Vec<usize> = (0..count).filter(|node| *node != lonely).collect();
+            between(&[lonely], &others)
+        }
+        FaultKind::MajorityMinority => {
+            let (minority, majority) = nodes.split_at(count / 2);
+            between(minority, majority)
+        }
+        FaultKind::Bridge => {
+            let halves = &nodes[1..];
+            let (left, right) = halves.split_at(halves.len() / 2);
+            between(left, right)
+        }
+        FaultKind::Partial => between(&nodes[..1], &nodes[1..2]),
+        FaultKind::OneWay => {
+            let node = target(cluster, random);
+            let outbound = random.gen_bool(0.5);
+            (0..count)
+                .filter(|other| *other != node)
+                .map(|other| if outbound { (node, other) } else { (other, node) })
+                .collect()
+        }
+        _ => unreachable!("{kind:?} is not a network fault"),
+    }
+}
+
+fn link_fault(network: &Network, random: &mut ChaCha8Rng) -> LinkFault {
+    match network.link_faults().choose(random).expect("every network can cut") {
+        LinkFaultKind::Cut => LinkFault::Cut,
+        LinkFaultKind::Stall => LinkFault::Stall,
+        LinkFaultKind::Delay => LinkFault::Delay(Duration::from_millis(random.gen_range(50..400))),
+    }
+}
+
+/// Injects one fault; the returned description goes into the campaign log.
+pub fn inject(
+    kind: FaultKind,
+    cluster: &mut Cluster,
+    network: &mut Network,
+    random: &mut ChaCha8Rng,
+) -> Result<(Active, String), HarnessError> {
+    let node_name = |index: usize| format!("node {}", index + 1);
+    Ok(match kind {
+        FaultKind::KillOne | FaultKind::KillLeader => {
+            let victim = match kind {
+                FaultKind::KillLeader => cluster.leader().unwrap_or_else(|| random.gen_range(0..cluster.len())),
+                _ => random.gen_range(0..cluster.len()),
+            };
+            cluster.kill(victim);
+            (Active::Killed(vec![victim]), format!("killed {}", node_name(victim)))
+        }
+        FaultKind::KillAll => {
+            let all: Vec<usize> = (0..cluster.len()).collect();
+            all.iter().for_each(|node| cluster.kill(*node));
+            (Active::Killed(all), "killed every node".to_string())
+        }
+        FaultKind::PauseLeader => {
+            let victim = cluster.leader().unwrap_or_else(|| random.gen_range(0..cluster.len()));
+            cluster.pause(victim)?;
+            (Active::Paused(victim), format!("paused {}", node_name(victim)))
+        }
+        FaultKind::ClockSkew => {
+            let victim = target(cluster, random);
+            let rate = skewed_rate(random);
+            cluster.kill(victim);
+            cluster.launch(victim, Some(rate))?;
+            (Active::Skewed(victim), format!("restarted {} with its clocks at {rate:.3}× speed", node_name(victim)))
+        }
+        network_kind => {
+            let links = links_for(network_kind, cluster, random);
+            let fault = link_fault(network, random);
+            network.apply(&links, fault)?;
+            let shown: Vec<String> = links.iter().map(|(from, to)| format!("{}→{}", from + 1, to + 1)).collect();
+            (Active::Partitioned, format!("{fault:?} on links {}", shown.join(" ")))
+        }
+    })
+}
+
+pub fn heal(active: Active, cluster: &mut Cluster, network: &mut Network) -> Result<(), HarnessError> {
+    match active {
+        Active::Killed(nodes) => {
+            for node in nodes {
+                cluster.launch(node, None)?;
+            }
+        }
+        Active::Paused(node) => cluster.resume(node)?,
+        Active::Partitioned => network.heal()?,
+        Active::Skewed(node) => {
+            cluster.kill(node);
+            cluster.launch(node, None)?;
+        }
+    }
+    Ok(())
+}

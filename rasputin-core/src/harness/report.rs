@@ -1,0 +1,153 @@
+//! What a campaign found: operations, faults, availability and anomalies.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use super::nemesis::FaultKind;
+use super::workload::{Outcome, Recorded};
+use crate::checker::Verdict;
+
+/// One round of faults, in nanoseconds since the workload started.
+#[derive(Clone, Debug)]
+pub struct FaultWindow {
+    pub kinds: Vec<FaultKind>,
+    pub start_ns: u64,
+    pub end_ns: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PorcupineVerdict {
+    Linearizable,
+    NotLinearizable { html: PathBuf },
+    Undecided,
+    NotRun,
+}
+
+pub struct Report {
+    pub nodes: usize,
+    pub network: &'static str,
+    pub seconds: f64,
+    pub operations: usize,
+    pub ok: usize,
+    pub failed: usize,
+    pub unknown: usize,
+    pub faults: BTreeMap<&'static str, usize>,
+    /// Share of operations invoked while a fault was in force that succeeded.
+    pub availability_during: f64,
+    /// The same share for operations invoked with no fault in force.
+    pub availability_after: f64,
+    pub ours: Verdict,
+    pub porcupine: PorcupineVerdict,
+    pub foreign_values: Vec<String>,
+    pub panics: Vec<String>,
+    pub history: PathBuf,
+}
+
+/// The share of `outcomes` that succeeded (1.0 when there are none).
+fn availability<'a>(outcomes: impl Iterator<Item = &'a (u64, Outcome)>) -> f64 {
+    let (mut total, mut ok) = (0usize, 0usize);
+    for (_, outcome) in outcomes {
+        total += 1;
+        ok += usize::from(*outcome == Outcome::Ok);
+    }
+    if total == 0 {
+        1.0
+    } else {
+        ok as f64 / total as f64
+    }
+}
+
+impl Report {
+    pub fn measure(
+        nodes: usize,
+        network: &'static str,
+        recorded: &Recorded,
+        windows: &[FaultWindow],
+        end_ns: u64,
+    ) -> Report {
+        let during = |time: u64| windows.iter().any(|window| (window.start_ns..window.end_ns).contains(&time));
+        let count = |wanted: Outcome| recorded.outcomes.iter().filter(|(_, outcome)| *outcome == wanted).count();
+        Report {
+            nodes,
+            network,
+            seconds: end_ns as f64 / 1e9,
+            operations: recorded.outcomes.len(),
+            ok: count(Outcome::Ok),
+            failed: count(Outcome::Failed),
+            unknown: count(Outcome::Unknown),
+            faults: super::faults_by_kind(windows),
+            availability_during: availability(recorded.outcomes.iter().filter(|(time, _)| during(*time))),
+            availability_after: availability(recorded.outcomes.iter().filter(|(time, _)| !during(*time))),
+            ours: Verdict::Linearizable,
+            porcupine: PorcupineVerdict::NotRun,
+            foreign_values: recorded.foreign_values.clone(),
+            panics: Vec::new(),
+            history: PathBuf::new(),
+        }
+    }
+
+    /// Everything that shows the system misbehaved. Must be empty.
+    pub fn anomalies(&self) -> Vec<String> {
+        let mut found = Vec::new();
+        if let Verdict::NotLinearizable(violation) = &self.ours {
+            found.push(format!("rasputin's checker: {}", violation.explanation));
+        }
+        if let PorcupineVerdict::NotLinearizable { html } = &self.porcupine {
+            found.push(format!("Porcupine: not linearizable (see {})", html.display()));
+        }
+        found.extend(self.foreign_values.iter().map(|value| format!("a value nobody wrote: {value}")));
+        found.extend(self.panics.iter().map(|line| format!("a node panicked: {line}")));
+        found
+    }
+
+    pub fn inconclusive(&self) -> bool {
+        matches!(self.ours, Verdict::Inconclusive { .. }) || self.porcupine == PorcupineVerdict::Undecided
+    }
+
+    fn verdicts(&self) -> String {
+        let ours = match &self.ours {
+            Verdict::Linearizable => "linearizable".to_string(),
+            Verdict::NotLinearizable(_) => "NOT linearizable".to_string(),
+            Verdict::Inconclusive { key, .. } => format!("inconclusive (key {key})"),
+        };
+        let porcupine = match &self.porcupine {
+            PorcupineVerdict::Linearizable => "linearizable",
+            PorcupineVerdict::NotLinearizable { .. } => "NOT linearizable",
+            PorcupineVerdict::Undecided => "undecided",
+            PorcupineVerdict::NotRun => "not run (no porcupine-check given)",
+        };
+        format!("rasputin's checker: {ours}; Porcupine: {porcupine}")
+    }
+
+    /// The header of the results table in `docs/testing.md`.
+    pub const TABLE_HEADER: &'static str = "| nodes | network | seconds | operations (ok / failed / unknown) | faults by kind | availability during / after faults | anomalies |\n|---|---|---|---|---|---|---|";
+
+    /// This campaign as a row of that table.
+    pub fn table_row(&self) -> String {
+        let faults: Vec<String> = self.faults.iter().map(|(kind, count)| format!("{kind} {count}")).collect();
+        format!(
+            "| {} | {} | {:.0} | {} ({} / {} / {}) | {} | {:.1}% / {:.1}% | {} |",
+            self.nodes,
+            self.network,
+            self.seconds,
+            self.operations,
+            self.ok,
+            self.failed,
+            self.unknown,
+            faults.join(", "),
+            self.availability_during * 100.0,
+            self.availability_after * 100.0,
+            self.anomalies().len()
+        )
+    }
+
+    pub fn print(&self) {
+        println!("history: {}", self.history.display());
+        println!("{}", self.verdicts());
+        for anomaly in self.anomalies() {
+            println!("ANOMALY: {anomaly}");
+        }
+        println!("{}", Report::TABLE_HEADER);
+        println!("{}", self.table_row());
+    }
+}
