@@ -75,6 +75,9 @@ struct Arguments {
     /// How long a client tries before recording the outcome as unknown, in milliseconds.
     #[arg(long, default_value_t = 3000)]
     operation_timeout_ms: u64,
+    /// Fail unless every enabled fault kind was injected at least once.
+    #[arg(long)]
+    cover_every_kind: bool,
     /// Shortest and longest fault, in milliseconds.
     #[arg(long, default_value = "2000,5000", value_parser = parse_range)]
     fault_ms: (u64, u64),
@@ -205,6 +208,12 @@ fn main() -> ExitCode {
         }
     };
     report.print();
+    let missed: Vec<&str> =
+        settings.kinds.iter().map(|kind| kind.name()).filter(|name| !report.faults.contains_key(name)).collect();
+    if arguments.cover_every_kind && !missed.is_empty() {
+        println!("not every fault kind was injected (missed: {}); lengthen --time-limit", missed.join(", "));
+        return ExitCode::from(1);
+    }
     if arguments.expect_anomaly {
         let both = matches!(report.ours, Verdict::NotLinearizable(_))
             && matches!(report.porcupine, PorcupineVerdict::NotLinearizable { .. });

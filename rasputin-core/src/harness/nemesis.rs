@@ -178,19 +178,15 @@ fn between(from: &[usize], to: &[usize]) -> Vec<Link> {
     links
 }
 
-/// The directed links a network fault cuts.
-fn links_for(kind: FaultKind, cluster: &Cluster, random: &mut ChaCha8Rng) -> Vec<Link> {
-    let count = cluster.len();
+/// The directed links a network fault cuts among `count` nodes; `chosen` is
+/// the node that isolate and one-way single out.
+fn links_for(kind: FaultKind, count: usize, chosen: usize, random: &mut ChaCha8Rng) -> Vec<Link> {
     let mut nodes: Vec<usize> = (0..count).collect();
     nodes.shuffle(random);
     match kind {
         FaultKind::Isolate | FaultKind::IsolateLeader => {
-            let lonely = match kind {
-                FaultKind::IsolateLeader => cluster.leader().unwrap_or_else(|| random.gen_range(0..count)),
-                _ => target(cluster, random),
-            };
-            let others: Vec<usize> = (0..count).filter(|node| *node != lonely).collect();
-            between(&[lonely], &others)
+            let others: Vec<usize> = (0..count).filter(|node| *node != chosen).collect();
+            between(&[chosen], &others)
         }
         FaultKind::MajorityMinority => {
             let (minority, majority) = nodes.split_at(count / 2);
@@ -203,12 +199,9 @@ fn links_for(kind: FaultKind, cluster: &Cluster, random: &mut ChaCha8Rng) -> Vec
         }
         FaultKind::Partial => between(&nodes[..1], &nodes[1..2]),
         FaultKind::OneWay => {
-            let node = target(cluster, random);
             let outbound = random.gen_bool(0.5);
-            (0..count)
-                .filter(|other| *other != node)
-                .map(|other| if outbound { (node, other) } else { (other, node) })
-                .collect()
+            let others = (0..count).filter(|other| *other != chosen);
+            others.map(|other| if outbound { (chosen, other) } else { (other, chosen) }).collect()
         }
         _ => unreachable!("{kind:?} is not a network fault"),
     }
@@ -257,7 +250,11 @@ pub fn inject(
             (Active::Skewed(victim), format!("restarted {} with its clocks at {rate:.3}× speed", node_name(victim)))
         }
         network_kind => {
-            let links = links_for(network_kind, cluster, random);
+            let chosen = match network_kind {
+                FaultKind::IsolateLeader => cluster.leader().unwrap_or_else(|| random.gen_range(0..cluster.len())),
+                _ => target(cluster, random),
+            };
+            let links = links_for(network_kind, cluster.len(), chosen, random);
             let fault = link_fault(network, random);
             network.apply(&links, fault)?;
             let shown: Vec<String> = links.iter().map(|(from, to)| format!("{}→{}", from + 1, to + 1)).collect();
@@ -281,4 +278,65 @@ pub fn heal(active: Active, cluster: &mut Cluster, network: &mut Network) -> Res
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+    use std::collections::BTreeSet;
+
+    #[test]
+    fn groups_and_names_parse_and_unknown_names_are_refused() {
+        assert_eq!(FaultKind::parse_set("all").unwrap(), FaultKind::ALL.to_vec());
+        assert_eq!(FaultKind::parse_set("kill,kill-leader").unwrap().len(), 3);
+        let partitions = FaultKind::parse_set("partition").unwrap();
+        assert!(partitions.iter().all(|kind| kind.is_network()) && partitions.len() == 6);
+        assert_eq!(FaultKind::parse_set("pause,clock").unwrap(), [FaultKind::PauseLeader, FaultKind::ClockSkew]);
+        assert!(FaultKind::parse_set("meteor").unwrap_err().contains("unknown nemesis \"meteor\""));
+    }
+
+    #[test]
+    fn the_first_rounds_cover_every_kind_and_combined_rounds_mix_classes() {
+        let mut random = ChaCha8Rng::seed_from_u64(1);
+        let mut planner = Planner::new(FaultKind::ALL.to_vec(), true);
+        let rounds: Vec<Vec<FaultKind>> = (0..200).map(|_| planner.next_round(&mut random)).collect();
+        let firsts: Vec<FaultKind> = rounds.iter().take(FaultKind::ALL.len()).map(|round| round[0]).collect();
+        assert_eq!(firsts, FaultKind::ALL.to_vec());
+        assert!(rounds.iter().any(|round| round.len() == 2));
+        for round in rounds.iter().filter(|round| round.len() == 2) {
+            assert_ne!(round[0].is_network(), round[1].is_network(), "{round:?}");
+        }
+    }
+
+    fn cut_pairs(links: &[Link]) -> BTreeSet<(usize, usize)> {
+        links.iter().map(|&(from, to)| (from.min(to), from.max(to))).collect()
+    }
+
+    #[test]
+    fn partitions_cut_the_links_their_names_say() {
+        let mut random = ChaCha8Rng::seed_from_u64(7);
+        for _ in 0..50 {
+            let isolated = links_for(FaultKind::Isolate, 5, 2, &mut random);
+            assert_eq!(isolated.len(), 8);
+            assert!(isolated.iter().all(|&(from, to)| from == 2 || to == 2));
+
+            let split = links_for(FaultKind::MajorityMinority, 5, 0, &mut random);
+            let minority: BTreeSet<usize> =
+                (0..5).filter(|node| split.iter().filter(|link| link.0 == *node).count() == 3).collect();
+            assert_eq!((split.len(), minority.len()), (12, 2), "{split:?}");
+
+            let bridged = links_for(FaultKind::Bridge, 5, 0, &mut random);
+            let touched: BTreeSet<usize> = bridged.iter().flat_map(|&(from, to)| [from, to]).collect();
+            assert_eq!((bridged.len(), touched.len()), (8, 4), "one node, the bridge, keeps every link");
+
+            let partial = links_for(FaultKind::Partial, 3, 0, &mut random);
+            assert_eq!((partial.len(), cut_pairs(&partial).len()), (2, 1));
+
+            let one_way = links_for(FaultKind::OneWay, 3, 1, &mut random);
+            let outbound = one_way.iter().all(|link| link.0 == 1);
+            let inbound = one_way.iter().all(|link| link.1 == 1);
+            assert!(one_way.len() == 2 && (outbound || inbound), "{one_way:?}");
+        }
+    }
 }

@@ -165,24 +165,34 @@ fn pump(shared: &Arc<Shared>, source: TcpStream, destination: TcpStream, link: O
     });
 }
 
+/// Waits while `link` is stalled; then the delay to apply, or None if the
+/// link is cut or the proxy is stopping.
+fn wait_while_stalled(shared: &Shared, link: Option<Link>) -> Option<Duration> {
+    loop {
+        if shared.stop.load(Ordering::SeqCst) {
+            return None;
+        }
+        match shared.fault(link) {
+            Some(LinkFault::Cut) => return None,
+            Some(LinkFault::Stall) => std::thread::sleep(POLL_INTERVAL),
+            Some(LinkFault::Delay(delay)) => return Some(delay),
+            None => return Some(Duration::ZERO),
+        }
+    }
+}
+
 fn read_chunks(shared: &Shared, mut source: &TcpStream, link: Option<Link>, sender: &SyncSender<(Instant, Vec<u8>)>) {
     if source.set_read_timeout(Some(POLL_INTERVAL)).is_err() {
         return;
     }
     let mut buffer = vec![0u8; CHUNK_BYTES_MAX];
-    while !shared.stop.load(Ordering::SeqCst) {
-        let delay = match shared.fault(link) {
-            Some(LinkFault::Cut) => return,
-            Some(LinkFault::Stall) => {
-                std::thread::sleep(POLL_INTERVAL);
-                continue;
-            }
-            Some(LinkFault::Delay(delay)) => delay,
-            None => Duration::ZERO,
-        };
+    while wait_while_stalled(shared, link).is_some() {
         match source.read(&mut buffer) {
             Ok(0) => return,
             Ok(count) => {
+                // Looked at again after the read, so that a fault set before
+                // bytes were sent applies to them, however the read raced it.
+                let Some(delay) = wait_while_stalled(shared, link) else { return };
                 if sender.send((Instant::now() + delay, buffer[..count].to_vec())).is_err() {
                     return;
                 }
@@ -204,5 +214,101 @@ fn write_chunks(shared: &Shared, mut destination: &TcpStream, receiver: &Receive
         if destination.write_all(&chunk).is_err() {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::harness::cluster::plan_addresses;
+
+    const DEADLINE: Duration = Duration::from_secs(5);
+
+    /// Node 0's "daemon": echoes what arrives on its peer port, for the two
+    /// connections the test gets through the proxy.
+    fn echo_server(at: SocketAddr) -> JoinHandle<()> {
+        let listener = TcpListener::bind(at).unwrap();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().take(2) {
+                let mut stream = stream.unwrap();
+                std::thread::spawn(move || {
+                    let mut buffer = [0u8; 1024];
+                    while let Ok(count) = stream.read(&mut buffer) {
+                        if count == 0 || stream.write_all(&buffer[..count]).is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        })
+    }
+
+    /// Connects from node 1's own address to node 0's advertised (proxy) one.
+    fn connect_as_node_one(addresses: &[NodeAddresses]) -> TcpStream {
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        socket.bind(&SocketAddr::new(IpAddr::V4(addresses[1].own_ip), 0).into()).unwrap();
+        socket.connect(&addresses[0].peer().into()).unwrap();
+        let stream: TcpStream = socket.into();
+        stream.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+        stream
+    }
+
+    /// Sends `text` and polls for its echo until the deadline; None if it never came.
+    fn round_trip(stream: &mut TcpStream, text: &[u8], deadline: Instant) -> Option<Vec<u8>> {
+        stream.write_all(text).ok()?;
+        let mut received = Vec::new();
+        let mut buffer = [0u8; 64];
+        while received.len() < text.len() && Instant::now() < deadline {
+            match stream.read(&mut buffer) {
+                Ok(0) => return None,
+                Ok(count) => received.extend_from_slice(&buffer[..count]),
+                Err(error) if matches!(error.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+                Err(_) => return None,
+            }
+        }
+        (received.len() == text.len()).then_some(received)
+    }
+
+    #[test]
+    fn links_can_be_cut_stalled_and_delayed_one_direction_at_a_time() {
+        let addresses = plan_addresses(2, true).unwrap();
+        let server = echo_server(SocketAddr::new(IpAddr::V4(addresses[0].own_ip), addresses[0].peer_port));
+        let mut proxy = Proxy::start(&addresses).unwrap();
+        let mut stream = connect_as_node_one(&addresses);
+        assert_eq!(round_trip(&mut stream, b"hello", Instant::now() + DEADLINE).as_deref(), Some(&b"hello"[..]));
+
+        // A stall holds the bytes, without closing, until it is lifted.
+        proxy.set_faults(&[(1, 0)], LinkFault::Stall);
+        assert_eq!(round_trip(&mut stream, b"held", Instant::now() + Duration::from_millis(300)), None);
+        proxy.clear_faults();
+        let mut late = Vec::new();
+        let deadline = Instant::now() + DEADLINE;
+        while late.len() < 4 && Instant::now() < deadline {
+            let mut buffer = [0u8; 16];
+            if let Ok(count) = stream.read(&mut buffer) {
+                late.extend_from_slice(&buffer[..count]);
+            }
+        }
+        assert_eq!(late, b"held");
+
+        // A delay on the reverse link alone holds back only the echo.
+        proxy.set_faults(&[(0, 1)], LinkFault::Delay(Duration::from_millis(300)));
+        let sent_at = Instant::now();
+        assert!(round_trip(&mut stream, b"slow", sent_at + DEADLINE).is_some());
+        assert!(sent_at.elapsed() >= Duration::from_millis(300), "the echo came back early");
+        proxy.clear_faults();
+
+        // A cut closes the connection and refuses new ones until healed.
+        proxy.set_faults(&[(1, 0)], LinkFault::Cut);
+        assert_eq!(round_trip(&mut stream, b"lost", Instant::now() + DEADLINE), None);
+        let mut refused = connect_as_node_one(&addresses);
+        assert_eq!(round_trip(&mut refused, b"lost", Instant::now() + DEADLINE), None);
+        proxy.clear_faults();
+        let mut healed = connect_as_node_one(&addresses);
+        assert_eq!(round_trip(&mut healed, b"back", Instant::now() + DEADLINE).as_deref(), Some(&b"back"[..]));
+
+        proxy.stop();
+        drop((stream, refused, healed));
+        server.join().unwrap();
     }
 }

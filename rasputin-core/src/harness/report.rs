@@ -36,6 +36,9 @@ pub struct Report {
     pub availability_during: f64,
     /// The same share for operations invoked with no fault in force.
     pub availability_after: f64,
+    /// The longest time in which no operation completed successfully: what
+    /// the share above hides when clients wait out an outage.
+    pub longest_gap_seconds: f64,
     pub ours: Verdict,
     pub porcupine: PorcupineVerdict,
     pub foreign_values: Vec<String>,
@@ -55,6 +58,19 @@ fn availability<'a>(outcomes: impl Iterator<Item = &'a (u64, Outcome)>) -> f64 {
     } else {
         ok as f64 / total as f64
     }
+}
+
+/// The longest stretch of the run, its ends included, without a successful completion.
+fn longest_gap_ns(recorded: &Recorded, end_ns: u64) -> u64 {
+    let mut completions: Vec<u64> = recorded.operations.iter().filter_map(|operation| operation.complete_ns).collect();
+    completions.sort_unstable();
+    let mut previous = 0;
+    let mut longest = 0;
+    for time in completions.into_iter().chain([end_ns]) {
+        longest = longest.max(time.saturating_sub(previous));
+        previous = time;
+    }
+    longest
 }
 
 impl Report {
@@ -78,6 +94,7 @@ impl Report {
             faults: super::faults_by_kind(windows),
             availability_during: availability(recorded.outcomes.iter().filter(|(time, _)| during(*time))),
             availability_after: availability(recorded.outcomes.iter().filter(|(time, _)| !during(*time))),
+            longest_gap_seconds: longest_gap_ns(recorded, end_ns) as f64 / 1e9,
             ours: Verdict::Linearizable,
             porcupine: PorcupineVerdict::NotRun,
             foreign_values: recorded.foreign_values.clone(),
@@ -120,13 +137,13 @@ impl Report {
     }
 
     /// The header of the results table in `docs/testing.md`.
-    pub const TABLE_HEADER: &'static str = "| nodes | network | seconds | operations (ok / failed / unknown) | faults by kind | availability during / after faults | anomalies |\n|---|---|---|---|---|---|---|";
+    pub const TABLE_HEADER: &'static str = "| nodes | network | seconds | operations (ok / failed / unknown) | faults by kind | availability during / after faults (longest gap) | anomalies |\n|---|---|---|---|---|---|---|";
 
     /// This campaign as a row of that table.
     pub fn table_row(&self) -> String {
         let faults: Vec<String> = self.faults.iter().map(|(kind, count)| format!("{kind} {count}")).collect();
         format!(
-            "| {} | {} | {:.0} | {} ({} / {} / {}) | {} | {:.1}% / {:.1}% | {} |",
+            "| {} | {} | {:.0} | {} ({} / {} / {}) | {} | {:.1}% / {:.1}% ({:.1} s) | {} |",
             self.nodes,
             self.network,
             self.seconds,
@@ -137,6 +154,7 @@ impl Report {
             faults.join(", "),
             self.availability_during * 100.0,
             self.availability_after * 100.0,
+            self.longest_gap_seconds,
             self.anomalies().len()
         )
     }
@@ -149,5 +167,43 @@ impl Report {
         }
         println!("{}", Report::TABLE_HEADER);
         println!("{}", self.table_row());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn availability_splits_operations_by_whether_a_fault_was_in_force() {
+        let read = |complete_ns| crate::checker::Operation {
+            client: 1,
+            key: 0,
+            input: crate::checker::Input::Read,
+            invoke_ns: 0,
+            complete_ns: Some(complete_ns),
+            output: Some(crate::checker::Output::Read(None)),
+        };
+        let recorded = Recorded {
+            operations: vec![read(1_000_000_000), read(3_500_000_000)],
+            outcomes: vec![
+                (5, Outcome::Ok),
+                (10, Outcome::Ok),
+                (12, Outcome::Unknown),
+                (15, Outcome::Failed),
+                (19, Outcome::Ok),
+                (20, Outcome::Ok),
+                (30, Outcome::Ok),
+            ],
+            foreign_values: vec!["key 1: read \"x\"".to_string()],
+        };
+        let windows = [FaultWindow { kinds: vec![FaultKind::KillAll, FaultKind::Isolate], start_ns: 10, end_ns: 20 }];
+        let report = Report::measure(3, "test", &recorded, &windows, 4_000_000_000);
+        assert_eq!((report.operations, report.ok, report.failed, report.unknown), (7, 5, 1, 1));
+        assert_eq!(report.availability_during, 0.5);
+        assert_eq!(report.availability_after, 1.0);
+        assert_eq!(report.faults.values().sum::<usize>(), 2);
+        assert_eq!(report.anomalies().len(), 1, "a value nobody wrote is an anomaly");
+        assert!(report.table_row().contains("| 50.0% / 100.0% (2.5 s) | 1 |"), "{}", report.table_row());
     }
 }
