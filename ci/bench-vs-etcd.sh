@@ -7,6 +7,7 @@
 #
 #   ci/bench-vs-etcd.sh                 # 3 rounds of 5 s per cell
 #   ROUNDS=5 SECONDS_PER_ROUND=10 ci/bench-vs-etcd.sh
+#   RASPUTIND=/path/to/older/rasputind ci/bench-vs-etcd.sh   # measure another build
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -96,7 +97,7 @@ start_rasputin() { # nodes...
     local seeds="" index
     for index in "$@"; do seeds+="${seeds:+,}127.0.0.1:${rasputin_peer[$index]}"; done
     for index in "$@"; do
-        ./target/release/rasputind --peer-port="${rasputin_peer[$index]}" --cli-port="${rasputin_client[$index]}" \
+        "$RASPUTIND" --peer-port="${rasputin_peer[$index]}" --cli-port="${rasputin_client[$index]}" \
             --seed-peers="$seeds" --storage-dir="$work/rasputin$index" --logfile="$work/rasputin$index.log" &
         pids+=($!)
     done
@@ -114,7 +115,11 @@ bench() { # system endpoints mix clients
 }
 
 install_missing
-cargo build --release --locked -p rasputin --bin rasputind
+RASPUTIND=${RASPUTIND:-}
+if [ -z "$RASPUTIND" ]; then
+    cargo build --release --locked -p rasputin --bin rasputind
+    RASPUTIND=./target/release/rasputind
+fi
 cargo build --release --locked -p rasputin-examples --features etcd --bin rasputin-bench
 rm -rf "$work"
 mkdir -p "$work"

@@ -36,9 +36,8 @@ impl Store for EtcdStore {
     }
 
     fn cas(&mut self, key: &[u8], expected: &[u8], new: &[u8]) -> Result<(), String> {
-        let swap = Txn::new()
-            .when([Compare::value(key, CompareOp::Equal, expected)])
-            .and_then([TxnOp::put(key, new, None)]);
+        let swap =
+            Txn::new().when([Compare::value(key, CompareOp::Equal, expected)]).and_then([TxnOp::put(key, new, None)]);
         let response = self.runtime.block_on(self.client.txn(swap)).map_err(|error| error.to_string())?;
         if response.succeeded() {
             Ok(())

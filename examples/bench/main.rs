@@ -81,7 +81,9 @@ fn open(arguments: &Arguments, endpoints: &[String]) -> Result<Box<dyn Store>, S
         #[cfg(feature = "etcd")]
         System::Etcd => Ok(Box::new(etcd::EtcdStore::connect(&endpoints[0])?)),
         #[cfg(not(feature = "etcd"))]
-        System::Etcd => Err("this rasputin-bench was built without the etcd feature; build with --features etcd".into()),
+        System::Etcd => {
+            Err("this rasputin-bench was built without the etcd feature; build with --features etcd".into())
+        }
     }
 }
 

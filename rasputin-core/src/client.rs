@@ -135,7 +135,7 @@ impl Connection {
         write_frame(&mut stream, &hello).map_err(|error| error.to_string())?;
         stream.set_read_timeout(Some(timeout)).map_err(|error| error.to_string())?;
         let mut buffer = BytesMut::new();
-        let reply: proto::HelloReply = read_frame(&mut stream, &mut buffer)
+        let reply: proto::HelloReply = read_frame(&mut stream, &mut buffer, &mut [0u8; 1024])
             .map_err(|error| error.to_string())
             .and_then(|frame| wire::decode(frame, "HelloReply").map_err(|error| error.to_string()))?;
         if !reply.accepted {
@@ -195,7 +195,9 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 fn dispatch_responses(mut stream: TcpStream, mut buffer: BytesMut, waiters: Waiters, dead: Arc<AtomicBool>) {
-    while let Ok(frame) = read_frame(&mut stream, &mut buffer) {
+    // Allocated (and zeroed) once per connection, not once per response.
+    let mut chunk = vec![0u8; READ_CHUNK_BYTES];
+    while let Ok(frame) = read_frame(&mut stream, &mut buffer, &mut chunk) {
         let Ok(response) = wire::decode::<proto::ClientResponse>(frame, "ClientResponse") else { break };
         if let Some(slot) = lock(&waiters).remove(&response.request_id) {
             slot.fill(Some(response));
@@ -213,13 +215,15 @@ fn write_frame(stream: &mut TcpStream, message: &impl prost::Message) -> std::io
     stream.write_all(&buffer)
 }
 
-fn read_frame(stream: &mut TcpStream, buffer: &mut BytesMut) -> Result<bytes::Bytes, WireError> {
-    let mut chunk = [0u8; 16 << 10];
+/// Bytes a client connection reads from its socket at once.
+const READ_CHUNK_BYTES: usize = 16 << 10;
+
+fn read_frame(stream: &mut TcpStream, buffer: &mut BytesMut, chunk: &mut [u8]) -> Result<bytes::Bytes, WireError> {
     loop {
         if let Some(frame) = wire::take_frame(buffer, CLIENT_FRAME_BYTES_MAX)? {
             return Ok(frame);
         }
-        let read = stream.read(&mut chunk).unwrap_or(0);
+        let read = stream.read(chunk).unwrap_or(0);
         if read == 0 {
             return Err(WireError::MissingField { message: "stream", field: "bytes (connection closed)" });
         }

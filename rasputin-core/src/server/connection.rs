@@ -9,8 +9,8 @@ use mio::net::TcpStream;
 use crate::consensus::NodeId;
 use crate::wire::{self, WireError};
 
-/// Bytes read from a socket in one call.
-const READ_CHUNK_BYTES: usize = 64 << 10;
+/// Bytes read from a socket in one call: the size of the daemon's scratch buffer.
+pub const READ_CHUNK_BYTES: usize = 64 << 10;
 /// Unsent bytes a client connection may hold before it is closed as too slow.
 pub const CLIENT_OUTGOING_BYTES_MAX: usize = 32 << 20;
 /// Unsent bytes a peer connection may hold before messages to it are dropped.
@@ -82,14 +82,15 @@ impl Connection {
         }
     }
 
-    /// Reads everything available (mio is edge-triggered) and splits it into frames.
-    pub fn receive(&mut self) -> Received {
+    /// Reads everything available (mio is edge-triggered) and splits it into
+    /// frames. Reads land in `scratch`, shared by all connections, and only
+    /// the bytes read are copied: growing `incoming` by a whole chunk per
+    /// read would zero 64 KiB for every small request.
+    pub fn receive(&mut self, scratch: &mut [u8]) -> Received {
         let frame_bytes_max = self.frame_bytes_max();
         let mut frames = Vec::new();
         loop {
-            let start = self.incoming.len();
-            self.incoming.resize(start + READ_CHUNK_BYTES, 0);
-            let outcome = match self.stream.read(&mut self.incoming[start..]) {
+            let outcome = match self.stream.read(scratch) {
                 Ok(0) => ReadOutcome::Closed,
                 Ok(read) => ReadOutcome::Data(read),
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => ReadOutcome::Drained,
@@ -97,7 +98,7 @@ impl Connection {
                 Err(_) => ReadOutcome::Closed,
             };
             let read = if let ReadOutcome::Data(read) = outcome { read } else { 0 };
-            self.incoming.truncate(start + read);
+            self.incoming.extend_from_slice(&scratch[..read]);
             loop {
                 match wire::take_frame(&mut self.incoming, frame_bytes_max) {
                     Ok(Some(frame)) => frames.push(frame),

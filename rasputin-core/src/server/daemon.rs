@@ -15,7 +15,7 @@ use thiserror::Error;
 use tracing::{debug, error, info, warn};
 
 use super::config::{Flags, Membership};
-use super::connection::{Connection, Kind, Received};
+use super::connection::{Connection, Kind, Received, READ_CHUNK_BYTES};
 use super::storage::{Storage, StorageError};
 use crate::consensus::{
     ClientRequest, Config, ConfigError, Envelope, Input, LogIndex, Nanos, Node, NodeId, ReadReady, Ready, Rejection,
@@ -85,6 +85,8 @@ struct Daemon {
     held_messages: Vec<Envelope>,
     deadline: Nanos,
     shutting_down: bool,
+    /// Where every connection's reads land before their bytes are framed.
+    read_scratch: Vec<u8>,
     /// Outgoing peer connections leave from this address, so that peers (and
     /// firewall rules) see the same address the node listens on.
     bind: IpAddr,
@@ -125,6 +127,7 @@ pub fn run(flags: Flags) -> Result<(), DaemonError> {
     let mut daemon = Daemon {
         client_address: SocketAddr::new(advertise, flags.cli_port).to_string(),
         bind: flags.bind,
+        read_scratch: vec![0; READ_CHUNK_BYTES],
         snapshot_every_entries: flags.snapshot_every_entries,
         node,
         storage,
@@ -334,7 +337,7 @@ impl Daemon {
             return Ok(());
         }
         let Some(connection) = self.connections.get_mut(&token) else { return Ok(()) };
-        let (frames, closed) = match connection.receive() {
+        let (frames, closed) = match connection.receive(&mut self.read_scratch) {
             Received::Frames(frames) => (frames, None),
             Received::Closed(frames, error) => (frames, Some(error)),
         };
@@ -543,10 +546,8 @@ impl Daemon {
         if !self.batch_dirty {
             self.release_held_messages();
         }
-        for entry in &apply {
-            if let Some(applied) = self.storage.apply(entry)? {
-                self.answer((applied.client_id, applied.sequence), Ok(applied.response));
-            }
+        for applied in self.storage.apply(&apply)? {
+            self.answer((applied.client_id, applied.sequence), Ok(applied.response));
         }
         self.reads_waiting.extend(reads);
         self.serve_reads()?;

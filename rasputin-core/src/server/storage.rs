@@ -5,6 +5,7 @@
 //! `m:…` metadata, `l:` + big-endian index for log entries, `k:` + key for
 //! values, `s:` + big-endian client id for sessions.
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use rocksdb::{Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB};
@@ -61,6 +62,9 @@ pub struct Storage {
     db: DB,
     applied_index: LogIndex,
     applied_term: Term,
+    /// The last log index written, if known: appends past it need no range
+    /// deletion (a range tombstone per append slows every later read).
+    log_last_index: Option<LogIndex>,
 }
 
 impl Storage {
@@ -81,7 +85,7 @@ impl Storage {
             Some(bytes) => wire::decode::<proto::AppliedPosition>(bytes.into(), "AppliedPosition")?,
             None => proto::AppliedPosition::default(),
         };
-        Ok(Storage { db, applied_index: applied.index, applied_term: applied.term })
+        Ok(Storage { db, applied_index: applied.index, applied_term: applied.term, log_last_index: None })
     }
 
     /// Records which node and cluster this directory belongs to, or checks it.
@@ -145,10 +149,15 @@ impl Storage {
             self.stage_install(batch, snapshot, log_emptied)?;
         }
         if let Some(first) = persist.entries.first() {
-            batch.delete_range(log_key(first.index), prefix_end(LOG_PREFIX));
+            // Only a conflicting suffix needs removing; after a restart the
+            // end is unknown, so the first append clears to be sure.
+            if self.log_last_index.is_none_or(|last| first.index <= last) {
+                batch.delete_range(log_key(first.index), prefix_end(LOG_PREFIX));
+            }
             for entry in &persist.entries {
                 batch.put(log_key(entry.index), wire::to_bytes(&wire::entry_to_proto(entry)));
             }
+            self.log_last_index = persist.entries.last().map(|entry| entry.index);
         }
         Ok(())
     }
@@ -171,6 +180,9 @@ impl Storage {
         }
         let log_end = if log_emptied { prefix_end(LOG_PREFIX) } else { log_key(snapshot.last_index + 1) };
         batch.delete_range(log_key(0), log_end);
+        if log_emptied {
+            self.log_last_index = Some(snapshot.last_index);
+        }
         batch.put(SNAPSHOT_KEY, wire::to_bytes(&wire::snapshot_to_proto(snapshot)));
         self.stage_applied(batch, snapshot.last_index, snapshot.last_term);
         Ok(())
@@ -189,27 +201,29 @@ impl Storage {
         Ok(self.db.write_opt(batch, &options)?)
     }
 
-    /// Applies one committed entry. Its changes and the new applied index go
-    /// in one WriteBatch. Entries already covered by a snapshot are skipped.
-    pub fn apply(&mut self, entry: &Entry) -> Result<Option<Applied>, StorageError> {
-        if entry.index <= self.applied_index {
-            return Ok(None);
-        }
-        let decision = state_machine::decide(&*self, entry)?;
+    /// Applies committed entries with one unsynced write: their changes and
+    /// the new applied index in one WriteBatch. Each entry sees the changes
+    /// of those before it through an overlay. Entries already covered by a
+    /// snapshot are skipped. Not synced: committed entries can be applied
+    /// again from the log.
+    pub fn apply(&mut self, entries: &[Entry]) -> Result<Vec<Applied>, StorageError> {
         let mut batch = WriteBatch::default();
-        for change in &decision.changes {
-            match change {
-                Change::Put { key, value } => batch.put(value_key(key), value),
-                Change::Delete { key } => batch.delete(value_key(key)),
-                Change::Session { client_id, session } => {
-                    batch.put(session_key(*client_id), wire::to_bytes(&session_to_proto(session)))
-                }
+        let mut overlay = Overlay { storage: self, values: HashMap::new(), sessions: HashMap::new() };
+        let mut answers = Vec::new();
+        let mut last = None;
+        for entry in entries.iter().filter(|entry| entry.index > overlay.storage.applied_index) {
+            let decision = state_machine::decide(&overlay, entry)?;
+            for change in decision.changes {
+                overlay.stage(&mut batch, change);
             }
+            answers.extend(decision.applied);
+            last = Some((entry.index, entry.term));
         }
-        self.stage_applied(&mut batch, entry.index, entry.term);
-        // Not synced: a committed entry can be applied again from the log.
-        self.write(batch, false)?;
-        Ok(decision.applied)
+        if let Some((index, term)) = last {
+            self.stage_applied(&mut batch, index, term);
+            self.write(batch, false)?;
+        }
+        Ok(answers)
     }
 
     pub fn read(&self, key: &[u8]) -> Result<Response, StorageError> {
@@ -254,6 +268,50 @@ impl Storage {
     }
 }
 
+/// The state as a batch of applies leaves it: staged changes over the database.
+struct Overlay<'a> {
+    storage: &'a Storage,
+    values: HashMap<Vec<u8>, Option<Vec<u8>>>,
+    sessions: HashMap<u64, Session>,
+}
+
+impl Overlay<'_> {
+    fn stage(&mut self, batch: &mut WriteBatch, change: Change) {
+        match change {
+            Change::Put { key, value } => {
+                batch.put(value_key(&key), &value);
+                self.values.insert(key, Some(value));
+            }
+            Change::Delete { key } => {
+                batch.delete(value_key(&key));
+                self.values.insert(key, None);
+            }
+            Change::Session { client_id, session } => {
+                batch.put(session_key(client_id), wire::to_bytes(&session_to_proto(&session)));
+                self.sessions.insert(client_id, session);
+            }
+        }
+    }
+}
+
+impl KvRead for Overlay<'_> {
+    type Error = StorageError;
+
+    fn value(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        match self.values.get(key) {
+            Some(staged) => Ok(staged.clone()),
+            None => self.storage.value(key),
+        }
+    }
+
+    fn session(&self, client_id: u64) -> Result<Option<Session>, StorageError> {
+        match self.sessions.get(&client_id) {
+            Some(staged) => Ok(Some(staged.clone())),
+            None => self.storage.session(client_id),
+        }
+    }
+}
+
 impl KvRead for Storage {
     type Error = StorageError;
 
@@ -288,5 +346,59 @@ fn session_from_proto(session: proto::Session) -> Session {
             term: session.term,
             index: session.index,
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::consensus::{ClientRequest, EntryPayload, HardState, Operation};
+
+    fn command(index: LogIndex, client_id: u64, sequence: u64, operation: Operation) -> Entry {
+        Entry { term: 1, index, payload: EntryPayload::Command(ClientRequest { client_id, sequence, operation }) }
+    }
+
+    fn set(value: &[u8]) -> Operation {
+        Operation::Set { key: b"k".to_vec(), value: value.to_vec() }
+    }
+
+    #[test]
+    fn a_batch_of_applies_sees_its_own_earlier_changes() {
+        let directory = std::env::temp_dir().join(format!("rasputin-storage-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&directory);
+        let mut storage = Storage::open(&directory).unwrap();
+        let cas = Operation::Cas { key: b"k".to_vec(), expected: b"one".to_vec(), new: b"two".to_vec() };
+        let entries = [
+            command(1, 7, 1, set(b"one")),
+            command(2, 8, 1, cas),
+            // A retry of client 7's write, in the same batch: answered from its session.
+            command(3, 7, 1, set(b"one")),
+        ];
+        let answers = storage.apply(&entries).unwrap();
+        assert_eq!(answers.len(), 3);
+        assert!(answers[1].response.success && answers[1].response.value == b"two", "{:?}", answers[1]);
+        assert_eq!(answers[2].response.index, answers[0].response.index, "the retry was applied again");
+        assert_eq!(storage.value(b"k").unwrap().as_deref(), Some(&b"two"[..]));
+        assert_eq!(storage.applied(), (3, 1));
+        // Entries at or below the applied index are not applied twice.
+        assert!(storage.apply(&entries).unwrap().is_empty());
+
+        // Appends past the known end add no range deletion; a conflicting one truncates.
+        let persist = |entries: Vec<Entry>| Persist { hard_state: Some(HardState::default()), entries, snapshot: None };
+        let mut batch = WriteBatch::default();
+        storage
+            .stage(&mut batch, &persist(vec![command(1, 1, 1, set(b"a")), command(2, 1, 2, set(b"b"))]), false)
+            .unwrap();
+        storage.write(batch, true).unwrap();
+        let mut batch = WriteBatch::default();
+        storage.stage(&mut batch, &persist(vec![command(2, 1, 3, set(b"c"))]), false).unwrap();
+        storage.stage(&mut batch, &persist(vec![command(3, 1, 4, set(b"d"))]), false).unwrap();
+        storage.write(batch, true).unwrap();
+        let recovered = storage.recover().unwrap();
+        assert_eq!(recovered.entries.len(), 3);
+        assert_eq!(recovered.entries[1], command(2, 1, 3, set(b"c")));
+        assert_eq!(recovered.entries[2], command(3, 1, 4, set(b"d")));
+        drop(storage);
+        std::fs::remove_dir_all(&directory).unwrap();
     }
 }
