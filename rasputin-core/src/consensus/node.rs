@@ -35,6 +35,9 @@ pub enum Input {
     Tick,
     Message(Envelope),
     Client(ClientRequest),
+    /// Requests that arrived together: their writes go to followers in one
+    /// append (and to disk in one persist), not one append each.
+    Clients(Vec<ClientRequest>),
     /// Every persist up to the one whose last entry is (`index`, `term`) is synced.
     Persisted {
         index: LogIndex,
@@ -136,6 +139,8 @@ pub struct Node {
     votes: BTreeSet<NodeId>,
     campaign_sent_at: Nanos,
     leader: Option<LeaderState>,
+    /// Client writes were appended in this step: replicate once, at its end.
+    replication_due: bool,
     out: Ready,
 }
 
@@ -171,6 +176,7 @@ impl Node {
             votes: BTreeSet::new(),
             campaign_sent_at: 0,
             leader: None,
+            replication_due: false,
             out: Ready::default(),
             config,
         };
@@ -187,6 +193,7 @@ impl Node {
             Input::Tick => {}
             Input::Message(envelope) => self.on_message(envelope),
             Input::Client(request) => self.on_client(request),
+            Input::Clients(requests) => requests.into_iter().for_each(|request| self.on_client(request)),
             Input::Persisted { index, term } => self.on_persisted(index, term),
             Input::Compact(snapshot) => self.on_compact(snapshot),
         }
@@ -896,7 +903,7 @@ impl Node {
             return;
         }
         self.append_local(EntryPayload::Command(request));
-        self.replicate_all();
+        self.replication_due = true;
     }
 
     fn on_read(&mut self, request: ClientRequest) {
@@ -954,6 +961,9 @@ impl Node {
     // ----- end of step -----
 
     fn finish_step(&mut self) {
+        if std::mem::take(&mut self.replication_due) && self.role == Role::Leader {
+            self.replicate_all();
+        }
         if self.role == Role::Leader {
             self.serve_waiting_reads();
         }

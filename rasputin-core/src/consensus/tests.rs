@@ -334,6 +334,27 @@ fn the_leader_pipelines_a_bounded_number_of_appends() {
 }
 
 #[test]
+fn requests_that_arrive_together_go_out_in_one_append_and_one_persist() {
+    let mut leader = elect_node_one(ElectionMode::Raft, LATE);
+    let _ = acknowledge_all(&mut leader, LATE);
+    let requests: Vec<ClientRequest> = (1..=20).map(|client| set(client, 1)).collect();
+    let ready = leader.step(LATE + MS, Input::Clients(requests));
+    for follower in [2, 3] {
+        let appends: Vec<usize> = ready
+            .send
+            .iter()
+            .filter(|envelope| envelope.to == follower)
+            .filter_map(|envelope| match &envelope.message {
+                Message::Append { entries, .. } => Some(entries.len()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(appends, [20], "to node {follower}");
+    }
+    assert_eq!(ready.persist.entries.len(), 20);
+}
+
+#[test]
 fn a_follower_behind_the_compaction_point_gets_a_snapshot() {
     let mut leader = elect_node_one(ElectionMode::Raft, LATE);
     let _ = leader.step(LATE, Input::Persisted { index: 1, term: 1 });

@@ -85,6 +85,9 @@ struct Daemon {
     held_messages: Vec<Envelope>,
     deadline: Nanos,
     shutting_down: bool,
+    /// Client requests read in this poll, stepped together by `propose`;
+    /// bounded by CLIENT_REQUESTS_WAITING_COUNT_MAX through `waiting`.
+    proposals: Vec<ClientRequest>,
     /// Where every connection's reads land before their bytes are framed.
     read_scratch: Vec<u8>,
     /// Outgoing peer connections leave from this address, so that peers (and
@@ -128,6 +131,7 @@ pub fn run(flags: Flags) -> Result<(), DaemonError> {
         client_address: SocketAddr::new(advertise, flags.cli_port).to_string(),
         bind: flags.bind,
         read_scratch: vec![0; READ_CHUNK_BYTES],
+        proposals: Vec::new(),
         snapshot_every_entries: flags.snapshot_every_entries,
         node,
         storage,
@@ -210,6 +214,7 @@ impl Daemon {
                     token => self.on_connection_event(token, event.is_readable(), event.is_writable())?,
                 }
             }
+            self.propose()?;
             if self.now() >= self.deadline {
                 self.step(Input::Tick)?;
             }
@@ -491,7 +496,18 @@ impl Daemon {
             return Ok(());
         }
         self.waiting.entry((request.client_id, request.sequence)).or_default().push((token, request_id));
-        self.step(Input::Client(request))
+        self.proposals.push(request);
+        Ok(())
+    }
+
+    /// Steps every request that arrived in this poll at once: one append per
+    /// follower and one persist for all of them.
+    fn propose(&mut self) -> Result<(), DaemonError> {
+        if self.proposals.is_empty() {
+            return Ok(());
+        }
+        let requests = std::mem::take(&mut self.proposals);
+        self.step(Input::Clients(requests))
     }
 
     // ----- consensus -----
