@@ -218,6 +218,10 @@ impl Daemon {
             if self.now() >= self.deadline {
                 self.step(Input::Tick)?;
             }
+            // Appends to followers (and answers) may leave before this node's
+            // own sync: followers then sync while the leader does. Messages
+            // that must wait for the sync are held apart until it is done.
+            self.flush_connections();
             self.flush_persist()?;
         }
         self.flush_persist()?;
