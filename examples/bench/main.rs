@@ -66,6 +66,9 @@ struct Arguments {
     operations_max: u64,
 }
 
+/// Connections that write every key before a read or cas workload, however
+/// few clients are measured.
+const PRELOAD_CLIENTS_COUNT: usize = 32;
 /// Latencies are recorded in microseconds, up to a minute, to 3 significant digits.
 const LATENCY_MICROSECONDS_MAX: u64 = 60_000_000;
 
@@ -173,7 +176,9 @@ fn main() -> ExitCode {
     }
     let value = vec![b'v'; arguments.value_bytes];
     if arguments.mix != Mix::Put {
-        if let Err(error) = preload(&mut stores, arguments.keys, &value) {
+        let loaders: Result<Vec<Box<dyn Store>>, String> =
+            (0..PRELOAD_CLIENTS_COUNT).map(|_| open(&arguments, &endpoints)).collect();
+        if let Err(error) = loaders.and_then(|mut loaders| preload(&mut loaders, arguments.keys, &value)) {
             eprintln!("rasputin-bench: preloading the keys failed: {error}");
             return ExitCode::from(1);
         }

@@ -98,7 +98,7 @@ struct Daemon {
 /// Runs the daemon until SIGTERM or SIGINT.
 pub fn run(flags: Flags) -> Result<(), DaemonError> {
     let membership = flags.membership().map_err(DaemonError::Flags)?;
-    let storage = Storage::open(&flags.storage_dir)?;
+    let mut storage = Storage::open(&flags.storage_dir)?;
     storage.claim_identity(membership.node_id, membership.cluster_id)?;
     let members = (1..=membership.peers.len() as u64).collect();
     let mut config = Config::new(membership.node_id, members);
