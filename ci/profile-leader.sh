@@ -35,7 +35,7 @@ for index in 1 2 3; do
     command=("$RASPUTIND" --peer-port="${peer[$index]}" --cli-port="${client[$index]}" --seed-peers="$seeds"
         --storage-dir="$work/node$index" --logfile="$work/node$index.log")
     if [ "$index" = 1 ]; then
-        valgrind --tool=callgrind --collect-atstart=no --callgrind-out-file="$work/callgrind.out" "${command[@]}" \
+        valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$work/callgrind.out" "${command[@]}" \
             2>"$work/valgrind.log" &
     else
         "${command[@]}" &
@@ -50,7 +50,7 @@ bench() { # mix seconds
 leader() { # of the nodes whose last role change made them leader, the one of the highest term
     for index in 1 2 3; do
         grep "role changed" "$work/node$index.log" 2>/dev/null | tail -n 1 | grep "role=Leader" |
-            grep -o 'term=[0-9]*' | sed "s/term=\(.*\)/\1 $index/"
+            grep -o 'term=[0-9]*' | sed "s/term=\(.*\)/\1 $index/" || true
     done | sort -n | tail -n 1 | awk '{print $2}'
 }
 
@@ -78,7 +78,7 @@ for mix in put get; do
     callgrind_control --dump="$mix" "${pids[1]}" >/dev/null
     operations=$(echo "$result" | grep -o ' ops=[0-9]*' | cut -d= -f2)
     dump=$(ls -t "$work"/callgrind.out.* | head -n 1)
-    instructions=$(grep -m1 '^summary:' "$dump" | awk '{print $2}')
+    instructions=$(grep -m1 '^totals:' "$dump" | awk '{print $2}')
     echo "$mix: operations=$operations leader_instructions=$instructions per_operation=$((instructions / operations))"
     callgrind_annotate --inclusive=no "$dump" 2>/dev/null | sed -n '1,40p' >"$work/$mix-top.txt"
 done

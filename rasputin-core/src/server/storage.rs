@@ -1,9 +1,14 @@
 //! RocksDB storage: the log, the hard state, the key-value state machine,
 //! client sessions and the latest snapshot, in one database per node.
 //!
-//! Key layout (one column family, so one WriteBatch covers everything):
-//! `m:…` metadata, `l:` + big-endian index for log entries, `k:` + key for
-//! values, `s:` + big-endian client id for sessions.
+//! Key layout: in the default column family, `m:…` metadata, `k:` + key for
+//! values and `s:` + big-endian client id for sessions; in the `log` column
+//! family, the big-endian index of each log entry. One WriteBatch (and one
+//! WAL) still covers both. The log has a family of its own so that
+//! truncation and compaction can delete a range: a range tombstone makes
+//! every later read of its memtable pay (in RocksDB 8.10 a CPUID
+//! instruction per read, which traps in a virtual machine), and the log is
+//! read only at recovery.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -18,8 +23,16 @@ use crate::wire::{self, proto, WireError};
 const HARD_STATE_KEY: &[u8] = b"m:hard";
 const APPLIED_KEY: &[u8] = b"m:applied";
 const IDENTITY_KEY: &[u8] = b"m:identity";
+/// The layout version; 2 keeps the log in a column family of its own.
+const FORMAT_KEY: &[u8] = b"m:format";
+const FORMAT_VERSION: u8 = 2;
 const SNAPSHOT_KEY: &[u8] = b"m:snapshot";
-const LOG_PREFIX: &[u8] = b"l:";
+const LOG_FAMILY: &str = "log";
+/// Sorts after every log key (8 bytes), to end a range deletion of the whole log.
+const LOG_END: [u8; 9] = [0xff; 9];
+/// Client sessions kept in memory, so that applying a write need not read
+/// its session from RocksDB; beyond this the cache starts over.
+const SESSIONS_CACHED_COUNT_MAX: usize = 100_000;
 const VALUE_PREFIX: &[u8] = b"k:";
 const SESSION_PREFIX: &[u8] = b"s:";
 
@@ -37,10 +50,12 @@ pub enum StorageError {
     CorruptSnapshot(#[from] SnapshotDecodeError),
     #[error("storage belongs to node {stored_node} of cluster {stored_cluster:x}, but this is node {node} of cluster {cluster:x}; point --storage-dir at this node's own directory")]
     WrongIdentity { stored_node: u64, stored_cluster: u64, node: u64, cluster: u64 },
+    #[error("storage in {path} has layout version {found}, but this rasputind reads version {FORMAT_VERSION}; wipe the directory and let the node catch up from its peers, or run the rasputind that wrote it")]
+    UnknownFormat { path: String, found: u8 },
 }
 
-fn log_key(index: LogIndex) -> Vec<u8> {
-    [LOG_PREFIX, &index.to_be_bytes()].concat()
+fn log_key(index: LogIndex) -> [u8; 8] {
+    index.to_be_bytes()
 }
 
 fn value_key(key: &[u8]) -> Vec<u8> {
@@ -62,13 +77,27 @@ pub struct Storage {
     db: DB,
     applied_index: LogIndex,
     applied_term: Term,
-    /// The stored log spans these indices (empty when first > last); set by
-    /// `recover`. Knowing them, truncation and compaction delete entries
-    /// one key at a time: a range deletion would make every later read of
-    /// the memtable pay for it (in RocksDB 8.10 a CPUID instruction per
-    /// read, which traps in a virtual machine).
-    log_first_index: LogIndex,
+    /// The last stored log index, set by `recover`: an append past it
+    /// needs no deletion.
     log_last_index: LogIndex,
+    /// Sessions as stored, for the clients seen lately.
+    sessions: HashMap<u64, Session>,
+}
+
+/// Stamps a new database with the layout version, or checks an existing one's.
+/// A database written before versions were stamped has an identity but no
+/// version: version 1, whose log lived among the other keys.
+fn check_format(db: &DB, path: &str) -> Result<(), StorageError> {
+    match db.get(FORMAT_KEY)? {
+        Some(stored) if stored == [FORMAT_VERSION] => Ok(()),
+        Some(stored) => {
+            Err(StorageError::UnknownFormat { path: path.to_string(), found: stored.first().copied().unwrap_or(0) })
+        }
+        None if db.get(IDENTITY_KEY)?.is_some() => {
+            Err(StorageError::UnknownFormat { path: path.to_string(), found: 1 })
+        }
+        None => Ok(db.put(FORMAT_KEY, [FORMAT_VERSION])?),
+    }
 }
 
 impl Storage {
@@ -77,14 +106,21 @@ impl Storage {
     pub fn open(directory: &Path) -> Result<Storage, StorageError> {
         let mut options = Options::default();
         options.create_if_missing(true);
+        options.create_missing_column_families(true);
+        // One thread writes: the concurrent memtable insert path (a fresh
+        // skip-list splice per key) and the write thread's spinning only cost.
+        options.set_allow_concurrent_memtable_write(false);
+        options.set_enable_write_thread_adaptive_yield(false);
         let path = directory.display().to_string();
-        let db = DB::open(&options, directory).map_err(|source| {
-            if source.to_string().contains("lock") {
-                StorageError::Locked { path: path.clone(), source }
-            } else {
-                StorageError::Open { path: path.clone(), source }
-            }
-        })?;
+        let db =
+            DB::open_cf(&options, directory, [rocksdb::DEFAULT_COLUMN_FAMILY_NAME, LOG_FAMILY]).map_err(|source| {
+                if source.to_string().contains("lock") {
+                    StorageError::Locked { path: path.clone(), source }
+                } else {
+                    StorageError::Open { path: path.clone(), source }
+                }
+            })?;
+        check_format(&db, &path)?;
         let applied = match db.get(APPLIED_KEY)? {
             Some(bytes) => wire::decode::<proto::AppliedPosition>(bytes.into(), "AppliedPosition")?,
             None => proto::AppliedPosition::default(),
@@ -93,8 +129,8 @@ impl Storage {
             db,
             applied_index: applied.index,
             applied_term: applied.term,
-            log_first_index: 1,
             log_last_index: 0,
+            sessions: HashMap::new(),
         })
     }
 
@@ -132,16 +168,16 @@ impl Storage {
         let after = snapshot.as_ref().map_or(0, |snapshot| snapshot.last_index);
         let mut entries = Vec::new();
         let start = log_key(after + 1);
-        for item in self.db.iterator(IteratorMode::From(&start, Direction::Forward)) {
-            let (key, value) = item?;
-            if !key.starts_with(LOG_PREFIX) {
-                break;
-            }
+        for item in self.db.iterator_cf(self.log_family(), IteratorMode::From(&start, Direction::Forward)) {
+            let (_, value) = item?;
             entries.push(wire::entry_from_proto(wire::decode(value.into_vec().into(), "Entry")?)?);
         }
-        self.log_first_index = after + 1;
         self.log_last_index = entries.last().map_or(after, |entry| entry.index);
         Ok(Recovered { hard_state, snapshot, entries })
+    }
+
+    fn log_family(&self) -> &rocksdb::ColumnFamily {
+        self.db.cf_handle(LOG_FAMILY).expect("the database is opened with the log family")
     }
 
     pub fn stored_snapshot(&self) -> Result<Option<Snapshot>, StorageError> {
@@ -161,14 +197,13 @@ impl Storage {
             self.stage_install(batch, snapshot, log_emptied)?;
         }
         if let (Some(first), Some(last)) = (persist.entries.first(), persist.entries.last()) {
-            // A conflicting suffix the new entries do not overwrite goes.
-            for index in (last.index + 1)..=self.log_last_index {
-                batch.delete(log_key(index));
+            let log = self.log_family();
+            if first.index <= self.log_last_index {
+                batch.delete_range_cf(log, &log_key(first.index)[..], &LOG_END[..]);
             }
             for entry in &persist.entries {
-                batch.put(log_key(entry.index), wire::to_bytes(&wire::entry_to_proto(entry)));
+                batch.put_cf(log, log_key(entry.index), wire::to_bytes(&wire::entry_to_proto(entry)));
             }
-            self.log_first_index = self.log_first_index.min(first.index);
             self.log_last_index = last.index;
         }
         Ok(())
@@ -190,13 +225,13 @@ impl Storage {
         for (client_id, session) in &contents.sessions {
             batch.put(session_key(*client_id), wire::to_bytes(&session_to_proto(session)));
         }
-        // Rare (a follower far behind), so a range deletion is acceptable here.
-        let log_end = if log_emptied { prefix_end(LOG_PREFIX) } else { log_key(snapshot.last_index + 1) };
-        batch.delete_range(log_key(0), log_end);
-        self.log_first_index = snapshot.last_index + 1;
         if log_emptied {
+            batch.delete_range_cf(self.log_family(), &log_key(0)[..], &LOG_END[..]);
             self.log_last_index = snapshot.last_index;
+        } else {
+            batch.delete_range_cf(self.log_family(), log_key(0), log_key(snapshot.last_index + 1));
         }
+        self.sessions.clear();
         batch.put(SNAPSHOT_KEY, wire::to_bytes(&wire::snapshot_to_proto(snapshot)));
         self.stage_applied(batch, snapshot.last_index, snapshot.last_term);
         Ok(())
@@ -233,10 +268,15 @@ impl Storage {
             answers.extend(decision.applied);
             last = Some((entry.index, entry.term));
         }
+        let sessions = overlay.sessions;
         if let Some((index, term)) = last {
             self.stage_applied(&mut batch, index, term);
             self.write(batch, false)?;
         }
+        if self.sessions.len() + sessions.len() > SESSIONS_CACHED_COUNT_MAX {
+            self.sessions.clear();
+        }
+        self.sessions.extend(sessions);
         Ok(answers)
     }
 
@@ -261,15 +301,11 @@ impl Storage {
     }
 
     /// Stores `snapshot` as the latest and drops the log it covers.
-    pub fn compact(&mut self, snapshot: &Snapshot) -> Result<(), StorageError> {
+    pub fn compact(&self, snapshot: &Snapshot) -> Result<(), StorageError> {
         let mut batch = WriteBatch::default();
         batch.put(SNAPSHOT_KEY, wire::to_bytes(&wire::snapshot_to_proto(snapshot)));
-        for index in self.log_first_index..=snapshot.last_index {
-            batch.delete(log_key(index));
-        }
-        self.write(batch, true)?;
-        self.log_first_index = self.log_first_index.max(snapshot.last_index + 1);
-        Ok(())
+        batch.delete_range_cf(self.log_family(), log_key(0), log_key(snapshot.last_index + 1));
+        self.write(batch, true)
     }
 
     /// Every (key without prefix, value) under `prefix`, in key order.
@@ -338,6 +374,9 @@ impl KvRead for Storage {
     }
 
     fn session(&self, client_id: u64) -> Result<Option<Session>, StorageError> {
+        if let Some(session) = self.sessions.get(&client_id) {
+            return Ok(Some(session.clone()));
+        }
         match self.db.get(session_key(client_id))? {
             Some(bytes) => Ok(Some(session_from_proto(wire::decode(bytes.into(), "Session")?))),
             None => Ok(None),
@@ -418,9 +457,24 @@ mod tests {
         let recovered = storage.recover().unwrap();
         assert_eq!(recovered.snapshot.map(|snapshot| snapshot.last_index), Some(2));
         assert_eq!(recovered.entries, [command(3, 2, 2, set(b"newer"))]);
-        let stored_log = storage.scan(LOG_PREFIX).unwrap();
-        assert_eq!(stored_log.len(), 1, "compaction deleted entries 1 and 2 one by one");
+        let stored_log = storage.db.iterator_cf(storage.log_family(), IteratorMode::Start).count();
+        assert_eq!(stored_log, 1, "compaction deleted entries 1 and 2");
         drop(storage);
+        std::fs::remove_dir_all(&directory).unwrap();
+    }
+
+    #[test]
+    fn a_database_of_an_older_layout_is_refused_with_a_clear_error() {
+        let directory = std::env::temp_dir().join(format!("rasputin-storage-format-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&directory);
+        let mut options = Options::default();
+        options.create_if_missing(true);
+        let old = DB::open(&options, &directory).unwrap();
+        old.put(IDENTITY_KEY, [0u8; 16]).unwrap();
+        drop(old);
+        let error = Storage::open(&directory).err().expect("an old layout is refused");
+        assert!(matches!(error, StorageError::UnknownFormat { found: 1, .. }), "{error}");
+        assert!(error.to_string().contains("wipe the directory"), "{error}");
         std::fs::remove_dir_all(&directory).unwrap();
     }
 }
