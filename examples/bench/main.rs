@@ -61,6 +61,9 @@ struct Arguments {
     /// Unmeasured time first, to open connections and warm caches.
     #[arg(long, default_value_t = 1.0)]
     warmup_seconds: f64,
+    /// Skip writing every key before a read or cas workload (they are already there).
+    #[arg(long)]
+    no_preload: bool,
     /// Bound on measured operations over all clients.
     #[arg(long, default_value_t = 100_000_000)]
     operations_max: u64,
@@ -175,7 +178,7 @@ fn main() -> ExitCode {
         }
     }
     let value = vec![b'v'; arguments.value_bytes];
-    if arguments.mix != Mix::Put {
+    if arguments.mix != Mix::Put && !arguments.no_preload {
         let loaders: Result<Vec<Box<dyn Store>>, String> =
             (0..PRELOAD_CLIENTS_COUNT).map(|_| open(&arguments, &endpoints)).collect();
         if let Err(error) = loaders.and_then(|mut loaders| preload(&mut loaders, arguments.keys, &value)) {
