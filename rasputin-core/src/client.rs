@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use thiserror::Error;
 
 use crate::consensus::{ClientRequest, Operation};
@@ -297,25 +297,29 @@ impl Client {
 
     pub fn set(&self, key: &[u8], value: &[u8]) -> Result<Response, ClientError> {
         check_sizes(key, &[value])?;
-        self.execute(Operation::Set { key: key.to_vec(), value: value.to_vec() })
+        self.execute(Operation::Set { key: Bytes::copy_from_slice(key), value: Bytes::copy_from_slice(value) })
     }
 
     /// success is false if the key is missing.
     pub fn get(&self, key: &[u8]) -> Result<Response, ClientError> {
         check_sizes(key, &[])?;
-        self.execute(Operation::Get { key: key.to_vec() })
+        self.execute(Operation::Get { key: Bytes::copy_from_slice(key) })
     }
 
     /// Swaps in `new` if the value is `expected`; returns the current value and whether it swapped.
     pub fn cas(&self, key: &[u8], expected: &[u8], new: &[u8]) -> Result<Response, ClientError> {
         check_sizes(key, &[expected, new])?;
-        self.execute(Operation::Cas { key: key.to_vec(), expected: expected.to_vec(), new: new.to_vec() })
+        self.execute(Operation::Cas {
+            key: Bytes::copy_from_slice(key),
+            expected: Bytes::copy_from_slice(expected),
+            new: Bytes::copy_from_slice(new),
+        })
     }
 
     /// Deletes the key; returns the value it had (success false if it was missing).
     pub fn del(&self, key: &[u8]) -> Result<Response, ClientError> {
         check_sizes(key, &[])?;
-        self.execute(Operation::Del { key: key.to_vec() })
+        self.execute(Operation::Del { key: Bytes::copy_from_slice(key) })
     }
 
     /// The server this client last found leading, if any.

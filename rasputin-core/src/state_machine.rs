@@ -71,21 +71,21 @@ pub fn decide<S: KvRead>(state: &S, entry: &Entry) -> Result<Decision, S::Error>
     }
     let (success, value, change) = match &request.operation {
         Operation::Set { key, value } => {
-            (true, value.clone(), Some(Change::Put { key: key.clone(), value: value.clone() }))
+            (true, value.to_vec(), Some(Change::Put { key: key.to_vec(), value: value.to_vec() }))
         }
         Operation::Get { key } => match state.value(key)? {
             Some(value) => (true, value, None),
             None => (false, Vec::new(), None),
         },
         Operation::Cas { key, expected, new } => match state.value(key)? {
-            Some(current) if &current == expected => {
-                (true, new.clone(), Some(Change::Put { key: key.clone(), value: new.clone() }))
+            Some(current) if current == expected[..] => {
+                (true, new.to_vec(), Some(Change::Put { key: key.to_vec(), value: new.to_vec() }))
             }
             Some(current) => (false, current, None),
             None => (false, Vec::new(), None),
         },
         Operation::Del { key } => match state.value(key)? {
-            Some(previous) => (true, previous, Some(Change::Delete { key: key.clone() })),
+            Some(previous) => (true, previous, Some(Change::Delete { key: key.to_vec() })),
             None => (false, Vec::new(), None),
         },
     };
@@ -323,19 +323,19 @@ mod tests {
     }
 
     fn set(key: &[u8], value: &[u8]) -> Operation {
-        Operation::Set { key: key.to_vec(), value: value.to_vec() }
+        Operation::Set { key: bytes::Bytes::copy_from_slice(key), value: bytes::Bytes::copy_from_slice(value) }
     }
 
     #[test]
     fn readme_semantics_hold() {
         let mut store = KvStore::default();
-        let k = b"k1".to_vec();
+        let k = bytes::Bytes::from_static(b"k1");
         store.apply(&command(1, 1, 1, set(b"k1", b"v1")));
         assert_eq!(store.read(&k).value, b"v1");
         let cas = |expected: &[u8], new: &[u8]| Operation::Cas {
             key: k.clone(),
-            expected: expected.to_vec(),
-            new: new.to_vec(),
+            expected: bytes::Bytes::copy_from_slice(expected),
+            new: bytes::Bytes::copy_from_slice(new),
         };
         let ok = store.apply(&command(2, 1, 2, cas(b"v1", b"v12"))).unwrap().response;
         assert!(ok.success && ok.value == b"v12");

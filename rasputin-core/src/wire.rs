@@ -87,28 +87,22 @@ pub fn check_version(hello: &proto::Hello) -> Result<(), WireError> {
 fn operation_to_proto(operation: &Operation) -> proto::client_request::Operation {
     use proto::client_request::Operation as Wire;
     match operation {
-        Operation::Set { key, value } => {
-            Wire::Set(proto::Set { key: Bytes::copy_from_slice(key), value: Bytes::copy_from_slice(value) })
+        Operation::Set { key, value } => Wire::Set(proto::Set { key: key.clone(), value: value.clone() }),
+        Operation::Get { key } => Wire::Get(proto::Get { key: key.clone() }),
+        Operation::Cas { key, expected, new } => {
+            Wire::Cas(proto::Cas { key: key.clone(), expected: expected.clone(), new: new.clone() })
         }
-        Operation::Get { key } => Wire::Get(proto::Get { key: Bytes::copy_from_slice(key) }),
-        Operation::Cas { key, expected, new } => Wire::Cas(proto::Cas {
-            key: Bytes::copy_from_slice(key),
-            expected: Bytes::copy_from_slice(expected),
-            new: Bytes::copy_from_slice(new),
-        }),
-        Operation::Del { key } => Wire::Del(proto::Del { key: Bytes::copy_from_slice(key) }),
+        Operation::Del { key } => Wire::Del(proto::Del { key: key.clone() }),
     }
 }
 
 fn operation_from_proto(operation: proto::client_request::Operation) -> Operation {
     use proto::client_request::Operation as Wire;
     match operation {
-        Wire::Set(set) => Operation::Set { key: set.key.to_vec(), value: set.value.to_vec() },
-        Wire::Get(get) => Operation::Get { key: get.key.to_vec() },
-        Wire::Cas(cas) => {
-            Operation::Cas { key: cas.key.to_vec(), expected: cas.expected.to_vec(), new: cas.new.to_vec() }
-        }
-        Wire::Del(del) => Operation::Del { key: del.key.to_vec() },
+        Wire::Set(set) => Operation::Set { key: set.key, value: set.value },
+        Wire::Get(get) => Operation::Get { key: get.key },
+        Wire::Cas(cas) => Operation::Cas { key: cas.key, expected: cas.expected, new: cas.new },
+        Wire::Del(del) => Operation::Del { key: del.key },
     }
 }
 
@@ -409,7 +403,11 @@ mod tests {
                 payload: EntryPayload::Command(ClientRequest {
                     client_id: 9,
                     sequence: 3,
-                    operation: Operation::Cas { key: b"k".to_vec(), expected: b"a".to_vec(), new: b"b".to_vec() },
+                    operation: Operation::Cas {
+                        key: bytes::Bytes::from_static(b"k"),
+                        expected: bytes::Bytes::from_static(b"a"),
+                        new: bytes::Bytes::from_static(b"b"),
+                    },
                 }),
             },
         ];

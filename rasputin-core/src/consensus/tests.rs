@@ -23,11 +23,15 @@ fn messages(ready: &Ready) -> Vec<&Message> {
 }
 
 fn set(client_id: u64, sequence: u64) -> ClientRequest {
-    ClientRequest { client_id, sequence, operation: Operation::Set { key: b"k".to_vec(), value: b"v".to_vec() } }
+    ClientRequest {
+        client_id,
+        sequence,
+        operation: Operation::Set { key: bytes::Bytes::from_static(b"k"), value: bytes::Bytes::from_static(b"v") },
+    }
 }
 
 fn get(client_id: u64, sequence: u64) -> ClientRequest {
-    ClientRequest { client_id, sequence, operation: Operation::Get { key: b"k".to_vec() } }
+    ClientRequest { client_id, sequence, operation: Operation::Get { key: bytes::Bytes::from_static(b"k") } }
 }
 
 /// Makes node 1 leader of term 1 with the votes of 2 and 3, at time `now`.

@@ -1,6 +1,7 @@
 //! The vocabulary of the consensus module: identifiers, log entries, client
 //! requests and peer messages. Plain data only; behaviour lives in `node`.
 
+use bytes::Bytes;
 use std::sync::Arc;
 
 /// A cluster member's identity. Stable for the member's lifetime.
@@ -12,13 +13,16 @@ pub type LogIndex = u64;
 /// A node's local monotonic time in nanoseconds. Never compared across nodes.
 pub type Nanos = u64;
 
-/// What a client asks of the key-value state machine.
+/// What a client asks of the key-value state machine. Keys and values are
+/// `Bytes`: decoded without a copy from the request's frame, and shared,
+/// not copied, by the log, the appends to each follower, the persisted
+/// entry and the applied one.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Operation {
-    Set { key: Vec<u8>, value: Vec<u8> },
-    Get { key: Vec<u8> },
-    Cas { key: Vec<u8>, expected: Vec<u8>, new: Vec<u8> },
-    Del { key: Vec<u8> },
+    Set { key: Bytes, value: Bytes },
+    Get { key: Bytes },
+    Cas { key: Bytes, expected: Bytes, new: Bytes },
+    Del { key: Bytes },
 }
 
 impl Operation {

@@ -416,7 +416,7 @@ mod tests {
     }
 
     fn set(value: &[u8]) -> Operation {
-        Operation::Set { key: b"k".to_vec(), value: value.to_vec() }
+        Operation::Set { key: bytes::Bytes::from_static(b"k"), value: bytes::Bytes::copy_from_slice(value) }
     }
 
     #[test]
@@ -424,7 +424,11 @@ mod tests {
         let directory = std::env::temp_dir().join(format!("rasputin-storage-test-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&directory);
         let mut storage = Storage::open(&directory).unwrap();
-        let cas = Operation::Cas { key: b"k".to_vec(), expected: b"one".to_vec(), new: b"two".to_vec() };
+        let cas = Operation::Cas {
+            key: bytes::Bytes::from_static(b"k"),
+            expected: bytes::Bytes::from_static(b"one"),
+            new: bytes::Bytes::from_static(b"two"),
+        };
         let entries = [
             command(1, 7, 1, set(b"one")),
             command(2, 8, 1, cas),

@@ -8,16 +8,17 @@ use rand_chacha::ChaCha8Rng;
 use crate::checker;
 use crate::consensus::{ClientRequest, Operation};
 use crate::state_machine::Response;
+use bytes::Bytes;
 
 /// Client ids start here so that they never look like node ids in traces.
 pub const CLIENT_ID_BASE: u64 = 1_000;
 
-pub fn key_bytes(key: u64) -> Vec<u8> {
-    format!("k{key}").into_bytes()
+pub fn key_bytes(key: u64) -> Bytes {
+    format!("k{key}").into_bytes().into()
 }
 
-pub fn value_bytes(value: u64) -> Vec<u8> {
-    value.to_be_bytes().to_vec()
+pub fn value_bytes(value: u64) -> Bytes {
+    Bytes::copy_from_slice(&value.to_be_bytes())
 }
 
 fn value_id(bytes: &[u8]) -> Option<u64> {
