@@ -157,10 +157,6 @@ impl Cluster {
         Ok(())
     }
 
-    pub fn is_running(&self, index: usize) -> bool {
-        self.nodes[index].child.is_some()
-    }
-
     /// SIGKILL, then reaps the process.
     pub fn kill(&mut self, index: usize) {
         if let Some(mut child) = self.nodes[index].child.take() {
