@@ -170,8 +170,11 @@ step "the harness can fail: a daemon built with fault-stale-reads is caught by b
 cargo build --release --locked -p rasputin --features fault-stale-reads --bin rasputind
 cp target/release/rasputind target/rasputind-stale-reads
 cargo build --release --locked -p rasputin --bin rasputind # puts the sound daemon back
+# Twelve clients and 4-6 s isolations give each isolation many chances of a
+# stale read, so that missing all of them is very unlikely.
 ./target/release/rasputin-nemesis --rasputind target/rasputind-stale-reads --nemesis isolate-leader \
-    --time-limit 40 --expect-anomaly --porcupine target/porcupine-check --dir target/nemesis/stale-reads
+    --clients 12 --fault-ms 4000,6000 --time-limit 50 --expect-anomaly --porcupine target/porcupine-check \
+    --dir target/nemesis/stale-reads
 if grep -q fault-stale-reads target/release/rasputind; then
     echo "target/release/rasputind is still the deliberately broken build" >&2
     exit 1
