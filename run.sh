@@ -83,6 +83,18 @@ done
 # Wait (bounded) until some node has become leader.
 tries=0
 until grep -q "role=Leader" "$DIR"/node*.log 2>/dev/null; do
+    n=0
+    while read -r pid; do
+        n=$((n + 1))
+        if ! kill -0 "$pid" 2>/dev/null; then
+            # A node that exits at once has said why on stderr (a busy port,
+            # a storage directory of another version or cluster, ...).
+            echo "run.sh: node $n exited:" >&2
+            tail -n 5 "$DIR/node$n.stderr" >&2
+            stop >/dev/null
+            exit 1
+        fi
+    done < "$PIDS"
     tries=$((tries + 1))
     if [ "$tries" -gt 100 ]; then
         echo "run.sh: no leader after 10 s; see $DIR/node*.log and $DIR/node*.stderr" >&2
