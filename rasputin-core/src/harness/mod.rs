@@ -11,7 +11,6 @@ pub mod proxy;
 pub mod report;
 pub mod workload;
 
-use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::PathBuf;
@@ -182,15 +181,4 @@ fn run_porcupine(
             String::from_utf8_lossy(&output.stderr).trim()
         ))),
     }
-}
-
-/// Counts faults by kind name.
-pub fn faults_by_kind(windows: &[FaultWindow]) -> BTreeMap<&'static str, usize> {
-    let mut counts = BTreeMap::new();
-    for window in windows {
-        for kind in &window.kinds {
-            *counts.entry(kind.name()).or_default() += 1;
-        }
-    }
-    counts
 }

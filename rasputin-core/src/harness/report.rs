@@ -73,6 +73,17 @@ fn longest_gap_ns(recorded: &Recorded, end_ns: u64) -> u64 {
     longest
 }
 
+/// Counts faults by kind name.
+fn faults_by_kind(windows: &[FaultWindow]) -> BTreeMap<&'static str, usize> {
+    let mut counts = BTreeMap::new();
+    for window in windows {
+        for kind in &window.kinds {
+            *counts.entry(kind.name()).or_default() += 1;
+        }
+    }
+    counts
+}
+
 impl Report {
     pub fn measure(
         nodes: usize,
@@ -91,7 +102,7 @@ impl Report {
             ok: count(Outcome::Ok),
             failed: count(Outcome::Failed),
             unknown: count(Outcome::Unknown),
-            faults: super::faults_by_kind(windows),
+            faults: faults_by_kind(windows),
             availability_during: availability(recorded.outcomes.iter().filter(|(time, _)| during(*time))),
             availability_after: availability(recorded.outcomes.iter().filter(|(time, _)| !during(*time))),
             longest_gap_seconds: longest_gap_ns(recorded, end_ns) as f64 / 1e9,
