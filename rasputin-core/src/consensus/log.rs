@@ -126,9 +126,9 @@ impl Log {
         }
     }
 
-    /// Raft's election restriction: is a log ending at (`last_term`, `last_index`)
-    /// at least as up to date as this one?
-    pub fn is_behind_or_equal(&self, last_index: LogIndex, last_term: Term) -> bool {
+    /// Raft's election restriction: is this log at most as up to date as one
+    /// ending at (`last_term`, `last_index`)? A voter grants only if so.
+    pub fn at_most_as_up_to_date_as(&self, last_index: LogIndex, last_term: Term) -> bool {
         (last_term, last_index) >= (self.last_term(), self.last_index())
     }
 }
@@ -194,9 +194,9 @@ mod tests {
     #[test]
     fn up_to_date_compares_term_then_index() {
         let log = log_of_terms(&[1, 2, 2]);
-        assert!(log.is_behind_or_equal(3, 2));
-        assert!(log.is_behind_or_equal(1, 3));
-        assert!(!log.is_behind_or_equal(5, 1));
-        assert!(!log.is_behind_or_equal(2, 2));
+        assert!(log.at_most_as_up_to_date_as(3, 2));
+        assert!(log.at_most_as_up_to_date_as(1, 3));
+        assert!(!log.at_most_as_up_to_date_as(5, 1));
+        assert!(!log.at_most_as_up_to_date_as(2, 2));
     }
 }

@@ -7,6 +7,9 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use thiserror::Error;
+
+use super::check::{check_structure, MessageError, LOG_INDEX_MAX, TERM_JUMP_MAX, TERM_MAX};
 use super::config::{Config, ConfigError, ElectionMode};
 use super::log::Log;
 use super::ready::{ReadReady, Ready, Rejection};
@@ -66,13 +69,56 @@ pub struct Recovered {
     pub entries: Vec<Entry>,
 }
 
+/// Why a node cannot start from what it recovered. The disk holds a state
+/// no correct node writes; starting would risk safety, so the driver stops
+/// and says so.
+#[derive(Debug, Error, PartialEq)]
+pub enum StartError {
+    #[error("invalid consensus configuration: {0}")]
+    Config(#[from] ConfigError),
+    #[error("the stored consensus state is impossible: {0}; this node's data is corrupt, so restore its directory or replace the node")]
+    Recovered(String),
+}
+
+/// Whom a promise binds this node to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum PromiseHolder {
+    Node(NodeId),
+    /// The quiet period after a restart: the node cannot know whom it
+    /// promised before the crash, so it helps nobody.
+    RestartQuietPeriod,
+}
+
 /// A vote or lease extension this node granted: until `until` (local time) it
-/// votes for nobody but `holder`. `holder` is None for the quiet period after a
-/// restart, when the node cannot know whom it promised before the crash.
+/// helps nobody but `holder` become leader, itself included.
 #[derive(Clone, Copy, Debug)]
 struct Promise {
-    holder: Option<NodeId>,
+    holder: PromiseHolder,
     until: Nanos,
+}
+
+/// The leader's rules about leases and reads: all true in production.
+/// `Config::faults` (tests that prove the checks catch broken leaders)
+/// changes them, and this is the only place consensus reads it.
+#[derive(Clone, Copy, Debug)]
+struct LeaderRules {
+    /// A leader whose lease lapses stops leading.
+    abdicates_when_the_lease_lapses: bool,
+    /// Reads wait for the leader's lease or a quorum round.
+    reads_need_the_lease: bool,
+    /// Reads wait for the no-op of the leader's term to commit.
+    reads_need_the_noop: bool,
+}
+
+impl LeaderRules {
+    fn of(config: &Config) -> LeaderRules {
+        let faults = config.faults;
+        LeaderRules {
+            abdicates_when_the_lease_lapses: !faults.reads_ignore_lease,
+            reads_need_the_lease: !faults.reads_ignore_lease,
+            reads_need_the_noop: !(faults.reads_ignore_lease || faults.read_before_noop_commits),
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -111,14 +157,51 @@ struct LeaderState {
     current_round: u64,
     confirmed_round: u64,
     lease_end: Nanos,
+    /// Until then the leader stays even without a lease: its first round
+    /// must have a chance to be acknowledged, however slow the disks that
+    /// delayed its election were.
+    first_round_grace_end: Nanos,
     noop_index: LogIndex,
     reads_waiting: VecDeque<WaitingRead>,
     heartbeat_due: Nanos,
     check_quorum_due: Nanos,
 }
 
+/// Checks what a disk handed back against what a correct node writes.
+fn check_recovered(recovered: &Recovered) -> Result<(), String> {
+    let hard_state = recovered.hard_state;
+    if hard_state.term > TERM_MAX {
+        return Err(format!("term {} exceeds the largest allowed {TERM_MAX}", hard_state.term));
+    }
+    let (mut index, mut term) =
+        recovered.snapshot.as_ref().map_or((0, 0), |snapshot| (snapshot.last_index, snapshot.last_term));
+    if index > LOG_INDEX_MAX || term > hard_state.term {
+        return Err(format!(
+            "the snapshot at index {index}, term {term} lies beyond the node's term {}",
+            hard_state.term
+        ));
+    }
+    for entry in &recovered.entries {
+        if entry.index != index + 1 {
+            return Err(format!("the log jumps from index {index} to {}", entry.index));
+        }
+        if entry.term < term || entry.term > hard_state.term {
+            return Err(format!(
+                "entry {} has term {}, outside [{term}, {}] (the previous entry's term to the node's term)",
+                entry.index, entry.term, hard_state.term
+            ));
+        }
+        (index, term) = (entry.index, entry.term);
+    }
+    if index > LOG_INDEX_MAX {
+        return Err(format!("the log reaches index {index}, beyond the largest allowed {LOG_INDEX_MAX}"));
+    }
+    Ok(())
+}
+
 pub struct Node {
     config: Config,
+    rules: LeaderRules,
     rng: ChaCha8Rng,
     now: Nanos,
     hard_state: HardState,
@@ -147,16 +230,18 @@ pub struct Node {
 impl Node {
     /// Starts a node from what it recovered from disk. `seed` drives its
     /// election-timeout randomness; `now` is its local monotonic time.
-    pub fn new(config: Config, recovered: Recovered, seed: u64, now: Nanos) -> Result<Node, ConfigError> {
+    pub fn new(config: Config, recovered: Recovered, seed: u64, now: Nanos) -> Result<Node, StartError> {
         config.validate()?;
+        check_recovered(&recovered).map_err(StartError::Recovered)?;
         let (snapshot_index, snapshot_term) =
             recovered.snapshot.as_ref().map_or((0, 0), |snapshot| (snapshot.last_index, snapshot.last_term));
         let log = Log::restore(snapshot_index, snapshot_term, recovered.entries);
         // Harpoon: a restarted node may have promised its vote before the crash,
         // so it keeps quiet for a whole lease before granting any.
         let promise = (config.mode == ElectionMode::Harpoon)
-            .then_some(Promise { holder: None, until: now + config.lease_duration_ns });
+            .then_some(Promise { holder: PromiseHolder::RestartQuietPeriod, until: now + config.lease_duration_ns });
         let mut node = Node {
+            rules: LeaderRules::of(&config),
             rng: ChaCha8Rng::seed_from_u64(seed),
             now,
             hard_state: recovered.hard_state,
@@ -231,6 +316,12 @@ impl Node {
         &self.log
     }
 
+    /// Whether, at local time `now`, a promise forbids this node to help
+    /// `candidate` become leader (by voting, or by campaigning if it is itself).
+    pub fn promise_forbids(&self, candidate: NodeId, now: Nanos) -> bool {
+        self.promise.is_some_and(|promise| promise.until > now && promise.holder != PromiseHolder::Node(candidate))
+    }
+
     /// Whether this node would serve a lease read at local time `now`.
     pub fn holds_lease(&self, now: Nanos) -> bool {
         self.config.mode == ElectionMode::Harpoon && self.leader.as_ref().is_some_and(|leader| now < leader.lease_end)
@@ -246,14 +337,12 @@ impl Node {
             }
             return;
         }
-        let leader = self.leader.as_ref().expect("leader state exists while leading");
-        let lease_checked = !self.config.faults.reads_ignore_lease;
-        if self.config.mode == ElectionMode::Harpoon && now >= leader.lease_end && lease_checked {
+        if self.lease_lapsed(now) {
             // Lost the quorum's promises: stop serving, keep the term.
             self.abdicate();
             return;
         }
-        if self.config.mode == ElectionMode::RaftPreVoteCheckQuorum && now >= leader.check_quorum_due {
+        if self.config.mode == ElectionMode::RaftPreVoteCheckQuorum && now >= self.leader_ref().check_quorum_due {
             if !self.quorum_recently_active() {
                 self.abdicate();
                 return;
@@ -305,18 +394,29 @@ impl Node {
         self.election_deadline = self.now + self.random_election_timeout();
     }
 
+    /// Harpoon: a leader stops when its lease has lapsed, but not before its
+    /// first round has had a full lease's time to be acknowledged.
+    fn lease_lapsed(&self, now: Nanos) -> bool {
+        let Some(leader) = &self.leader else { return false };
+        self.config.mode == ElectionMode::Harpoon
+            && self.rules.abdicates_when_the_lease_lapses
+            && now >= leader.lease_end.max(leader.first_round_grace_end)
+    }
+
+    /// Whether an unexpired promise forbids helping `candidate` become leader.
     fn promise_binds(&self, candidate: NodeId) -> bool {
-        self.promise.is_some_and(|promise| promise.until > self.now && promise.holder != Some(candidate))
+        self.promise_forbids(candidate, self.now)
     }
 
     fn promise_to(&mut self, holder: NodeId) {
         if self.config.mode == ElectionMode::Harpoon {
+            let holder = PromiseHolder::Node(holder);
             let until = self.now + self.config.lease_duration_ns;
             let until = match self.promise {
-                Some(promise) if promise.holder == Some(holder) => until.max(promise.until),
+                Some(promise) if promise.holder == holder => until.max(promise.until),
                 _ => until,
             };
-            self.promise = Some(Promise { holder: Some(holder), until });
+            self.promise = Some(Promise { holder, until });
         }
     }
 
@@ -367,6 +467,13 @@ impl Node {
     }
 
     fn start_election(&mut self) {
+        if self.config.mode == ElectionMode::Harpoon && self.promise_binds(self.config.id) {
+            // A promise made since the pre-vote started (a vote for another
+            // candidate) forbids campaigning until it expires.
+            self.role = Role::Follower;
+            self.reset_election_deadline();
+            return;
+        }
         self.role = Role::Candidate;
         self.leader_id = None;
         self.hard_state = HardState { term: self.term() + 1, voted_for: Some(self.config.id) };
@@ -387,7 +494,7 @@ impl Node {
 
     fn on_pre_vote(&mut self, from: NodeId, term: Term, last_log_index: LogIndex, last_log_term: Term) {
         let granted = term > self.term()
-            && self.log.is_behind_or_equal(last_log_index, last_log_term)
+            && self.log.at_most_as_up_to_date_as(last_log_index, last_log_term)
             && !self.bound_against(from);
         let term = if granted { term } else { self.term() };
         self.send(from, Message::PreVoteResponse { term, granted });
@@ -417,10 +524,14 @@ impl Node {
             self.become_follower(term, None);
         }
         let free = self.hard_state.voted_for.is_none_or(|voted| voted == from);
-        let granted = free && self.log.is_behind_or_equal(last_log_index, last_log_term);
+        let granted = free && self.log.at_most_as_up_to_date_as(last_log_index, last_log_term);
         if granted {
             self.hard_state.voted_for = Some(from);
             self.hard_state_dirty = true;
+            // A voter helps its candidate, not itself: a pre-vote of its own
+            // still gathering grants must not go on to a campaign.
+            self.role = Role::Follower;
+            self.votes.clear();
             self.reset_election_deadline();
             self.promise_to(from);
         }
@@ -501,6 +612,7 @@ impl Node {
             current_round: 0,
             confirmed_round: 0,
             lease_end,
+            first_round_grace_end: now + self.config.leader_lease_ns(),
             noop_index: next_index,
             reads_waiting: VecDeque::new(),
             heartbeat_due: now,
@@ -771,6 +883,8 @@ impl Node {
             if self.log.term(entry.index) == Some(entry.term) {
                 continue;
             }
+            // Entries start after prev_index, which is at least the commit index
+            // (checked above), and check_structure made them contiguous.
             assert!(
                 entry.index > self.commit_index,
                 "node {}: leader {from} would overwrite committed index {} (commit {})",
@@ -836,11 +950,11 @@ impl Node {
     // ----- inputs -----
 
     fn on_message(&mut self, envelope: Envelope) {
-        let Envelope { from, to, message } = envelope;
-        assert_eq!(to, self.config.id, "message for {to} delivered to node {}", self.config.id);
-        if !self.config.members.contains(&from) {
+        if let Err(error) = self.check_message(&envelope) {
+            self.out.refused.push((envelope.from, error));
             return;
         }
+        let Envelope { from, message, .. } = envelope;
         let term = message.term();
         let is_response = matches!(
             message,
@@ -888,6 +1002,38 @@ impl Node {
         }
     }
 
+    /// The checks a peer message must pass before it may change anything.
+    fn check_message(&self, envelope: &Envelope) -> Result<(), MessageError> {
+        let own = self.config.id;
+        if envelope.to != own {
+            return Err(MessageError::WrongRecipient { to: envelope.to, own });
+        }
+        if envelope.from == own {
+            return Err(MessageError::FromSelf { own });
+        }
+        if !self.config.members.contains(&envelope.from) {
+            return Err(MessageError::NotAMember { from: envelope.from });
+        }
+        check_structure(&envelope.message)?;
+        let term = envelope.message.term();
+        if term > self.term().saturating_add(TERM_JUMP_MAX) {
+            return Err(MessageError::TermJump { term, own: self.term() });
+        }
+        let acknowledged = match envelope.message {
+            Message::AppendResponse { index, .. } => Some(index),
+            Message::InstallSnapshotResponse { last_index, .. } => Some(last_index),
+            _ => None,
+        };
+        let counted = self.role == Role::Leader && term == self.term();
+        match acknowledged {
+            // Every index a follower names in this term came from this leader's log.
+            Some(index) if counted && index > self.log.last_index() => {
+                Err(MessageError::BeyondLog { index, last_index: self.log.last_index() })
+            }
+            _ => Ok(()),
+        }
+    }
+
     fn on_client(&mut self, request: ClientRequest) {
         if self.role != Role::Leader {
             let leader = self.leader_id;
@@ -908,12 +1054,11 @@ impl Node {
 
     fn on_read(&mut self, request: ClientRequest) {
         let now = self.now;
-        let faults = self.config.faults;
+        let rules = self.rules;
         let commit = self.commit_index;
-        let holds_lease = self.holds_lease(now) || faults.reads_ignore_lease;
+        let holds_lease = self.holds_lease(now) || !rules.reads_need_the_lease;
         let leader = self.leader_mut();
-        let noop_committed =
-            commit >= leader.noop_index || faults.read_before_noop_commits || faults.reads_ignore_lease;
+        let noop_committed = commit >= leader.noop_index || !rules.reads_need_the_noop;
         if holds_lease && noop_committed {
             self.out.reads.push(ReadReady { request, read_index: commit });
             return;
@@ -1034,8 +1179,8 @@ impl Node {
         };
         let mut deadline = leader.heartbeat_due;
         match self.config.mode {
-            ElectionMode::Harpoon if !self.config.faults.reads_ignore_lease => {
-                deadline = deadline.min(leader.lease_end)
+            ElectionMode::Harpoon if self.rules.abdicates_when_the_lease_lapses => {
+                deadline = deadline.min(leader.lease_end.max(leader.first_round_grace_end))
             }
             ElectionMode::Harpoon => {}
             ElectionMode::RaftPreVoteCheckQuorum => deadline = deadline.min(leader.check_quorum_due),

@@ -14,6 +14,7 @@
 //! for itself only once persisted). [`Ready::apply`] holds committed entries,
 //! which are durable on a quorum already and may be applied at once.
 
+use super::check::MessageError;
 use super::types::{ClientRequest, Entry, Envelope, HardState, LogIndex, Nanos, NodeId, Snapshot, Term};
 
 /// Everything the node needs written and synced before `send_after_persist` leaves.
@@ -73,6 +74,9 @@ pub struct Ready {
     /// Reads whose linearization point is fixed; serve each after applying its read index.
     pub reads: Vec<ReadReady>,
     pub rejected: Vec<(ClientRequest, Rejection)>,
+    /// Peer messages refused unread, with the sender: no correct member
+    /// sends them, so the driver drops the connection they came on.
+    pub refused: Vec<(NodeId, MessageError)>,
     /// The local time at which the node next needs an `Input::Tick`.
     pub next_deadline: Nanos,
 }

@@ -34,6 +34,14 @@ fn get(client_id: u64, sequence: u64) -> ClientRequest {
     ClientRequest { client_id, sequence, operation: Operation::Get { key: bytes::Bytes::from_static(b"k") } }
 }
 
+/// The round of the first heartbeat in `ready`, if it starts one.
+fn heartbeat_round(ready: &Ready) -> Option<u64> {
+    messages(ready).iter().find_map(|message| match message {
+        Message::Heartbeat { round, .. } => Some(*round),
+        _ => None,
+    })
+}
+
 /// Makes node 1 leader of term 1 with the votes of 2 and 3, at time `now`.
 fn elect_node_one(mode: ElectionMode, now: Nanos) -> Node {
     let mut leader = node(1, mode);
@@ -219,13 +227,7 @@ fn acknowledged_rounds_extend_the_lease_from_their_send_time() {
     let mut leader = elect_node_one(ElectionMode::Harpoon, LATE);
     let round_at = LATE + 300 * MS;
     let ready = leader.step(round_at, Input::Tick);
-    let round = messages(&ready)
-        .iter()
-        .find_map(|message| match message {
-            Message::Heartbeat { round, .. } => Some(*round),
-            _ => None,
-        })
-        .expect("a heartbeat round started");
+    let round = heartbeat_round(&ready).expect("a heartbeat round started");
     let _ = deliver(&mut leader, round_at + 50 * MS, 2, Message::HeartbeatResponse { term: 1, round });
     let expected_end = round_at + leader.config().leader_lease_ns();
     assert!(leader.holds_lease(expected_end - 1));
@@ -250,13 +252,7 @@ fn raft_reads_always_take_a_quorum_round() {
     let _ = acknowledge_all(&mut leader, LATE + MS);
     let ready = leader.step(LATE + 2 * MS, Input::Client(get(9, 1)));
     assert!(ready.reads.is_empty());
-    let round = messages(&ready)
-        .iter()
-        .find_map(|message| match message {
-            Message::Heartbeat { round, .. } => Some(*round),
-            _ => None,
-        })
-        .expect("the read started a round");
+    let round = heartbeat_round(&ready).expect("the read started a round");
     let ready = deliver(&mut leader, LATE + 3 * MS, 2, Message::HeartbeatResponse { term: 1, round });
     assert_eq!(ready.reads.len(), 1);
 }
@@ -386,4 +382,162 @@ fn a_follower_behind_the_compaction_point_gets_a_snapshot() {
     assert!(response
         .into_iter()
         .any(|message| matches!(message, Message::InstallSnapshotResponse { last_index: 1, .. })));
+}
+
+/// Steps `node` with ticks until `predicate` holds, within `limit` of time.
+fn tick_until(node: &mut Node, mut now: Nanos, limit: Nanos, predicate: impl Fn(&Node, &Ready) -> bool) -> Nanos {
+    loop {
+        let ready = node.step(now, Input::Tick);
+        if predicate(node, &ready) {
+            return now;
+        }
+        assert!(now < limit, "the predicate never held before {limit}");
+        now = ready.next_deadline.max(now + 1);
+    }
+}
+
+/// Issue 13, item 1. B and C campaign in term 2; A refuses B (A's log is
+/// ahead) and adopts term 2; A's timer fires and it asks pre-votes for
+/// term 3; C's late Vote(2) reaches A, which grants it and so promises C;
+/// then B's pre-vote grant arrives. A must not campaign while it is bound
+/// to C: C may be leading term 2 on a lease that counts A's promise.
+#[test]
+fn a_node_that_votes_while_asking_pre_votes_does_not_go_on_to_campaign() {
+    let old = Entry { term: 1, index: 1, payload: EntryPayload::Noop };
+    let recovered =
+        Recovered { hard_state: HardState { term: 1, voted_for: None }, snapshot: None, entries: vec![old] };
+    let mut voter = Node::new(config(1, ElectionMode::Harpoon), recovered, 1, 0).unwrap();
+    let ready = deliver(&mut voter, LATE, 2, Message::Vote { term: 2, last_log_index: 0, last_log_term: 0 });
+    assert!(messages(&ready).iter().any(|message| matches!(message, Message::VoteResponse { granted: false, .. })));
+    assert_eq!(voter.term(), 2, "an unbound voter adopts the candidate's term even when it refuses");
+    let asked_at = tick_until(&mut voter, LATE, LATE + 3_000 * MS, |node, _| node.role() == Role::PreCandidate);
+    let ready = deliver(&mut voter, asked_at + MS, 3, Message::Vote { term: 2, last_log_index: 1, last_log_term: 1 });
+    assert!(messages(&ready).iter().any(|message| matches!(message, Message::VoteResponse { granted: true, .. })));
+    assert_eq!(voter.role(), Role::Follower, "a voter gives up its own pre-vote");
+    let ready = deliver(&mut voter, asked_at + 2 * MS, 2, Message::PreVoteResponse { term: 3, granted: true });
+    assert_eq!((voter.role(), voter.term()), (Role::Follower, 2), "no campaign while promised to node 3");
+    assert!(!messages(&ready).iter().any(|message| matches!(message, Message::Vote { .. })));
+    // Once the promise to C has lapsed (C never led), A may campaign again.
+    let promise_end = asked_at + MS + voter.config().lease_duration_ns;
+    let campaigned_at = tick_until(&mut voter, asked_at + 3 * MS, promise_end + 3_000 * MS, |node, _| {
+        node.role() == Role::PreCandidate
+    });
+    assert!(campaigned_at >= promise_end, "pre-voted at {campaigned_at}, before the promise ended at {promise_end}");
+}
+
+/// Elects node 1 of a Harpoon cluster whose disks are slow: both sides'
+/// fsyncs took 300 ms, so the votes arrive at `LATE + 600 ms`, after the
+/// lease they would give has run out. Returns the leader and its first round.
+fn elect_node_one_with_late_votes() -> (Node, u64) {
+    let mut leader = node(1, ElectionMode::Harpoon);
+    let ready = leader.step(LATE, Input::Tick);
+    assert!(messages(&ready).iter().any(|message| matches!(message, Message::PreVote { .. })));
+    let _ = deliver(&mut leader, LATE, 2, Message::PreVoteResponse { term: 1, granted: true });
+    assert_eq!(leader.role(), Role::Candidate);
+    let ready = deliver(&mut leader, LATE + 600 * MS, 2, Message::VoteResponse { term: 1, granted: true });
+    assert_eq!(leader.role(), Role::Leader);
+    let round = heartbeat_round(&ready).expect("the new leader starts a round at once");
+    (leader, round)
+}
+
+/// Issue 13, item 11: with slow disks the votes arrive after the lease they
+/// would give has run out. The new leader must stay long enough for its
+/// first round to be acknowledged, and then hold a lease from that round.
+#[test]
+fn a_leader_elected_after_its_vote_lease_ran_out_waits_for_its_first_round() {
+    let (mut leader, round) = elect_node_one_with_late_votes();
+    let elected_at = LATE + 600 * MS;
+    assert!(!leader.holds_lease(elected_at), "the votes' lease has run out");
+    let _ = leader.step(elected_at + MS, Input::Tick);
+    assert_eq!(leader.role(), Role::Leader, "the first round is still in flight");
+    let _ = deliver(&mut leader, elected_at + 2 * MS, 2, Message::HeartbeatResponse { term: 1, round });
+    assert!(leader.holds_lease(elected_at + 3 * MS), "the acknowledged first round gives the lease");
+    assert_eq!(leader.role(), Role::Leader);
+}
+
+#[test]
+fn a_new_leader_whose_first_round_goes_unanswered_abdicates_after_a_lease() {
+    let (mut leader, _) = elect_node_one_with_late_votes();
+    let grace_end = LATE + 600 * MS + leader.config().leader_lease_ns();
+    let _ = leader.step(grace_end - MS, Input::Tick);
+    assert_eq!(leader.role(), Role::Leader);
+    let _ = leader.step(grace_end, Input::Tick);
+    assert_eq!((leader.role(), leader.term()), (Role::Follower, 1), "abdicated in the same term");
+}
+
+/// Issue 13, item 8: no peer message may crash a node or move its term without bound.
+#[test]
+fn impossible_peer_messages_are_refused_and_change_nothing() {
+    let mut leader = elect_node_one(ElectionMode::Harpoon, LATE);
+    let term = leader.term();
+    let cases = [
+        Message::Heartbeat { term: u64::MAX, commit: 0, round: 1 },
+        Message::Heartbeat { term: term + TERM_JUMP_MAX + 1, commit: 0, round: 1 },
+        Message::PreVote { term: u64::MAX, last_log_index: 0, last_log_term: 0 },
+        Message::AppendResponse { term, success: true, index: 1_000, hint: None, round: 1 },
+        Message::AppendResponse { term, success: false, index: u64::MAX, hint: None, round: 1 },
+        Message::InstallSnapshotResponse { term, last_index: 500, round: 1 },
+        Message::Append {
+            term,
+            prev_index: 0,
+            prev_term: 0,
+            entries: vec![Entry { term, index: 0, payload: EntryPayload::Noop }],
+            commit: 0,
+            round: 1,
+        },
+    ];
+    for message in cases {
+        let ready = deliver(&mut leader, LATE + MS, 2, message.clone());
+        assert_eq!(ready.refused.len(), 1, "{message:?} was not refused");
+        assert!(ready.send.is_empty() && ready.persist.is_empty(), "{message:?} had an effect");
+        assert_eq!((leader.role(), leader.term()), (Role::Leader, term), "{message:?} moved the node");
+    }
+    let ready = leader.step(
+        LATE + MS,
+        Input::Message(Envelope { from: 9, to: 1, message: Message::Heartbeat { term, commit: 0, round: 1 } }),
+    );
+    assert!(matches!(ready.refused[..], [(9, MessageError::NotAMember { from: 9 })]));
+    let mut follower = node(2, ElectionMode::Raft);
+    let gap = Message::Append {
+        term: 1,
+        prev_index: 0,
+        prev_term: 0,
+        entries: vec![
+            Entry { term: 1, index: 1, payload: EntryPayload::Noop },
+            Entry { term: 1, index: 3, payload: EntryPayload::Noop },
+        ],
+        commit: 3,
+        round: 1,
+    };
+    let ready = deliver(&mut follower, MS, 1, gap);
+    assert!(matches!(ready.refused[..], [(1, MessageError::Gap { .. })]));
+    assert_eq!((follower.term(), follower.log().last_index()), (0, 0));
+}
+
+#[test]
+fn a_term_jump_within_the_bound_is_adopted() {
+    let mut follower = node(2, ElectionMode::Raft);
+    let ready = deliver(&mut follower, LATE, 1, Message::Heartbeat { term: TERM_JUMP_MAX, commit: 0, round: 1 });
+    assert!(ready.refused.is_empty());
+    assert_eq!(follower.term(), TERM_JUMP_MAX);
+}
+
+#[test]
+fn an_impossible_stored_state_is_refused_at_start() {
+    let entry = |index, term| Entry { term, index, payload: EntryPayload::Noop };
+    let cases = [
+        Recovered { hard_state: HardState { term: u64::MAX, voted_for: None }, ..Recovered::default() },
+        Recovered { hard_state: HardState { term: 3, voted_for: None }, snapshot: None, entries: vec![entry(2, 1)] },
+        Recovered {
+            hard_state: HardState { term: 3, voted_for: None },
+            snapshot: None,
+            entries: vec![entry(1, 2), entry(2, 1)],
+        },
+        Recovered { hard_state: HardState { term: 1, voted_for: None }, snapshot: None, entries: vec![entry(1, 2)] },
+    ];
+    for recovered in cases {
+        let description = format!("{recovered:?}");
+        let error = Node::new(config(1, ElectionMode::Harpoon), recovered, 1, 0).err();
+        assert!(matches!(error, Some(StartError::Recovered(_))), "{description} was accepted");
+    }
 }

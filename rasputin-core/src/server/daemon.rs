@@ -18,8 +18,8 @@ use super::config::{Flags, Membership};
 use super::connection::{Connection, Kind, Received, READ_CHUNK_BYTES};
 use super::storage::{Storage, StorageError};
 use crate::consensus::{
-    ClientRequest, Config, ConfigError, Envelope, Input, LogIndex, Nanos, Node, NodeId, ReadReady, Ready, Rejection,
-    Role, Snapshot, Term,
+    ClientRequest, Config, Envelope, Input, LogIndex, MessageError, Nanos, Node, NodeId, ReadReady, Ready, Rejection,
+    Role, Snapshot, StartError, Term,
 };
 use crate::state_machine::Response;
 use crate::wire::{self, proto, ErrorCode, PROTOCOL_VERSION};
@@ -41,8 +41,8 @@ const EVENTS_PER_POLL_MAX: usize = 1024;
 pub enum DaemonError {
     #[error("invalid flags: {0}")]
     Flags(String),
-    #[error("invalid consensus configuration: {0}")]
-    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Start(#[from] StartError),
     #[error(transparent)]
     Storage(#[from] StorageError),
     #[error("cannot listen on {address}: {source}; is the port in use?")]
@@ -55,7 +55,7 @@ impl DaemonError {
     /// Exit code: 2 for bad invocations, 1 for failures while running.
     pub fn exit_code(&self) -> i32 {
         match self {
-            DaemonError::Flags(_) | DaemonError::Config(_) => 2,
+            DaemonError::Flags(_) | DaemonError::Start(StartError::Config(_)) => 2,
             _ => 1,
         }
     }
@@ -321,6 +321,19 @@ impl Daemon {
         self.close(token, "bad input");
     }
 
+    /// Closes the connections on which `peer` sent a message consensus refused.
+    fn close_peer_for_bad_input(&mut self, peer: NodeId, error: &MessageError) {
+        let tokens: Vec<Token> = self
+            .connections
+            .iter()
+            .filter(|(_, connection)| connection.kind == Kind::PeerInbound && connection.remote == Some(peer))
+            .map(|(&token, _)| token)
+            .collect();
+        for token in tokens {
+            self.close_for_bad_input(token, error);
+        }
+    }
+
     fn flush_connections(&mut self) {
         let dead: Vec<Token> = self
             .connections
@@ -543,8 +556,11 @@ impl Daemon {
 
     /// Carries out one Ready, in the order the core's contract requires.
     fn carry_out(&mut self, ready: Ready) -> Result<(), DaemonError> {
-        let Ready { persist, send, send_after_persist, apply, reads, rejected, next_deadline } = ready;
+        let Ready { persist, send, send_after_persist, apply, reads, rejected, refused, next_deadline } = ready;
         self.deadline = next_deadline;
+        for (peer, error) in refused {
+            self.close_peer_for_bad_input(peer, &error);
+        }
         for envelope in &send {
             self.send_to_peer(envelope);
         }

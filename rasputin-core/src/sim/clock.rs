@@ -7,17 +7,36 @@ pub struct Clock {
     base_true_ns: u64,
     base_local_ns: u64,
     rate: f64,
+    /// Stands still, as CLOCK_MONOTONIC does while a host is suspended.
+    frozen: bool,
 }
 
 impl Clock {
     pub fn new(offset_ns: u64, rate: f64) -> Clock {
         assert!(rate > 0.0, "clock rate {rate} must be positive");
-        Clock { base_true_ns: 0, base_local_ns: offset_ns, rate }
+        Clock { base_true_ns: 0, base_local_ns: offset_ns, rate, frozen: false }
     }
 
     pub fn local(&self, true_ns: u64) -> u64 {
         assert!(true_ns >= self.base_true_ns, "asked for local time at {true_ns}, before the last rate change");
+        if self.frozen {
+            return self.base_local_ns;
+        }
         self.base_local_ns + ((true_ns - self.base_true_ns) as f64 * self.rate) as u64
+    }
+
+    /// Stops the clock at `true_ns` until `thaw`.
+    pub fn freeze(&mut self, true_ns: u64) {
+        self.base_local_ns = self.local(true_ns);
+        self.base_true_ns = true_ns;
+        self.frozen = true;
+    }
+
+    /// Starts a frozen clock again from where it stopped.
+    pub fn thaw(&mut self, true_ns: u64) {
+        assert!(self.frozen, "thawing a clock that runs");
+        self.base_true_ns = true_ns;
+        self.frozen = false;
     }
 
     /// The earliest true time at which this clock reads at least `local_ns`.
@@ -25,6 +44,7 @@ impl Clock {
         if local_ns <= self.local(not_before_true_ns) {
             return not_before_true_ns;
         }
+        assert!(!self.frozen, "a frozen clock never reaches {local_ns}; its node's timers wait for the thaw");
         let elapsed_local = (local_ns - self.base_local_ns) as f64;
         let mut true_ns = self.base_true_ns + (elapsed_local / self.rate).ceil() as u64;
         // Float rounding may land a nanosecond short.
@@ -37,8 +57,10 @@ impl Clock {
     /// Changes the rate from `true_ns` on, keeping the clock continuous.
     pub fn set_rate(&mut self, true_ns: u64, rate: f64) {
         assert!(rate > 0.0, "clock rate {rate} must be positive");
-        self.base_local_ns = self.local(true_ns);
-        self.base_true_ns = true_ns;
+        if !self.frozen {
+            self.base_local_ns = self.local(true_ns);
+            self.base_true_ns = true_ns;
+        }
         self.rate = rate;
     }
 }
@@ -57,5 +79,14 @@ mod tests {
         clock.set_rate(10_000_000, 0.99);
         assert_eq!(clock.local(10_000_000), before);
         assert!(clock.local(20_000_000) > before);
+    }
+
+    #[test]
+    fn a_frozen_clock_stands_still_and_resumes_where_it_stopped() {
+        let mut clock = Clock::new(0, 1.0);
+        clock.freeze(1_000);
+        assert_eq!(clock.local(5_000), 1_000);
+        clock.thaw(5_000);
+        assert_eq!(clock.local(6_000), 2_000);
     }
 }

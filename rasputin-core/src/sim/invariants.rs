@@ -106,6 +106,42 @@ impl Invariants {
     }
 }
 
+/// What a node had promised as a step began: enough to tell whether the
+/// step's vote or campaign broke a promise.
+pub struct PromiseView {
+    term: Term,
+    voted_for: Option<NodeId>,
+    /// The candidates this node's promise forbade it to help, itself included.
+    forbidden: Vec<NodeId>,
+}
+
+impl PromiseView {
+    pub fn of(node: &Node, now: u64) -> PromiseView {
+        let forbidden =
+            node.config().members.iter().copied().filter(|&member| node.promise_forbids(member, now)).collect();
+        PromiseView { term: node.term(), voted_for: node.hard_state().voted_for, forbidden }
+    }
+}
+
+impl Invariants {
+    /// Harpoon's promise: while a vote or lease extension binds a node, it
+    /// helps nobody else become leader: it neither votes for another
+    /// candidate nor campaigns itself.
+    pub fn on_step(&self, before: &PromiseView, node: &Node) -> Result<(), Breach> {
+        let hard_state = node.hard_state();
+        let new_vote =
+            hard_state.voted_for.filter(|_| (hard_state.term, hard_state.voted_for) != (before.term, before.voted_for));
+        match new_vote {
+            Some(candidate) if before.forbidden.contains(&candidate) => Err(format!(
+                "node {} gave its vote in term {} to node {candidate} while a promise forbade it",
+                node.id(),
+                hard_state.term
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
 /// At most one node holds a valid lease at an instant of true time.
 pub fn check_leases(holders: &[NodeId], true_ns: u64) -> Result<(), Breach> {
     if holders.len() > 1 {

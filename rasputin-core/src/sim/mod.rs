@@ -16,7 +16,7 @@ mod world;
 mod tests;
 
 pub use nemesis::NemesisKind;
-pub use network::NetworkConfig;
+pub use network::{Hold, NetworkConfig};
 pub use world::{run_seed, SeedReport};
 
 use crate::consensus::{ElectionMode, Faults};
@@ -43,6 +43,9 @@ pub struct SimConfig {
     pub clock_epsilon: f64,
     pub network: NetworkConfig,
     pub sync_ns: u64,
+    /// A paused node's clock stands still, as CLOCK_MONOTONIC does through
+    /// a host's suspend, instead of running on as CLOCK_BOOTTIME does.
+    pub pause_freezes_clock: bool,
     pub client_think_ns: u64,
     pub attempt_timeout_ns: u64,
     pub operation_timeout_ns: u64,
@@ -74,6 +77,7 @@ impl SimConfig {
             clock_epsilon,
             network: NetworkConfig { loss_probability: 0.01, duplicate_probability: 0.01, ..NetworkConfig::default() },
             sync_ns: 1_000_000,
+            pause_freezes_clock: false,
             client_think_ns: 20_000_000,
             attempt_timeout_ns: 1_500_000_000,
             operation_timeout_ns: 5 * SECOND_NS,

@@ -11,6 +11,21 @@ pub struct NetworkConfig {
     pub latency_mean_extra_ns: u64,
     pub loss_probability: f64,
     pub duplicate_probability: f64,
+    /// Messages of chosen kinds held back far longer than any latency, to
+    /// open the narrow windows that random latency rarely does.
+    pub holds: Vec<Hold>,
+}
+
+/// Holds each message of `kind` (see `Message::kind`) from node index
+/// `from` to node index `to` (None: any) back by `extra_ns`, with
+/// probability `probability`.
+#[derive(Clone, Debug)]
+pub struct Hold {
+    pub kind: &'static str,
+    pub from: Option<usize>,
+    pub to: Option<usize>,
+    pub probability: f64,
+    pub extra_ns: u64,
 }
 
 impl Default for NetworkConfig {
@@ -20,6 +35,7 @@ impl Default for NetworkConfig {
             latency_mean_extra_ns: 800_000,
             loss_probability: 0.0,
             duplicate_probability: 0.0,
+            holds: Vec::new(),
         }
     }
 }
@@ -74,6 +90,20 @@ impl Network {
             return None;
         }
         Some(self.config.latency_min_ns + exponential(rng, self.config.latency_mean_extra_ns) + self.clog_ns[from][to])
+    }
+
+    /// How long to hold back a message of `kind` from `from` to `to`, beyond its latency.
+    pub fn hold(&self, rng: &mut ChaCha8Rng, from: usize, to: usize, kind: &str) -> u64 {
+        if self.cut[from][to] {
+            return 0;
+        }
+        self.config
+            .holds
+            .iter()
+            .filter(|hold| hold.kind == kind && hold.from.is_none_or(|node| node == from))
+            .filter(|hold| hold.to.is_none_or(|node| node == to))
+            .map(|hold| if rng.gen_bool(hold.probability) { hold.extra_ns } else { 0 })
+            .sum()
     }
 
     /// Whether to deliver an extra copy of a message.

@@ -9,7 +9,7 @@ use rand_chacha::ChaCha8Rng;
 
 use super::clock::Clock;
 use super::disk::{Batch, Disk, Submitted};
-use super::invariants::{check_leases, Breach, Invariants};
+use super::invariants::{check_leases, Breach, Invariants, PromiseView};
 use super::nemesis::{self, NemesisKind, Target};
 use super::network::{exponential, Network};
 use super::workload::{Client, CLIENT_ID_BASE};
@@ -336,6 +336,9 @@ impl<'a> World<'a> {
         let server = &mut self.servers[index];
         server.node = None;
         server.disk.crash();
+        if server.paused && self.config.pause_freezes_clock {
+            server.clock.thaw(self.now_ns);
+        }
         server.paused = false;
         server.stashed.clear();
         server.pending.clear();
@@ -347,7 +350,9 @@ impl<'a> World<'a> {
         let server = &mut self.servers[index];
         let local = server.clock.local(self.now_ns);
         let node = server.node.as_mut().expect("stepping a running node");
+        let before = PromiseView::of(node, local);
         let ready = node.step(local, input);
+        self.invariants.on_step(&before, node)?;
         self.after_step(index, ready)
     }
 
@@ -362,7 +367,12 @@ impl<'a> World<'a> {
                 self.servers[index].was_leader_in = Some(node.term());
             }
         }
-        let Ready { persist, send, send_after_persist, apply, reads, rejected, next_deadline } = ready;
+        let Ready { persist, send, send_after_persist, apply, reads, rejected, refused, next_deadline } = ready;
+        if let Some((from, error)) = refused.first() {
+            return Err(format!(
+                "node {id} refused a message from node {from}, which a correct node never sends: {error}"
+            ));
+        }
         if let Some(snapshot) = &persist.snapshot {
             self.servers[index].kv = KvStore::restore(&snapshot.data).expect("snapshots come from peers' stores");
         }
@@ -492,9 +502,10 @@ impl<'a> World<'a> {
     fn transmit(&mut self, envelope: Envelope) {
         let (from, to) = (envelope.from as usize - 1, envelope.to as usize - 1);
         let copies = if self.network.duplicate(&mut self.rng) { 2 } else { 1 };
+        let held_ns = self.network.hold(&mut self.rng, from, to, envelope.message.kind());
         for _ in 0..copies {
             if let Some(delay) = self.network.delay(&mut self.rng, from, to) {
-                self.schedule(delay, Event::Deliver(envelope.clone()));
+                self.schedule(delay + held_ns, Event::Deliver(envelope.clone()));
             }
         }
     }
@@ -702,7 +713,11 @@ impl<'a> World<'a> {
             NemesisKind::Pause => {
                 let victims: Vec<usize> = self.victims(leader).into_iter().take(1).collect();
                 for &victim in &victims {
-                    self.servers[victim].paused = self.servers[victim].node.is_some();
+                    let server = &mut self.servers[victim];
+                    server.paused = server.node.is_some();
+                    if server.paused && self.config.pause_freezes_clock {
+                        server.clock.freeze(self.now_ns);
+                    }
                 }
                 let pause_ns = self.rng.gen_range(lease_ns / 2..4 * lease_ns);
                 let description = format!(
@@ -763,6 +778,9 @@ impl<'a> World<'a> {
 
     fn resume(&mut self, index: usize) -> Result<(), Breach> {
         let server = &mut self.servers[index];
+        if server.paused && self.config.pause_freezes_clock {
+            server.clock.thaw(self.now_ns);
+        }
         server.paused = false;
         for event in std::mem::take(&mut server.stashed) {
             self.handle(event)?;
