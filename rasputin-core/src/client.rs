@@ -1,6 +1,17 @@
 //! `rasputin::Client`: finds the leader, follows redirects, pipelines
 //! requests from many threads over a few reused connections, and retries
 //! with the same (client id, sequence) so that writes take effect once.
+//!
+//! # Sessions and retries
+//! The client opens sessions with the cluster (one per concurrent caller,
+//! reused) and numbers each session's requests. Within one call it retries
+//! under the same identity, so a write applies at most once. When a call
+//! times out, whether it took effect is unknown: the error carries a
+//! [`RetryToken`], and [`Client::retry`] sends the same request again under
+//! the same identity, so it still applies at most once and its answer says
+//! what happened. Once the cluster has expired the session (it keeps its
+//! newest `SESSIONS_COUNT_MAX`), the retry is refused with `SESSION_EXPIRED`
+//! and the outcome stays unknown.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -10,6 +21,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
+use prost::Message as _;
 use thiserror::Error;
 
 use crate::consensus::{ClientRequest, Operation};
@@ -30,24 +42,32 @@ pub enum ClientError {
     KeyTooLarge(usize),
     #[error("value of {0} bytes exceeds the limit of {VALUE_BYTES_MAX} bytes; split the value")]
     ValueTooLarge(usize),
-    #[error("the operation did not finish within {timeout:?} ({detail}); a write may or may not have taken effect — retrying it with the same client is safe")]
-    Timeout { timeout: Duration, detail: String },
-    #[error("no server could be reached within {timeout:?} ({detail}); check that the cluster is running and the addresses are right")]
+    #[error(
+        "the request is {0} bytes, more than one frame of {CLIENT_FRAME_BYTES_MAX} bytes holds; send smaller values"
+    )]
+    RequestTooLarge(usize),
+    #[error("the operation did not finish within {timeout:?} ({detail}); it may or may not have taken effect. Retry it with Client::retry and this error's token: the retry keeps the request's identity, so it applies at most once, and its answer says what happened")]
+    Timeout { timeout: Duration, detail: String, retry: RetryToken },
+    #[error("no server could be reached within {timeout:?} ({detail}); nothing was sent, so nothing took effect. Check that the cluster is running and the addresses are right")]
     Unavailable { timeout: Duration, detail: String },
     #[error("the server refused the request ({code:?}): {message}")]
     Refused { code: ErrorCode, message: String },
     #[error("no peers were given; pass at least one server's client address")]
     NoPeers,
+    #[error("not a retry token: {0}; pass the token of a timed-out operation unchanged")]
+    InvalidRetryToken(String),
 }
 
 impl ClientError {
     /// The server's wire error code behind this error, as on the wire.
     pub fn code(&self) -> ErrorCode {
         match self {
-            ClientError::KeyTooLarge(_) | ClientError::ValueTooLarge(_) => ErrorCode::ValueTooLarge,
+            ClientError::KeyTooLarge(_) | ClientError::ValueTooLarge(_) | ClientError::RequestTooLarge(_) => {
+                ErrorCode::ValueTooLarge
+            }
             ClientError::Timeout { .. } | ClientError::Unavailable { .. } => ErrorCode::Internal,
             ClientError::Refused { code, .. } => *code,
-            ClientError::NoPeers => ErrorCode::BadRequest,
+            ClientError::NoPeers | ClientError::InvalidRetryToken(_) => ErrorCode::BadRequest,
         }
     }
 
@@ -55,12 +75,20 @@ impl ClientError {
     /// same numbers as `rasputin_status` in librasputin's C header.
     pub fn status(&self) -> i32 {
         match self {
-            ClientError::NoPeers => STATUS_INVALID_ARGUMENT,
+            ClientError::NoPeers | ClientError::InvalidRetryToken(_) => STATUS_INVALID_ARGUMENT,
             ClientError::KeyTooLarge(_) => STATUS_KEY_TOO_LARGE,
-            ClientError::ValueTooLarge(_) => STATUS_VALUE_TOO_LARGE,
+            ClientError::ValueTooLarge(_) | ClientError::RequestTooLarge(_) => STATUS_VALUE_TOO_LARGE,
             ClientError::Timeout { .. } => STATUS_TIMEOUT,
             ClientError::Refused { .. } => STATUS_REFUSED,
             ClientError::Unavailable { .. } => STATUS_UNAVAILABLE,
+        }
+    }
+
+    /// For a timed-out operation, the token that retries it under the same identity.
+    pub fn retry_token(&self) -> Option<&RetryToken> {
+        match self {
+            ClientError::Timeout { retry, .. } => Some(retry),
+            _ => None,
         }
     }
 }
@@ -73,6 +101,30 @@ pub const STATUS_TIMEOUT: i32 = 5;
 pub const STATUS_REFUSED: i32 = 6;
 pub const STATUS_UNAVAILABLE: i32 = 8;
 
+/// A timed-out operation, to send again under the same (client id,
+/// sequence) with [`Client::retry`]. As bytes (`to_bytes`), it crosses
+/// language bindings unchanged.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RetryToken {
+    request: ClientRequest,
+}
+
+impl RetryToken {
+    pub fn to_bytes(&self) -> Vec<u8> {
+        wire::client_request_to_proto(0, &self.request).encode_to_vec()
+    }
+
+    pub fn from_bytes(bytes: &[u8]) -> Result<RetryToken, ClientError> {
+        let invalid = |reason: String| ClientError::InvalidRetryToken(reason);
+        if bytes.len() > CLIENT_FRAME_BYTES_MAX {
+            return Err(invalid(format!("{} bytes is longer than any request", bytes.len())));
+        }
+        let message = proto::ClientRequest::decode(bytes).map_err(|error| invalid(error.to_string()))?;
+        let request = wire::client_request_from_proto(message).map_err(|error| invalid(error.to_string()))?;
+        Ok(RetryToken { request })
+    }
+}
+
 impl Response {
     /// The value: what get read, what set wrote, cas's current value, del's previous value.
     pub fn get_value(&self) -> &[u8] {
@@ -82,6 +134,12 @@ impl Response {
     /// get: the key existed; cas: the swap happened; del: the key existed; set: always.
     pub fn get_success(&self) -> bool {
         self.success
+    }
+
+    /// Whether the key exists (for del: existed), so that an empty value
+    /// and a missing key never look alike.
+    pub fn get_found(&self) -> bool {
+        self.found
     }
 }
 
@@ -121,6 +179,14 @@ struct Connection {
     waiters: Waiters,
     dead: Arc<AtomicBool>,
     reader: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+/// How one attempt ended, when it did not get an answer.
+enum AttemptFailure {
+    /// The request never reached a socket: nothing took effect.
+    NotSent(String),
+    /// The request was sent and its answer did not come.
+    Unanswered(String),
 }
 
 impl Connection {
@@ -169,22 +235,24 @@ impl Connection {
         }
     }
 
-    /// Sends one request and waits up to `timeout` for its response.
-    fn call(&self, request: &proto::ClientRequest, timeout: Duration) -> Result<proto::ClientResponse, String> {
+    /// Sends one request and waits up to `timeout` for its response. A
+    /// caller that gives up only stops waiting: the connection, and the
+    /// other callers' requests on it, carry on.
+    fn call(&self, request: &proto::ClientRequest, timeout: Duration) -> Result<proto::ClientResponse, AttemptFailure> {
         let slot = Arc::new(Slot::default());
         lock(&self.waiters).insert(request.request_id, slot.clone());
         let sent = write_frame(&mut lock(&self.writer), request);
         if let Err(error) = sent {
             self.dead.store(true, Ordering::SeqCst);
             lock(&self.waiters).remove(&request.request_id);
-            return Err(error.to_string());
+            return Err(AttemptFailure::NotSent(error.to_string()));
         }
         let outcome = slot.wait(timeout);
         lock(&self.waiters).remove(&request.request_id);
         match outcome {
             Ok(Some(response)) => Ok(response),
-            Ok(None) => Err("the connection closed".to_string()),
-            Err(()) => Err(format!("no answer within {timeout:?}")),
+            Ok(None) => Err(AttemptFailure::Unanswered("the connection closed".to_string())),
+            Err(()) => Err(AttemptFailure::Unanswered(format!("no answer within {timeout:?}"))),
         }
     }
 }
@@ -238,6 +306,14 @@ struct Session {
     next_sequence: u64,
 }
 
+/// How a request fared across its attempts.
+struct Sent {
+    outcome: Result<Response, ClientError>,
+    /// Attempts that reached a socket: with more than one, an earlier may
+    /// have taken effect.
+    attempts: usize,
+}
+
 struct Inner {
     peers: Vec<SocketAddr>,
     connections_per_server: usize,
@@ -245,7 +321,6 @@ struct Inner {
     next_connection: AtomicUsize,
     leader: Mutex<Option<SocketAddr>>,
     idle_sessions: Mutex<Vec<Session>>,
-    next_client_id: AtomicU64,
     next_request_id: AtomicU64,
     attempt_timeout: Mutex<Duration>,
     operation_timeout: Mutex<Duration>,
@@ -265,7 +340,6 @@ impl Client {
     /// `peers` are servers' client addresses; any one of them will do, the
     /// client finds the leader. Connections open lazily, so this cannot fail.
     pub fn new(peers: Vec<SocketAddr>, nthreads: usize) -> Client {
-        let client_id_base = rand::random::<u64>() >> 16 << 16;
         Client {
             inner: Arc::new(Inner {
                 peers,
@@ -274,7 +348,6 @@ impl Client {
                 next_connection: AtomicUsize::new(0),
                 leader: Mutex::new(None),
                 idle_sessions: Mutex::new(Vec::new()),
-                next_client_id: AtomicU64::new(client_id_base.max(1)),
                 next_request_id: AtomicU64::new(1),
                 attempt_timeout: Mutex::new(ATTEMPT_TIMEOUT_DEFAULT),
                 operation_timeout: Mutex::new(OPERATION_TIMEOUT_DEFAULT),
@@ -300,13 +373,14 @@ impl Client {
         self.execute(Operation::Set { key: Bytes::copy_from_slice(key), value: Bytes::copy_from_slice(value) })
     }
 
-    /// success is false if the key is missing.
+    /// success (and found) is false if the key is missing.
     pub fn get(&self, key: &[u8]) -> Result<Response, ClientError> {
         check_sizes(key, &[])?;
         self.execute(Operation::Get { key: Bytes::copy_from_slice(key) })
     }
 
-    /// Swaps in `new` if the value is `expected`; returns the current value and whether it swapped.
+    /// Swaps in `new` if the value is `expected`; returns the current value,
+    /// whether it swapped, and whether the key exists.
     pub fn cas(&self, key: &[u8], expected: &[u8], new: &[u8]) -> Result<Response, ClientError> {
         check_sizes(key, &[expected, new])?;
         self.execute(Operation::Cas {
@@ -322,6 +396,16 @@ impl Client {
         self.execute(Operation::Del { key: Bytes::copy_from_slice(key) })
     }
 
+    /// Sends a timed-out operation again under its original identity (see
+    /// the module documentation). The answer is the operation's own: if the
+    /// first attempt took effect, the one it got.
+    pub fn retry(&self, token: &RetryToken) -> Result<Response, ClientError> {
+        if self.inner.peers.is_empty() {
+            return Err(ClientError::NoPeers);
+        }
+        self.send(&token.request).outcome
+    }
+
     /// The server this client last found leading, if any.
     pub fn leader(&self) -> Option<SocketAddr> {
         *lock(&self.inner.leader)
@@ -331,52 +415,105 @@ impl Client {
         if self.inner.peers.is_empty() {
             return Err(ClientError::NoPeers);
         }
-        let mut session = self.take_session();
-        let request = ClientRequest { client_id: session.client_id, sequence: session.next_sequence, operation };
-        let outcome = self.execute_with_retries(&request);
-        // A session whose last operation may still be in flight is not reused.
-        if !matches!(outcome, Err(ClientError::Timeout { .. } | ClientError::Unavailable { .. })) {
-            session.next_sequence += 1;
-            lock(&self.inner.idle_sessions).push(session);
+        check_frame(&operation)?;
+        let mut fresh_session_tried = false;
+        loop {
+            let mut session = self.take_session()?;
+            let request = ClientRequest {
+                client_id: session.client_id,
+                sequence: session.next_sequence,
+                operation: operation.clone(),
+            };
+            let Sent { outcome, attempts } = self.send(&request);
+            match outcome {
+                // Only a request sent once is known not to have applied: the
+                // cluster expired the session before this request arrived.
+                Err(ClientError::Refused { code: ErrorCode::SessionExpired, .. })
+                    if attempts == 1 && !fresh_session_tried =>
+                {
+                    fresh_session_tried = true;
+                }
+                // Nothing was sent; the session's next sequence is still unused.
+                Err(error @ ClientError::Unavailable { .. }) => {
+                    lock(&self.inner.idle_sessions).push(session);
+                    return Err(error);
+                }
+                // The request may still be in flight under this session: the
+                // retry token owns it now.
+                Err(error @ ClientError::Timeout { .. }) => return Err(error),
+                outcome => {
+                    session.next_sequence += 1;
+                    lock(&self.inner.idle_sessions).push(session);
+                    return outcome;
+                }
+            }
         }
-        outcome
     }
 
-    fn take_session(&self) -> Session {
-        lock(&self.inner.idle_sessions).pop().unwrap_or_else(|| Session {
-            client_id: self.inner.next_client_id.fetch_add(1, Ordering::Relaxed),
-            next_sequence: 1,
-        })
+    /// An idle session, or a new one opened with the cluster.
+    fn take_session(&self) -> Result<Session, ClientError> {
+        if let Some(session) = lock(&self.inner.idle_sessions).pop() {
+            return Ok(session);
+        }
+        // A random, non-zero nonce tells this opening apart from others'.
+        let nonce = rand::random::<u64>() | 1;
+        let request = ClientRequest { client_id: 0, sequence: nonce, operation: Operation::OpenSession };
+        match self.send(&request).outcome {
+            Ok(response) => Ok(Session { client_id: response.index, next_sequence: 1 }),
+            // The caller's own operation was never sent, so it took no effect.
+            Err(ClientError::Timeout { timeout, detail, .. }) => {
+                Err(ClientError::Unavailable { timeout, detail: format!("could not open a session: {detail}") })
+            }
+            Err(error) => Err(error),
+        }
     }
 
-    fn execute_with_retries(&self, request: &ClientRequest) -> Result<Response, ClientError> {
+    /// Sends `request` until it is answered or the operation times out,
+    /// following redirects and rotating through the servers.
+    fn send(&self, request: &ClientRequest) -> Sent {
         let (attempt_timeout, operation_timeout) =
             self.timeouts.unwrap_or_else(|| (*lock(&self.inner.attempt_timeout), *lock(&self.inner.operation_timeout)));
         let deadline = Instant::now() + operation_timeout;
         let mut target = self.leader().unwrap_or(self.inner.peers[0]);
         let mut rotation = 0;
         let mut last_problem = String::from("no attempt made");
-        let mut reached_a_server = false;
+        let mut attempts = 0;
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
                 let (timeout, detail) = (operation_timeout, last_problem);
-                if !reached_a_server {
-                    return Err(ClientError::Unavailable { timeout, detail });
-                }
-                return Err(ClientError::Timeout { timeout, detail });
+                let outcome = if attempts == 0 {
+                    Err(ClientError::Unavailable { timeout, detail })
+                } else {
+                    Err(ClientError::Timeout { timeout, detail, retry: RetryToken { request: request.clone() } })
+                };
+                return Sent { outcome, attempts };
             }
             let request_id = self.inner.next_request_id.fetch_add(1, Ordering::Relaxed);
             let message = wire::client_request_to_proto(request_id, request);
-            let attempt = self.connection(target, remaining.min(attempt_timeout)).and_then(|connection| {
-                reached_a_server = true;
-                connection.call(&message, remaining.min(attempt_timeout)).inspect_err(|_| {
-                    self.forget(target, &connection);
-                })
-            });
+            let attempt = self
+                .connection(target, remaining.min(attempt_timeout))
+                .map_err(AttemptFailure::NotSent)
+                .and_then(|connection| {
+                    connection.call(&message, remaining.min(attempt_timeout)).inspect_err(|failure| {
+                        if let AttemptFailure::NotSent(_) = failure {
+                            self.forget(target, &connection);
+                        }
+                    })
+                });
             let response = match attempt {
-                Ok(response) => response,
-                Err(problem) => {
+                Ok(response) => {
+                    attempts += 1;
+                    response
+                }
+                Err(failure) => {
+                    let problem = match failure {
+                        AttemptFailure::NotSent(problem) => problem,
+                        AttemptFailure::Unanswered(problem) => {
+                            attempts += 1;
+                            problem
+                        }
+                    };
                     last_problem = format!("{target}: {problem}");
                     rotation += 1;
                     target = self.inner.peers[rotation % self.inner.peers.len()];
@@ -387,12 +524,14 @@ impl Client {
             match ErrorCode::try_from(response.error).unwrap_or(ErrorCode::Internal) {
                 ErrorCode::Ok => {
                     *lock(&self.inner.leader) = Some(target);
-                    return Ok(Response {
+                    let outcome = Ok(Response {
                         success: response.success,
+                        found: response.found,
                         value: response.value.to_vec(),
                         term: response.term,
                         index: response.index,
                     });
+                    return Sent { outcome, attempts };
                 }
                 ErrorCode::NotLeader => {
                     last_problem = format!("{target} is not the leader");
@@ -409,7 +548,9 @@ impl Client {
                     last_problem = format!("{target}: {}", response.message);
                     std::thread::sleep(RETRY_BACKOFF.min(remaining));
                 }
-                code => return Err(ClientError::Refused { code, message: response.message }),
+                code => {
+                    return Sent { outcome: Err(ClientError::Refused { code, message: response.message }), attempts }
+                }
             }
         }
     }
@@ -459,9 +600,21 @@ fn check_sizes(key: &[u8], values: &[&[u8]]) -> Result<(), ClientError> {
     }
 }
 
+/// Checks that the whole request fits in one frame, with the largest ids
+/// it could carry: a server closes a connection on an oversized frame, and
+/// that would fail every other caller's request on it.
+fn check_frame(operation: &Operation) -> Result<(), ClientError> {
+    let request = ClientRequest { client_id: u64::MAX, sequence: u64::MAX, operation: operation.clone() };
+    wire::check_request_frame(&wire::client_request_to_proto(u64::MAX, &request)).map_err(|error| match error {
+        wire::RequestError::RequestTooLarge(bytes) => ClientError::RequestTooLarge(bytes),
+        other => ClientError::Refused { code: other.code(), message: other.to_string() },
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::TcpListener;
 
     fn assert_send_sync<T: Send + Sync>() {}
 
@@ -485,5 +638,84 @@ mod tests {
         client.set_timeouts(Duration::from_millis(50), Duration::from_millis(200));
         let error = client.get(b"k").unwrap_err();
         assert!(matches!(error, ClientError::Unavailable { .. }), "{error}");
+    }
+
+    #[test]
+    fn retry_tokens_round_trip_as_bytes_and_garbage_is_refused() {
+        let request = ClientRequest {
+            client_id: 7,
+            sequence: 3,
+            operation: Operation::Cas {
+                key: Bytes::from_static(b"k"),
+                expected: Bytes::from_static(b""),
+                new: Bytes::from_static(b"n"),
+            },
+        };
+        let token = RetryToken { request };
+        assert_eq!(RetryToken::from_bytes(&token.to_bytes()).unwrap(), token);
+        assert!(matches!(RetryToken::from_bytes(b"\xff\xff"), Err(ClientError::InvalidRetryToken(_))));
+        assert!(matches!(RetryToken::from_bytes(&[]), Err(ClientError::InvalidRetryToken(_))));
+    }
+
+    /// A server speaking the client protocol that never answers key "slow",
+    /// answers everything else at once, and counts the connections it accepts.
+    fn selective_server() -> (SocketAddr, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counter = accepted.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { return };
+                counter.fetch_add(1, Ordering::SeqCst);
+                std::thread::spawn(move || serve_selectively(stream));
+            }
+        });
+        (address, accepted)
+    }
+
+    fn serve_selectively(mut stream: TcpStream) {
+        let (mut buffer, mut chunk) = (BytesMut::new(), vec![0u8; 4096]);
+        let Ok(_) = read_frame(&mut stream, &mut buffer, &mut chunk) else { return };
+        let reply =
+            proto::HelloReply { accepted: true, protocol_version: wire::PROTOCOL_VERSION, ..Default::default() };
+        let _ = write_frame(&mut stream, &reply);
+        while let Ok(frame) = read_frame(&mut stream, &mut buffer, &mut chunk) {
+            let Ok(request) = wire::decode::<proto::ClientRequest>(frame, "ClientRequest") else { return };
+            let key = match &request.operation {
+                Some(proto::client_request::Operation::Get(get)) => get.key.clone(),
+                _ => Bytes::new(),
+            };
+            if key.as_ref() == b"slow" {
+                continue;
+            }
+            let response = proto::ClientResponse { request_id: request.request_id, index: 9, ..Default::default() };
+            if write_frame(&mut stream, &response).is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Issue 13, item 5: one caller's attempt timeout must not close the
+    /// connection that other callers' requests are pipelined on.
+    #[test]
+    fn one_callers_timeout_leaves_the_shared_connection_to_the_others() {
+        let (address, accepted) = selective_server();
+        let client = Client::new(vec![address], 1);
+        client.get(b"warm-up").unwrap();
+        let impatient = client.with_timeouts(Duration::from_millis(50), Duration::from_millis(200));
+        let waiting = std::thread::spawn(move || impatient.get(b"slow"));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut gets = 0;
+        while !waiting.is_finished() {
+            assert!(Instant::now() < deadline, "the slow get never timed out");
+            client.get(b"fast").expect("a get beside the timing-out one");
+            gets += 1;
+        }
+        let error = waiting.join().unwrap().unwrap_err();
+        assert!(matches!(error, ClientError::Timeout { .. }), "{error}");
+        client.get(b"fast").unwrap();
+        assert!(gets > 0);
+        assert_eq!(accepted.load(Ordering::SeqCst), 1, "a timed-out attempt reconnected the shared connection");
     }
 }

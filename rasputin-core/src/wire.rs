@@ -5,7 +5,10 @@
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use thiserror::Error;
 
-use crate::consensus::{self, ClientRequest, Entry, EntryPayload, Envelope, Message, Operation, RejectHint, Snapshot};
+use crate::consensus::{
+    self, ClientRequest, Entry, EntryPayload, Envelope, Message, MessageError, Operation, RejectHint, Snapshot,
+};
+use crate::state_machine::{SnapshotDecodeError, SnapshotReader};
 
 /// The generated protobuf types (`proto/rasputin.proto`).
 pub mod proto {
@@ -15,17 +18,24 @@ pub mod proto {
 pub use proto::ErrorCode;
 
 /// Bumped on any incompatible change to the protocol.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 /// Bytes in the length prefix of a frame.
 pub const FRAME_HEADER_BYTES: usize = 4;
-/// The largest frame a client may send or receive.
-pub const CLIENT_FRAME_BYTES_MAX: usize = 2 << 20;
-/// The largest frame between peers; a snapshot travels in one frame.
-pub const PEER_FRAME_BYTES_MAX: usize = 512 << 20;
 /// The largest key a client may write.
 pub const KEY_BYTES_MAX: usize = 4 << 10;
 /// The largest value a client may write (also bounds cas's expected value).
 pub const VALUE_BYTES_MAX: usize = 1 << 20;
+/// Room in a client frame for everything but keys and values: ids, tags,
+/// lengths and the collection's name.
+pub const REQUEST_OVERHEAD_BYTES_MAX: usize = 4 << 10;
+/// The largest frame a client may send or receive: it holds the largest
+/// request, a cas with a key and two values each at their limits.
+pub const CLIENT_FRAME_BYTES_MAX: usize = KEY_BYTES_MAX + 2 * VALUE_BYTES_MAX + REQUEST_OVERHEAD_BYTES_MAX;
+/// The largest frame between peers; a snapshot travels in one frame.
+pub const PEER_FRAME_BYTES_MAX: usize = 512 << 20;
+/// The largest frame before a handshake completes: a Hello or its reply.
+/// Bytes from an unknown sender never get more room than this.
+pub const HELLO_FRAME_BYTES_MAX: usize = 4 << 10;
 /// The collection every request names for now.
 pub const DEFAULT_COLLECTION: &str = "kv";
 /// The one range that spans the whole key space until ranges split.
@@ -41,6 +51,15 @@ pub enum WireError {
     MissingField { message: &'static str, field: &'static str },
     #[error("peer speaks protocol version {theirs}, this node speaks {ours}; upgrade the older side")]
     IncompatibleVersion { theirs: u32, ours: u32 },
+    #[error("peer message refused: {0}")]
+    Invalid(#[from] MessageError),
+    #[error("snapshot refused: {source}")]
+    Snapshot {
+        #[from]
+        source: SnapshotDecodeError,
+    },
+    #[error("snapshot says it covers index {claimed} (term {claimed_term}), but its data is at index {data} (term {data_term})")]
+    SnapshotPosition { claimed: u64, claimed_term: u64, data: u64, data_term: u64 },
 }
 
 /// Appends `message` to `out` as one frame.
@@ -52,8 +71,9 @@ pub fn encode_frame(message: &impl prost::Message, out: &mut BytesMut) {
 }
 
 /// Takes one complete frame's body off the front of `buffer`, if one is
-/// there. The length is checked against `max_bytes` before anything is
-/// allocated for the body.
+/// there. The length is checked against `max_bytes` as soon as the header
+/// is in. Nothing is reserved for the declared length: the buffer grows
+/// only as bytes arrive, so a sender must send what it claims.
 pub fn take_frame(buffer: &mut BytesMut, max_bytes: usize) -> Result<Option<Bytes>, WireError> {
     if buffer.len() < FRAME_HEADER_BYTES {
         return Ok(None);
@@ -63,7 +83,6 @@ pub fn take_frame(buffer: &mut BytesMut, max_bytes: usize) -> Result<Option<Byte
         return Err(WireError::FrameTooLarge { length, max: max_bytes });
     }
     if buffer.len() < FRAME_HEADER_BYTES + length {
-        buffer.reserve(FRAME_HEADER_BYTES + length - buffer.len());
         return Ok(None);
     }
     buffer.advance(FRAME_HEADER_BYTES);
@@ -93,6 +112,7 @@ fn operation_to_proto(operation: &Operation) -> proto::client_request::Operation
             Wire::Cas(proto::Cas { key: key.clone(), expected: expected.clone(), new: new.clone() })
         }
         Operation::Del { key } => Wire::Del(proto::Del { key: key.clone() }),
+        Operation::OpenSession => Wire::OpenSession(proto::OpenSession {}),
     }
 }
 
@@ -103,6 +123,7 @@ fn operation_from_proto(operation: proto::client_request::Operation) -> Operatio
         Wire::Get(get) => Operation::Get { key: get.key },
         Wire::Cas(cas) => Operation::Cas { key: cas.key, expected: cas.expected, new: cas.new },
         Wire::Del(del) => Operation::Del { key: del.key },
+        Wire::OpenSession(_) => Operation::OpenSession,
     }
 }
 
@@ -119,15 +140,25 @@ pub enum RequestError {
     KeyTooLarge(usize),
     #[error("value of {0} bytes exceeds the limit of {VALUE_BYTES_MAX} bytes")]
     ValueTooLarge(usize),
+    #[error("a request of {0} bytes exceeds the frame limit of {CLIENT_FRAME_BYTES_MAX} bytes")]
+    RequestTooLarge(usize),
+    #[error("client_id and sequence must both be non-zero (got {client_id}, {sequence}); open a session first and number its requests from 1")]
+    NoSession { client_id: u64, sequence: u64 },
+    #[error("an OpenSession request must carry client_id 0 and a non-zero nonce as its sequence (got {client_id}, {sequence})")]
+    MalformedOpen { client_id: u64, sequence: u64 },
 }
 
 impl RequestError {
     pub fn code(&self) -> ErrorCode {
         match self {
-            RequestError::NoOperation => ErrorCode::BadRequest,
+            RequestError::NoOperation | RequestError::NoSession { .. } | RequestError::MalformedOpen { .. } => {
+                ErrorCode::BadRequest
+            }
             RequestError::UnknownCollection(_) => ErrorCode::UnknownCollection,
             RequestError::UnknownRange(_) => ErrorCode::UnknownRange,
-            RequestError::KeyTooLarge(_) | RequestError::ValueTooLarge(_) => ErrorCode::ValueTooLarge,
+            RequestError::KeyTooLarge(_) | RequestError::ValueTooLarge(_) | RequestError::RequestTooLarge(_) => {
+                ErrorCode::ValueTooLarge
+            }
         }
     }
 }
@@ -152,6 +183,15 @@ pub fn client_request_from_proto(request: proto::ClientRequest) -> Result<Client
         return Err(RequestError::UnknownRange(request.range_id));
     }
     let operation = operation_from_proto(request.operation.ok_or(RequestError::NoOperation)?);
+    let (client_id, sequence) = (request.client_id, request.sequence);
+    match operation {
+        Operation::OpenSession if client_id != 0 || sequence == 0 => {
+            return Err(RequestError::MalformedOpen { client_id, sequence })
+        }
+        Operation::OpenSession => {}
+        _ if client_id == 0 || sequence == 0 => return Err(RequestError::NoSession { client_id, sequence }),
+        _ => {}
+    }
     let key_bytes = operation.key().len();
     if key_bytes > KEY_BYTES_MAX {
         return Err(RequestError::KeyTooLarge(key_bytes));
@@ -159,12 +199,22 @@ pub fn client_request_from_proto(request: proto::ClientRequest) -> Result<Client
     let value_bytes = match &operation {
         Operation::Set { value, .. } => value.len(),
         Operation::Cas { expected, new, .. } => expected.len().max(new.len()),
-        Operation::Get { .. } | Operation::Del { .. } => 0,
+        Operation::Get { .. } | Operation::Del { .. } | Operation::OpenSession => 0,
     };
     if value_bytes > VALUE_BYTES_MAX {
         return Err(RequestError::ValueTooLarge(value_bytes));
     }
-    Ok(ClientRequest { client_id: request.client_id, sequence: request.sequence, operation })
+    Ok(ClientRequest { client_id, sequence, operation })
+}
+
+/// Checks that `request` fits in one client frame, so that a server never
+/// has to close a shared connection over it.
+pub fn check_request_frame(request: &proto::ClientRequest) -> Result<(), RequestError> {
+    let bytes = FRAME_HEADER_BYTES + prost::Message::encoded_len(request);
+    if bytes > CLIENT_FRAME_BYTES_MAX {
+        return Err(RequestError::RequestTooLarge(bytes));
+    }
+    Ok(())
 }
 
 // ----- log entries and snapshots -----
@@ -192,6 +242,7 @@ fn command_operation(operation: proto::client_request::Operation) -> proto::comm
         From::Get(get) => To::Get(get),
         From::Cas(cas) => To::Cas(cas),
         From::Del(del) => To::Del(del),
+        From::OpenSession(open) => To::OpenSession(open),
     }
 }
 
@@ -203,6 +254,7 @@ fn request_operation(operation: proto::command::Operation) -> proto::client_requ
         From::Get(get) => To::Get(get),
         From::Cas(cas) => To::Cas(cas),
         From::Del(del) => To::Del(del),
+        From::OpenSession(open) => To::OpenSession(open),
     }
 }
 
@@ -223,19 +275,28 @@ pub fn entry_from_proto(entry: proto::Entry) -> Result<Entry, WireError> {
 }
 
 pub fn snapshot_to_proto(snapshot: &Snapshot) -> proto::Snapshot {
-    proto::Snapshot {
-        last_index: snapshot.last_index,
-        last_term: snapshot.last_term,
-        data: Bytes::copy_from_slice(&snapshot.data),
-    }
+    proto::Snapshot { last_index: snapshot.last_index, last_term: snapshot.last_term, data: snapshot.data.clone() }
 }
 
 pub fn snapshot_from_proto(snapshot: proto::Snapshot) -> Snapshot {
-    Snapshot {
-        last_index: snapshot.last_index,
-        last_term: snapshot.last_term,
-        data: std::sync::Arc::new(snapshot.data.to_vec()),
+    Snapshot { last_index: snapshot.last_index, last_term: snapshot.last_term, data: snapshot.data }
+}
+
+/// Checks a snapshot from a peer before consensus or storage sees it: the
+/// format, the checksum, every record, and that the data is at the
+/// position the message claims.
+pub fn check_snapshot(snapshot: &Snapshot) -> Result<(), WireError> {
+    let reader = SnapshotReader::new(&snapshot.data)?;
+    reader.check_records()?;
+    if (reader.applied_index, reader.applied_term) != (snapshot.last_index, snapshot.last_term) {
+        return Err(WireError::SnapshotPosition {
+            claimed: snapshot.last_index,
+            claimed_term: snapshot.last_term,
+            data: reader.applied_index,
+            data_term: reader.applied_term,
+        });
     }
+    Ok(())
 }
 
 // ----- peer messages -----
@@ -298,7 +359,19 @@ pub fn peer_message_to_proto(envelope: &Envelope) -> proto::PeerMessage {
     proto::PeerMessage { range_id: DEFAULT_RANGE_ID, from: envelope.from, to: envelope.to, body: Some(body) }
 }
 
+/// Converts a peer message and checks it as far as it can be checked
+/// without the receiver's state (`consensus::check_structure`, and a
+/// snapshot's data). What fails here never reaches consensus.
 pub fn peer_message_from_proto(message: proto::PeerMessage) -> Result<Envelope, WireError> {
+    let envelope = peer_message_unchecked(message)?;
+    consensus::check_structure(&envelope.message)?;
+    if let Message::InstallSnapshot { snapshot, .. } = &envelope.message {
+        check_snapshot(snapshot)?;
+    }
+    Ok(envelope)
+}
+
+fn peer_message_unchecked(message: proto::PeerMessage) -> Result<Envelope, WireError> {
     use proto::peer_message::Body;
     let body = message.body.ok_or(WireError::MissingField { message: "PeerMessage", field: "body" })?;
     let message_body = match body {
@@ -387,6 +460,35 @@ mod tests {
         assert!(buffer.capacity() < 1024, "nothing was reserved for the claimed body");
     }
 
+    /// Issue 13, item 7: a header that declares a large body reserves nothing.
+    #[test]
+    fn a_declared_length_within_the_limit_reserves_nothing_either() {
+        let mut buffer = BytesMut::from(&((PEER_FRAME_BYTES_MAX as u32).to_be_bytes())[..]);
+        assert!(take_frame(&mut buffer, PEER_FRAME_BYTES_MAX).unwrap().is_none());
+        assert!(buffer.capacity() < 1024, "reserved {} bytes for a body not sent", buffer.capacity());
+    }
+
+    /// Issue 13, item 5: the largest cas each field allows fits in one frame.
+    #[test]
+    fn the_largest_valid_request_fits_in_a_client_frame() {
+        let request = proto::ClientRequest {
+            request_id: u64::MAX,
+            client_id: u64::MAX,
+            sequence: u64::MAX,
+            range_id: u64::MAX,
+            collection: DEFAULT_COLLECTION.to_string(),
+            operation: Some(proto::client_request::Operation::Cas(proto::Cas {
+                key: Bytes::from(vec![1; KEY_BYTES_MAX]),
+                expected: Bytes::from(vec![2; VALUE_BYTES_MAX]),
+                new: Bytes::from(vec![3; VALUE_BYTES_MAX]),
+            })),
+        };
+        assert_eq!(check_request_frame(&request), Ok(()));
+        let mut buffer = BytesMut::new();
+        encode_frame(&request, &mut buffer);
+        assert!(take_frame(&mut buffer, CLIENT_FRAME_BYTES_MAX).unwrap().is_some());
+    }
+
     #[test]
     fn garbage_does_not_decode() {
         let garbage = Bytes::from_static(&[0xff, 0xff, 0xff, 0x01, 0x02]);
@@ -411,7 +513,8 @@ mod tests {
                 }),
             },
         ];
-        let snapshot = Snapshot { last_index: 4, last_term: 1, data: std::sync::Arc::new(vec![1, 2, 3]) };
+        let data = crate::state_machine::SnapshotWriter::new(4, 1).finish().into();
+        let snapshot = Snapshot { last_index: 4, last_term: 1, data };
         let messages = vec![
             Message::PreVote { term: 3, last_log_index: 4, last_log_term: 2 },
             Message::PreVoteResponse { term: 3, granted: true },
@@ -446,6 +549,8 @@ mod tests {
         let request = |collection: &str, range_id: u64, value: usize| proto::ClientRequest {
             collection: collection.to_string(),
             range_id,
+            client_id: 1,
+            sequence: 1,
             operation: Some(proto::client_request::Operation::Set(proto::Set {
                 key: Bytes::from_static(b"k"),
                 value: Bytes::from(vec![0; value]),
@@ -462,5 +567,51 @@ mod tests {
         assert_eq!(client_request_from_proto(request("kv", 3, 1)), Err(RequestError::UnknownRange(3)));
         let empty = proto::ClientRequest::default();
         assert_eq!(client_request_from_proto(empty), Err(RequestError::NoOperation));
+    }
+
+    /// Issue 13, item 6: the protobuf defaults (client 0, sequence 0) are refused.
+    #[test]
+    fn requests_need_a_session_and_a_sequence() {
+        let set = |client_id, sequence| proto::ClientRequest {
+            client_id,
+            sequence,
+            operation: Some(proto::client_request::Operation::Set(proto::Set::default())),
+            ..Default::default()
+        };
+        assert_eq!(client_request_from_proto(set(0, 0)), Err(RequestError::NoSession { client_id: 0, sequence: 0 }));
+        assert!(client_request_from_proto(set(5, 0)).is_err());
+        assert!(client_request_from_proto(set(0, 5)).is_err());
+        assert!(client_request_from_proto(set(5, 1)).is_ok());
+        let open = |client_id, sequence| proto::ClientRequest {
+            client_id,
+            sequence,
+            operation: Some(proto::client_request::Operation::OpenSession(proto::OpenSession {})),
+            ..Default::default()
+        };
+        assert!(client_request_from_proto(open(0, 77)).is_ok());
+        assert!(client_request_from_proto(open(0, 0)).is_err());
+        assert!(client_request_from_proto(open(3, 77)).is_err());
+    }
+
+    /// Issue 13, item 8: a corrupt snapshot is refused at the wire, not by storage.
+    #[test]
+    fn corrupt_or_misplaced_snapshots_are_refused_at_the_wire() {
+        let good: Bytes = crate::state_machine::SnapshotWriter::new(4, 1).finish().into();
+        let message = |last_index, data: Bytes| proto::PeerMessage {
+            from: 1,
+            to: 2,
+            body: Some(proto::peer_message::Body::InstallSnapshot(proto::InstallSnapshot {
+                term: 1,
+                snapshot: Some(proto::Snapshot { last_index, last_term: 1, data }),
+                round: 1,
+            })),
+            ..Default::default()
+        };
+        assert!(peer_message_from_proto(message(4, good.clone())).is_ok());
+        let mut corrupt = good.to_vec();
+        corrupt[10] ^= 0xff;
+        assert!(matches!(peer_message_from_proto(message(4, corrupt.into())), Err(WireError::Snapshot { .. })));
+        assert!(matches!(peer_message_from_proto(message(9, good)), Err(WireError::SnapshotPosition { .. })));
+        assert!(peer_message_from_proto(message(4, Bytes::from_static(b"junk"))).is_err());
     }
 }

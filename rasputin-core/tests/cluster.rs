@@ -58,18 +58,26 @@ impl Cluster {
     }
 
     fn launch(&mut self, index: usize) {
-        let member = &mut self.members[index];
-        let child = Command::new(env!("CARGO_BIN_EXE_rasputind"))
+        self.launch_with(index, &[]);
+    }
+
+    fn launch_with(&mut self, index: usize, extra: &[&str]) {
+        let child = self.command(index).args(extra).stdin(Stdio::null()).spawn().expect("start rasputind");
+        self.members[index].process = Some(child);
+    }
+
+    /// The command that starts member `index`.
+    fn command(&self, index: usize) -> Command {
+        let member = &self.members[index];
+        let mut command = Command::new(env!("CARGO_BIN_EXE_rasputind"));
+        command
             .arg(format!("--peer-port={}", member.peer_port))
             .arg(format!("--cli-port={}", member.client_port))
             .arg(format!("--seed-peers={}", self.peers))
             .arg(format!("--storage-dir={}", member.directory.display()))
             .arg(format!("--logfile={}", member.logfile.display()))
-            .arg(format!("--snapshot-every-entries={}", self.snapshot_every_entries))
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("start rasputind");
-        member.process = Some(child);
+            .arg(format!("--snapshot-every-entries={}", self.snapshot_every_entries));
+        command
     }
 
     fn kill(&mut self, index: usize) {
@@ -170,7 +178,7 @@ fn a_wiped_node_catches_up_through_a_snapshot() {
     std::fs::remove_dir_all(&cluster.members[victim].directory).unwrap();
     // Enough writes that the log is compacted past everything the victim had.
     write_keys(&client, 20..300, "second");
-    cluster.launch(victim);
+    cluster.launch_with(victim, &["--replace"]);
     eventually("the wiped node installs a snapshot", || cluster.log(victim).contains("installing a snapshot"));
     // With the other follower gone, writes commit only if the wiped node acknowledges them.
     let other = 3 - leader - victim;

@@ -184,7 +184,7 @@ mod tests {
     #[test]
     fn install_keeps_a_matching_suffix_and_drops_a_conflicting_log() {
         let mut log = log_of_terms(&[1, 1, 2, 2]);
-        let data = std::sync::Arc::new(Vec::new());
+        let data = bytes::Bytes::new();
         log.install(&Snapshot { last_index: 3, last_term: 2, data: data.clone() });
         assert_eq!((log.snapshot_index(), log.last_index()), (3, 4));
         log.install(&Snapshot { last_index: 6, last_term: 5, data });

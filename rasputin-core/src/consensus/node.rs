@@ -67,6 +67,10 @@ pub struct Recovered {
     pub snapshot: Option<Snapshot>,
     /// Entries after the snapshot, in order.
     pub entries: Vec<Entry>,
+    /// A node that replaces one whose disk was lost neither votes nor
+    /// campaigns until its commit index reaches this: its lost log may have
+    /// counted towards commits that only a minority holds now.
+    pub votes_withheld_until: Option<LogIndex>,
 }
 
 /// Why a node cannot start from what it recovered. The disk holds a state
@@ -222,6 +226,7 @@ pub struct Node {
     votes: BTreeSet<NodeId>,
     campaign_sent_at: Nanos,
     leader: Option<LeaderState>,
+    votes_withheld_until: Option<LogIndex>,
     /// Client writes were appended in this step: replicate once, at its end.
     replication_due: bool,
     out: Ready,
@@ -261,6 +266,7 @@ impl Node {
             votes: BTreeSet::new(),
             campaign_sent_at: 0,
             leader: None,
+            votes_withheld_until: recovered.votes_withheld_until,
             replication_due: false,
             out: Ready::default(),
             config,
@@ -320,6 +326,21 @@ impl Node {
     /// `candidate` become leader (by voting, or by campaigning if it is itself).
     pub fn promise_forbids(&self, candidate: NodeId, now: Nanos) -> bool {
         self.promise.is_some_and(|promise| promise.until > now && promise.holder != PromiseHolder::Node(candidate))
+    }
+
+    /// Drops the bytes of the snapshot this node holds and keeps its
+    /// position, for a driver that builds snapshots when a follower needs
+    /// one rather than keep one in memory. An InstallSnapshot this node
+    /// sends then carries no data, and the driver supplies it.
+    pub fn forget_snapshot_data(&mut self) {
+        if let Some(snapshot) = &mut self.snapshot {
+            snapshot.data = bytes::Bytes::new();
+        }
+    }
+
+    /// Whether this node still withholds its votes (see `Recovered::votes_withheld_until`).
+    pub fn withholds_votes(&self) -> bool {
+        self.votes_withheld_until.is_some_and(|until| self.commit_index < until)
     }
 
     /// Whether this node would serve a lease read at local time `now`.
@@ -428,6 +449,9 @@ impl Node {
     }
 
     fn bound_against(&self, candidate: NodeId) -> bool {
+        if self.withholds_votes() {
+            return true;
+        }
         match self.config.mode {
             ElectionMode::Harpoon => self.promise_binds(candidate),
             ElectionMode::RaftPreVoteCheckQuorum => self.hears_leader(),
@@ -438,6 +462,10 @@ impl Node {
     // ----- elections -----
 
     fn on_election_timeout(&mut self) {
+        if self.withholds_votes() {
+            self.reset_election_deadline();
+            return;
+        }
         if let Some(promise) = self.promise.filter(|promise| promise.until > self.now) {
             // Harpoon: still bound to a leader (or to the restart quiet period).
             self.election_deadline = promise.until;

@@ -261,8 +261,12 @@ fn raft_reads_always_take_a_quorum_round() {
 fn only_entries_of_the_current_term_commit_by_counting() {
     // Node 1 holds an old-term entry at index 1, then becomes leader of term 3.
     let old = Entry { term: 1, index: 1, payload: EntryPayload::Noop };
-    let recovered =
-        Recovered { hard_state: HardState { term: 2, voted_for: None }, snapshot: None, entries: vec![old] };
+    let recovered = Recovered {
+        hard_state: HardState { term: 2, voted_for: None },
+        snapshot: None,
+        entries: vec![old],
+        votes_withheld_until: None,
+    };
     let mut leader = Node::new(config(1, ElectionMode::Raft), recovered, 1, 0).unwrap();
     let _ = leader.step(LATE, Input::Tick);
     let _ = deliver(&mut leader, LATE, 2, Message::VoteResponse { term: 3, granted: true });
@@ -365,7 +369,7 @@ fn a_follower_behind_the_compaction_point_gets_a_snapshot() {
         Message::AppendResponse { term: 1, success: true, index: 1, hint: None, round: 1 },
     );
     assert_eq!(leader.commit_index(), 1, "node 3 never answered, node 2 made the quorum");
-    let snapshot = Snapshot { last_index: 1, last_term: 1, data: std::sync::Arc::new(vec![7]) };
+    let snapshot = Snapshot { last_index: 1, last_term: 1, data: bytes::Bytes::from_static(&[7]) };
     let _ = leader.step(LATE, Input::Compact(snapshot.clone()));
     let retransmit_at = LATE + leader.config().retransmit_timeout_ns;
     let ready = leader.step(retransmit_at, Input::Tick);
@@ -404,8 +408,12 @@ fn tick_until(node: &mut Node, mut now: Nanos, limit: Nanos, predicate: impl Fn(
 #[test]
 fn a_node_that_votes_while_asking_pre_votes_does_not_go_on_to_campaign() {
     let old = Entry { term: 1, index: 1, payload: EntryPayload::Noop };
-    let recovered =
-        Recovered { hard_state: HardState { term: 1, voted_for: None }, snapshot: None, entries: vec![old] };
+    let recovered = Recovered {
+        hard_state: HardState { term: 1, voted_for: None },
+        snapshot: None,
+        entries: vec![old],
+        votes_withheld_until: None,
+    };
     let mut voter = Node::new(config(1, ElectionMode::Harpoon), recovered, 1, 0).unwrap();
     let ready = deliver(&mut voter, LATE, 2, Message::Vote { term: 2, last_log_index: 0, last_log_term: 0 });
     assert!(messages(&ready).iter().any(|message| matches!(message, Message::VoteResponse { granted: false, .. })));
@@ -527,13 +535,24 @@ fn an_impossible_stored_state_is_refused_at_start() {
     let entry = |index, term| Entry { term, index, payload: EntryPayload::Noop };
     let cases = [
         Recovered { hard_state: HardState { term: u64::MAX, voted_for: None }, ..Recovered::default() },
-        Recovered { hard_state: HardState { term: 3, voted_for: None }, snapshot: None, entries: vec![entry(2, 1)] },
+        Recovered {
+            hard_state: HardState { term: 3, voted_for: None },
+            snapshot: None,
+            entries: vec![entry(2, 1)],
+            votes_withheld_until: None,
+        },
         Recovered {
             hard_state: HardState { term: 3, voted_for: None },
             snapshot: None,
             entries: vec![entry(1, 2), entry(2, 1)],
+            votes_withheld_until: None,
         },
-        Recovered { hard_state: HardState { term: 1, voted_for: None }, snapshot: None, entries: vec![entry(1, 2)] },
+        Recovered {
+            hard_state: HardState { term: 1, voted_for: None },
+            snapshot: None,
+            entries: vec![entry(1, 2)],
+            votes_withheld_until: None,
+        },
     ];
     for recovered in cases {
         let description = format!("{recovered:?}");

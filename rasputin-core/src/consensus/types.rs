@@ -2,7 +2,6 @@
 //! requests and peer messages. Plain data only; behaviour lives in `node`.
 
 use bytes::Bytes;
-use std::sync::Arc;
 
 /// A cluster member's identity. Stable for the member's lifetime.
 pub type NodeId = u64;
@@ -19,10 +18,23 @@ pub type Nanos = u64;
 /// entry and the applied one.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Operation {
-    Set { key: Bytes, value: Bytes },
-    Get { key: Bytes },
-    Cas { key: Bytes, expected: Bytes, new: Bytes },
-    Del { key: Bytes },
+    Set {
+        key: Bytes,
+        value: Bytes,
+    },
+    Get {
+        key: Bytes,
+    },
+    Cas {
+        key: Bytes,
+        expected: Bytes,
+        new: Bytes,
+    },
+    Del {
+        key: Bytes,
+    },
+    /// Opens a client session; the entry's index becomes its client id.
+    OpenSession,
 }
 
 impl Operation {
@@ -37,6 +49,7 @@ impl Operation {
             | Operation::Get { key }
             | Operation::Cas { key, .. }
             | Operation::Del { key } => key,
+            Operation::OpenSession => &[],
         }
     }
 
@@ -46,6 +59,7 @@ impl Operation {
             Operation::Set { key, value } => key.len() + value.len(),
             Operation::Get { key } | Operation::Del { key } => key.len(),
             Operation::Cas { key, expected, new } => key.len() + expected.len() + new.len(),
+            Operation::OpenSession => 0,
         }
     }
 }
@@ -97,7 +111,7 @@ pub struct Snapshot {
     pub last_index: LogIndex,
     pub last_term: Term,
     /// Opaque to consensus; shared so that sending it to several peers does not copy it.
-    pub data: Arc<Vec<u8>>,
+    pub data: Bytes,
 }
 
 /// Where a follower's log diverges, so the leader can skip a whole term at a time.

@@ -42,6 +42,14 @@ pub struct Flags {
     /// Take a snapshot and compact the log after this many applied entries.
     #[arg(long, value_name = "ENTRIES", default_value_t = SNAPSHOT_EVERY_ENTRIES_DEFAULT, value_parser = clap::value_parser!(u64).range(1..))]
     pub snapshot_every_entries: u64,
+    /// This node replaces one whose data was lost: start from an empty
+    /// --storage-dir although the cluster has heard from this node before.
+    /// The node waits until every other member answers, never votes again
+    /// in a term it may have voted in, and votes only once it holds every
+    /// entry committed before it started. Without it, such a node refuses
+    /// to start, since a node that forgot its votes could vote twice.
+    #[arg(long)]
+    pub replace: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -2,6 +2,7 @@
 
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
+use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use mio::net::TcpStream;
@@ -11,6 +12,12 @@ use crate::wire::{self, WireError};
 
 /// Bytes read from a socket in one call: the size of the daemon's scratch buffer.
 pub const READ_CHUNK_BYTES: usize = 64 << 10;
+/// Bytes one connection may read in one turn of the event loop. A fast
+/// sender then waits for the next turn, and timers and other connections
+/// (heartbeats above all) are served in between.
+pub const READ_BYTES_PER_TURN_MAX: usize = 1 << 20;
+/// Frames one connection may yield in one turn of the event loop.
+pub const FRAMES_PER_TURN_MAX: usize = 256;
 /// Unsent bytes a client connection may hold before it is closed as too slow.
 pub const CLIENT_OUTGOING_BYTES_MAX: usize = 32 << 20;
 /// Unsent bytes a peer connection may hold before messages to it are dropped.
@@ -34,6 +41,7 @@ pub struct Connection {
     pub greeted: bool,
     /// For peer connections: the node at the other end.
     pub remote: Option<NodeId>,
+    pub opened_at: Instant,
     incoming: BytesMut,
     outgoing: BytesMut,
 }
@@ -46,7 +54,10 @@ enum ReadOutcome {
 
 /// What reading from a connection found.
 pub enum Received {
+    /// Everything available was read.
     Frames(Vec<Bytes>),
+    /// The turn's budget ran out with more to read: read again next turn.
+    More(Vec<Bytes>),
     /// The other side closed the connection, or broke the framing.
     Closed(Vec<Bytes>, Option<WireError>),
 }
@@ -63,15 +74,19 @@ impl Connection {
             address,
             greeted: false,
             remote,
+            opened_at: Instant::now(),
             incoming: BytesMut::new(),
             outgoing: BytesMut::new(),
         }
     }
 
+    /// Until the handshake completes, the other side is a stranger and gets
+    /// room for a Hello only.
     fn frame_bytes_max(&self) -> usize {
-        match self.kind {
-            Kind::Client => wire::CLIENT_FRAME_BYTES_MAX,
-            Kind::PeerInbound | Kind::PeerOutbound(_) => wire::PEER_FRAME_BYTES_MAX,
+        match (self.greeted, self.kind) {
+            (false, _) => wire::HELLO_FRAME_BYTES_MAX,
+            (true, Kind::Client) => wire::CLIENT_FRAME_BYTES_MAX,
+            (true, Kind::PeerInbound | Kind::PeerOutbound(_)) => wire::PEER_FRAME_BYTES_MAX,
         }
     }
 
@@ -82,14 +97,29 @@ impl Connection {
         }
     }
 
-    /// Reads everything available (mio is edge-triggered) and splits it into
+    /// Reads what is available, up to this turn's budget, and splits it into
     /// frames. Reads land in `scratch`, shared by all connections, and only
     /// the bytes read are copied: growing `incoming` by a whole chunk per
-    /// read would zero 64 KiB for every small request.
+    /// read would zero 64 KiB for every small request. mio is
+    /// edge-triggered, so a connection that returns `More` must be read
+    /// again without waiting for another event.
+    ///
+    /// Only the first frame is split off before the handshake completes: the
+    /// caller must handle it, which raises the frame limit, before asking for
+    /// more.
     pub fn receive(&mut self, scratch: &mut [u8]) -> Received {
-        let frame_bytes_max = self.frame_bytes_max();
         let mut frames = Vec::new();
+        let mut bytes_read = 0;
         loop {
+            if let Err(error) = self.split_frames(&mut frames) {
+                return Received::Closed(frames, Some(error));
+            }
+            if !self.greeted && !frames.is_empty() {
+                return Received::More(frames);
+            }
+            if frames.len() >= FRAMES_PER_TURN_MAX || bytes_read >= READ_BYTES_PER_TURN_MAX {
+                return Received::More(frames);
+            }
             let outcome = match self.stream.read(scratch) {
                 Ok(0) => ReadOutcome::Closed,
                 Ok(read) => ReadOutcome::Data(read),
@@ -97,21 +127,34 @@ impl Connection {
                 Err(error) if error.kind() == io::ErrorKind::Interrupted => ReadOutcome::Data(0),
                 Err(_) => ReadOutcome::Closed,
             };
-            let read = if let ReadOutcome::Data(read) = outcome { read } else { 0 };
-            self.incoming.extend_from_slice(&scratch[..read]);
-            loop {
-                match wire::take_frame(&mut self.incoming, frame_bytes_max) {
-                    Ok(Some(frame)) => frames.push(frame),
-                    Ok(None) => break,
-                    Err(error) => return Received::Closed(frames, Some(error)),
+            match outcome {
+                ReadOutcome::Data(read) => {
+                    bytes_read += read;
+                    self.incoming.extend_from_slice(&scratch[..read]);
+                }
+                ReadOutcome::Drained | ReadOutcome::Closed => {
+                    if let Err(error) = self.split_frames(&mut frames) {
+                        return Received::Closed(frames, Some(error));
+                    }
+                    return match outcome {
+                        ReadOutcome::Closed => Received::Closed(frames, None),
+                        _ => Received::Frames(frames),
+                    };
                 }
             }
-            match outcome {
-                ReadOutcome::Closed => return Received::Closed(frames, None),
-                ReadOutcome::Drained => return Received::Frames(frames),
-                ReadOutcome::Data(_) => {}
+        }
+    }
+
+    /// Splits whole frames off `incoming`, one only before the handshake.
+    fn split_frames(&mut self, frames: &mut Vec<Bytes>) -> Result<(), WireError> {
+        let frame_bytes_max = self.frame_bytes_max();
+        while self.greeted || frames.is_empty() {
+            match wire::take_frame(&mut self.incoming, frame_bytes_max)? {
+                Some(frame) => frames.push(frame),
+                None => break,
             }
         }
+        Ok(())
     }
 
     /// Queues a frame. Returns false if the connection's outgoing limit would be exceeded.

@@ -1,41 +1,58 @@
 //! The daemon's event loop. One thread: it polls both ports, feeds inputs to
-//! the consensus node with the monotonic clock, and carries out each Ready
-//! in the order the core's contract sets (see `consensus::ready`).
+//! the consensus node with the boot clock, and carries out each Ready in the
+//! order the core's contract sets (see `consensus::ready`). A second thread
+//! builds snapshots for followers that need one.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::mpsc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mio::net::{TcpListener, TcpStream};
-use mio::{Events, Interest, Poll, Token};
+use mio::{Events, Interest, Poll, Token, Waker};
 use rocksdb::WriteBatch;
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 use thiserror::Error;
 use tracing::{debug, error, info, warn};
 
+use super::clock::BootClock;
 use super::config::{Flags, Membership};
 use super::connection::{Connection, Kind, Received, READ_CHUNK_BYTES};
-use super::storage::{Storage, StorageError};
+use super::storage::{Claim, SnapshotSource, Storage, StorageError};
 use crate::consensus::{
-    ClientRequest, Config, Envelope, Input, LogIndex, MessageError, Nanos, Node, NodeId, ReadReady, Ready, Rejection,
+    ClientRequest, Config, Envelope, Input, LogIndex, Message, MessageError, Nanos, Node, NodeId, Ready, Rejection,
     Role, Snapshot, StartError, Term,
 };
-use crate::state_machine::Response;
+use crate::state_machine::{Refusal, Response};
 use crate::wire::{self, proto, ErrorCode, PROTOCOL_VERSION};
 
 const PEER_LISTENER: Token = Token(0);
 const CLIENT_LISTENER: Token = Token(1);
 const SIGNALS: Token = Token(2);
+const SNAPSHOT_BUILT: Token = Token(3);
 const FIRST_CONNECTION: usize = 16;
 /// Client requests waiting for their entry to apply or their read to be confirmed.
 const CLIENT_REQUESTS_WAITING_COUNT_MAX: usize = 100_000;
 /// Open client connections; further ones are refused.
 const CLIENT_CONNECTIONS_COUNT_MAX: usize = 10_000;
+/// Open connections accepted on the peer port. Each member keeps one to
+/// this node; the rest of the room is for reconnects and strangers.
+const PEER_INBOUND_CONNECTIONS_COUNT_MAX: usize = 64;
+/// How long a connection may take to complete its handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often connections are checked against the handshake timeout.
+const HANDSHAKE_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 /// How often a lost peer connection is retried.
 const PEER_RECONNECT_INTERVAL: Duration = Duration::from_millis(200);
 /// Events handled per poll.
 const EVENTS_PER_POLL_MAX: usize = 1024;
+/// After a snapshot goes to a follower, how long the log it needs to catch
+/// up from is kept, and how long before another is built for it.
+const SNAPSHOT_CATCH_UP_WINDOW: Duration = Duration::from_secs(10);
+/// How often a node that is joining says what it waits for.
+const JOIN_REPORT_INTERVAL: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Error)]
 pub enum DaemonError {
@@ -49,13 +66,20 @@ pub enum DaemonError {
     Listen { address: SocketAddr, source: std::io::Error },
     #[error("event loop failed: {0}")]
     Io(#[from] std::io::Error),
+    #[error("--storage-dir is empty, but node {peer} (at term {peer_term}) has had messages from node {node} before: this node's data was lost. A node that forgot its votes could vote twice in one term. Restore the directory, or start the node with --replace to rejoin as a replacement")]
+    WipedNode { node: NodeId, peer: NodeId, peer_term: Term },
+    #[error("--replace is for a node whose --storage-dir is empty, and this one holds data; drop --replace to start the node as it is")]
+    ReplaceWithData,
 }
 
 impl DaemonError {
-    /// Exit code: 2 for bad invocations, 1 for failures while running.
+    /// Exit code: 2 for bad invocations, 3 when the data needs an operator
+    /// (restarting will not help), 1 for other failures while running.
     pub fn exit_code(&self) -> i32 {
         match self {
-            DaemonError::Flags(_) | DaemonError::Start(StartError::Config(_)) => 2,
+            DaemonError::Flags(_) | DaemonError::Start(StartError::Config(_)) | DaemonError::ReplaceWithData => 2,
+            DaemonError::Start(StartError::Recovered(_)) | DaemonError::WipedNode { .. } => 3,
+            DaemonError::Storage(error) if error.needs_an_operator() => 3,
             _ => 1,
         }
     }
@@ -64,25 +88,74 @@ impl DaemonError {
 /// A client request waiting for its answer: which connection, which request id.
 type Waiter = (Token, u64);
 
+/// What a node with an empty directory waits for before it takes part.
+struct Join {
+    replace: bool,
+    /// Each member's answer to this node's greeting: (term, commit index, knows this node).
+    answers: BTreeMap<NodeId, (Term, LogIndex, bool)>,
+    reported_at: Instant,
+}
+
+/// Snapshots for followers, built on a worker thread from a RocksDB snapshot.
+struct SnapshotSender {
+    requests: mpsc::SyncSender<()>,
+    built: mpsc::Receiver<Result<Snapshot, StorageError>>,
+    building: bool,
+    /// Followers waiting for the snapshot being built, with the term and
+    /// round of the InstallSnapshot consensus asked for.
+    waiting: BTreeMap<NodeId, (Term, u64)>,
+    /// When each follower last got a snapshot, and its index.
+    sent: BTreeMap<NodeId, (Instant, LogIndex)>,
+}
+
+impl SnapshotSender {
+    fn start(source: SnapshotSource, waker: Arc<Waker>) -> std::io::Result<SnapshotSender> {
+        let (requests, requested) = mpsc::sync_channel::<()>(1);
+        let (finished, built) = mpsc::sync_channel(1);
+        std::thread::Builder::new().name("rasputin-snapshots".into()).spawn(move || {
+            while requested.recv().is_ok() {
+                if finished.send(source.build()).is_err() {
+                    return;
+                }
+                let _ = waker.wake();
+            }
+        })?;
+        Ok(SnapshotSender { requests, built, building: false, waiting: BTreeMap::new(), sent: BTreeMap::new() })
+    }
+
+    /// The lowest index of a snapshot a follower may still be catching up
+    /// from: the log after it must stay.
+    fn catch_up_floor(&self) -> Option<LogIndex> {
+        self.sent.values().filter(|(at, _)| at.elapsed() < SNAPSHOT_CATCH_UP_WINDOW).map(|&(_, index)| index).min()
+    }
+}
+
 struct Daemon {
     membership: Membership,
     client_address: String,
     snapshot_every_entries: u64,
-    node: Node,
+    /// None while the node joins (see `Join`).
+    node: Option<Node>,
+    join: Option<Join>,
     storage: Storage,
-    started: Instant,
+    clock: BootClock,
     poll: Poll,
     connections: BTreeMap<Token, Connection>,
     next_token: usize,
+    client_connections: usize,
+    peer_inbound_connections: usize,
     outbound: BTreeMap<NodeId, Token>,
     reconnect_at: BTreeMap<NodeId, Instant>,
     peer_client_addresses: BTreeMap<NodeId, String>,
     waiting: HashMap<(u64, u64), Vec<Waiter>>,
-    reads_waiting: Vec<ReadReady>,
     batch: WriteBatch,
-    batch_dirty: bool,
+    /// Persists staged into `batch` so far, and how many of them are synced.
+    persists_staged: u64,
+    persists_synced: u64,
     persisted_position: Option<(LogIndex, Term)>,
-    held_messages: Vec<Envelope>,
+    /// Messages that promise durability, each with the number of persists
+    /// that must be synced before it may leave.
+    held_messages: VecDeque<(u64, Envelope)>,
     deadline: Nanos,
     shutting_down: bool,
     /// Client requests read in this poll, stepped together by `propose`;
@@ -90,35 +163,24 @@ struct Daemon {
     proposals: Vec<ClientRequest>,
     /// Where every connection's reads land before their bytes are framed.
     read_scratch: Vec<u8>,
+    /// Connections whose last read stopped at the turn's budget.
+    backlog: BTreeSet<Token>,
     /// Outgoing peer connections leave from this address, so that peers (and
     /// firewall rules) see the same address the node listens on.
     bind: IpAddr,
+    snapshots: SnapshotSender,
+    withholding_votes: bool,
+    handshakes_swept_at: Instant,
 }
 
 /// Runs the daemon until SIGTERM or SIGINT.
 pub fn run(flags: Flags) -> Result<(), DaemonError> {
     let membership = flags.membership().map_err(DaemonError::Flags)?;
-    let mut storage = Storage::open(&flags.storage_dir)?;
-    storage.claim_identity(membership.node_id, membership.cluster_id)?;
-    let members = (1..=membership.peers.len() as u64).collect();
-    let mut config = Config::new(membership.node_id, members);
-    if cfg!(feature = "fault-stale-reads") {
-        config.faults.reads_ignore_lease = true;
-        warn!("built with the test-only feature fault-stale-reads: reads ignore the lease and may be stale; never run this build for real");
+    let storage = Storage::open(&flags.storage_dir)?;
+    let claim = storage.claim_identity(membership.node_id, membership.cluster_id)?;
+    if flags.replace && claim == Claim::Existing {
+        return Err(DaemonError::ReplaceWithData);
     }
-    let started = Instant::now();
-    let recovered = storage.recover()?;
-    info!(
-        node = membership.node_id,
-        term = recovered.hard_state.term,
-        entries = recovered.entries.len(),
-        snapshot = recovered.snapshot.as_ref().map_or(0, |snapshot| snapshot.last_index),
-        applied = storage.applied().0,
-        "recovered from {}",
-        flags.storage_dir.display()
-    );
-    let seed = membership.node_id ^ std::process::id() as u64 ^ started.elapsed().as_nanos() as u64;
-    let node = Node::new(config, recovered, seed, 0)?;
     let poll = Poll::new()?;
     let mut peer_listener = listen(SocketAddr::new(flags.bind, flags.peer_port))?;
     let mut client_listener = listen(SocketAddr::new(flags.bind, flags.cli_port))?;
@@ -126,38 +188,56 @@ pub fn run(flags: Flags) -> Result<(), DaemonError> {
     poll.registry().register(&mut client_listener, CLIENT_LISTENER, Interest::READABLE)?;
     let mut signals = Signals::new([SIGTERM, SIGINT])?;
     poll.registry().register(&mut signals, SIGNALS, Interest::READABLE)?;
+    let waker = Arc::new(Waker::new(poll.registry(), SNAPSHOT_BUILT)?);
+    let snapshots = SnapshotSender::start(storage.snapshot_source(), waker)?;
     let advertise = flags.advertise.unwrap_or(flags.bind);
+    let join = (claim == Claim::Fresh).then(|| Join {
+        replace: flags.replace,
+        answers: BTreeMap::new(),
+        reported_at: Instant::now(),
+    });
     let mut daemon = Daemon {
         client_address: SocketAddr::new(advertise, flags.cli_port).to_string(),
         bind: flags.bind,
         read_scratch: vec![0; READ_CHUNK_BYTES],
         proposals: Vec::new(),
         snapshot_every_entries: flags.snapshot_every_entries,
-        node,
+        node: None,
+        join,
         storage,
-        started,
+        clock: BootClock::start(),
         poll,
         connections: BTreeMap::new(),
         next_token: FIRST_CONNECTION,
+        client_connections: 0,
+        peer_inbound_connections: 0,
         outbound: BTreeMap::new(),
         reconnect_at: BTreeMap::new(),
         peer_client_addresses: BTreeMap::new(),
         waiting: HashMap::new(),
-        reads_waiting: Vec::new(),
         batch: WriteBatch::default(),
-        batch_dirty: false,
+        persists_staged: 0,
+        persists_synced: 0,
         persisted_position: None,
-        held_messages: Vec::new(),
+        held_messages: VecDeque::new(),
         deadline: 0,
         shutting_down: false,
+        backlog: BTreeSet::new(),
+        snapshots,
+        withholding_votes: false,
+        handshakes_swept_at: Instant::now(),
         membership,
     };
     info!(
         node = daemon.membership.node_id,
         peers = ?daemon.membership.peers,
         client = %daemon.client_address,
+        joining = daemon.join.is_some(),
         "rasputind listening"
     );
+    if daemon.join.is_none() {
+        daemon.start_consensus()?;
+    }
     daemon.event_loop(&peer_listener, &client_listener, &mut signals)
 }
 
@@ -184,7 +264,33 @@ fn listen(address: SocketAddr) -> Result<TcpListener, DaemonError> {
 
 impl Daemon {
     fn now(&self) -> Nanos {
-        self.started.elapsed().as_nanos() as Nanos
+        self.clock.now_ns()
+    }
+
+    /// Starts consensus from what the disk holds.
+    fn start_consensus(&mut self) -> Result<(), DaemonError> {
+        let members = (1..=self.membership.peers.len() as u64).collect();
+        let mut config = Config::new(self.membership.node_id, members);
+        if cfg!(feature = "fault-stale-reads") {
+            config.faults.reads_ignore_lease = true;
+            warn!("built with the test-only feature fault-stale-reads: reads ignore the lease and may be stale; never run this build for real");
+        }
+        let recovered = self.storage.recover()?;
+        info!(
+            node = self.membership.node_id,
+            term = recovered.hard_state.term,
+            entries = recovered.entries.len(),
+            snapshot = recovered.snapshot.as_ref().map_or(0, |snapshot| snapshot.last_index),
+            applied = self.storage.applied().0,
+            votes_withheld_until = recovered.votes_withheld_until,
+            "recovered"
+        );
+        self.withholding_votes = recovered.votes_withheld_until.is_some();
+        let now = self.now();
+        let seed = self.membership.node_id ^ std::process::id() as u64 ^ now;
+        self.node = Some(Node::new(config, recovered, seed, now)?);
+        self.step(Input::Tick)?;
+        self.flush_persist()
     }
 
     fn event_loop(
@@ -194,13 +300,16 @@ impl Daemon {
         signals: &mut Signals,
     ) -> Result<(), DaemonError> {
         let mut events = Events::with_capacity(EVENTS_PER_POLL_MAX);
-        self.step(Input::Tick)?;
-        self.flush_persist()?;
         while !self.shutting_down {
             self.connect_peers();
             self.flush_connections();
-            let wait_ns = self.deadline.saturating_sub(self.now());
-            let wait = Duration::from_nanos(wait_ns).min(PEER_RECONNECT_INTERVAL);
+            self.close_stalled_handshakes();
+            let wait = if self.backlog.is_empty() {
+                let wait_ns = self.deadline.saturating_sub(self.now());
+                Duration::from_nanos(wait_ns).min(PEER_RECONNECT_INTERVAL)
+            } else {
+                Duration::ZERO
+            };
             if let Err(error) = self.poll.poll(&mut events, Some(wait)) {
                 if error.kind() != std::io::ErrorKind::Interrupted {
                     return Err(error.into());
@@ -211,11 +320,15 @@ impl Daemon {
                     PEER_LISTENER => self.accept(peer_listener, Kind::PeerInbound),
                     CLIENT_LISTENER => self.accept(client_listener, Kind::Client),
                     SIGNALS => self.on_signals(signals),
+                    SNAPSHOT_BUILT => self.on_snapshot_built()?,
                     token => self.on_connection_event(token, event.is_readable(), event.is_writable())?,
                 }
             }
+            for token in std::mem::take(&mut self.backlog) {
+                self.read_connection(token)?;
+            }
             self.propose()?;
-            if self.now() >= self.deadline {
+            if self.node.is_some() && self.now() >= self.deadline {
                 self.step(Input::Tick)?;
             }
             // Appends to followers (and answers) may leave before this node's
@@ -223,6 +336,7 @@ impl Daemon {
             // that must wait for the sync are held apart until it is done.
             self.flush_connections();
             self.flush_persist()?;
+            self.maybe_finish_joining()?;
         }
         self.flush_persist()?;
         self.flush_connections();
@@ -237,6 +351,43 @@ impl Daemon {
         }
     }
 
+    // ----- joining -----
+
+    /// A node whose directory was empty takes part only once enough members
+    /// have answered its greeting and none of them has heard from it before
+    /// (unless it is a replacement, which waits for every member).
+    fn maybe_finish_joining(&mut self) -> Result<(), DaemonError> {
+        let Some(join) = &mut self.join else { return Ok(()) };
+        let node = self.membership.node_id;
+        if let Some((&peer, &(peer_term, _, _))) = join.answers.iter().find(|(_, answer)| answer.2) {
+            if !join.replace {
+                return Err(DaemonError::WipedNode { node, peer, peer_term });
+            }
+        }
+        let members = self.membership.peers.len();
+        let needed = if join.replace { members - 1 } else { members / 2 };
+        if join.answers.len() < needed {
+            if join.reported_at.elapsed() >= JOIN_REPORT_INTERVAL {
+                join.reported_at = Instant::now();
+                let answered: Vec<&NodeId> = join.answers.keys().collect();
+                info!(node, ?answered, needed, replace = join.replace, "joining: waiting for members to answer");
+            }
+            return Ok(());
+        }
+        if join.replace {
+            let term = join.answers.values().map(|answer| answer.0).max().unwrap_or(0);
+            let commit = join.answers.values().map(|answer| answer.1).max().unwrap_or(0);
+            info!(
+                node,
+                term, commit, "replacing a lost node: no vote in term {term}, none at all before commit {commit}"
+            );
+            self.storage.start_replacement(term, node, commit)?;
+        }
+        self.join = None;
+        info!(node, "joined the cluster");
+        self.start_consensus()
+    }
+
     // ----- connections -----
 
     fn register(&mut self, mut stream: TcpStream, kind: Kind, address: SocketAddr) -> Option<Token> {
@@ -248,6 +399,11 @@ impl Daemon {
             return None;
         }
         let _ = stream.set_nodelay(true);
+        match kind {
+            Kind::Client => self.client_connections += 1,
+            Kind::PeerInbound => self.peer_inbound_connections += 1,
+            Kind::PeerOutbound(_) => {}
+        }
         self.connections.insert(token, Connection::new(stream, kind, address));
         Some(token)
     }
@@ -256,10 +412,13 @@ impl Daemon {
         loop {
             match listener.accept() {
                 Ok((stream, address)) => {
-                    let clients =
-                        self.connections.values().filter(|connection| connection.kind == Kind::Client).count();
-                    if kind == Kind::Client && clients >= CLIENT_CONNECTIONS_COUNT_MAX {
+                    if kind == Kind::Client && self.client_connections >= CLIENT_CONNECTIONS_COUNT_MAX {
                         warn!(%address, "refusing a client connection: {CLIENT_CONNECTIONS_COUNT_MAX} are open");
+                        continue;
+                    }
+                    if kind == Kind::PeerInbound && self.peer_inbound_connections >= PEER_INBOUND_CONNECTIONS_COUNT_MAX
+                    {
+                        warn!(%address, "refusing a peer connection: {PEER_INBOUND_CONNECTIONS_COUNT_MAX} are open");
                         continue;
                     }
                     debug!(%address, ?kind, "accepted a connection");
@@ -308,8 +467,12 @@ impl Daemon {
     fn close(&mut self, token: Token, reason: &str) {
         let Some(mut connection) = self.connections.remove(&token) else { return };
         let _ = self.poll.registry().deregister(&mut connection.stream);
-        if let Kind::PeerOutbound(peer) = connection.kind {
-            self.outbound.remove(&peer);
+        match connection.kind {
+            Kind::Client => self.client_connections -= 1,
+            Kind::PeerInbound => self.peer_inbound_connections -= 1,
+            Kind::PeerOutbound(peer) => {
+                self.outbound.remove(&peer);
+            }
         }
         debug!(address = %connection.address, ?connection.kind, reason, "closed a connection");
     }
@@ -334,6 +497,24 @@ impl Daemon {
         }
     }
 
+    /// A connection that has not completed its handshake in time holds a
+    /// slot for nothing.
+    fn close_stalled_handshakes(&mut self) {
+        if self.handshakes_swept_at.elapsed() < HANDSHAKE_SWEEP_INTERVAL {
+            return;
+        }
+        self.handshakes_swept_at = Instant::now();
+        let stalled: Vec<Token> = self
+            .connections
+            .iter()
+            .filter(|(_, connection)| !connection.greeted && connection.opened_at.elapsed() > HANDSHAKE_TIMEOUT)
+            .map(|(&token, _)| token)
+            .collect();
+        for token in stalled {
+            self.close_for_bad_input(token, &format!("no handshake within {HANDSHAKE_TIMEOUT:?}"));
+        }
+    }
+
     fn flush_connections(&mut self) {
         let dead: Vec<Token> = self
             .connections
@@ -355,12 +536,20 @@ impl Daemon {
                 }
             }
         }
-        if !readable {
-            return Ok(());
+        if readable {
+            self.read_connection(token)?;
         }
+        Ok(())
+    }
+
+    fn read_connection(&mut self, token: Token) -> Result<(), DaemonError> {
         let Some(connection) = self.connections.get_mut(&token) else { return Ok(()) };
         let (frames, closed) = match connection.receive(&mut self.read_scratch) {
             Received::Frames(frames) => (frames, None),
+            Received::More(frames) => {
+                self.backlog.insert(token);
+                (frames, None)
+            }
             Received::Closed(frames, error) => (frames, Some(error)),
         };
         for frame in frames {
@@ -381,33 +570,54 @@ impl Daemon {
         let connection = self.connections.get(&token).expect("checked by the caller");
         let (kind, greeted) = (connection.kind, connection.greeted);
         match (kind, greeted) {
-            (Kind::PeerOutbound(_), false) => self.on_hello_reply(token, frame),
+            (Kind::PeerOutbound(peer), false) => {
+                self.on_hello_reply(token, peer, frame);
+                Ok(())
+            }
             (Kind::PeerOutbound(_), true) => {
                 self.close_for_bad_input(token, &"a peer sent data on a connection used only for sending");
                 Ok(())
             }
-            (_, false) => self.on_hello(token, kind, frame),
+            (_, false) => {
+                self.on_hello(token, kind, frame);
+                Ok(())
+            }
             (Kind::PeerInbound, true) => self.on_peer_frame(token, frame),
-            (Kind::Client, true) => self.on_client_frame(token, frame),
+            (Kind::Client, true) => {
+                self.on_client_frame(token, frame);
+                Ok(())
+            }
         }
     }
 
-    fn on_hello(&mut self, token: Token, kind: Kind, frame: bytes::Bytes) -> Result<(), DaemonError> {
+    fn on_hello(&mut self, token: Token, kind: Kind, frame: bytes::Bytes) {
         let hello: proto::Hello = match wire::decode(frame, "Hello") {
             Ok(hello) => hello,
             Err(error) => {
                 self.close_for_bad_input(token, &error);
-                return Ok(());
+                return;
             }
         };
         let refusal = self.check_hello(kind, &hello);
         let reply = match &refusal {
-            Ok(()) => proto::HelloReply { accepted: true, protocol_version: PROTOCOL_VERSION, ..Default::default() },
+            Ok(()) => {
+                let (term, commit_index) = self.node.as_ref().map_or((0, 0), |node| (node.term(), node.commit_index()));
+                let knows_you = kind == Kind::PeerInbound && self.storage.has_seen(hello.node_id);
+                proto::HelloReply {
+                    accepted: true,
+                    protocol_version: PROTOCOL_VERSION,
+                    term,
+                    commit_index,
+                    knows_you,
+                    ..Default::default()
+                }
+            }
             Err((code, message)) => proto::HelloReply {
                 accepted: false,
                 protocol_version: PROTOCOL_VERSION,
                 error: *code as i32,
                 message: message.clone(),
+                ..Default::default()
             },
         };
         let connection = self.connections.get_mut(&token).expect("checked by the caller");
@@ -415,14 +625,30 @@ impl Daemon {
         let _ = connection.flush();
         if let Err((_, message)) = refusal {
             self.close_for_bad_input(token, &message);
-            return Ok(());
+            return;
         }
         connection.greeted = true;
         if kind == Kind::PeerInbound {
             connection.remote = Some(hello.node_id);
             self.peer_client_addresses.insert(hello.node_id, hello.client_address);
+            self.close_older_connections_of(hello.node_id, token);
         }
-        Ok(())
+    }
+
+    /// A member keeps one connection to this node; when it opens another,
+    /// the older one is dead or about to be, and only holds a slot.
+    fn close_older_connections_of(&mut self, peer: NodeId, newest: Token) {
+        let older: Vec<Token> = self
+            .connections
+            .iter()
+            .filter(|(&token, connection)| {
+                token != newest && connection.kind == Kind::PeerInbound && connection.remote == Some(peer)
+            })
+            .map(|(&token, _)| token)
+            .collect();
+        for token in older {
+            self.close(token, "the peer reconnected");
+        }
     }
 
     fn check_hello(&self, kind: Kind, hello: &proto::Hello) -> Result<(), (ErrorCode, String)> {
@@ -448,10 +674,13 @@ impl Daemon {
         Ok(())
     }
 
-    fn on_hello_reply(&mut self, token: Token, frame: bytes::Bytes) -> Result<(), DaemonError> {
+    fn on_hello_reply(&mut self, token: Token, peer: NodeId, frame: bytes::Bytes) {
         match wire::decode::<proto::HelloReply>(frame, "HelloReply") {
             Ok(reply) if reply.accepted => {
                 self.connections.get_mut(&token).expect("checked by the caller").greeted = true;
+                if let Some(join) = &mut self.join {
+                    join.answers.insert(peer, (reply.term, reply.commit_index, reply.knows_you));
+                }
             }
             Ok(reply) => {
                 error!(message = %reply.message, code = reply.error, "a peer refused this node's handshake");
@@ -459,7 +688,6 @@ impl Daemon {
             }
             Err(error) => self.close_for_bad_input(token, &error),
         }
-        Ok(())
     }
 
     fn on_peer_frame(&mut self, token: Token, frame: bytes::Bytes) -> Result<(), DaemonError> {
@@ -488,15 +716,21 @@ impl Daemon {
             self.close_for_bad_input(token, &error);
             return Ok(());
         }
+        if self.node.is_none() {
+            debug!(peer = envelope.from, "dropping a peer message while joining");
+            return Ok(());
+        }
+        // From here on, a wiped `from` is known to have taken part.
+        self.storage.record_seen(envelope.from)?;
         self.step(Input::Message(envelope))
     }
 
-    fn on_client_frame(&mut self, token: Token, frame: bytes::Bytes) -> Result<(), DaemonError> {
+    fn on_client_frame(&mut self, token: Token, frame: bytes::Bytes) {
         let request: proto::ClientRequest = match wire::decode(frame, "ClientRequest") {
             Ok(request) => request,
             Err(error) => {
                 self.close_for_bad_input(token, &error);
-                return Ok(());
+                return;
             }
         };
         let request_id = request.request_id;
@@ -504,17 +738,21 @@ impl Daemon {
             Ok(request) => request,
             Err(error) => {
                 self.respond_error(token, request_id, error.code(), error.to_string());
-                return Ok(());
+                return;
             }
         };
+        if self.node.is_none() {
+            let message = "this node is joining the cluster; ask another".to_string();
+            self.respond_error(token, request_id, ErrorCode::NotLeader, message);
+            return;
+        }
         if self.waiting.len() >= CLIENT_REQUESTS_WAITING_COUNT_MAX {
             let message = "too many requests are waiting; retry shortly".to_string();
             self.respond_error(token, request_id, ErrorCode::Overloaded, message);
-            return Ok(());
+            return;
         }
         self.waiting.entry((request.client_id, request.sequence)).or_default().push((token, request_id));
         self.proposals.push(request);
-        Ok(())
     }
 
     /// Steps every request that arrived in this poll at once: one append per
@@ -530,15 +768,28 @@ impl Daemon {
     // ----- consensus -----
 
     fn step(&mut self, input: Input) -> Result<(), DaemonError> {
-        let was_leader = self.node.role() == Role::Leader;
-        let ready = self.node.step(self.now(), input);
-        let is_leader = self.node.role() == Role::Leader;
+        let now = self.now();
+        let Some(node) = self.node.as_mut() else { return Ok(()) };
+        let was_leader = node.role() == Role::Leader;
+        let ready = node.step(now, input);
+        let is_leader = node.role() == Role::Leader;
         if was_leader != is_leader {
-            info!(node = self.membership.node_id, term = self.node.term(), role = ?self.node.role(), "role changed");
+            info!(node = self.membership.node_id, term = node.term(), role = ?node.role(), "role changed");
         }
         self.carry_out(ready)?;
         if was_leader && !is_leader {
             self.redirect_waiting_writes();
+        }
+        self.check_withholding()
+    }
+
+    /// A replacement that now holds everything committed before it started
+    /// may vote again, and need not wait again after a restart.
+    fn check_withholding(&mut self) -> Result<(), DaemonError> {
+        if self.withholding_votes && self.node.as_ref().is_some_and(|node| !node.withholds_votes()) {
+            self.storage.end_withholding()?;
+            self.withholding_votes = false;
+            info!(node = self.membership.node_id, "caught up: this replacement votes again");
         }
         Ok(())
     }
@@ -561,102 +812,162 @@ impl Daemon {
         for (peer, error) in refused {
             self.close_peer_for_bad_input(peer, &error);
         }
-        for envelope in &send {
+        for envelope in send {
             self.send_to_peer(envelope);
         }
         if !persist.is_empty() {
             let installs_snapshot = persist.snapshot.is_some();
-            let log_emptied = installs_snapshot && self.node.log().last_index() == self.node.log().snapshot_index();
+            let node = self.node.as_ref().expect("only a running node steps");
+            let log_emptied = installs_snapshot && node.log().last_index() == node.log().snapshot_index();
             self.storage.stage(&mut self.batch, &persist, log_emptied)?;
-            self.batch_dirty = true;
+            self.persists_staged += 1;
             if let Some(position) = persist.last_position() {
                 self.persisted_position = Some(position);
             }
             if let Some(snapshot) = &persist.snapshot {
                 info!(index = snapshot.last_index, term = snapshot.last_term, "installing a snapshot from the leader");
                 // Entries applied next build on the snapshot, so it must be in place first.
-                self.write_batch()?;
+                self.sync()?;
+                self.node.as_mut().expect("only a running node steps").forget_snapshot_data();
             }
         }
-        self.held_messages.extend(send_after_persist);
-        if !self.batch_dirty {
-            self.release_held_messages();
-        }
+        let persists_needed = self.persists_staged;
+        self.held_messages.extend(send_after_persist.into_iter().map(|envelope| (persists_needed, envelope)));
+        self.release_held_messages();
         for applied in self.storage.apply(&apply)? {
-            self.answer((applied.client_id, applied.sequence), Ok(applied.response));
+            let outcome = applied.outcome.map_err(|refusal| {
+                let code = match refusal {
+                    Refusal::SessionExpired { .. } => ErrorCode::SessionExpired,
+                    Refusal::SequenceBelowSession { .. } | Refusal::MalformedOpen => ErrorCode::BadRequest,
+                };
+                (code, refusal.to_string())
+            });
+            self.answer((applied.client_id, applied.sequence), outcome);
         }
-        self.reads_waiting.extend(reads);
-        self.serve_reads()?;
+        let applied = self.storage.applied().0;
+        for read in reads {
+            // Committed entries of this Ready were applied just above.
+            assert!(read.read_index <= applied, "read at {} before applying it ({applied})", read.read_index);
+            let response = self.storage.read(read.request.operation.key())?;
+            self.answer((read.request.client_id, read.request.sequence), Ok(response));
+        }
         for (request, rejection) in rejected {
             self.answer_rejection(&request, rejection);
         }
         Ok(())
     }
 
-    fn write_batch(&mut self) -> Result<(), DaemonError> {
-        let batch = std::mem::take(&mut self.batch);
-        self.storage.write(batch, true)?;
-        self.batch_dirty = false;
+    /// Syncs everything staged; then the messages that waited for it may leave.
+    fn sync(&mut self) -> Result<(), DaemonError> {
+        if self.persists_synced < self.persists_staged {
+            self.storage.write(std::mem::take(&mut self.batch), true)?;
+            self.persists_synced = self.persists_staged;
+        }
+        self.release_held_messages();
         Ok(())
     }
 
     /// Group commit: one sync covers everything staged since the last one;
     /// then the messages that waited for it leave, and consensus hears of it.
     fn flush_persist(&mut self) -> Result<(), DaemonError> {
-        while self.batch_dirty || self.persisted_position.is_some() || !self.held_messages.is_empty() {
-            if self.batch_dirty {
-                self.write_batch()?;
-            }
-            self.release_held_messages();
-            if let Some((index, term)) = self.persisted_position.take() {
-                self.step(Input::Persisted { index, term })?;
-            }
+        loop {
+            self.sync()?;
+            let Some((index, term)) = self.persisted_position.take() else { break };
+            self.step(Input::Persisted { index, term })?;
         }
         self.maybe_compact()
     }
 
     fn release_held_messages(&mut self) {
-        for envelope in std::mem::take(&mut self.held_messages) {
-            self.send_to_peer(&envelope);
+        while self.held_messages.front().is_some_and(|(needed, _)| *needed <= self.persists_synced) {
+            let (_, envelope) = self.held_messages.pop_front().expect("front exists");
+            self.send_to_peer(envelope);
         }
     }
 
+    /// Compacts the log once enough entries have applied. Nothing is copied:
+    /// one synced write makes the applied state durable (see
+    /// `Storage::compact_to`). The log a follower catching up from a recent
+    /// snapshot still needs is kept.
     fn maybe_compact(&mut self) -> Result<(), DaemonError> {
-        let (applied, applied_term) = self.storage.applied();
-        if applied < self.node.log().snapshot_index() + self.snapshot_every_entries
-            || applied > self.node.applied_index()
-        {
+        let Some(node) = &self.node else { return Ok(()) };
+        let (applied, _) = self.storage.applied();
+        let mut index = applied.min(node.applied_index());
+        if let Some(floor) = self.snapshots.catch_up_floor() {
+            index = index.min(floor);
+        }
+        let compacted = node.log().snapshot_index();
+        if index < compacted + self.snapshot_every_entries {
             return Ok(());
         }
-        let data = std::sync::Arc::new(self.storage.snapshot_data()?);
-        let snapshot = Snapshot { last_index: applied, last_term: applied_term, data };
-        self.storage.compact(&snapshot)?;
-        info!(index = applied, bytes = snapshot.data.len(), "took a snapshot and compacted the log");
+        let term = node.log().term(index).expect("an applied index past the snapshot is in the log");
+        let snapshot = self.storage.compact_to(index, term)?;
+        info!(index, term, "compacted the log");
         self.step(Input::Compact(snapshot))?;
         self.flush_persist()
     }
 
-    fn send_to_peer(&mut self, envelope: &Envelope) {
+    fn send_to_peer(&mut self, envelope: Envelope) {
+        if let Message::InstallSnapshot { term, snapshot, round } = &envelope.message {
+            if snapshot.data.is_empty() {
+                self.request_snapshot(envelope.to, *term, *round);
+                return;
+            }
+        }
         let Some(token) = self.outbound.get(&envelope.to) else { return };
         let Some(connection) = self.connections.get_mut(token) else { return };
-        if !connection.queue(&wire::peer_message_to_proto(envelope)) {
+        if !connection.queue(&wire::peer_message_to_proto(&envelope)) {
             warn!(peer = envelope.to, "dropping a {} message: the peer is not keeping up", envelope.message.kind());
         }
     }
 
-    // ----- answering clients -----
+    // ----- snapshots for followers -----
 
-    fn serve_reads(&mut self) -> Result<(), DaemonError> {
-        let applied = self.storage.applied().0;
-        let (ready, waiting): (Vec<ReadReady>, Vec<ReadReady>) =
-            std::mem::take(&mut self.reads_waiting).into_iter().partition(|read| read.read_index <= applied);
-        self.reads_waiting = waiting;
-        for read in ready {
-            let response = self.storage.read(read.request.operation.key())?;
-            self.answer((read.request.client_id, read.request.sequence), Ok(response));
+    /// Consensus wants `peer` to have a snapshot: build one off the loop,
+    /// unless one is being built or `peer` got one moments ago.
+    fn request_snapshot(&mut self, peer: NodeId, term: Term, round: u64) {
+        let snapshots = &mut self.snapshots;
+        if snapshots.sent.get(&peer).is_some_and(|(at, _)| at.elapsed() < SNAPSHOT_CATCH_UP_WINDOW) {
+            debug!(peer, "not building another snapshot yet: the last one is still recent");
+            return;
+        }
+        snapshots.waiting.insert(peer, (term, round));
+        if !snapshots.building && snapshots.requests.try_send(()).is_ok() {
+            snapshots.building = true;
+            info!(peer, "building a snapshot for a follower behind the log");
+        }
+    }
+
+    fn on_snapshot_built(&mut self) -> Result<(), DaemonError> {
+        while let Ok(built) = self.snapshots.built.try_recv() {
+            self.snapshots.building = false;
+            let waiting = std::mem::take(&mut self.snapshots.waiting);
+            let snapshot = match built {
+                Ok(snapshot) => snapshot,
+                Err(StorageError::SnapshotTooLarge) => {
+                    error!(followers = ?waiting.keys().collect::<Vec<_>>(), "{}", StorageError::SnapshotTooLarge);
+                    for peer in waiting.keys() {
+                        self.snapshots.sent.insert(*peer, (Instant::now(), LogIndex::MAX));
+                    }
+                    continue;
+                }
+                Err(error) => return Err(error.into()),
+            };
+            let current_term = self.node.as_ref().filter(|node| node.role() == Role::Leader).map(Node::term);
+            for (peer, (term, round)) in waiting {
+                if current_term != Some(term) {
+                    continue;
+                }
+                info!(peer, index = snapshot.last_index, bytes = snapshot.data.len(), "sending a snapshot");
+                self.snapshots.sent.insert(peer, (Instant::now(), snapshot.last_index));
+                let message = Message::InstallSnapshot { term, snapshot: snapshot.clone(), round };
+                self.send_to_peer(Envelope { from: self.membership.node_id, to: peer, message });
+            }
         }
         Ok(())
     }
+
+    // ----- answering clients -----
 
     fn answer_rejection(&mut self, request: &ClientRequest, rejection: Rejection) {
         let (code, message) = match rejection {
@@ -668,13 +979,19 @@ impl Daemon {
 
     fn answer(&mut self, key: (u64, u64), outcome: Result<Response, (ErrorCode, String)>) {
         let Some(waiters) = self.waiting.remove(&key) else { return };
-        let leader = self.node.leader_id().and_then(|leader| self.peer_client_addresses.get(&leader)).cloned();
+        let leader = self
+            .node
+            .as_ref()
+            .and_then(Node::leader_id)
+            .and_then(|leader| self.peer_client_addresses.get(&leader))
+            .cloned();
         for (token, request_id) in waiters {
             let response = match &outcome {
                 Ok(response) => proto::ClientResponse {
                     request_id,
                     error: ErrorCode::Ok as i32,
                     success: response.success,
+                    found: response.found,
                     value: response.value.clone().into(),
                     term: response.term,
                     index: response.index,

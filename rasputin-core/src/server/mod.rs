@@ -2,6 +2,7 @@
 //! drive the sans-IO consensus core with a monotonic clock, and RocksDB
 //! stores the log, the hard state and the key-value state machine.
 
+mod clock;
 mod config;
 mod connection;
 mod daemon;
@@ -9,4 +10,4 @@ mod storage;
 
 pub use config::{Flags, Membership, PeerList, SNAPSHOT_EVERY_ENTRIES_DEFAULT};
 pub use daemon::{run, DaemonError};
-pub use storage::{Storage, StorageError};
+pub use storage::{Claim, SnapshotSource, Storage, StorageError};

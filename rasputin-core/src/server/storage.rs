@@ -1,5 +1,6 @@
 //! RocksDB storage: the log, the hard state, the key-value state machine,
-//! client sessions and the latest snapshot, in one database per node.
+//! client sessions and the position of the latest snapshot, in one database
+//! per node.
 //!
 //! Key layout: in the default column family, `m:…` metadata, `k:` + key for
 //! values and `s:` + big-endian client id for sessions; in the `log` column
@@ -9,24 +10,43 @@
 //! every later read of its memtable pay (in RocksDB 8.10 a CPUID
 //! instruction per read, which traps in a virtual machine), and the log is
 //! read only at recovery.
+//!
+//! A snapshot is not a copy of the data. The state machine already lives in
+//! RocksDB, so compacting the log only makes the applied state durable (one
+//! synced write) and records its position. A snapshot's bytes are built only
+//! when a follower needs them, by `SnapshotSource` on another thread, from a
+//! RocksDB snapshot: a consistent view that the event loop keeps writing past.
 
-use std::collections::HashMap;
+use std::cell::Cell;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
+use std::sync::Arc;
 
-use rocksdb::{Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB};
+use bytes::Bytes;
+use rocksdb::{Direction, IteratorMode, Options, ReadOptions, WriteBatch, WriteOptions, DB};
 use thiserror::Error;
 
-use crate::consensus::{Entry, LogIndex, Persist, Recovered, Snapshot, Term};
-use crate::state_machine::{self, Applied, Change, KvRead, Response, Session, SnapshotDecodeError};
+use crate::consensus::{Entry, LogIndex, NodeId, Persist, Recovered, Snapshot, Term};
+use crate::state_machine::{
+    self, Applied, Change, KvRead, Record, Response, Session, SessionCensus, SessionLimits, SnapshotDecodeError,
+    SnapshotReader, SnapshotWriter,
+};
 use crate::wire::{self, proto, WireError};
 
 const HARD_STATE_KEY: &[u8] = b"m:hard";
 const APPLIED_KEY: &[u8] = b"m:applied";
 const IDENTITY_KEY: &[u8] = b"m:identity";
-/// The layout version; 2 keeps the log in a column family of its own.
+/// The layout version: 2 keeps the log in a column family of its own; 3
+/// stores a snapshot's position only, sessions as `state_machine` encodes
+/// them, and the peers this node has heard from.
 const FORMAT_KEY: &[u8] = b"m:format";
-const FORMAT_VERSION: u8 = 2;
+const FORMAT_VERSION: u8 = 3;
+/// The position (index, term) of the latest snapshot: the log before it is gone.
 const SNAPSHOT_KEY: &[u8] = b"m:snapshot";
+/// Present while a replacement node must not vote: the commit index it must reach first.
+const WITHHOLD_KEY: &[u8] = b"m:withhold";
+/// `m:seen:` + big-endian node id: this node has had a consensus message from that peer.
+const SEEN_PREFIX: &[u8] = b"m:seen:";
 const LOG_FAMILY: &str = "log";
 /// Sorts after every log key (8 bytes), to end a range deletion of the whole log.
 const LOG_END: [u8; 9] = [0xff; 9];
@@ -35,6 +55,9 @@ const LOG_END: [u8; 9] = [0xff; 9];
 const SESSIONS_CACHED_COUNT_MAX: usize = 100_000;
 const VALUE_PREFIX: &[u8] = b"k:";
 const SESSION_PREFIX: &[u8] = b"s:";
+/// The largest snapshot that fits in one peer frame, with room for the
+/// message around it. Streamed snapshots will lift this bound.
+pub const SNAPSHOT_BYTES_MAX: usize = wire::PEER_FRAME_BYTES_MAX - (1 << 20);
 
 #[derive(Debug, Error)]
 pub enum StorageError {
@@ -44,14 +67,26 @@ pub enum StorageError {
     Open { path: String, source: rocksdb::Error },
     #[error("storage IO failed: {0}; the disk may be full or failing, and the node stops rather than risk its data")]
     Io(#[from] rocksdb::Error),
-    #[error("stored record is corrupt: {0}; restore this node's directory from a peer by wiping it")]
+    #[error("stored record is corrupt: {0}; restore this node's directory from a peer by wiping it and starting with --replace")]
     Corrupt(#[from] WireError),
-    #[error("stored snapshot is corrupt: {0}; wipe this node's directory so that it fetches a fresh one")]
+    #[error("stored state is impossible: {0}; restore this node's directory from a peer by wiping it and starting with --replace")]
+    Impossible(String),
+    #[error("a snapshot is corrupt: {0}")]
     CorruptSnapshot(#[from] SnapshotDecodeError),
     #[error("storage belongs to node {stored_node} of cluster {stored_cluster:x}, but this is node {node} of cluster {cluster:x}; point --storage-dir at this node's own directory")]
     WrongIdentity { stored_node: u64, stored_cluster: u64, node: u64, cluster: u64 },
-    #[error("storage in {path} has layout version {found}, but this rasputind reads version {FORMAT_VERSION}; wipe the directory and let the node catch up from its peers, or run the rasputind that wrote it")]
+    #[error("storage in {path} has layout version {found}, but this rasputind reads version {FORMAT_VERSION}; wipe the directory and let the node catch up from its peers (start it with --replace), or run the rasputind that wrote it")]
     UnknownFormat { path: String, found: u8 },
+    #[error("the state machine holds more than {SNAPSHOT_BYTES_MAX} bytes, more than one snapshot message carries; a follower this far behind cannot catch up until snapshots are streamed")]
+    SnapshotTooLarge,
+}
+
+impl StorageError {
+    /// Whether the stored data itself is bad (as opposed to the disk or the
+    /// invocation): restarting will not help, an operator must act.
+    pub fn needs_an_operator(&self) -> bool {
+        matches!(self, StorageError::Corrupt(_) | StorageError::Impossible(_) | StorageError::CorruptSnapshot(_))
+    }
 }
 
 fn log_key(index: LogIndex) -> [u8; 8] {
@@ -66,6 +101,10 @@ fn session_key(client_id: u64) -> Vec<u8> {
     [SESSION_PREFIX, &client_id.to_be_bytes()].concat()
 }
 
+fn seen_key(node: NodeId) -> Vec<u8> {
+    [SEEN_PREFIX, &node.to_be_bytes()].concat()
+}
+
 /// The first key after every key that starts with `prefix`.
 fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     let mut end = prefix.to_vec();
@@ -73,8 +112,16 @@ fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     end
 }
 
+/// Whether this node's directory was new when it started.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Claim {
+    /// The directory held no data: this node starts with nothing.
+    Fresh,
+    Existing,
+}
+
 pub struct Storage {
-    db: DB,
+    db: Arc<DB>,
     applied_index: LogIndex,
     applied_term: Term,
     /// The last stored log index, set by `recover`: an append past it
@@ -82,6 +129,12 @@ pub struct Storage {
     log_last_index: LogIndex,
     /// Sessions as stored, for the clients seen lately.
     sessions: HashMap<u64, Session>,
+    census: SessionCensus,
+    /// No session below this id is left: where the search for the oldest
+    /// session starts, so that it does not wade through the tombstones of
+    /// expired ones.
+    sessions_expired_below: Cell<u64>,
+    seen: BTreeSet<NodeId>,
 }
 
 /// Stamps a new database with the layout version, or checks an existing one's.
@@ -98,6 +151,30 @@ fn check_format(db: &DB, path: &str) -> Result<(), StorageError> {
         }
         None => Ok(db.put(FORMAT_KEY, [FORMAT_VERSION])?),
     }
+}
+
+/// Every (key without prefix, value) under `prefix`, in key order.
+fn scan<'a>(db: &'a DB, prefix: &'a [u8]) -> impl Iterator<Item = Result<(Box<[u8]>, Box<[u8]>), StorageError>> + 'a {
+    let mut options = ReadOptions::default();
+    options.set_iterate_upper_bound(prefix_end(prefix));
+    db.iterator_opt(IteratorMode::From(prefix, Direction::Forward), options).map(move |item| {
+        let (key, value) = item?;
+        Ok((key[prefix.len()..].into(), value))
+    })
+}
+
+fn client_id_of(key: &[u8]) -> Result<u64, StorageError> {
+    key.try_into().map(u64::from_be_bytes).map_err(|_| StorageError::Impossible(format!("session key {key:?}")))
+}
+
+fn session_census(db: &DB) -> Result<SessionCensus, StorageError> {
+    let mut census = SessionCensus::default();
+    for item in scan(db, SESSION_PREFIX) {
+        let (_, value) = item?;
+        census.count += 1;
+        census.bytes += state_machine::decode_session(&value)?.bytes();
+    }
+    Ok(census)
 }
 
 impl Storage {
@@ -125,21 +202,31 @@ impl Storage {
             Some(bytes) => wire::decode::<proto::AppliedPosition>(bytes.into(), "AppliedPosition")?,
             None => proto::AppliedPosition::default(),
         };
+        let census = session_census(&db)?;
+        let seen = scan(&db, SEEN_PREFIX).map(|item| client_id_of(&item?.0)).collect::<Result<_, _>>()?;
         Ok(Storage {
-            db,
+            db: Arc::new(db),
             applied_index: applied.index,
             applied_term: applied.term,
             log_last_index: 0,
             sessions: HashMap::new(),
+            census,
+            sessions_expired_below: Cell::new(0),
+            seen,
         })
     }
 
     /// Records which node and cluster this directory belongs to, or checks it.
-    pub fn claim_identity(&self, node: u64, cluster: u64) -> Result<(), StorageError> {
+    pub fn claim_identity(&self, node: u64, cluster: u64) -> Result<Claim, StorageError> {
         let expected = [node.to_be_bytes(), cluster.to_be_bytes()].concat();
         match self.db.get(IDENTITY_KEY)? {
-            None => Ok(self.db.put(IDENTITY_KEY, &expected)?),
-            Some(stored) if stored == expected => Ok(()),
+            None => {
+                let mut options = WriteOptions::default();
+                options.set_sync(true);
+                self.db.put_opt(IDENTITY_KEY, &expected, &options)?;
+                Ok(Claim::Fresh)
+            }
+            Some(stored) if stored == expected => Ok(Claim::Existing),
             Some(stored) => {
                 let number = |range: std::ops::Range<usize>| {
                     stored.get(range).and_then(|bytes| bytes.try_into().ok()).map_or(0, u64::from_be_bytes)
@@ -154,6 +241,42 @@ impl Storage {
         }
     }
 
+    /// Whether this node has had a consensus message from `node`.
+    pub fn has_seen(&self, node: NodeId) -> bool {
+        self.seen.contains(&node)
+    }
+
+    /// Remembers, durably, that `node` has sent this node a consensus
+    /// message: from then on a wiped `node` is known to have taken part.
+    pub fn record_seen(&mut self, node: NodeId) -> Result<(), StorageError> {
+        if self.seen.insert(node) {
+            let mut options = WriteOptions::default();
+            options.set_sync(true);
+            self.db.put_opt(seen_key(node), [], &options)?;
+        }
+        Ok(())
+    }
+
+    /// The commit index a replacement must reach before it votes, if it must.
+    pub fn votes_withheld_until(&self) -> Result<Option<LogIndex>, StorageError> {
+        Ok(self.db.get(WITHHOLD_KEY)?.and_then(|bytes| bytes.try_into().ok()).map(u64::from_be_bytes))
+    }
+
+    /// Starts a replacement node: it burns its vote in `term` (it may have
+    /// voted there before its disk was lost) and withholds votes until it
+    /// holds everything committed up to `commit`.
+    pub fn start_replacement(&self, term: Term, own: NodeId, commit: LogIndex) -> Result<(), StorageError> {
+        let mut batch = WriteBatch::default();
+        let hard_state = crate::consensus::HardState { term, voted_for: Some(own) };
+        batch.put(HARD_STATE_KEY, wire::to_bytes(&wire::hard_state_to_proto(hard_state)));
+        batch.put(WITHHOLD_KEY, commit.to_be_bytes());
+        self.write(batch, true)
+    }
+
+    pub fn end_withholding(&self) -> Result<(), StorageError> {
+        Ok(self.db.delete(WITHHOLD_KEY)?)
+    }
+
     pub fn applied(&self) -> (LogIndex, Term) {
         (self.applied_index, self.applied_term)
     }
@@ -166,6 +289,12 @@ impl Storage {
         };
         let snapshot = self.stored_snapshot()?;
         let after = snapshot.as_ref().map_or(0, |snapshot| snapshot.last_index);
+        if after > self.applied_index {
+            return Err(StorageError::Impossible(format!(
+                "the snapshot at index {after} lies beyond the applied index {}",
+                self.applied_index
+            )));
+        }
         let mut entries = Vec::new();
         let start = log_key(after + 1);
         for item in self.db.iterator_cf(self.log_family(), IteratorMode::From(&start, Direction::Forward)) {
@@ -173,18 +302,18 @@ impl Storage {
             entries.push(wire::entry_from_proto(wire::decode(value.into_vec().into(), "Entry")?)?);
         }
         self.log_last_index = entries.last().map_or(after, |entry| entry.index);
-        Ok(Recovered { hard_state, snapshot, entries })
+        Ok(Recovered { hard_state, snapshot, entries, votes_withheld_until: self.votes_withheld_until()? })
     }
 
     fn log_family(&self) -> &rocksdb::ColumnFamily {
         self.db.cf_handle(LOG_FAMILY).expect("the database is opened with the log family")
     }
 
-    pub fn stored_snapshot(&self) -> Result<Option<Snapshot>, StorageError> {
-        match self.db.get(SNAPSHOT_KEY)? {
-            Some(bytes) => Ok(Some(wire::snapshot_from_proto(wire::decode(bytes.into(), "Snapshot")?))),
-            None => Ok(None),
-        }
+    /// The latest snapshot's position. Its data is built when a follower needs it.
+    fn stored_snapshot(&self) -> Result<Option<Snapshot>, StorageError> {
+        let Some(bytes) = self.db.get(SNAPSHOT_KEY)? else { return Ok(None) };
+        let position: proto::AppliedPosition = wire::decode(bytes.into(), "SnapshotPosition")?;
+        Ok(Some(Snapshot { last_index: position.index, last_term: position.term, data: Bytes::new() }))
     }
 
     /// Adds consensus's persist request to `batch`. `log_emptied` says the
@@ -210,20 +339,26 @@ impl Storage {
     }
 
     /// Replaces the state machine with a snapshot received from the leader.
+    /// The wire checked its format and checksum before consensus saw it.
     fn stage_install(
         &mut self,
         batch: &mut WriteBatch,
         snapshot: &Snapshot,
         log_emptied: bool,
     ) -> Result<(), StorageError> {
-        let contents = state_machine::decode_snapshot(&snapshot.data)?;
+        let reader = SnapshotReader::new(&snapshot.data)?;
         batch.delete_range(VALUE_PREFIX.to_vec(), prefix_end(VALUE_PREFIX));
         batch.delete_range(SESSION_PREFIX.to_vec(), prefix_end(SESSION_PREFIX));
-        for (key, value) in &contents.data {
-            batch.put(value_key(key), value);
-        }
-        for (client_id, session) in &contents.sessions {
-            batch.put(session_key(*client_id), wire::to_bytes(&session_to_proto(session)));
+        let mut census = SessionCensus::default();
+        for record in reader.records() {
+            match record? {
+                Record::Value { key, value } => batch.put(value_key(key), value),
+                Record::Session { client_id, session } => {
+                    census.count += 1;
+                    census.bytes += state_machine::decode_session(session)?.bytes();
+                    batch.put(session_key(client_id), session);
+                }
+            }
         }
         if log_emptied {
             batch.delete_range_cf(self.log_family(), &log_key(0)[..], &LOG_END[..]);
@@ -232,7 +367,10 @@ impl Storage {
             batch.delete_range_cf(self.log_family(), log_key(0), log_key(snapshot.last_index + 1));
         }
         self.sessions.clear();
-        batch.put(SNAPSHOT_KEY, wire::to_bytes(&wire::snapshot_to_proto(snapshot)));
+        self.census = census;
+        self.sessions_expired_below.set(0);
+        let position = proto::AppliedPosition { index: snapshot.last_index, term: snapshot.last_term };
+        batch.put(SNAPSHOT_KEY, wire::to_bytes(&position));
         self.stage_applied(batch, snapshot.last_index, snapshot.last_term);
         Ok(())
     }
@@ -257,26 +395,37 @@ impl Storage {
     /// again from the log.
     pub fn apply(&mut self, entries: &[Entry]) -> Result<Vec<Applied>, StorageError> {
         let mut batch = WriteBatch::default();
-        let mut overlay = Overlay { storage: self, values: HashMap::new(), sessions: HashMap::new() };
+        let mut overlay =
+            Overlay { storage: self, values: HashMap::new(), sessions: BTreeMap::new(), census: self.census };
         let mut answers = Vec::new();
         let mut last = None;
         for entry in entries.iter().filter(|entry| entry.index > overlay.storage.applied_index) {
-            let decision = state_machine::decide(&overlay, entry)?;
+            let decision = state_machine::decide(&overlay, entry, SessionLimits::PRODUCTION)?;
             for change in decision.changes {
                 overlay.stage(&mut batch, change);
             }
+            overlay.census = decision.census;
             answers.extend(decision.applied);
             last = Some((entry.index, entry.term));
         }
-        let sessions = overlay.sessions;
-        if let Some((index, term)) = last {
-            self.stage_applied(&mut batch, index, term);
-            self.write(batch, false)?;
-        }
+        let Overlay { sessions, census, .. } = overlay;
+        let Some((index, term)) = last else { return Ok(answers) };
+        self.stage_applied(&mut batch, index, term);
+        self.write(batch, false)?;
+        self.census = census;
         if self.sessions.len() + sessions.len() > SESSIONS_CACHED_COUNT_MAX {
             self.sessions.clear();
         }
-        self.sessions.extend(sessions);
+        for (client_id, session) in sessions {
+            match session {
+                Some(session) => {
+                    self.sessions.insert(client_id, session);
+                }
+                None => {
+                    self.sessions.remove(&client_id);
+                }
+            }
+        }
         Ok(answers)
     }
 
@@ -284,41 +433,60 @@ impl Storage {
         state_machine::read_response(self, key, self.applied_term, self.applied_index)
     }
 
-    /// Serialises the state machine at the applied index, for a snapshot.
-    pub fn snapshot_data(&self) -> Result<Vec<u8>, StorageError> {
-        let data = self.scan(VALUE_PREFIX)?;
-        let sessions: Vec<(u64, Session)> = self
-            .scan(SESSION_PREFIX)?
-            .into_iter()
-            .map(|(key, value)| {
-                let client = u64::from_be_bytes(key.as_slice().try_into().unwrap_or([0; 8]));
-                Ok((client, session_from_proto(wire::decode(value.into(), "Session")?)))
-            })
-            .collect::<Result<_, StorageError>>()?;
-        let data_iter = data.iter().map(|(key, value)| (key.as_slice(), value.as_slice()));
-        let session_iter = sessions.iter().map(|(client, session)| (*client, session));
-        Ok(state_machine::encode_snapshot(self.applied_index, self.applied_term, data_iter, session_iter))
-    }
-
-    /// Stores `snapshot` as the latest and drops the log it covers.
-    pub fn compact(&self, snapshot: &Snapshot) -> Result<(), StorageError> {
+    /// Compacts the log up to `index` (of `term`), at most the applied index:
+    /// one synced write makes the applied state (written unsynced, before it
+    /// in the WAL) durable and records the snapshot's position; then the log
+    /// it covers goes. Recovery applies again what lies past `index`.
+    pub fn compact_to(&self, index: LogIndex, term: Term) -> Result<Snapshot, StorageError> {
+        assert!(index <= self.applied_index, "compacting to {index}, past the applied index {}", self.applied_index);
         let mut batch = WriteBatch::default();
-        batch.put(SNAPSHOT_KEY, wire::to_bytes(&wire::snapshot_to_proto(snapshot)));
-        batch.delete_range_cf(self.log_family(), log_key(0), log_key(snapshot.last_index + 1));
-        self.write(batch, true)
+        batch.put(SNAPSHOT_KEY, wire::to_bytes(&proto::AppliedPosition { index, term }));
+        batch.delete_range_cf(self.log_family(), log_key(0), log_key(index + 1));
+        self.write(batch, true)?;
+        Ok(Snapshot { last_index: index, last_term: term, data: Bytes::new() })
     }
 
-    /// Every (key without prefix, value) under `prefix`, in key order.
-    fn scan(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError> {
-        let mut out = Vec::new();
-        for item in self.db.iterator(IteratorMode::From(prefix, Direction::Forward)) {
-            let (key, value) = item?;
-            if !key.starts_with(prefix) {
-                break;
+    /// What another thread needs to build a snapshot of this state.
+    pub fn snapshot_source(&self) -> SnapshotSource {
+        SnapshotSource { db: self.db.clone() }
+    }
+}
+
+/// Builds snapshots of the state machine off the event loop.
+#[derive(Clone)]
+pub struct SnapshotSource {
+    db: Arc<DB>,
+}
+
+impl SnapshotSource {
+    /// A snapshot of the state as it is now, at the applied position it has.
+    /// Reads a RocksDB snapshot, so the event loop may go on writing.
+    pub fn build(&self) -> Result<Snapshot, StorageError> {
+        let view = self.db.snapshot();
+        let applied = match view.get(APPLIED_KEY)? {
+            Some(bytes) => wire::decode::<proto::AppliedPosition>(bytes.into(), "AppliedPosition")?,
+            None => proto::AppliedPosition::default(),
+        };
+        let mut writer = SnapshotWriter::new(applied.index, applied.term);
+        for (prefix, is_value) in [(VALUE_PREFIX, true), (SESSION_PREFIX, false)] {
+            let mut options = ReadOptions::default();
+            options.set_iterate_upper_bound(prefix_end(prefix));
+            // A whole-state scan would only push hot blocks out of the cache.
+            options.fill_cache(false);
+            for item in view.iterator_opt(IteratorMode::From(prefix, Direction::Forward), options) {
+                let (key, value) = item?;
+                let key = &key[prefix.len()..];
+                if is_value {
+                    writer.value(key, &value);
+                } else {
+                    writer.session(client_id_of(key)?, &value);
+                }
+                if writer.len() > SNAPSHOT_BYTES_MAX {
+                    return Err(StorageError::SnapshotTooLarge);
+                }
             }
-            out.push((key[prefix.len()..].to_vec(), value.into_vec()));
         }
-        Ok(out)
+        Ok(Snapshot { last_index: applied.index, last_term: applied.term, data: writer.finish().into() })
     }
 }
 
@@ -326,7 +494,9 @@ impl Storage {
 struct Overlay<'a> {
     storage: &'a Storage,
     values: HashMap<Vec<u8>, Option<Vec<u8>>>,
-    sessions: HashMap<u64, Session>,
+    /// Sessions written (Some) or expired (None) by this batch.
+    sessions: BTreeMap<u64, Option<Session>>,
+    census: SessionCensus,
 }
 
 impl Overlay<'_> {
@@ -341,8 +511,12 @@ impl Overlay<'_> {
                 self.values.insert(key, None);
             }
             Change::Session { client_id, session } => {
-                batch.put(session_key(client_id), wire::to_bytes(&session_to_proto(&session)));
-                self.sessions.insert(client_id, session);
+                batch.put(session_key(client_id), state_machine::encode_session(&session));
+                self.sessions.insert(client_id, Some(session));
+            }
+            Change::EndSession { client_id } => {
+                batch.delete(session_key(client_id));
+                self.sessions.insert(client_id, None);
             }
         }
     }
@@ -360,9 +534,36 @@ impl KvRead for Overlay<'_> {
 
     fn session(&self, client_id: u64) -> Result<Option<Session>, StorageError> {
         match self.sessions.get(&client_id) {
-            Some(staged) => Ok(Some(staged.clone())),
+            Some(staged) => Ok(staged.clone()),
             None => self.storage.session(client_id),
         }
+    }
+
+    fn census(&self) -> SessionCensus {
+        self.census
+    }
+
+    /// The lower of the oldest stored session this batch has not expired and
+    /// the oldest session this batch wrote.
+    fn oldest_session_from(&self, from: u64) -> Result<Option<(u64, Session)>, StorageError> {
+        let mut cursor = from;
+        let stored = loop {
+            match self.storage.oldest_session_from(cursor)? {
+                Some((client_id, _)) if self.sessions.contains_key(&client_id) => match client_id.checked_add(1) {
+                    Some(next) => cursor = next,
+                    None => break None,
+                },
+                other => break other,
+            }
+        };
+        let staged = self
+            .sessions
+            .range(from..)
+            .find_map(|(&client_id, session)| session.as_ref().map(|session| (client_id, session.clone())));
+        Ok(match (stored, staged) {
+            (Some(stored), Some(staged)) => Some(if stored.0 < staged.0 { stored } else { staged }),
+            (stored, staged) => stored.or(staged),
+        })
     }
 }
 
@@ -378,31 +579,29 @@ impl KvRead for Storage {
             return Ok(Some(session.clone()));
         }
         match self.db.get(session_key(client_id))? {
-            Some(bytes) => Ok(Some(session_from_proto(wire::decode(bytes.into(), "Session")?))),
+            Some(bytes) => Ok(Some(state_machine::decode_session(&bytes)?)),
             None => Ok(None),
         }
     }
-}
 
-fn session_to_proto(session: &Session) -> proto::Session {
-    proto::Session {
-        sequence: session.sequence,
-        success: session.response.success,
-        value: session.response.value.clone().into(),
-        term: session.response.term,
-        index: session.response.index,
+    fn census(&self) -> SessionCensus {
+        self.census
     }
-}
 
-fn session_from_proto(session: proto::Session) -> Session {
-    Session {
-        sequence: session.sequence,
-        response: Response {
-            success: session.success,
-            value: session.value.to_vec(),
-            term: session.term,
-            index: session.index,
-        },
+    fn oldest_session_from(&self, from: u64) -> Result<Option<(u64, Session)>, StorageError> {
+        let lowest_left = self.sessions_expired_below.get();
+        let start = session_key(from.max(lowest_left));
+        let mut options = ReadOptions::default();
+        options.set_iterate_upper_bound(prefix_end(SESSION_PREFIX));
+        let first = self.db.iterator_opt(IteratorMode::From(&start, Direction::Forward), options).next();
+        let Some(item) = first else { return Ok(None) };
+        let (key, value) = item?;
+        let client_id = client_id_of(&key[SESSION_PREFIX.len()..])?;
+        if from <= lowest_left {
+            // The lowest session there is: new sessions only ever get higher ids.
+            self.sessions_expired_below.set(client_id);
+        }
+        Ok(Some((client_id, state_machine::decode_session(&value)?)))
     }
 }
 
@@ -419,10 +618,19 @@ mod tests {
         Operation::Set { key: bytes::Bytes::from_static(b"k"), value: bytes::Bytes::copy_from_slice(value) }
     }
 
+    fn open(index: LogIndex) -> Entry {
+        command(index, 0, 1_000 + index, Operation::OpenSession)
+    }
+
+    fn temporary(name: &str) -> std::path::PathBuf {
+        let directory = std::env::temp_dir().join(format!("rasputin-storage-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&directory);
+        directory
+    }
+
     #[test]
     fn a_batch_of_applies_sees_its_own_earlier_changes() {
-        let directory = std::env::temp_dir().join(format!("rasputin-storage-test-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&directory);
+        let directory = temporary("batch");
         let mut storage = Storage::open(&directory).unwrap();
         let cas = Operation::Cas {
             key: bytes::Bytes::from_static(b"k"),
@@ -430,17 +638,20 @@ mod tests {
             new: bytes::Bytes::from_static(b"two"),
         };
         let entries = [
-            command(1, 7, 1, set(b"one")),
-            command(2, 8, 1, cas),
-            // A retry of client 7's write, in the same batch: answered from its session.
-            command(3, 7, 1, set(b"one")),
+            open(1),
+            open(2),
+            command(3, 1, 1, set(b"one")),
+            command(4, 2, 1, cas),
+            // A retry of client 1's write, in the same batch: answered from its session.
+            command(5, 1, 1, set(b"one")),
         ];
         let answers = storage.apply(&entries).unwrap();
-        assert_eq!(answers.len(), 3);
-        assert!(answers[1].response.success && answers[1].response.value == b"two", "{:?}", answers[1]);
-        assert_eq!(answers[2].response.index, answers[0].response.index, "the retry was applied again");
+        assert_eq!(answers.len(), 5);
+        let response = |index: usize| answers[index].outcome.clone().unwrap();
+        assert!(response(3).success && response(3).value == b"two", "{:?}", answers[3]);
+        assert_eq!(response(4).index, response(2).index, "the retry was applied again");
         assert_eq!(storage.value(b"k").unwrap().as_deref(), Some(&b"two"[..]));
-        assert_eq!(storage.applied(), (3, 1));
+        assert_eq!(storage.applied(), (5, 1));
         // Entries at or below the applied index are not applied twice.
         assert!(storage.apply(&entries).unwrap().is_empty());
 
@@ -455,22 +666,66 @@ mod tests {
         stage_and_write(&mut storage, old);
         stage_and_write(&mut storage, vec![command(2, 2, 1, set(b"new"))]);
         assert_eq!(storage.recover().unwrap().entries, [command(1, 1, 1, set(b"old")), command(2, 2, 1, set(b"new"))]);
-        stage_and_write(&mut storage, vec![command(3, 2, 2, set(b"newer"))]);
-        let snapshot = Snapshot { last_index: 2, last_term: 1, data: std::sync::Arc::new(Vec::new()) };
-        storage.compact(&snapshot).unwrap();
+        stage_and_write(&mut storage, vec![command(3, 2, 2, set(b"newer")), command(6, 2, 3, set(b"x"))]);
+        let snapshot = storage.compact_to(5, 1).unwrap();
+        assert_eq!(snapshot.last_index, 5);
         let recovered = storage.recover().unwrap();
-        assert_eq!(recovered.snapshot.map(|snapshot| snapshot.last_index), Some(2));
-        assert_eq!(recovered.entries, [command(3, 2, 2, set(b"newer"))]);
-        let stored_log = storage.db.iterator_cf(storage.log_family(), IteratorMode::Start).count();
-        assert_eq!(stored_log, 1, "compaction deleted entries 1 and 2");
+        assert_eq!(recovered.snapshot.map(|snapshot| snapshot.last_index), Some(5));
+        assert_eq!(recovered.entries, [command(6, 2, 3, set(b"x"))]);
         drop(storage);
+        std::fs::remove_dir_all(&directory).unwrap();
+    }
+
+    /// A snapshot built off the loop installs into another store byte for
+    /// byte, sessions and their census included.
+    #[test]
+    fn a_built_snapshot_installs_elsewhere_with_the_same_state() {
+        let (from, to) = (temporary("source"), temporary("target"));
+        let mut source = Storage::open(&from).unwrap();
+        let mut entries = vec![open(1), open(2)];
+        entries.extend((3..50).map(|index| command(index, 1 + index % 2, index, set(&index.to_be_bytes()))));
+        source.apply(&entries).unwrap();
+        let snapshot = source.snapshot_source().build().unwrap();
+        assert_eq!((snapshot.last_index, snapshot.last_term), (49, 1));
+        wire::check_snapshot(&snapshot).unwrap();
+        let mut target = Storage::open(&to).unwrap();
+        let mut batch = WriteBatch::default();
+        let persist = Persist { snapshot: Some(snapshot.clone()), ..Persist::default() };
+        target.stage(&mut batch, &persist, true).unwrap();
+        target.write(batch, true).unwrap();
+        assert_eq!(target.census(), source.census());
+        assert_eq!(target.value(b"k").unwrap(), source.value(b"k").unwrap());
+        assert_eq!(target.session(2).unwrap(), source.session(2).unwrap());
+        assert_eq!(target.snapshot_source().build().unwrap().data, snapshot.data, "the installed state is the same");
+        drop((source, target));
+        std::fs::remove_dir_all(&from).unwrap();
+        std::fs::remove_dir_all(&to).unwrap();
+    }
+
+    /// Issue 13, item 9: the store expires sessions as the state machine
+    /// says, and finds the census again when it reopens.
+    #[test]
+    fn sessions_beyond_the_limit_expire_and_the_census_survives_a_restart() {
+        let directory = temporary("sessions");
+        let mut storage = Storage::open(&directory).unwrap();
+        let count = state_machine::SESSIONS_COUNT_MAX as u64 + 10;
+        for first in (1..=count).step_by(10_000) {
+            let entries: Vec<Entry> = (first..(first + 10_000).min(count + 1)).map(open).collect();
+            storage.apply(&entries).unwrap();
+        }
+        assert_eq!(storage.census().count, state_machine::SESSIONS_COUNT_MAX);
+        assert!(storage.session(10).unwrap().is_none() && storage.session(11).unwrap().is_some());
+        let census = storage.census();
+        drop(storage);
+        let reopened = Storage::open(&directory).unwrap();
+        assert_eq!(reopened.census(), census);
+        drop(reopened);
         std::fs::remove_dir_all(&directory).unwrap();
     }
 
     #[test]
     fn a_database_of_an_older_layout_is_refused_with_a_clear_error() {
-        let directory = std::env::temp_dir().join(format!("rasputin-storage-format-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&directory);
+        let directory = temporary("format");
         let mut options = Options::default();
         options.create_if_missing(true);
         let old = DB::open(&options, &directory).unwrap();

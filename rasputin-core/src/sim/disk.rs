@@ -53,7 +53,12 @@ impl Stored {
     }
 
     pub fn recover(&self) -> Recovered {
-        Recovered { hard_state: self.hard_state, snapshot: self.snapshot.clone(), entries: self.entries.clone() }
+        Recovered {
+            hard_state: self.hard_state,
+            snapshot: self.snapshot.clone(),
+            entries: self.entries.clone(),
+            votes_withheld_until: None,
+        }
     }
 }
 

@@ -20,6 +20,7 @@ pub use network::{Hold, NetworkConfig};
 pub use world::{run_seed, SeedReport};
 
 use crate::consensus::{ElectionMode, Faults};
+use crate::state_machine::SessionLimits;
 
 /// Simulated nanoseconds per second, for readable settings.
 pub const SECOND_NS: u64 = 1_000_000_000;
@@ -51,6 +52,8 @@ pub struct SimConfig {
     pub operation_timeout_ns: u64,
     /// A node snapshots its state machine after this many applied entries.
     pub snapshot_every_entries: u64,
+    /// When client sessions expire; every node of a run uses the same.
+    pub session_limits: SessionLimits,
     /// Deliberate consensus bugs, for tests that show the checks catch them.
     pub faults: Faults,
     pub record_trace: bool,
@@ -82,6 +85,7 @@ impl SimConfig {
             attempt_timeout_ns: 1_500_000_000,
             operation_timeout_ns: 5 * SECOND_NS,
             snapshot_every_entries: 200,
+            session_limits: SessionLimits::PRODUCTION,
             faults: Faults::default(),
             record_trace: false,
             record_history: false,

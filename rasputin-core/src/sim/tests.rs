@@ -200,6 +200,7 @@ impl Scripted {
                     hard_state: HardState { term: 1, voted_for: None },
                     snapshot: None,
                     entries: vec![noop],
+                    votes_withheld_until: None,
                 };
                 Node::new(Config::new(id, (1..=count).collect()), recovered, id, 0).expect("valid")
             })

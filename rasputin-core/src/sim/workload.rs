@@ -10,9 +10,6 @@ use crate::consensus::{ClientRequest, Operation};
 use crate::state_machine::Response;
 use bytes::Bytes;
 
-/// Client ids start here so that they never look like node ids in traces.
-pub const CLIENT_ID_BASE: u64 = 1_000;
-
 pub fn key_bytes(key: u64) -> Bytes {
     format!("k{key}").into_bytes().into()
 }
@@ -26,13 +23,19 @@ fn value_id(bytes: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(array))
 }
 
-/// One logical operation, retried under the same sequence number until it
-/// completes or its deadline passes.
+/// What an operation is for: opening the client's session, or the workload.
+#[derive(Clone, Debug)]
+pub enum Purpose {
+    OpenSession,
+    Workload { key: u64, input: checker::Input },
+}
+
+/// One logical operation, retried under the same (client id, sequence)
+/// until it completes or its deadline passes.
 #[derive(Clone, Debug)]
 pub struct PendingOperation {
     pub request: ClientRequest,
-    pub key: u64,
-    pub input: checker::Input,
+    pub purpose: Purpose,
     pub invoked_at_ns: u64,
     pub deadline_ns: u64,
     /// Some attempt may have reached a leader that proposed it.
@@ -42,8 +45,12 @@ pub struct PendingOperation {
 
 #[derive(Clone, Debug)]
 pub struct Client {
-    pub client_id: u64,
+    pub index: usize,
+    /// The session's client id, once opened.
+    pub session: Option<u64>,
     pub sequence: u64,
+    /// Sessions this client has asked to open, for unique nonces.
+    opens: u64,
     /// The node index this client sends to next.
     pub target: usize,
     pub pending: Option<PendingOperation>,
@@ -54,15 +61,18 @@ pub struct Client {
 impl Client {
     pub fn new(index: usize, keys: u64, target: usize) -> Client {
         Client {
-            client_id: CLIENT_ID_BASE + index as u64,
+            index,
+            session: None,
             sequence: 0,
+            opens: 0,
             target,
             pending: None,
             last_seen: vec![None; keys as usize],
         }
     }
 
-    /// Draws the next operation; `next_value` hands out unique values.
+    /// Draws the next operation: opening a session if the client has none.
+    /// `next_value` hands out unique values.
     pub fn next_operation(
         &mut self,
         rng: &mut ChaCha8Rng,
@@ -70,6 +80,20 @@ impl Client {
         now_ns: u64,
         timeout_ns: u64,
     ) -> PendingOperation {
+        let pending = |request, purpose| PendingOperation {
+            request,
+            purpose,
+            invoked_at_ns: now_ns,
+            deadline_ns: now_ns + timeout_ns,
+            maybe_applied: false,
+            attempt: 0,
+        };
+        let Some(client_id) = self.session else {
+            self.opens += 1;
+            let nonce = ((self.index as u64 + 1) << 32) | self.opens;
+            let request = ClientRequest { client_id: 0, sequence: nonce, operation: Operation::OpenSession };
+            return pending(request, Purpose::OpenSession);
+        };
         let key = rng.gen_range(0..self.last_seen.len() as u64);
         let key_name = key_bytes(key);
         let mut fresh = || {
@@ -91,32 +115,25 @@ impl Client {
             (Operation::Del { key: key_name }, checker::Input::Delete)
         };
         self.sequence += 1;
-        PendingOperation {
-            request: ClientRequest { client_id: self.client_id, sequence: self.sequence, operation },
-            key,
-            input,
-            invoked_at_ns: now_ns,
-            deadline_ns: now_ns + timeout_ns,
-            maybe_applied: false,
-            attempt: 0,
-        }
+        let request = ClientRequest { client_id, sequence: self.sequence, operation };
+        pending(request, Purpose::Workload { key, input })
     }
 
-    /// Records what a completed operation observed, and converts it for the checker.
-    pub fn observe(&mut self, operation: &PendingOperation, response: &Response) -> checker::Output {
-        let current = if response.success || !response.value.is_empty() { value_id(&response.value) } else { None };
-        let output = match operation.input {
+    /// Records what a completed workload operation observed, and converts it for the checker.
+    pub fn observe(&mut self, key: u64, input: &checker::Input, response: &Response) -> checker::Output {
+        let current = if response.found { value_id(&response.value) } else { None };
+        let output = match input {
             checker::Input::Read => checker::Output::Read(current),
             checker::Input::Write(_) => checker::Output::Write,
             checker::Input::Cas { .. } => checker::Output::Cas { success: response.success, current },
             checker::Input::Delete => checker::Output::Delete(current),
         };
-        let after = match operation.input {
+        let after = match input {
             checker::Input::Delete => None,
-            checker::Input::Write(value) => Some(value),
+            checker::Input::Write(value) => Some(*value),
             _ => current,
         };
-        self.last_seen[operation.key as usize] = after;
+        self.last_seen[key as usize] = after;
         output
     }
 }

@@ -12,14 +12,14 @@ use super::disk::{Batch, Disk, Submitted};
 use super::invariants::{check_leases, Breach, Invariants, PromiseView};
 use super::nemesis::{self, NemesisKind, Target};
 use super::network::{exponential, Network};
-use super::workload::{Client, CLIENT_ID_BASE};
+use super::workload::{Client, PendingOperation, Purpose};
 use super::{SimConfig, EVENTS_PER_SEED_MAX, SECOND_NS};
 use crate::checker;
 use crate::consensus::{
     ClientRequest, ElectionMode, EntryPayload, Envelope, Input, Node, NodeId, ReadReady, Ready, Rejection, Role,
     Snapshot, Term,
 };
-use crate::state_machine::{KvStore, Response};
+use crate::state_machine::{KvStore, Refusal, Response};
 
 /// One-way latency between a client and a node.
 const CLIENT_LATENCY_NS: u64 = 300_000;
@@ -31,6 +31,7 @@ const REDIRECT_BACKOFF_NS: u64 = 2_000_000;
 #[derive(Clone, Debug)]
 enum Reply {
     Done(Response),
+    Refused(Refusal),
     NotLeader(Option<NodeId>),
     Overloaded,
 }
@@ -40,7 +41,7 @@ enum Event {
     Deliver(Envelope),
     Timer { node: usize, generation: u64 },
     DiskSynced { node: usize, incarnation: u64 },
-    Request { node: usize, request: ClientRequest, attempt: u64 },
+    Request { node: usize, client: usize, request: ClientRequest, attempt: u64 },
     Reply { client: usize, sequence: u64, attempt: u64, reply: Reply },
     AttemptTimeout { client: usize, sequence: u64, attempt: u64 },
     Retry { client: usize, sequence: u64 },
@@ -92,8 +93,8 @@ struct Server {
     paused: bool,
     stashed: Vec<Event>,
     timer_generation: u64,
-    /// Client requests this server accepted: (client id, sequence) → attempt.
-    pending: BTreeMap<(u64, u64), u64>,
+    /// Client requests this server accepted: (client id, sequence) → (client, attempt).
+    pending: BTreeMap<(u64, u64), (usize, u64)>,
     reads_waiting: Vec<ReadReady>,
     was_leader_in: Option<Term>,
 }
@@ -113,6 +114,8 @@ pub struct SeedReport {
     pub history_json_lines: Option<Vec<u8>>,
     /// From healing to the first write invoked after it committing.
     pub recovery_ns: Option<u64>,
+    /// Requests the state machine refused (expired sessions, above all).
+    pub refusals: usize,
     pub faults: Vec<String>,
 }
 
@@ -290,7 +293,7 @@ impl<'a> World<'a> {
                 self.step(node, Input::Tick)
             }
             Event::DiskSynced { node, incarnation } => self.on_disk_synced(node, incarnation),
-            Event::Request { node, request, attempt } => self.on_request(node, request, attempt),
+            Event::Request { node, client, request, attempt } => self.on_request(node, client, request, attempt),
             Event::Reply { client, sequence, attempt, reply } => {
                 self.on_reply(client, sequence, attempt, reply);
                 Ok(())
@@ -320,9 +323,10 @@ impl<'a> World<'a> {
         let config = self.config.consensus_config(index as u64 + 1);
         let server = &mut self.servers[index];
         let recovered = server.disk.stored.recover();
+        let limits = self.config.session_limits;
         server.kv = match &recovered.snapshot {
-            Some(snapshot) => KvStore::restore(&snapshot.data).expect("the simulator wrote this snapshot"),
-            None => KvStore::default(),
+            Some(snapshot) => KvStore::restore(&snapshot.data, limits).expect("the simulator wrote this snapshot"),
+            None => KvStore::new(limits),
         };
         let local = server.clock.local(self.now_ns);
         let node = Node::new(config, recovered, seed, local).expect("simulator config is valid");
@@ -374,7 +378,9 @@ impl<'a> World<'a> {
             ));
         }
         if let Some(snapshot) = &persist.snapshot {
-            self.servers[index].kv = KvStore::restore(&snapshot.data).expect("snapshots come from peers' stores");
+            let limits = self.config.session_limits;
+            self.servers[index].kv =
+                KvStore::restore(&snapshot.data, limits).expect("snapshots come from peers' stores");
         }
         let leader_term = self.servers[index].node.as_ref().filter(|node| node.role() == Role::Leader).map(Node::term);
         for entry in &apply {
@@ -437,11 +443,8 @@ impl<'a> World<'a> {
         if applied < node.log().snapshot_index() + self.config.snapshot_every_entries {
             return Ok(());
         }
-        let snapshot = Snapshot {
-            last_index: applied,
-            last_term: server.kv.applied_term(),
-            data: std::sync::Arc::new(server.kv.snapshot()),
-        };
+        let snapshot =
+            Snapshot { last_index: applied, last_term: server.kv.applied_term(), data: server.kv.snapshot().into() };
         let persist = crate::consensus::Persist { snapshot: Some(snapshot.clone()), ..Default::default() };
         let incarnation = server.incarnation;
         if let Submitted::SyncAt(at_ns) =
@@ -461,8 +464,12 @@ impl<'a> World<'a> {
         let applied = server.kv.apply(entry);
         if let (Some(applied), EntryPayload::Command(_)) = (applied, &entry.payload) {
             let key = (applied.client_id, applied.sequence);
-            if let Some(attempt) = server.pending.remove(&key) {
-                self.reply(applied.client_id, applied.sequence, attempt, Reply::Done(applied.response));
+            if let Some((client, attempt)) = server.pending.remove(&key) {
+                let reply = match applied.outcome {
+                    Ok(response) => Reply::Done(response),
+                    Err(refusal) => Reply::Refused(refusal),
+                };
+                self.reply(client, applied.sequence, attempt, reply);
             }
         }
     }
@@ -477,25 +484,24 @@ impl<'a> World<'a> {
             let server = &mut self.servers[index];
             let response = server.kv.read(read.request.operation.key());
             let key = (read.request.client_id, read.request.sequence);
-            if let Some(attempt) = server.pending.remove(&key) {
-                self.reply(read.request.client_id, read.request.sequence, attempt, Reply::Done(response));
+            if let Some((client, attempt)) = server.pending.remove(&key) {
+                self.reply(client, read.request.sequence, attempt, Reply::Done(response));
             }
         }
     }
 
     fn reject(&mut self, index: usize, request: ClientRequest, rejection: Rejection) {
         let key = (request.client_id, request.sequence);
-        if let Some(attempt) = self.servers[index].pending.remove(&key) {
+        if let Some((client, attempt)) = self.servers[index].pending.remove(&key) {
             let reply = match rejection {
                 Rejection::NotLeader { leader } => Reply::NotLeader(leader),
                 Rejection::Overloaded => Reply::Overloaded,
             };
-            self.reply(request.client_id, request.sequence, attempt, reply);
+            self.reply(client, request.sequence, attempt, reply);
         }
     }
 
-    fn reply(&mut self, client_id: u64, sequence: u64, attempt: u64, reply: Reply) {
-        let client = (client_id - CLIENT_ID_BASE) as usize;
+    fn reply(&mut self, client: usize, sequence: u64, attempt: u64, reply: Reply) {
         self.schedule(CLIENT_LATENCY_NS, Event::Reply { client, sequence, attempt, reply });
     }
 
@@ -510,9 +516,9 @@ impl<'a> World<'a> {
         }
     }
 
-    fn on_request(&mut self, index: usize, request: ClientRequest, attempt: u64) -> Result<(), Breach> {
+    fn on_request(&mut self, index: usize, client: usize, request: ClientRequest, attempt: u64) -> Result<(), Breach> {
         let key = (request.client_id, request.sequence);
-        self.servers[index].pending.insert(key, attempt);
+        self.servers[index].pending.insert(key, (client, attempt));
         self.step(index, Input::Client(request))
     }
 
@@ -564,7 +570,7 @@ impl<'a> World<'a> {
         let operation = self.clients[client].pending.as_mut().expect("an operation is pending");
         operation.attempt += 1;
         let (request, attempt, sequence) = (operation.request.clone(), operation.attempt, operation.request.sequence);
-        self.schedule(CLIENT_LATENCY_NS, Event::Request { node: target, request, attempt });
+        self.schedule(CLIENT_LATENCY_NS, Event::Request { node: target, client, request, attempt });
         self.schedule(self.config.attempt_timeout_ns, Event::AttemptTimeout { client, sequence, attempt });
     }
 
@@ -576,6 +582,7 @@ impl<'a> World<'a> {
         let current_attempt = operation.attempt;
         match reply {
             Reply::Done(response) => self.complete(client, response),
+            Reply::Refused(refusal) => self.on_refused(client, refusal),
             Reply::NotLeader(_) | Reply::Overloaded if attempt != current_attempt => {}
             Reply::NotLeader(leader) => {
                 let nodes = self.config.nodes;
@@ -616,7 +623,14 @@ impl<'a> World<'a> {
 
     fn complete(&mut self, client: usize, response: Response) {
         let operation = self.clients[client].pending.take().expect("pending");
-        let output = self.clients[client].observe(&operation, &response);
+        let Purpose::Workload { key, input } = &operation.purpose else {
+            // The answer's index is the new session's id.
+            let state = &mut self.clients[client];
+            (state.session, state.sequence) = (Some(response.index), 0);
+            self.schedule_next_operation(client);
+            return;
+        };
+        let output = self.clients[client].observe(*key, input, &response);
         if !operation.request.operation.is_read() {
             self.report.write_completions_ns.push(self.now_ns);
             if operation.invoked_at_ns >= self.healed_at_ns && self.fault_phase_over {
@@ -627,12 +641,25 @@ impl<'a> World<'a> {
         }
         self.history.push(checker::Operation {
             client: client as u64,
-            key: operation.key,
-            input: operation.input,
+            key: *key,
+            input: input.clone(),
             invoke_ns: operation.invoked_at_ns,
             complete_ns: Some(self.now_ns),
             output: Some(output),
         });
+        self.schedule_next_operation(client);
+    }
+
+    /// The state machine refused the client's current request. An expired
+    /// session was not applied now; if an earlier attempt might have been,
+    /// the outcome is unknown. Either way the client opens a new session.
+    fn on_refused(&mut self, client: usize, refusal: Refusal) {
+        let operation = self.clients[client].pending.take().expect("pending");
+        self.report.refusals += 1;
+        if let Refusal::SessionExpired { .. } = refusal {
+            self.clients[client].session = None;
+        }
+        self.record_unknown(client, operation);
         self.schedule_next_operation(client);
     }
 
@@ -642,12 +669,14 @@ impl<'a> World<'a> {
         self.schedule_next_operation(client);
     }
 
-    fn record_unknown(&mut self, client: usize, operation: super::workload::PendingOperation) {
+    /// A workload operation that may or may not have taken effect.
+    fn record_unknown(&mut self, client: usize, operation: PendingOperation) {
+        let Purpose::Workload { key, input } = operation.purpose else { return };
         if operation.maybe_applied {
             self.history.push(checker::Operation {
                 client: client as u64,
-                key: operation.key,
-                input: operation.input,
+                key,
+                input,
                 invoke_ns: operation.invoked_at_ns,
                 complete_ns: None,
                 output: None,
