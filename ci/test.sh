@@ -127,6 +127,8 @@ examples/c/readme-static
 "$venv/bin/python" examples/python/readme.py
 java -cp bindings/java/target/rasputin-client-0.1.0.jar examples/java/Readme.java
 (cd examples/go && go run .)
+# The C tests stop and resume the nodes (by pid) to make a call time out.
+RASPUTIN_PIDS=$(paste -sd, _rasputin_test/pids) \
 RASPUTIN_PEERS=127.0.0.1:8888,127.0.0.1:8889,127.0.0.1:8890 valgrind --quiet --error-exitcode=3 \
     --leak-check=full --show-leak-kinds=definite,indirect,possible \
     --errors-for-leak-kinds=definite,indirect,possible "$c_tests/test_rasputin"

@@ -52,7 +52,7 @@
 /**
  * The library's minor version: compatible additions bump it.
  */
-#define RASPUTIN_VERSION_MINOR 1
+#define RASPUTIN_VERSION_MINOR 2
 
 /**
  * The library's patch version.
@@ -95,8 +95,11 @@ typedef enum rasputin_status {
   RASPUTIN_ERROR_VALUE_TOO_LARGE = 4,
   /**
    * The operation did not finish in time: servers answered, but none could
-   * complete it (no leader, say). A write may or may not have taken effect;
-   * retrying it is safe.
+   * complete it (no leader, say). It may or may not have taken effect. To
+   * find out, pass rasputin_error_retry_token's token to rasputin_retry:
+   * the retry keeps the request's identity, so it applies at most once,
+   * and its result is the operation's own. Calling the operation again
+   * instead sends a new request, which may apply a second time.
    */
   RASPUTIN_ERROR_TIMEOUT = 5,
   /**
@@ -132,6 +135,10 @@ typedef struct rasputin_error rasputin_error;
  * - get: success is false if the key is missing; value is its value.
  * - cas: success says whether the swap happened; value is the current value after the call.
  * - del: success is false if the key was missing; value is the value it had.
+ *
+ * found says whether the key exists (for del: existed), so that an empty
+ * value and a missing key never look alike: a failed cas on a key holding
+ * the empty value has found true and value_len 0.
  */
 typedef struct rasputin_result {
   bool success;
@@ -145,6 +152,10 @@ typedef struct rasputin_result {
    */
   uint64_t term;
   uint64_t index;
+  /**
+   * Whether the key exists (since 0.2).
+   */
+  bool found;
 } rasputin_result;
 
 #ifdef __cplusplus
@@ -290,6 +301,43 @@ enum rasputin_status rasputin_del(const struct rasputin_client *client,
                                   size_t key_len,
                                   struct rasputin_result **result_out,
                                   struct rasputin_error **error_out);
+
+/**
+ * Sends again, under its original identity, an operation that failed with
+ * RASPUTIN_ERROR_TIMEOUT, given the token rasputin_error_retry_token gave
+ * for it. The operation applies at most once whatever happened to the
+ * first call, and the result is the operation's own: if the first call took
+ * effect, the result it got. It may time out again (with a token of its
+ * own, the same request) or, once the cluster has expired the session, fail
+ * with RASPUTIN_ERROR_REFUSED and server code 11 (SESSION_EXPIRED): then the
+ * outcome stays unknown.
+ *
+ * Ownership, thread safety and statuses: as rasputin_set, plus
+ * RASPUTIN_ERROR_INVALID_ARGUMENT for bytes that are not a retry token.
+ *
+ * # Safety
+ * `token` must be NULL or point to `token_len` readable bytes; out-pointers must be NULL or writable.
+ */
+enum rasputin_status rasputin_retry(const struct rasputin_client *client,
+                                    const uint8_t *token,
+                                    size_t token_len,
+                                    struct rasputin_result **result_out,
+                                    struct rasputin_error **error_out);
+
+/**
+ * The retry token of an error with status RASPUTIN_ERROR_TIMEOUT: the
+ * bytes to pass to rasputin_retry. They belong to the error and live until
+ * rasputin_error_free. For any other error, or a NULL one, *token is set to
+ * NULL and *token_len to 0.
+ *
+ * Returns: RASPUTIN_OK; RASPUTIN_ERROR_NULL_ARGUMENT if token or token_len is NULL.
+ *
+ * # Safety
+ * `error` must be NULL or a live error; `token` and `token_len` must be NULL or writable.
+ */
+enum rasputin_status rasputin_error_retry_token(const struct rasputin_error *error,
+                                                const uint8_t **token,
+                                                size_t *token_len);
 
 /**
  * Frees a result and its value. NULL is ignored.

@@ -51,10 +51,16 @@ const (
 
 // Error is every error this package returns. Use errors.Is with the Err
 // values below, or read Code.
+//
+// A StatusTimeout error's operation may or may not have taken effect. Pass
+// its RetryToken to Client.Retry to send the same request again under the
+// same identity: it applies at most once, and its Result says what
+// happened. Calling the operation again instead sends a new request.
 type Error struct {
 	Code       Status
 	ServerCode int // the server's wire error code behind StatusRefused, else 0
 	Message    string
+	RetryToken []byte // for StatusTimeout: the request, for Client.Retry
 }
 
 func (e *Error) Error() string { return "rasputin: " + e.Message }
@@ -79,10 +85,18 @@ var (
 // takeError converts a librasputin error to an *Error and frees it.
 func takeError(status Status, failure *C.rasputin_error) error {
 	defer C.rasputin_error_free(failure)
+	var token *C.uint8_t
+	var tokenLength C.size_t
+	C.rasputin_error_retry_token(failure, &token, &tokenLength)
+	var retryToken []byte
+	if tokenLength > 0 {
+		retryToken = C.GoBytes(unsafe.Pointer(token), C.int(tokenLength))
+	}
 	return &Error{
 		Code:       status,
 		ServerCode: int(C.rasputin_error_server_code(failure)),
 		Message:    C.GoString(C.rasputin_error_message(failure)),
+		RetryToken: retryToken,
 	}
 }
 
@@ -159,8 +173,16 @@ func cBytes(data []byte) (*C.uint8_t, C.size_t) {
 	return (*C.uint8_t)(unsafe.Pointer(&data[0])), C.size_t(len(data))
 }
 
+// Result is the answer of Retry: the retried operation's own.
+type Result struct {
+	Success bool   // get: found; set: always; cas: swapped; delete: the key existed
+	Found   bool   // whether the key exists (for delete: existed)
+	Value   []byte // the operation's value; nil exactly when the key is missing
+}
+
 type result struct {
 	success bool
+	found   bool
 	value   []byte
 }
 
@@ -193,7 +215,8 @@ func (c *Client) call(ctx context.Context, operation func(*C.rasputin_client, **
 		return result{}, takeError(Status(status), failure)
 	}
 	defer C.rasputin_result_free(outcome)
-	return result{success: bool(outcome.success), value: C.GoBytes(unsafe.Pointer(outcome.value), C.int(outcome.value_len))}, nil
+	value := C.GoBytes(unsafe.Pointer(outcome.value), C.int(outcome.value_len))
+	return result{success: bool(outcome.success), found: bool(outcome.found), value: value}, nil
 }
 
 // Set sets key to value.
@@ -224,14 +247,15 @@ func (c *Client) GetContext(ctx context.Context, key []byte) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	if !got.success {
+	if !got.found {
 		return nil, fmt.Errorf("%q: %w", key, ErrNotFound)
 	}
 	return got.value, nil
 }
 
 // CAS sets key to newValue if it holds expected. It returns the key's value
-// after the call (nil if missing) and whether the swap happened.
+// after the call (nil exactly when the key is missing; a key holding the
+// empty value gives an empty, non-nil slice) and whether the swap happened.
 func (c *Client) CAS(key, expected, newValue []byte) (current []byte, swapped bool, err error) {
 	return c.CASContext(context.Background(), key, expected, newValue)
 }
@@ -250,7 +274,7 @@ func (c *Client) CASContext(ctx context.Context, key, expected, newValue []byte)
 	if err != nil {
 		return nil, false, err
 	}
-	if !got.success && len(got.value) == 0 {
+	if !got.found {
 		return nil, false, nil
 	}
 	return got.value, got.success, nil
@@ -268,8 +292,29 @@ func (c *Client) DeleteContext(ctx context.Context, key []byte) ([]byte, error) 
 		return C.rasputin_del(h, keyPointer, keyLength, out, failure)
 	})
 	runtime.KeepAlive(key)
-	if err != nil || !got.success {
+	if err != nil || !got.found {
 		return nil, err
 	}
 	return got.value, nil
+}
+
+// Retry sends an operation that failed with StatusTimeout again under its
+// original identity, given the error's RetryToken, so that it applies at
+// most once; it returns the operation's own answer. It may time out again
+// (with a token of its own), or fail with StatusRefused and server code 11
+// (SESSION_EXPIRED) once the cluster has expired the session: then the
+// outcome stays unknown.
+func (c *Client) Retry(ctx context.Context, token []byte) (Result, error) {
+	tokenPointer, tokenLength := cBytes(token)
+	got, err := c.call(ctx, func(h *C.rasputin_client, out **C.rasputin_result, failure **C.rasputin_error) uint32 {
+		return C.rasputin_retry(h, tokenPointer, tokenLength, out, failure)
+	})
+	runtime.KeepAlive(token)
+	if err != nil {
+		return Result{}, err
+	}
+	if !got.found {
+		return Result{Success: got.success}, nil
+	}
+	return Result{Success: got.success, Found: true, Value: got.value}, nil
 }

@@ -11,12 +11,16 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
 
 // peers are the client addresses of the cluster TestMain starts.
 var peers []string
+
+// processes are its rasputind processes.
+var processes []*exec.Cmd
 
 func freePort() int {
 	listener, err := net.Listen("tcp", "127.0.0.1:0")
@@ -42,7 +46,6 @@ func TestMain(m *testing.M) {
 		seeds = append(seeds, fmt.Sprintf("127.0.0.1:%d", freePort()))
 		peers = append(peers, fmt.Sprintf("127.0.0.1:%d", freePort()))
 	}
-	var processes []*exec.Cmd
 	for n := 0; n < 3; n++ {
 		command := exec.Command(binary,
 			"--peer-port="+strings.Split(seeds[n], ":")[1],
@@ -269,5 +272,59 @@ func TestSixteenGoroutinesShareOneClient(t *testing.T) {
 	close(failures)
 	for failure := range failures {
 		t.Error(failure)
+	}
+}
+
+// signalAll sends signal to every node of the cluster.
+func signalAll(t *testing.T, signal syscall.Signal) {
+	for _, process := range processes {
+		if err := process.Process.Signal(signal); err != nil {
+			t.Fatalf("signal %v to %d: %v", signal, process.Process.Pid, err)
+		}
+	}
+}
+
+// Issue 13, item 12: nil means missing, and an empty value is not missing.
+func TestAFailedCASOnAnEmptyValueSaysTheKeyExists(t *testing.T) {
+	client := connect(t)
+	if err := client.Set([]byte("empty"), nil); err != nil {
+		t.Fatal(err)
+	}
+	current, swapped, err := client.CAS([]byte("empty"), []byte("wrong"), []byte("new"))
+	if err != nil || swapped || current == nil || len(current) != 0 {
+		t.Fatalf("CAS on an empty value: current %v (nil: %v), swapped %v, err %v", current, current == nil, swapped, err)
+	}
+}
+
+// Issue 13, item 4: with the whole cluster stopped a set times out, and
+// retrying it with its token applies that same request once.
+func TestATimedOutWriteIsRetriedUnderItsIdentity(t *testing.T) {
+	impatient, err := Connect(peers, WithTimeout(time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer impatient.Close()
+	if err := impatient.Set([]byte("retried"), []byte("before")); err != nil {
+		t.Fatal(err)
+	}
+	signalAll(t, syscall.SIGSTOP)
+	err = impatient.Set([]byte("retried"), []byte("after"))
+	signalAll(t, syscall.SIGCONT)
+	var timedOut *Error
+	if !errors.As(err, &timedOut) || timedOut.Code != StatusTimeout || len(timedOut.RetryToken) == 0 {
+		t.Fatalf("want a timeout with a retry token, got %v", err)
+	}
+	client := connect(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	result, err := client.Retry(ctx, timedOut.RetryToken)
+	if err != nil || !result.Success || !result.Found || string(result.Value) != "after" {
+		t.Fatalf("retry: %+v, %v", result, err)
+	}
+	if value, err := client.Get([]byte("retried")); err != nil || string(value) != "after" {
+		t.Fatalf("after the retry: %q, %v", value, err)
+	}
+	if _, err := client.Retry(ctx, []byte("not a token")); !errors.Is(err, ErrInvalidArgument) {
+		t.Fatalf("a bad token: %v", err)
 	}
 }

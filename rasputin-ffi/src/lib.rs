@@ -11,13 +11,14 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::Duration;
 
-use rasputin_core::wire::{KEY_BYTES_MAX, VALUE_BYTES_MAX};
+use rasputin_core::client::RetryToken;
+use rasputin_core::wire::{CLIENT_FRAME_BYTES_MAX, KEY_BYTES_MAX, VALUE_BYTES_MAX};
 use rasputin_core::{Client, ClientError, Response};
 
 /// The library's major version: incompatible ABI changes bump it (and the soname).
 pub const RASPUTIN_VERSION_MAJOR: u32 = 0;
 /// The library's minor version: compatible additions bump it.
-pub const RASPUTIN_VERSION_MINOR: u32 = 1;
+pub const RASPUTIN_VERSION_MINOR: u32 = 2;
 /// The library's patch version.
 pub const RASPUTIN_VERSION_PATCH: u32 = 0;
 /// The largest key, in bytes, the cluster accepts.
@@ -43,8 +44,11 @@ pub enum rasputin_status {
     /// A value is longer than RASPUTIN_VALUE_BYTES_MAX.
     RASPUTIN_ERROR_VALUE_TOO_LARGE = 4,
     /// The operation did not finish in time: servers answered, but none could
-    /// complete it (no leader, say). A write may or may not have taken effect;
-    /// retrying it is safe.
+    /// complete it (no leader, say). It may or may not have taken effect. To
+    /// find out, pass rasputin_error_retry_token's token to rasputin_retry:
+    /// the retry keeps the request's identity, so it applies at most once,
+    /// and its result is the operation's own. Calling the operation again
+    /// instead sends a new request, which may apply a second time.
     RASPUTIN_ERROR_TIMEOUT = 5,
     /// The server refused the request; rasputin_error_server_code tells why.
     RASPUTIN_ERROR_REFUSED = 6,
@@ -68,6 +72,8 @@ pub struct rasputin_error {
     status: rasputin_status,
     server_code: i32,
     message: CString,
+    /// For RASPUTIN_ERROR_TIMEOUT: the request, to retry under its identity.
+    retry_token: Vec<u8>,
 }
 
 /// The outcome of an operation. Owned by the caller; free with rasputin_result_free.
@@ -76,6 +82,10 @@ pub struct rasputin_error {
 /// - get: success is false if the key is missing; value is its value.
 /// - cas: success says whether the swap happened; value is the current value after the call.
 /// - del: success is false if the key was missing; value is the value it had.
+///
+/// found says whether the key exists (for del: existed), so that an empty
+/// value and a missing key never look alike: a failed cas on a key holding
+/// the empty value has found true and value_len 0.
 #[repr(C)]
 pub struct rasputin_result {
     pub success: bool,
@@ -85,17 +95,20 @@ pub struct rasputin_result {
     /// The log position (term, index) that produced this state.
     pub term: u64,
     pub index: u64,
+    /// Whether the key exists (since 0.2).
+    pub found: bool,
 }
 
 struct Failure {
     status: rasputin_status,
     server_code: i32,
     message: String,
+    retry_token: Vec<u8>,
 }
 
 impl Failure {
     fn new(status: rasputin_status, message: impl Into<String>) -> Failure {
-        Failure { status, server_code: 0, message: message.into() }
+        Failure { status, server_code: 0, message: message.into(), retry_token: Vec::new() }
     }
 }
 
@@ -111,7 +124,8 @@ impl From<ClientError> for Failure {
             _ => RASPUTIN_ERROR_INTERNAL,
         };
         let server_code = if status == RASPUTIN_ERROR_REFUSED { error.code() as i32 } else { 0 };
-        Failure { status, server_code, message: error.to_string() }
+        let retry_token = error.retry_token().map(RetryToken::to_bytes).unwrap_or_default();
+        Failure { status, server_code, message: error.to_string(), retry_token }
     }
 }
 
@@ -124,7 +138,12 @@ fn guard(error_out: *mut *mut rasputin_error, body: impl FnOnce() -> Result<(), 
     };
     if !error_out.is_null() {
         let message = CString::new(failure.message.replace('\0', " ")).unwrap_or_default();
-        let error = rasputin_error { status: failure.status, server_code: failure.server_code, message };
+        let error = rasputin_error {
+            status: failure.status,
+            server_code: failure.server_code,
+            message,
+            retry_token: failure.retry_token,
+        };
         // SAFETY: error_out is non-NULL and, per the header, points to writable storage for a pointer.
         unsafe { *error_out = Box::into_raw(Box::new(error)) };
     }
@@ -303,8 +322,14 @@ fn finish(result_out: *mut *mut rasputin_result, response: Response) {
     let value_len = response.value.len();
     let value =
         if value_len == 0 { std::ptr::null_mut() } else { Box::into_raw(response.value.into_boxed_slice()) as *mut u8 };
-    let result =
-        rasputin_result { success: response.success, value, value_len, term: response.term, index: response.index };
+    let result = rasputin_result {
+        success: response.success,
+        value,
+        value_len,
+        term: response.term,
+        index: response.index,
+        found: response.found,
+    };
     // SAFETY: the callers checked result_out is non-NULL.
     unsafe { *result_out = Box::into_raw(Box::new(result)) };
 }
@@ -437,6 +462,71 @@ pub unsafe extern "C" fn rasputin_del(
     unsafe { key_operation(client, key, key_len, result_out, error_out, Client::del) }
 }
 
+/// Sends again, under its original identity, an operation that failed with
+/// RASPUTIN_ERROR_TIMEOUT, given the token rasputin_error_retry_token gave
+/// for it. The operation applies at most once whatever happened to the
+/// first call, and the result is the operation's own: if the first call took
+/// effect, the result it got. It may time out again (with a token of its
+/// own, the same request) or, once the cluster has expired the session, fail
+/// with RASPUTIN_ERROR_REFUSED and server code 11 (SESSION_EXPIRED): then the
+/// outcome stays unknown.
+///
+/// Ownership, thread safety and statuses: as rasputin_set, plus
+/// RASPUTIN_ERROR_INVALID_ARGUMENT for bytes that are not a retry token.
+///
+/// # Safety
+/// `token` must be NULL or point to `token_len` readable bytes; out-pointers must be NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn rasputin_retry(
+    client: *const rasputin_client,
+    token: *const u8,
+    token_len: usize,
+    result_out: *mut *mut rasputin_result,
+    error_out: *mut *mut rasputin_error,
+) -> rasputin_status {
+    guard(error_out, || {
+        let client = client_ref(client)?;
+        check_out(result_out, "result_out")?;
+        if token_len > CLIENT_FRAME_BYTES_MAX {
+            return Err(Failure::new(RASPUTIN_ERROR_INVALID_ARGUMENT, "the token is longer than any request"));
+        }
+        // SAFETY: the caller's buffer holds its stated length.
+        let token = unsafe { borrow(token, token_len, "token", CLIENT_FRAME_BYTES_MAX)? };
+        let token = RetryToken::from_bytes(token)?;
+        finish(result_out, client.client.retry(&token)?);
+        Ok(())
+    })
+}
+
+/// The retry token of an error with status RASPUTIN_ERROR_TIMEOUT: the
+/// bytes to pass to rasputin_retry. They belong to the error and live until
+/// rasputin_error_free. For any other error, or a NULL one, *token is set to
+/// NULL and *token_len to 0.
+///
+/// Returns: RASPUTIN_OK; RASPUTIN_ERROR_NULL_ARGUMENT if token or token_len is NULL.
+///
+/// # Safety
+/// `error` must be NULL or a live error; `token` and `token_len` must be NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn rasputin_error_retry_token(
+    error: *const rasputin_error,
+    token: *mut *const u8,
+    token_len: *mut usize,
+) -> rasputin_status {
+    if token.is_null() || token_len.is_null() {
+        return RASPUTIN_ERROR_NULL_ARGUMENT;
+    }
+    // SAFETY: per the contract, NULL or a live error.
+    let bytes = unsafe { error.as_ref() }.map_or(&[][..], |error| error.retry_token.as_slice());
+    let pointer = if bytes.is_empty() { std::ptr::null() } else { bytes.as_ptr() };
+    // SAFETY: both checked non-NULL above and writable per the contract.
+    unsafe {
+        *token = pointer;
+        *token_len = bytes.len();
+    }
+    RASPUTIN_OK
+}
+
 /// Frees a result and its value. NULL is ignored.
 ///
 /// # Safety
@@ -502,5 +592,5 @@ pub unsafe extern "C" fn rasputin_error_free(error: *mut rasputin_error) {
 /// The library's version, "MAJOR.MINOR.PATCH". A static string: do not free it.
 #[no_mangle]
 pub extern "C" fn rasputin_version() -> *const c_char {
-    c"0.1.0".as_ptr()
+    c"0.2.0".as_ptr()
 }

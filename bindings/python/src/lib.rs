@@ -9,7 +9,7 @@ use pyo3::exceptions::{PyException, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList};
 use rasputin::client::{
-    STATUS_INVALID_ARGUMENT, STATUS_KEY_TOO_LARGE, STATUS_REFUSED, STATUS_TIMEOUT, STATUS_UNAVAILABLE,
+    RetryToken, STATUS_INVALID_ARGUMENT, STATUS_KEY_TOO_LARGE, STATUS_REFUSED, STATUS_TIMEOUT, STATUS_UNAVAILABLE,
     STATUS_VALUE_TOO_LARGE,
 };
 use rasputin::{Client as CoreClient, ClientError, Response};
@@ -36,7 +36,7 @@ create_exception!(
     _rasputin,
     TimeoutError,
     RasputinError,
-    "The operation did not finish in time; a write may or may not have taken effect, and retrying it is safe."
+    "The operation did not finish in time and may or may not have taken effect. `client.retry(error)` sends the same request again under the same identity: it applies at most once, and its result says what happened. Calling the operation again instead sends a new request."
 );
 create_exception!(
     _rasputin,
@@ -55,6 +55,7 @@ fn to_python_error(error: ClientError) -> PyErr {
     let message = error.to_string();
     let status = error.status();
     let server_code = if status == STATUS_REFUSED { error.code() as i32 } else { 0 };
+    let retry_token = error.retry_token().map(RetryToken::to_bytes);
     let exception = match status {
         STATUS_UNAVAILABLE => ClusterUnavailable::new_err(message),
         STATUS_TIMEOUT => TimeoutError::new_err(message),
@@ -66,6 +67,9 @@ fn to_python_error(error: ClientError) -> PyErr {
         let value = exception.value(py);
         let _ = value.setattr("code", status);
         let _ = value.setattr("server_code", server_code);
+        if let Some(token) = retry_token {
+            let _ = value.setattr("retry_token", PyBytes::new(py, &token));
+        }
     });
     exception
 }
@@ -88,13 +92,39 @@ fn bytes_argument<'a>(value: &'a Bound<'_, PyAny>, name: &str) -> PyResult<&'a [
     })
 }
 
-/// The outcome of `cas`: whether the swap happened, and the current value.
+/// The outcome of `cas`: whether the swap happened, and the current value
+/// (None exactly when the key is missing).
 #[pyclass(frozen, module = "rasputin")]
 struct CasResult {
     #[pyo3(get)]
     success: bool,
     #[pyo3(get)]
     value: Option<Py<PyBytes>>,
+}
+
+/// The outcome of `retry`: the retried operation's own answer. `value` is
+/// None exactly when the key is missing (`found` is false).
+#[pyclass(frozen, module = "rasputin")]
+struct RetryResult {
+    #[pyo3(get)]
+    success: bool,
+    #[pyo3(get)]
+    found: bool,
+    #[pyo3(get)]
+    value: Option<Py<PyBytes>>,
+}
+
+#[pymethods]
+impl RetryResult {
+    fn __repr__(&self, py: Python<'_>) -> String {
+        let value = self.value.as_ref().map(|value| format!("{:?}", value.bind(py).as_bytes()));
+        format!(
+            "RetryResult(success={}, found={}, value={})",
+            if self.success { "True" } else { "False" },
+            if self.found { "True" } else { "False" },
+            value.unwrap_or("None".into())
+        )
+    }
 }
 
 #[pymethods]
@@ -129,8 +159,9 @@ impl Client {
     }
 }
 
+/// The value, or None exactly when the key is missing.
 fn value_or_none(py: Python<'_>, response: &Response) -> Option<Py<PyBytes>> {
-    response.success.then(|| PyBytes::new(py, response.get_value()).unbind())
+    response.get_found().then(|| PyBytes::new(py, response.get_value()).unbind())
 }
 
 #[pymethods]
@@ -195,9 +226,22 @@ impl Client {
         let expected = bytes_argument(expected, "expected")?.to_vec();
         let new = bytes_argument(new, "new")?.to_vec();
         let response = self.call(py, move |client| client.cas(&key, &expected, &new))?;
-        let value = (response.success || !response.get_value().is_empty())
-            .then(|| PyBytes::new(py, response.get_value()).unbind());
-        Ok(CasResult { success: response.success, value })
+        Ok(CasResult { success: response.success, value: value_or_none(py, &response) })
+    }
+
+    /// Sends an operation that raised TimeoutError again under its original
+    /// identity, so that it applies at most once; returns its own answer.
+    /// Takes the TimeoutError (or its `retry_token` bytes).
+    fn retry(&self, py: Python<'_>, error: &Bound<'_, PyAny>) -> PyResult<RetryResult> {
+        let token = match error.getattr("retry_token") {
+            Ok(token) => token,
+            Err(_) => error.clone(),
+        };
+        let bytes = bytes_argument(&token, "retry_token")?.to_vec();
+        let token = RetryToken::from_bytes(&bytes).map_err(to_python_error)?;
+        let response = self.call(py, move |client| client.retry(&token))?;
+        let value = value_or_none(py, &response);
+        Ok(RetryResult { success: response.success, found: response.get_found(), value })
     }
 
     /// Deletes `key`; returns its previous value, or None if it was missing.
@@ -229,6 +273,7 @@ fn _rasputin(module: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = module.py();
     module.add_class::<Client>()?;
     module.add_class::<CasResult>()?;
+    module.add_class::<RetryResult>()?;
     module.add("RasputinError", py.get_type::<RasputinError>())?;
     module.add("ConnectionError", py.get_type::<ConnectionError>())?;
     module.add("ClusterUnavailable", py.get_type::<ClusterUnavailable>())?;

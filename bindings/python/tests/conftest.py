@@ -30,9 +30,22 @@ def rasputind_binary():
     return binary
 
 
+class Cluster(list):
+    """The client addresses of a running cluster (a list, as Client takes),
+    with its processes, for tests that pause them."""
+
+    def __init__(self, addresses, processes):
+        super().__init__(addresses)
+        self.processes = processes
+
+    def signal_all(self, number):
+        for process in self.processes:
+            os.kill(process.pid, number)
+
+
 @pytest.fixture(scope="session")
 def cluster():
-    """Yields the client addresses of a running cluster."""
+    """Yields a running cluster (see Cluster)."""
     binary = rasputind_binary()
     directory = tempfile.TemporaryDirectory(prefix="rasputin-pytest-")
     peer_ports = [free_port() for _ in range(3)]
@@ -56,7 +69,7 @@ def cluster():
             )
         addresses = [f"127.0.0.1:{port}" for port in client_ports]
         wait_until_serving(addresses)
-        yield addresses
+        yield Cluster(addresses, processes)
     finally:
         for process in processes:
             process.send_signal(signal.SIGKILL)

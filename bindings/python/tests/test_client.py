@@ -1,6 +1,7 @@
 """The Python client against a real local cluster: every call, every error
 path, and threads sharing one client."""
 
+import signal
 import threading
 
 import pytest
@@ -26,6 +27,45 @@ def test_missing_keys_are_none_not_errors(client):
     missing = client.cas(b"never-written", b"a", b"b")
     assert not missing.success and missing.value is None
     assert "success=False" in repr(missing)
+
+
+def test_a_failed_cas_on_an_empty_value_says_the_key_exists(client):
+    """Issue 13, item 12: None means missing, and an empty value is not missing."""
+    client.set(b"empty", b"")
+    refused = client.cas(b"empty", b"wrong", b"new")
+    assert not refused.success
+    assert refused.value == b""
+
+
+def test_the_largest_cas_completes(client):
+    """Issue 13, item 5: a cas whose values are each at the limit fits in a frame."""
+    largest = b"x" * rasputin.VALUE_BYTES_MAX
+    refused = client.cas(b"largest-cas", largest, largest)
+    assert not refused.success and refused.value is None
+    client.set(b"largest-cas", largest)
+    swapped = client.cas(b"largest-cas", largest, b"y" * rasputin.VALUE_BYTES_MAX)
+    assert swapped.success
+
+
+def test_a_timed_out_write_is_retried_under_its_identity(cluster):
+    """Issue 13, item 4: with the whole cluster stopped, a set times out;
+    retrying it with its token applies that same request once."""
+    with rasputin.Client(cluster, timeout=1.0) as impatient:
+        impatient.set(b"retried", b"before")
+        cluster.signal_all(signal.SIGSTOP)
+        try:
+            with pytest.raises(rasputin.TimeoutError) as raised:
+                impatient.set(b"retried", b"after")
+        finally:
+            cluster.signal_all(signal.SIGCONT)
+    assert raised.value.code == 5 and raised.value.retry_token
+    with rasputin.Client(cluster, timeout=10.0) as client:
+        result = client.retry(raised.value)
+        assert result.success and result.found and result.value == b"after"
+        assert client.get(b"retried") == b"after"
+        assert client.retry(raised.value.retry_token).value == b"after", "a second retry gets the same answer"
+        with pytest.raises(rasputin.InvalidArgument):
+            client.retry(b"not a token")
 
 
 def test_binary_and_empty_data_round_trip(client):
@@ -136,5 +176,5 @@ def test_calls_release_the_gil(cluster):
 
 
 def test_public_calls_have_docstrings():
-    for name in ["set", "get", "cas", "delete", "close"]:
+    for name in ["set", "get", "cas", "delete", "retry", "close"]:
         assert getattr(rasputin.Client, name).__doc__

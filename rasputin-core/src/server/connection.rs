@@ -136,6 +136,10 @@ impl Connection {
                     if let Err(error) = self.split_frames(&mut frames) {
                         return Received::Closed(frames, Some(error));
                     }
+                    if frames.len() >= FRAMES_PER_TURN_MAX {
+                        // More whole frames wait in `incoming` for the next turn.
+                        return Received::More(frames);
+                    }
                     return match outcome {
                         ReadOutcome::Closed => Received::Closed(frames, None),
                         _ => Received::Frames(frames),
@@ -145,10 +149,11 @@ impl Connection {
         }
     }
 
-    /// Splits whole frames off `incoming`, one only before the handshake.
+    /// Splits whole frames off `incoming`, up to the turn's limit, and one
+    /// only before the handshake.
     fn split_frames(&mut self, frames: &mut Vec<Bytes>) -> Result<(), WireError> {
         let frame_bytes_max = self.frame_bytes_max();
-        while self.greeted || frames.is_empty() {
+        while (self.greeted || frames.is_empty()) && frames.len() < FRAMES_PER_TURN_MAX {
             match wire::take_frame(&mut self.incoming, frame_bytes_max)? {
                 Some(frame) => frames.push(frame),
                 None => break,
@@ -184,5 +189,70 @@ impl Connection {
 
     pub fn has_outgoing(&self) -> bool {
         !self.outgoing.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::proto;
+
+    /// A greeted connection over a real loopback socket, and the peer's end.
+    fn connected_pair() -> (Connection, std::net::TcpStream) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let sender = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (accepted, address) = listener.accept().unwrap();
+        accepted.set_nonblocking(true).unwrap();
+        let mut connection = Connection::new(TcpStream::from_std(accepted), Kind::PeerInbound, address);
+        connection.greeted = true;
+        (connection, sender)
+    }
+
+    /// Issue 13, item 7: a fast sender gets a bounded share of each turn.
+    #[test]
+    fn one_turn_yields_a_bounded_number_of_frames() {
+        let (mut connection, mut sender) = connected_pair();
+        let mut bytes = BytesMut::new();
+        let frames_sent = 3 * FRAMES_PER_TURN_MAX + 10;
+        for round in 0..frames_sent {
+            wire::encode_frame(&proto::HeartbeatResponse { term: 1, round: round as u64 }, &mut bytes);
+        }
+        sender.write_all(&bytes).unwrap();
+        drop(sender);
+        let mut scratch = vec![0; READ_CHUNK_BYTES];
+        let mut received = 0;
+        let deadline = Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            assert!(Instant::now() < deadline, "only {received} of {frames_sent} frames arrived");
+            match connection.receive(&mut scratch) {
+                Received::More(frames) | Received::Frames(frames) => {
+                    assert!(frames.len() <= FRAMES_PER_TURN_MAX, "{} frames in one turn", frames.len());
+                    received += frames.len();
+                }
+                Received::Closed(frames, error) => {
+                    assert!(error.is_none(), "{error:?}");
+                    received += frames.len();
+                    break;
+                }
+            }
+        }
+        assert_eq!(received, frames_sent);
+    }
+
+    /// Before the handshake, a stranger's frame may be a few KiB at most.
+    #[test]
+    fn before_the_handshake_a_large_declared_frame_closes_the_connection() {
+        let (mut connection, mut sender) = connected_pair();
+        connection.greeted = false;
+        sender.write_all(&(100_000u32).to_be_bytes()).unwrap();
+        let mut scratch = vec![0; READ_CHUNK_BYTES];
+        let deadline = Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            assert!(Instant::now() < deadline, "the oversized hello was never refused");
+            if let Received::Closed(_, Some(error)) = connection.receive(&mut scratch) {
+                assert!(matches!(error, WireError::FrameTooLarge { max: wire::HELLO_FRAME_BYTES_MAX, .. }));
+                break;
+            }
+        }
     }
 }

@@ -37,9 +37,10 @@ const FIRST_CONNECTION: usize = 16;
 const CLIENT_REQUESTS_WAITING_COUNT_MAX: usize = 100_000;
 /// Open client connections; further ones are refused.
 const CLIENT_CONNECTIONS_COUNT_MAX: usize = 10_000;
-/// Open connections accepted on the peer port. Each member keeps one to
-/// this node; the rest of the room is for reconnects and strangers.
-const PEER_INBOUND_CONNECTIONS_COUNT_MAX: usize = 64;
+/// Connections accepted on the peer port that have not completed their
+/// handshake. Beyond this the oldest is closed: strangers cannot hold the
+/// room a reconnecting member needs, since a member greets at once.
+const PEER_HANDSHAKES_PENDING_COUNT_MAX: usize = 16;
 /// How long a connection may take to complete its handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often connections are checked against the handshake timeout.
@@ -143,7 +144,6 @@ struct Daemon {
     connections: BTreeMap<Token, Connection>,
     next_token: usize,
     client_connections: usize,
-    peer_inbound_connections: usize,
     outbound: BTreeMap<NodeId, Token>,
     reconnect_at: BTreeMap<NodeId, Instant>,
     peer_client_addresses: BTreeMap<NodeId, String>,
@@ -210,7 +210,6 @@ pub fn run(flags: Flags) -> Result<(), DaemonError> {
         connections: BTreeMap::new(),
         next_token: FIRST_CONNECTION,
         client_connections: 0,
-        peer_inbound_connections: 0,
         outbound: BTreeMap::new(),
         reconnect_at: BTreeMap::new(),
         peer_client_addresses: BTreeMap::new(),
@@ -353,9 +352,12 @@ impl Daemon {
 
     // ----- joining -----
 
-    /// A node whose directory was empty takes part only once enough members
-    /// have answered its greeting and none of them has heard from it before
-    /// (unless it is a replacement, which waits for every member).
+    /// A node whose directory was empty takes part only once it knows it
+    /// never took part before: every other member says it has not heard
+    /// from it, or a quorum (with itself) answers and every answer is from
+    /// term 0, so no election has been held that this node could have voted
+    /// in (one would need a member of that quorum). A replacement waits for
+    /// every member, to learn the highest term and commit index there are.
     fn maybe_finish_joining(&mut self) -> Result<(), DaemonError> {
         let Some(join) = &mut self.join else { return Ok(()) };
         let node = self.membership.node_id;
@@ -364,13 +366,21 @@ impl Daemon {
                 return Err(DaemonError::WipedNode { node, peer, peer_term });
             }
         }
-        let members = self.membership.peers.len();
-        let needed = if join.replace { members - 1 } else { members / 2 };
-        if join.answers.len() < needed {
+        let others = self.membership.peers.len() - 1;
+        let everyone_answered = join.answers.len() == others;
+        let quorum_answered = join.answers.len() + 1 > self.membership.peers.len() / 2;
+        let never_elected = join.answers.values().all(|answer| answer.0 == 0);
+        let ready = everyone_answered || (!join.replace && quorum_answered && never_elected);
+        if !ready {
             if join.reported_at.elapsed() >= JOIN_REPORT_INTERVAL {
                 join.reported_at = Instant::now();
                 let answered: Vec<&NodeId> = join.answers.keys().collect();
-                info!(node, ?answered, needed, replace = join.replace, "joining: waiting for members to answer");
+                info!(
+                    node,
+                    ?answered,
+                    replace = join.replace,
+                    "joining with an empty directory: waiting until every member answers (or, in a new cluster, a quorum)"
+                );
             }
             return Ok(());
         }
@@ -383,6 +393,7 @@ impl Daemon {
             );
             self.storage.start_replacement(term, node, commit)?;
         }
+        self.storage.write_identity(node, self.membership.cluster_id)?;
         self.join = None;
         info!(node, "joined the cluster");
         self.start_consensus()
@@ -399,10 +410,8 @@ impl Daemon {
             return None;
         }
         let _ = stream.set_nodelay(true);
-        match kind {
-            Kind::Client => self.client_connections += 1,
-            Kind::PeerInbound => self.peer_inbound_connections += 1,
-            Kind::PeerOutbound(_) => {}
+        if kind == Kind::Client {
+            self.client_connections += 1;
         }
         self.connections.insert(token, Connection::new(stream, kind, address));
         Some(token)
@@ -416,10 +425,8 @@ impl Daemon {
                         warn!(%address, "refusing a client connection: {CLIENT_CONNECTIONS_COUNT_MAX} are open");
                         continue;
                     }
-                    if kind == Kind::PeerInbound && self.peer_inbound_connections >= PEER_INBOUND_CONNECTIONS_COUNT_MAX
-                    {
-                        warn!(%address, "refusing a peer connection: {PEER_INBOUND_CONNECTIONS_COUNT_MAX} are open");
-                        continue;
+                    if kind == Kind::PeerInbound {
+                        self.make_room_for_a_handshake();
                     }
                     debug!(%address, ?kind, "accepted a connection");
                     self.register(stream, kind, address);
@@ -469,7 +476,7 @@ impl Daemon {
         let _ = self.poll.registry().deregister(&mut connection.stream);
         match connection.kind {
             Kind::Client => self.client_connections -= 1,
-            Kind::PeerInbound => self.peer_inbound_connections -= 1,
+            Kind::PeerInbound => {}
             Kind::PeerOutbound(peer) => {
                 self.outbound.remove(&peer);
             }
@@ -494,6 +501,22 @@ impl Daemon {
             .collect();
         for token in tokens {
             self.close_for_bad_input(token, error);
+        }
+    }
+
+    /// Closes the oldest peer connection still waiting for its handshake if
+    /// the waiting room is full. (Tokens rise with time, so the first is the oldest.)
+    fn make_room_for_a_handshake(&mut self) {
+        let pending: Vec<Token> = self
+            .connections
+            .iter()
+            .filter(|(_, connection)| connection.kind == Kind::PeerInbound && !connection.greeted)
+            .map(|(&token, _)| token)
+            .collect();
+        if pending.len() >= PEER_HANDSHAKES_PENDING_COUNT_MAX {
+            let oldest = pending[0];
+            let message = format!("{PEER_HANDSHAKES_PENDING_COUNT_MAX} peer connections wait for a handshake");
+            self.close_for_bad_input(oldest, &message);
         }
     }
 

@@ -216,16 +216,14 @@ impl Storage {
         })
     }
 
-    /// Records which node and cluster this directory belongs to, or checks it.
+    /// Checks which node and cluster this directory belongs to. A directory
+    /// with no identity yet is `Fresh`; `write_identity` claims it once the
+    /// node has joined, so that a node refused while joining leaves its
+    /// directory as empty as it found it.
     pub fn claim_identity(&self, node: u64, cluster: u64) -> Result<Claim, StorageError> {
         let expected = [node.to_be_bytes(), cluster.to_be_bytes()].concat();
         match self.db.get(IDENTITY_KEY)? {
-            None => {
-                let mut options = WriteOptions::default();
-                options.set_sync(true);
-                self.db.put_opt(IDENTITY_KEY, &expected, &options)?;
-                Ok(Claim::Fresh)
-            }
+            None => Ok(Claim::Fresh),
             Some(stored) if stored == expected => Ok(Claim::Existing),
             Some(stored) => {
                 let number = |range: std::ops::Range<usize>| {
@@ -239,6 +237,12 @@ impl Storage {
                 })
             }
         }
+    }
+
+    pub fn write_identity(&self, node: u64, cluster: u64) -> Result<(), StorageError> {
+        let mut options = WriteOptions::default();
+        options.set_sync(true);
+        Ok(self.db.put_opt(IDENTITY_KEY, [node.to_be_bytes(), cluster.to_be_bytes()].concat(), &options)?)
     }
 
     /// Whether this node has had a consensus message from `node`.
@@ -395,8 +399,13 @@ impl Storage {
     /// again from the log.
     pub fn apply(&mut self, entries: &[Entry]) -> Result<Vec<Applied>, StorageError> {
         let mut batch = WriteBatch::default();
-        let mut overlay =
-            Overlay { storage: self, values: HashMap::new(), sessions: BTreeMap::new(), census: self.census };
+        let mut overlay = Overlay {
+            storage: self,
+            values: HashMap::new(),
+            sessions: BTreeMap::new(),
+            census: self.census,
+            expired_below: Cell::new(self.sessions_expired_below.get()),
+        };
         let mut answers = Vec::new();
         let mut last = None;
         for entry in entries.iter().filter(|entry| entry.index > overlay.storage.applied_index) {
@@ -408,11 +417,12 @@ impl Storage {
             answers.extend(decision.applied);
             last = Some((entry.index, entry.term));
         }
-        let Overlay { sessions, census, .. } = overlay;
+        let Overlay { sessions, census, expired_below, .. } = overlay;
         let Some((index, term)) = last else { return Ok(answers) };
         self.stage_applied(&mut batch, index, term);
         self.write(batch, false)?;
         self.census = census;
+        self.sessions_expired_below.set(self.sessions_expired_below.get().max(expired_below.get()));
         if self.sessions.len() + sessions.len() > SESSIONS_CACHED_COUNT_MAX {
             self.sessions.clear();
         }
@@ -497,6 +507,10 @@ struct Overlay<'a> {
     /// Sessions written (Some) or expired (None) by this batch.
     sessions: BTreeMap<u64, Option<Session>>,
     census: SessionCensus,
+    /// Every stored session below this id has expired, in the database or in
+    /// this batch: where the search for the oldest starts, so that a batch
+    /// that expires many sessions does not pass over them again each time.
+    expired_below: Cell<u64>,
 }
 
 impl Overlay<'_> {
@@ -543,18 +557,24 @@ impl KvRead for Overlay<'_> {
         self.census
     }
 
-    /// The lower of the oldest stored session this batch has not expired and
+    /// The lower of the oldest stored session this batch has not touched and
     /// the oldest session this batch wrote.
     fn oldest_session_from(&self, from: u64) -> Result<Option<(u64, Session)>, StorageError> {
-        let mut cursor = from;
+        let mut cursor = from.max(self.expired_below.get());
+        // Whether every stored session below `cursor` has expired.
+        let mut prefix_expired = from <= self.expired_below.get();
         let stored = loop {
-            match self.storage.oldest_session_from(cursor)? {
-                Some((client_id, _)) if self.sessions.contains_key(&client_id) => match client_id.checked_add(1) {
-                    Some(next) => cursor = next,
-                    None => break None,
-                },
-                other => break other,
+            let Some((client_id, session)) = self.storage.oldest_session_from(cursor)? else { break None };
+            let staged = self.sessions.get(&client_id);
+            if staged.is_none() {
+                break Some((client_id, session));
             }
+            let Some(next) = client_id.checked_add(1) else { break None };
+            prefix_expired &= staged == Some(&None);
+            if prefix_expired {
+                self.expired_below.set(next);
+            }
+            cursor = next;
         };
         let staged = self
             .sessions

@@ -1,9 +1,11 @@
 /*
  * C tests of librasputin against a real local cluster (RASPUTIN_PEERS,
- * default 127.0.0.1:8888). They cover every call and every error path, and
- * run under valgrind in ci/test.sh, which fails on any error or leak.
+ * default 127.0.0.1:8888, and RASPUTIN_PIDS, the nodes' pids, which the
+ * retry test stops and resumes). They cover every call and every error
+ * path, and run under valgrind in ci/test.sh, which fails on any error or leak.
  */
 #include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -125,6 +127,88 @@ static void test_binary_and_empty_data(rasputin_client *client) {
     rasputin_result_free(result);
 }
 
+/* Issue 13, item 12: found tells an empty value from a missing key. */
+static void test_found_tells_empty_from_missing(rasputin_client *client) {
+    rasputin_result *result = NULL;
+    CHECK(rasputin_set(client, BYTES("empty"), NULL, 0, &result, NULL) == RASPUTIN_OK);
+    rasputin_result_free(result);
+    CHECK(rasputin_cas(client, BYTES("empty"), BYTES("wrong"), BYTES("new"), &result, NULL) == RASPUTIN_OK);
+    CHECK(!result->success && result->found && result->value_len == 0);
+    rasputin_result_free(result);
+    CHECK(rasputin_cas(client, BYTES("never-set"), BYTES("wrong"), BYTES("new"), &result, NULL) == RASPUTIN_OK);
+    CHECK(!result->success && !result->found);
+    rasputin_result_free(result);
+    CHECK(rasputin_get(client, BYTES("empty"), &result, NULL) == RASPUTIN_OK);
+    CHECK(result->success && result->found && result->value_len == 0);
+    rasputin_result_free(result);
+    CHECK(rasputin_get(client, BYTES("never-set"), &result, NULL) == RASPUTIN_OK);
+    CHECK(!result->success && !result->found);
+    rasputin_result_free(result);
+}
+
+/* Sends `signal` to every pid in RASPUTIN_PIDS (comma-separated). */
+static int signal_cluster(int signal) {
+    const char *list = getenv("RASPUTIN_PIDS");
+    if (list == NULL) return 0;
+    int signalled = 0;
+    for (const char *at = list; *at != '\0';) {
+        char *end = NULL;
+        long pid = strtol(at, &end, 10);
+        if (end == at) break;
+        if (kill((pid_t)pid, signal) == 0) signalled++;
+        at = *end == ',' ? end + 1 : end;
+    }
+    return signalled;
+}
+
+/* Issue 13, item 4: a timed-out set carries a token, and retrying with it
+ * applies the same request under the same identity once the cluster is back. */
+static void test_retry_after_a_timeout(rasputin_client *client) {
+    rasputin_result *result = NULL;
+    rasputin_error *error = NULL;
+    CHECK(rasputin_set(client, BYTES("retried"), BYTES("before"), &result, NULL) == RASPUTIN_OK);
+    rasputin_result_free(result);
+    rasputin_client *impatient = NULL;
+    CHECK(rasputin_client_with_timeout(client, 1000, &impatient, NULL) == RASPUTIN_OK);
+    /* The whole cluster stopped: the request goes out and nobody answers. */
+    CHECK(signal_cluster(SIGSTOP) == 3);
+    rasputin_status status = rasputin_set(impatient, BYTES("retried"), BYTES("after"), &result, &error);
+    CHECK(signal_cluster(SIGCONT) == 3);
+    CHECK(status == RASPUTIN_ERROR_TIMEOUT);
+    const uint8_t *token = NULL;
+    size_t token_len = 0;
+    CHECK(rasputin_error_retry_token(error, &token, &token_len) == RASPUTIN_OK);
+    CHECK(token != NULL && token_len > 0);
+    if (token != NULL) {
+        CHECK(rasputin_retry(client, token, token_len, &result, NULL) == RASPUTIN_OK);
+        CHECK(result->success && value_is(result, "after"));
+        rasputin_result_free(result);
+    }
+    rasputin_error_free(error);
+    rasputin_client_free(impatient);
+    CHECK(rasputin_get(client, BYTES("retried"), &result, NULL) == RASPUTIN_OK);
+    CHECK(value_is(result, "after"));
+    rasputin_result_free(result);
+}
+
+static void test_retry_token_errors(rasputin_client *client) {
+    rasputin_result *result = NULL;
+    const uint8_t *token = (const uint8_t *)"x";
+    size_t token_len = 7;
+    /* Only a timeout carries a token. */
+    rasputin_error *error = NULL;
+    CHECK(rasputin_get(client, NULL, RASPUTIN_KEY_BYTES_MAX + 1, &result, &error) == RASPUTIN_ERROR_KEY_TOO_LARGE);
+    CHECK(rasputin_error_retry_token(error, &token, &token_len) == RASPUTIN_OK);
+    CHECK(token == NULL && token_len == 0);
+    rasputin_error_free(error);
+    CHECK(rasputin_error_retry_token(NULL, &token, &token_len) == RASPUTIN_OK && token_len == 0);
+    CHECK(rasputin_error_retry_token(NULL, NULL, &token_len) == RASPUTIN_ERROR_NULL_ARGUMENT);
+    EXPECT_ERROR(RASPUTIN_ERROR_INVALID_ARGUMENT, rasputin_retry(client, BYTES("not a token"), &result, &error));
+    EXPECT_ERROR(RASPUTIN_ERROR_NULL_ARGUMENT, rasputin_retry(client, NULL, 5, &result, &error));
+    EXPECT_ERROR(RASPUTIN_ERROR_NULL_ARGUMENT, rasputin_retry(NULL, BYTES("x"), &result, &error));
+    CHECK(result == NULL);
+}
+
 static void test_argument_errors(rasputin_client *client) {
     rasputin_result *result = NULL;
     EXPECT_ERROR(RASPUTIN_ERROR_NULL_ARGUMENT, rasputin_get(NULL, BYTES("k"), &result, &error));
@@ -243,6 +327,9 @@ int main(void) {
     }
     test_readme_sequence(client);
     test_binary_and_empty_data(client);
+    test_found_tells_empty_from_missing(client);
+    test_retry_token_errors(client);
+    test_retry_after_a_timeout(client);
     test_argument_errors(client);
     test_per_call_timeout_handles(client);
     test_threads_share_one_client(client);

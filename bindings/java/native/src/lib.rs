@@ -10,7 +10,7 @@ use jni::objects::{JByteArray, JClass, JObject, JString, JValue};
 use jni::sys::{jboolean, jbyteArray, jint, jlong, jobject};
 use jni::JNIEnv;
 use rasputin::client::{
-    STATUS_INVALID_ARGUMENT, STATUS_KEY_TOO_LARGE, STATUS_REFUSED, STATUS_TIMEOUT, STATUS_UNAVAILABLE,
+    RetryToken, STATUS_INVALID_ARGUMENT, STATUS_KEY_TOO_LARGE, STATUS_REFUSED, STATUS_TIMEOUT, STATUS_UNAVAILABLE,
     STATUS_VALUE_TOO_LARGE,
 };
 use rasputin::{Client, ClientError, Response};
@@ -22,19 +22,28 @@ struct Failure {
     status: i32,
     server_code: i32,
     message: String,
+    /// For a timeout: the request, to retry under its identity.
+    retry_token: Vec<u8>,
+}
+
+impl Failure {
+    fn new(status: i32, message: String) -> Failure {
+        Failure { status, server_code: 0, message, retry_token: Vec::new() }
+    }
 }
 
 impl From<ClientError> for Failure {
     fn from(error: ClientError) -> Failure {
         let status = error.status();
         let server_code = if status == STATUS_REFUSED { error.code() as i32 } else { 0 };
-        Failure { status, server_code, message: error.to_string() }
+        let retry_token = error.retry_token().map(RetryToken::to_bytes).unwrap_or_default();
+        Failure { status, server_code, message: error.to_string(), retry_token }
     }
 }
 
 impl From<jni::errors::Error> for Failure {
     fn from(error: jni::errors::Error) -> Failure {
-        Failure { status: STATUS_INTERNAL, server_code: 0, message: format!("JNI call failed: {error}") }
+        Failure::new(STATUS_INTERNAL, format!("JNI call failed: {error}"))
     }
 }
 
@@ -55,8 +64,15 @@ fn throw(env: &mut JNIEnv, failure: Failure) {
     }
     let thrown = (|| -> jni::errors::Result<()> {
         let message = env.new_string(&failure.message)?;
-        let arguments = [JValue::Object(&message), JValue::Int(failure.status), JValue::Int(failure.server_code)];
-        let exception = env.new_object(exception_class(failure.status), "(Ljava/lang/String;II)V", &arguments)?;
+        let (status, server_code) = (JValue::Int(failure.status), JValue::Int(failure.server_code));
+        let class = exception_class(failure.status);
+        let exception = if failure.status == STATUS_TIMEOUT {
+            let token = JObject::from(env.byte_array_from_slice(&failure.retry_token)?);
+            let arguments = [JValue::Object(&message), status, server_code, JValue::Object(&token)];
+            env.new_object(class, "(Ljava/lang/String;II[B)V", &arguments)?
+        } else {
+            env.new_object(class, "(Ljava/lang/String;II)V", &[JValue::Object(&message), status, server_code])?
+        };
         env.throw(jni::objects::JThrowable::from(exception))
     })();
     if thrown.is_err() && !env.exception_check().unwrap_or(false) {
@@ -74,7 +90,7 @@ fn guard<T>(env: &mut JNIEnv, fallback: T, body: impl FnOnce(&mut JNIEnv) -> Res
         }
         Err(_) => {
             let message = "internal error in the Rasputin native library (a bug; please report it)".to_string();
-            throw(env, Failure { status: STATUS_INTERNAL, server_code: 0, message });
+            throw(env, Failure::new(STATUS_INTERNAL, message));
             fallback
         }
     }
@@ -82,11 +98,7 @@ fn guard<T>(env: &mut JNIEnv, fallback: T, body: impl FnOnce(&mut JNIEnv) -> Res
 
 fn client<'a>(handle: jlong) -> Result<&'a Client, Failure> {
     if handle == 0 {
-        return Err(Failure {
-            status: STATUS_INVALID_ARGUMENT,
-            server_code: 0,
-            message: "the client is closed".into(),
-        });
+        return Err(Failure::new(STATUS_INVALID_ARGUMENT, "the client is closed".into()));
     }
     // SAFETY: the Java side passes a handle from nativeNew and frees it only
     // under its write lock, after every call holding the read lock returned.
@@ -95,17 +107,17 @@ fn client<'a>(handle: jlong) -> Result<&'a Client, Failure> {
 
 fn bytes(env: &mut JNIEnv, array: &JByteArray, name: &str) -> Result<Vec<u8>, Failure> {
     if array.is_null() {
-        let message = format!("{name} must not be null");
-        return Err(Failure { status: STATUS_INVALID_ARGUMENT, server_code: 0, message });
+        return Err(Failure::new(STATUS_INVALID_ARGUMENT, format!("{name} must not be null")));
     }
     Ok(env.convert_byte_array(array)?)
 }
 
-fn value_or_null(env: &mut JNIEnv, response: &Response) -> Result<jbyteArray, Failure> {
-    if !response.get_success() {
-        return Ok(std::ptr::null_mut());
+/// The value, or null exactly when the key is missing.
+fn value_or_null<'local>(env: &mut JNIEnv<'local>, response: &Response) -> Result<JObject<'local>, Failure> {
+    if !response.get_found() {
+        return Ok(JObject::null());
     }
-    Ok(env.byte_array_from_slice(response.get_value())?.into_raw())
+    Ok(JObject::from(env.byte_array_from_slice(response.get_value())?))
 }
 
 #[no_mangle]
@@ -118,7 +130,7 @@ pub extern "system" fn Java_io_rasputin_RasputinClient_nativeNew(
     operation_ms: jlong,
 ) -> jlong {
     guard(&mut env, 0, |env| {
-        let invalid = |message: String| Failure { status: STATUS_INVALID_ARGUMENT, server_code: 0, message };
+        let invalid = |message: String| Failure::new(STATUS_INVALID_ARGUMENT, message);
         let text: String = env.get_string(&peers)?.into();
         let mut addresses: Vec<SocketAddr> = Vec::new();
         for part in text.split(',').map(str::trim).filter(|part| !part.is_empty()) {
@@ -173,7 +185,7 @@ fn key_operation(
     guard(env, std::ptr::null_mut(), |env| {
         let key = bytes(env, key, "key")?;
         let response = operation(client(handle)?, &key)?;
-        value_or_null(env, &response)
+        Ok(value_or_null(env, &response)?.into_raw())
     })
 }
 
@@ -211,13 +223,28 @@ pub extern "system" fn Java_io_rasputin_RasputinClient_nativeCas(
         let expected = bytes(env, &expected, "expected")?;
         let new_value = bytes(env, &new_value, "newValue")?;
         let response = client(handle)?.cas(&key, &expected, &new_value)?;
-        let value = if response.get_success() || !response.get_value().is_empty() {
-            JObject::from(env.byte_array_from_slice(response.get_value())?)
-        } else {
-            JObject::null()
-        };
+        let value = value_or_null(env, &response)?;
         let success = JValue::Bool(response.get_success() as jboolean);
         let result = env.new_object("io/rasputin/CasResult", "(Z[B)V", &[success, JValue::Object(&value)])?;
+        Ok(result.into_raw())
+    })
+}
+
+#[no_mangle]
+pub extern "system" fn Java_io_rasputin_RasputinClient_nativeRetry(
+    mut env: JNIEnv,
+    _class: JClass,
+    handle: jlong,
+    token: JByteArray,
+) -> jobject {
+    guard(&mut env, std::ptr::null_mut(), |env| {
+        let token = RetryToken::from_bytes(&bytes(env, &token, "token")?)?;
+        let response = client(handle)?.retry(&token)?;
+        let value = value_or_null(env, &response)?;
+        let success = JValue::Bool(response.get_success() as jboolean);
+        let found = JValue::Bool(response.get_found() as jboolean);
+        let arguments = [success, found, JValue::Object(&value)];
+        let result = env.new_object("io/rasputin/RetryResult", "(ZZ[B)V", &arguments)?;
         Ok(result.into_raw())
     })
 }

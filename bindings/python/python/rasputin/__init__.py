@@ -21,6 +21,7 @@ from ._rasputin import (
     InvalidArgument,
     RasputinError,
     Refused,
+    RetryResult,
     TimeoutError,
     ValueTooLarge,
 )
@@ -36,6 +37,7 @@ __all__ = [
     "InvalidArgument",
     "RasputinError",
     "Refused",
+    "RetryResult",
     "TimeoutError",
     "ValueTooLarge",
 ]

@@ -1,5 +1,5 @@
 from types import TracebackType
-from typing import List, Optional, Type
+from typing import List, Optional, Type, Union
 
 KEY_BYTES_MAX: int
 VALUE_BYTES_MAX: int
@@ -19,7 +19,15 @@ class ClusterUnavailable(ConnectionError):
     """No server could be reached in time; nothing took effect."""
 
 class TimeoutError(RasputinError):
-    """The operation did not finish in time; a write may or may not have taken effect."""
+    """The operation did not finish in time and may or may not have taken effect.
+
+    Pass this error to `Client.retry` to send the same request again under
+    the same identity: it applies at most once, and its result says what
+    happened. Calling the operation again instead sends a new request.
+    """
+
+    retry_token: bytes
+    """The request, for `Client.retry`."""
 
 class InvalidArgument(RasputinError):
     """An argument was malformed."""
@@ -43,6 +51,19 @@ class CasResult:
     def value(self) -> Optional[bytes]:
         """The key's value after the call, or None if it is missing."""
 
+class RetryResult:
+    """The retried operation's own answer."""
+
+    @property
+    def success(self) -> bool:
+        """get: found; set: always; cas: swapped; delete: the key existed."""
+    @property
+    def found(self) -> bool:
+        """Whether the key exists (for delete: existed)."""
+    @property
+    def value(self) -> Optional[bytes]:
+        """The operation's value, or None exactly when the key is missing."""
+
 class Client:
     """A client of a Rasputin cluster. Thread-safe; a context manager."""
 
@@ -60,6 +81,8 @@ class Client:
         """Set `key` to `new` if it holds `expected`."""
     def delete(self, key: bytes) -> Optional[bytes]:
         """Delete `key`; return its previous value, or None if it was missing."""
+    def retry(self, error: Union[TimeoutError, bytes]) -> RetryResult:
+        """Send an operation that raised TimeoutError again under its original identity."""
     def close(self) -> None:
         """Close the connections; later calls raise ClientClosed."""
     def __enter__(self) -> "Client": ...

@@ -4,7 +4,8 @@ import java.util.Arrays;
 
 /**
  * The outcome of {@link RasputinClient#cas}: whether the swap happened, and the
- * key's value after the call ({@code null} if the key is missing).
+ * key's value after the call ({@code null} exactly when the key is missing; a
+ * key holding the empty value gives an empty array).
  */
 public final class CasResult {
     private final boolean success;

@@ -78,6 +78,20 @@ public final class RasputinClient implements AutoCloseable {
         return withHandle(handle -> nativeDelete(handle, key));
     }
 
+    /**
+     * Sends an operation that timed out again under its original identity, so
+     * that it applies at most once, and returns its own answer.
+     *
+     * @throws RasputinTimeoutException if it times out again (retry that one in turn)
+     * @throws RefusedException with server code 11 (SESSION_EXPIRED) once the
+     *     cluster has forgotten the request's session: the outcome stays unknown
+     */
+    public RetryResult retry(RasputinTimeoutException timedOut) {
+        Objects.requireNonNull(timedOut, "timedOut");
+        byte[] token = timedOut.retryToken();
+        return withHandle(handle -> nativeRetry(handle, token));
+    }
+
     /** Closes the connections. Idempotent; waits for calls in progress. */
     @Override
     public void close() {
@@ -116,4 +130,6 @@ public final class RasputinClient implements AutoCloseable {
     private static native CasResult nativeCas(long handle, byte[] key, byte[] expected, byte[] newValue);
 
     private static native byte[] nativeDelete(long handle, byte[] key);
+
+    private static native RetryResult nativeRetry(long handle, byte[] token);
 }

@@ -71,6 +71,16 @@ final class Cluster implements AutoCloseable {
         }
     }
 
+    /** Sends {@code signal} (for example "STOP" or "CONT") to every node, by pid. */
+    void signalAll(String signal) throws IOException, InterruptedException {
+        for (Process process : processes) {
+            int status = new ProcessBuilder("kill", "-" + signal, Long.toString(process.pid())).start().waitFor();
+            if (status != 0) {
+                throw new IllegalStateException("kill -" + signal + " " + process.pid() + " exited with " + status);
+            }
+        }
+    }
+
     @Override
     public void close() {
         for (Process process : processes) {

@@ -70,6 +70,55 @@ class RasputinClientTest {
         }
     }
 
+    /** Issue 13, item 12: null means missing, and an empty value is not missing. */
+    @Test
+    void aFailedCasOnAnEmptyValueSaysTheKeyExists() {
+        try (RasputinClient client = client()) {
+            client.set(bytes("empty"), new byte[0]);
+            CasResult refused = client.cas(bytes("empty"), bytes("wrong"), bytes("new"));
+            assertFalse(refused.success());
+            assertArrayEquals(new byte[0], refused.value());
+        }
+    }
+
+    /** Issue 13, item 5: a cas whose values are each at the limit fits in a frame. */
+    @Test
+    void theLargestCasCompletes() {
+        try (RasputinClient client = client()) {
+            byte[] largest = new byte[1 << 20];
+            CasResult refused = client.cas(bytes("largest-cas"), largest, largest);
+            assertFalse(refused.success());
+            assertNull(refused.value());
+        }
+    }
+
+    /**
+     * Issue 13, item 4: with the whole cluster stopped, a set times out; retrying
+     * it with the exception applies that same request once.
+     */
+    @Test
+    void aTimedOutWriteIsRetriedUnderItsIdentity() throws Exception {
+        RasputinTimeoutException timedOut;
+        try (RasputinClient impatient = new RasputinClient(cluster.clientAddresses, 1, Duration.ofSeconds(1))) {
+            impatient.set(bytes("retried"), bytes("before"));
+            cluster.signalAll("STOP");
+            try {
+                timedOut = assertThrows(RasputinTimeoutException.class, () -> impatient.set(bytes("retried"), bytes("after")));
+            } finally {
+                cluster.signalAll("CONT");
+            }
+        }
+        assertEquals(5, timedOut.code());
+        assertTrue(timedOut.retryToken().length > 0);
+        try (RasputinClient client = client()) {
+            RetryResult result = client.retry(timedOut);
+            assertTrue(result.success() && result.found());
+            assertArrayEquals(bytes("after"), result.value());
+            assertArrayEquals(bytes("after"), client.get(bytes("retried")));
+            assertArrayEquals(bytes("after"), client.retry(timedOut).value(), "a second retry gets the same answer");
+        }
+    }
+
     @Test
     void binaryAndEmptyDataRoundTrip() {
         try (RasputinClient client = client()) {
