@@ -67,6 +67,24 @@ fi
 cargo build --release --bin rasputind
 mkdir -p "$DIR"
 : > "$PIDS"
+# Logs are appended across runs: only what this run writes after these
+# offsets may show that it has a leader.
+for n in 1 2 3; do
+    size=0
+    [ -f "$DIR/node$n.log" ] && size=$(wc -c < "$DIR/node$n.log")
+    eval "log_offset_$n=\$size"
+done
+
+# Whether a node has logged becoming leader since this run started.
+leader_of_this_run() {
+    for n in 1 2 3; do
+        eval "offset=\$log_offset_$n"
+        if [ -f "$DIR/node$n.log" ] && tail -c +"$((offset + 1))" "$DIR/node$n.log" | grep -q "role=Leader"; then
+            return 0
+        fi
+    done
+    return 1
+}
 for n in 1 2 3; do
     peer_port=$((7776 + n))
     cli_port=$((8887 + n))
@@ -80,9 +98,9 @@ for n in 1 2 3; do
     echo "$!" >> "$PIDS"
 done
 
-# Wait (bounded) until some node has become leader.
+# Wait (bounded) until some node of this run has become leader.
 tries=0
-until grep -q "role=Leader" "$DIR"/node*.log 2>/dev/null; do
+until leader_of_this_run; do
     n=0
     while read -r pid; do
         n=$((n + 1))
