@@ -36,6 +36,15 @@ struct Arguments {
     /// Clock rate error ε: each clock runs at a rate in [1 − ε, 1 + ε]. Defaults to within the drift bound.
     #[arg(long)]
     clock_epsilon: Option<f64>,
+    /// What a paused node's clock does: runs on (as CLOCK_BOOTTIME, which
+    /// the daemon reads) or stands still (as CLOCK_MONOTONIC through a
+    /// host's suspend, to see what the checks say of it).
+    #[arg(long, default_value = "running", value_parser = ["running", "frozen"])]
+    pause_clock: String,
+    /// Sessions the cluster keeps before the oldest expire (default: as the
+    /// daemon). A few make sessions expire all the time.
+    #[arg(long)]
+    sessions_max: Option<usize>,
     /// Build in a deliberate bug, to see the checks catch it: lease-without-margin, read-before-noop or stale-reads.
     #[arg(long, value_parser = ["lease-without-margin", "read-before-noop", "stale-reads"])]
     bug: Option<String>,
@@ -86,6 +95,10 @@ fn main() -> ExitCode {
     let mut config = SimConfig::new(arguments.nodes, arguments.election, nemesis);
     config.record_trace = arguments.trace;
     config.clock_epsilon = arguments.clock_epsilon.unwrap_or(config.clock_epsilon);
+    config.pause_freezes_clock = arguments.pause_clock == "frozen";
+    if let Some(count_max) = arguments.sessions_max {
+        config.session_limits.count_max = count_max;
+    }
     config.faults = faults_for(arguments.bug.as_deref());
     config.record_history = arguments.history_dir.is_some();
     if let Some(directory) = &arguments.history_dir {
@@ -151,6 +164,12 @@ fn replay_command(arguments: &Arguments, report: &SeedReport) -> String {
     }
     if let Some(bug) = &arguments.bug {
         command.push_str(&format!(" --bug {bug}"));
+    }
+    if arguments.pause_clock != "running" {
+        command.push_str(&format!(" --pause-clock {}", arguments.pause_clock));
+    }
+    if let Some(count_max) = arguments.sessions_max {
+        command.push_str(&format!(" --sessions-max {count_max}"));
     }
     command
 }

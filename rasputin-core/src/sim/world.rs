@@ -95,7 +95,6 @@ struct Server {
     timer_generation: u64,
     /// Client requests this server accepted: (client id, sequence) → (client, attempt).
     pending: BTreeMap<(u64, u64), (usize, u64)>,
-    reads_waiting: Vec<ReadReady>,
     was_leader_in: Option<Term>,
 }
 
@@ -186,7 +185,6 @@ impl<'a> World<'a> {
                     stashed: Vec::new(),
                     timer_generation: 0,
                     pending: BTreeMap::new(),
-                    reads_waiting: Vec::new(),
                     was_leader_in: None,
                 }
             })
@@ -346,7 +344,6 @@ impl<'a> World<'a> {
         server.paused = false;
         server.stashed.clear();
         server.pending.clear();
-        server.reads_waiting.clear();
         server.timer_generation += 1;
     }
 
@@ -387,10 +384,7 @@ impl<'a> World<'a> {
             self.invariants.on_apply(id, entry, leader_term)?;
             self.apply(index, entry);
         }
-        for read in reads {
-            self.servers[index].reads_waiting.push(read);
-        }
-        self.serve_reads(index);
+        self.serve_reads(index, reads)?;
         for (request, rejection) in rejected {
             self.reject(index, request, rejection);
         }
@@ -474,13 +468,17 @@ impl<'a> World<'a> {
         }
     }
 
-    fn serve_reads(&mut self, index: usize) {
-        let server = &mut self.servers[index];
-        let applied = server.kv.applied_index();
-        let (ready, waiting): (Vec<ReadReady>, Vec<ReadReady>) =
-            std::mem::take(&mut server.reads_waiting).into_iter().partition(|read| read.read_index <= applied);
-        server.reads_waiting = waiting;
-        for read in ready {
+    /// Answers reads whose index the same Ready's entries have just applied.
+    fn serve_reads(&mut self, index: usize, reads: Vec<ReadReady>) -> Result<(), Breach> {
+        let applied = self.servers[index].kv.applied_index();
+        for read in reads {
+            if read.read_index > applied {
+                return Err(format!(
+                    "node {} released a read at {} before applying it ({applied})",
+                    index + 1,
+                    read.read_index
+                ));
+            }
             let server = &mut self.servers[index];
             let response = server.kv.read(read.request.operation.key());
             let key = (read.request.client_id, read.request.sequence);
@@ -488,6 +486,7 @@ impl<'a> World<'a> {
                 self.reply(client, read.request.sequence, attempt, Reply::Done(response));
             }
         }
+        Ok(())
     }
 
     fn reject(&mut self, index: usize, request: ClientRequest, rejection: Rejection) {
