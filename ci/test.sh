@@ -144,6 +144,10 @@ RASPUTIN_PEERS=127.0.0.1:8888,127.0.0.1:8889,127.0.0.1:8890 valgrind --quiet --e
 dash ./run.sh stop
 trap - EXIT
 
+step "load: 4 KiB puts from 32 clients through ./run.sh's cluster; no leader change, no daemon over 1 GiB"
+# The short form of docs/performance.md's 1 GB run (ci/load-test.sh).
+LOAD_SECONDS=30 KEYS=25000 CHECK=1 ci/load-test.sh
+
 step "simulator: 2000 seeds, every nemesis, harpoon, 3 nodes"
 ./target/release/rasputin-sim --seeds 2000 --nemesis all --election harpoon --nodes 3
 

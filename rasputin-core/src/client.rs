@@ -629,6 +629,7 @@ mod tests {
         let big = vec![0; VALUE_BYTES_MAX + 1];
         assert!(matches!(client.set(b"k", &big), Err(ClientError::ValueTooLarge(_))));
         assert!(matches!(client.get(&big), Err(ClientError::KeyTooLarge(_))));
+        assert!(matches!(client.cas(b"k", &big, b"new"), Err(ClientError::ValueTooLarge(_))));
         assert!(matches!(Client::new(Vec::new(), 1).get(b"k"), Err(ClientError::NoPeers)));
     }
 

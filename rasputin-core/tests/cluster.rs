@@ -843,3 +843,17 @@ fn closed_by_the_server(stream: &TcpStream) -> bool {
     let mut byte = [0u8; 1];
     matches!((&*stream).read(&mut byte), Ok(0))
 }
+
+/// Issue 13, item 12: an empty value and a missing key answer differently.
+#[test]
+fn a_failed_cas_on_an_empty_value_says_the_key_exists() {
+    let cluster = Cluster::start("found", 10_000);
+    let client = cluster.client();
+    client.set(b"empty", b"").unwrap();
+    let refused = client.cas(b"empty", b"wrong", b"new").unwrap();
+    assert!(!refused.get_success() && refused.get_found() && refused.get_value().is_empty());
+    let missing = client.cas(b"missing", b"wrong", b"new").unwrap();
+    assert!(!missing.get_success() && !missing.get_found());
+    assert!(client.get(b"empty").unwrap().get_found() && !client.get(b"missing").unwrap().get_found());
+    assert!(client.del(b"empty").unwrap().get_found() && !client.del(b"empty").unwrap().get_found());
+}
