@@ -416,6 +416,12 @@ impl Client {
             return Err(ClientError::NoPeers);
         }
         check_frame(&operation)?;
+        if operation.is_read() {
+            // A read changes nothing, so it needs no session: a nonce names
+            // its answer, and a client cut off from the majority can still read.
+            let request = ClientRequest { client_id: 0, sequence: nonce(), operation };
+            return self.send(&request).outcome;
+        }
         let mut fresh_session_tried = false;
         loop {
             let mut session = self.take_session()?;
@@ -455,9 +461,7 @@ impl Client {
         if let Some(session) = lock(&self.inner.idle_sessions).pop() {
             return Ok(session);
         }
-        // A random, non-zero nonce tells this opening apart from others'.
-        let nonce = rand::random::<u64>() | 1;
-        let request = ClientRequest { client_id: 0, sequence: nonce, operation: Operation::OpenSession };
+        let request = ClientRequest { client_id: 0, sequence: nonce(), operation: Operation::OpenSession };
         match self.send(&request).outcome {
             Ok(response) => Ok(Session { client_id: response.index, next_sequence: 1 }),
             // The caller's own operation was never sent, so it took no effect.
@@ -588,6 +592,12 @@ impl Drop for Inner {
             }
         }
     }
+}
+
+/// A random, non-zero number that tells a request without a session apart
+/// from every other in flight.
+fn nonce() -> u64 {
+    rand::random::<u64>() | 1
 }
 
 fn check_sizes(key: &[u8], values: &[&[u8]]) -> Result<(), ClientError> {

@@ -142,7 +142,7 @@ pub enum RequestError {
     ValueTooLarge(usize),
     #[error("a request of {0} bytes exceeds the frame limit of {CLIENT_FRAME_BYTES_MAX} bytes")]
     RequestTooLarge(usize),
-    #[error("client_id and sequence must both be non-zero (got {client_id}, {sequence}); open a session first and number its requests from 1")]
+    #[error("a write needs a session's non-zero client_id and a non-zero sequence, a read a non-zero sequence (got {client_id}, {sequence}); open a session first and number its requests from 1")]
     NoSession { client_id: u64, sequence: u64 },
     #[error("an OpenSession request must carry client_id 0 and a non-zero nonce as its sequence (got {client_id}, {sequence})")]
     MalformedOpen { client_id: u64, sequence: u64 },
@@ -189,6 +189,9 @@ pub fn client_request_from_proto(request: proto::ClientRequest) -> Result<Client
             return Err(RequestError::MalformedOpen { client_id, sequence })
         }
         Operation::OpenSession => {}
+        // A read needs no session, only an id for its answer: a random nonce will do.
+        Operation::Get { .. } if sequence == 0 => return Err(RequestError::NoSession { client_id, sequence }),
+        Operation::Get { .. } => {}
         _ if client_id == 0 || sequence == 0 => return Err(RequestError::NoSession { client_id, sequence }),
         _ => {}
     }
@@ -582,6 +585,14 @@ mod tests {
         assert!(client_request_from_proto(set(5, 0)).is_err());
         assert!(client_request_from_proto(set(0, 5)).is_err());
         assert!(client_request_from_proto(set(5, 1)).is_ok());
+        let get = |client_id, sequence| proto::ClientRequest {
+            client_id,
+            sequence,
+            operation: Some(proto::client_request::Operation::Get(proto::Get::default())),
+            ..Default::default()
+        };
+        assert!(client_request_from_proto(get(0, 7)).is_ok(), "a read needs no session");
+        assert!(client_request_from_proto(get(0, 0)).is_err());
         let open = |client_id, sequence| proto::ClientRequest {
             client_id,
             sequence,
