@@ -6,6 +6,9 @@
 #   ./run.sh          build and start the cluster
 #   ./run.sh stop     stop the nodes started here, by their recorded pids
 #
+# RASPUTIND=path starts that binary instead of building one (to measure one
+# build against another).
+#
 # POSIX sh: works under dash and bash.
 set -eu
 
@@ -64,7 +67,10 @@ if [ -f "$PIDS" ]; then
     exit 1
 fi
 
-cargo build --release --bin rasputind
+if [ -z "${RASPUTIND:-}" ]; then
+    cargo build --release --bin rasputind
+    RASPUTIND=target/release/rasputind
+fi
 mkdir -p "$DIR"
 : > "$PIDS"
 # Logs are appended across runs: only what this run writes after these
@@ -88,7 +94,7 @@ leader_of_this_run() {
 for n in 1 2 3; do
     peer_port=$((7776 + n))
     cli_port=$((8887 + n))
-    target/release/rasputind \
+    "$RASPUTIND" \
         --peer-port="$peer_port" \
         --cli-port="$cli_port" \
         --seed-peers="$PEERS" \

@@ -53,6 +53,9 @@ const LOG_END: [u8; 9] = [0xff; 9];
 /// Client sessions kept in memory, so that applying a write need not read
 /// its session from RocksDB; beyond this the cache starts over.
 const SESSIONS_CACHED_COUNT_MAX: usize = 100_000;
+/// How much a flush, a compaction or the WAL writes before RocksDB asks the
+/// kernel to write it back.
+const BACKGROUND_SYNC_BYTES: u64 = 1 << 20;
 const VALUE_PREFIX: &[u8] = b"k:";
 const SESSION_PREFIX: &[u8] = b"s:";
 /// The largest snapshot that fits in one peer frame, with room for the
@@ -188,6 +191,12 @@ impl Storage {
         // skip-list splice per key) and the write thread's spinning only cost.
         options.set_allow_concurrent_memtable_write(false);
         options.set_enable_write_thread_adaptive_yield(false);
+        // The event loop syncs the WAL inline. A memtable flush that leaves
+        // 64 MiB of dirty pages for the kernel to write at once makes that
+        // sync wait behind them for longer than a lease; writing flushes and
+        // the WAL back a little at a time keeps each sync short.
+        options.set_bytes_per_sync(BACKGROUND_SYNC_BYTES);
+        options.set_wal_bytes_per_sync(BACKGROUND_SYNC_BYTES);
         let path = directory.display().to_string();
         let db =
             DB::open_cf(&options, directory, [rocksdb::DEFAULT_COLUMN_FAMILY_NAME, LOG_FAMILY]).map_err(|source| {
