@@ -422,9 +422,9 @@ impl Client {
             let request = ClientRequest { client_id: 0, sequence: nonce(), operation };
             return self.send(&request).outcome;
         }
+        let mut session = self.take_session()?;
         let mut fresh_session_tried = false;
         loop {
-            let mut session = self.take_session()?;
             let request = ClientRequest {
                 client_id: session.client_id,
                 sequence: session.next_sequence,
@@ -432,13 +432,17 @@ impl Client {
             };
             let Sent { outcome, attempts } = self.send(&request);
             match outcome {
-                // Only a request sent once is known not to have applied: the
-                // cluster expired the session before this request arrived.
+                // The cluster has expired this session: it is dead for good.
+                // Only a request sent once is known not to have applied (the
+                // refusal came before any attempt of it could), so it may go
+                // again, once, in a session opened for it.
                 Err(ClientError::Refused { code: ErrorCode::SessionExpired, .. })
                     if attempts == 1 && !fresh_session_tried =>
                 {
                     fresh_session_tried = true;
+                    session = self.open_session()?;
                 }
+                Err(error @ ClientError::Refused { code: ErrorCode::SessionExpired, .. }) => return Err(error),
                 // Nothing was sent; the session's next sequence is still unused.
                 Err(error @ ClientError::Unavailable { .. }) => {
                     lock(&self.inner.idle_sessions).push(session);
@@ -461,6 +465,10 @@ impl Client {
         if let Some(session) = lock(&self.inner.idle_sessions).pop() {
             return Ok(session);
         }
+        self.open_session()
+    }
+
+    fn open_session(&self) -> Result<Session, ClientError> {
         let request = ClientRequest { client_id: 0, sequence: nonce(), operation: Operation::OpenSession };
         match self.send(&request).outcome {
             Ok(response) => Ok(Session { client_id: response.index, next_sequence: 1 }),
@@ -728,5 +736,59 @@ mod tests {
         client.get(b"fast").unwrap();
         assert!(gets > 0);
         assert_eq!(accepted.load(Ordering::SeqCst), 1, "a timed-out attempt reconnected the shared connection");
+    }
+
+    /// A server that opens sessions from id 100 up and refuses, as expired,
+    /// every write of a session below 100.
+    fn expiring_server() -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let opened = Arc::new(AtomicU64::new(100));
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { return };
+                let opened = opened.clone();
+                std::thread::spawn(move || {
+                    let (mut buffer, mut chunk) = (BytesMut::new(), vec![0u8; 4096]);
+                    let Ok(_) = read_frame(&mut stream, &mut buffer, &mut chunk) else { return };
+                    let reply = proto::HelloReply {
+                        accepted: true,
+                        protocol_version: wire::PROTOCOL_VERSION,
+                        ..Default::default()
+                    };
+                    let _ = write_frame(&mut stream, &reply);
+                    while let Ok(frame) = read_frame(&mut stream, &mut buffer, &mut chunk) {
+                        let request: proto::ClientRequest = wire::decode(frame, "ClientRequest").unwrap();
+                        let mut response =
+                            proto::ClientResponse { request_id: request.request_id, ..Default::default() };
+                        match request.operation {
+                            Some(proto::client_request::Operation::OpenSession(_)) => {
+                                response.index = opened.fetch_add(1, Ordering::SeqCst);
+                            }
+                            _ if request.client_id < 100 => response.error = ErrorCode::SessionExpired as i32,
+                            _ => response.success = true,
+                        }
+                        if write_frame(&mut stream, &response).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        address
+    }
+
+    /// A session the cluster expired is dropped for good, and the call it
+    /// failed goes again once, in a session opened for it, not in another
+    /// idle one that may have expired too.
+    #[test]
+    fn expired_idle_sessions_are_dropped_and_a_fresh_one_is_opened() {
+        let client = Client::new(vec![expiring_server()], 1);
+        for client_id in 1..=3 {
+            lock(&client.inner.idle_sessions).push(Session { client_id, next_sequence: 5 });
+        }
+        client.set(b"k", b"v").expect("the write goes again in a fresh session");
+        let idle: Vec<u64> = lock(&client.inner.idle_sessions).iter().map(|session| session.client_id).collect();
+        assert_eq!(idle, [1, 2, 100], "the expired session was dropped and the fresh one kept");
     }
 }

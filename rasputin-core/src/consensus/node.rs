@@ -68,9 +68,12 @@ pub struct Recovered {
     /// Entries after the snapshot, in order.
     pub entries: Vec<Entry>,
     /// A node that replaces one whose disk was lost neither votes nor
-    /// campaigns until its commit index reaches this: its lost log may have
-    /// counted towards commits that only a minority holds now.
-    pub votes_withheld_until: Option<LogIndex>,
+    /// campaigns until its log is at least as up to date as a log ending at
+    /// this (term, index): the most up-to-date log among the other members
+    /// when it started, which holds every entry committed by then. Its lost
+    /// log may have counted towards commits that only a minority holds now,
+    /// and until then it could vote for a candidate lacking them.
+    pub votes_withheld_until: Option<(Term, LogIndex)>,
 }
 
 /// Why a node cannot start from what it recovered. The disk holds a state
@@ -226,7 +229,7 @@ pub struct Node {
     votes: BTreeSet<NodeId>,
     campaign_sent_at: Nanos,
     leader: Option<LeaderState>,
-    votes_withheld_until: Option<LogIndex>,
+    votes_withheld_until: Option<(Term, LogIndex)>,
     /// Client writes were appended in this step: replicate once, at its end.
     replication_due: bool,
     out: Ready,
@@ -338,9 +341,15 @@ impl Node {
         }
     }
 
+    /// While leading: the last index known to match the leader's log on `peer`.
+    pub fn match_index(&self, peer: NodeId) -> Option<LogIndex> {
+        self.leader.as_ref()?.progress.get(&peer).map(|progress| progress.match_index)
+    }
+
     /// Whether this node still withholds its votes (see `Recovered::votes_withheld_until`).
     pub fn withholds_votes(&self) -> bool {
-        self.votes_withheld_until.is_some_and(|until| self.commit_index < until)
+        let own = (self.log.last_term(), self.log.last_index());
+        self.votes_withheld_until.is_some_and(|target| own < target)
     }
 
     /// Whether this node would serve a lease read at local time `now`.

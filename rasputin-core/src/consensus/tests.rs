@@ -560,3 +560,29 @@ fn an_impossible_stored_state_is_refused_at_start() {
         assert!(matches!(error, Some(StartError::Recovered(_))), "{description} was accepted");
     }
 }
+
+/// A replacement for a node whose disk was lost neither votes nor campaigns
+/// until its log is at least as up to date as the target it started with.
+#[test]
+fn a_replacement_withholds_its_votes_until_its_log_catches_up() {
+    let recovered = Recovered {
+        hard_state: HardState { term: 3, voted_for: Some(2) },
+        votes_withheld_until: Some((3, 2)),
+        ..Recovered::default()
+    };
+    let mut replacement = Node::new(config(2, ElectionMode::Harpoon), recovered, 2, 0).unwrap();
+    assert!(replacement.withholds_votes());
+    let ready = deliver(&mut replacement, LATE, 1, Message::Vote { term: 4, last_log_index: 0, last_log_term: 0 });
+    assert!(messages(&ready).iter().any(|message| matches!(message, Message::VoteResponse { granted: false, .. })));
+    assert_eq!(replacement.term(), 3, "a withholding node does not adopt the candidate's term");
+    let _ = replacement.step(LATE + 5_000 * MS, Input::Tick);
+    assert_eq!((replacement.role(), replacement.term()), (Role::Follower, 3), "nor does it campaign");
+    let entries = (1..=2).map(|index| Entry { term: 3, index, payload: EntryPayload::Noop }).collect();
+    let append = Message::Append { term: 3, prev_index: 0, prev_term: 0, entries, commit: 2, round: 1 };
+    let _ = deliver(&mut replacement, LATE + 5_001 * MS, 1, append);
+    assert!(!replacement.withholds_votes(), "its log now reaches (3, 2)");
+    // Once its promise to the leader of term 3 has lapsed, it votes again.
+    let later = LATE + 5_001 * MS + replacement.config().lease_duration_ns + MS;
+    let ready = deliver(&mut replacement, later, 3, Message::Vote { term: 4, last_log_index: 2, last_log_term: 3 });
+    assert!(messages(&ready).iter().any(|message| matches!(message, Message::VoteResponse { granted: true, .. })));
+}

@@ -23,7 +23,7 @@ use super::connection::{Connection, Kind, Received, READ_CHUNK_BYTES};
 use super::storage::{Claim, SnapshotSource, Storage, StorageError};
 use crate::consensus::{
     ClientRequest, Config, Envelope, Input, LogIndex, Message, MessageError, Nanos, Node, NodeId, Ready, Rejection,
-    Role, Snapshot, StartError, Term,
+    Role, Snapshot, StartError, Term, LOG_INDEX_MAX, TERM_MAX,
 };
 use crate::state_machine::{Refusal, Response};
 use crate::wire::{self, proto, ErrorCode, PROTOCOL_VERSION};
@@ -49,9 +49,10 @@ const HANDSHAKE_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 const PEER_RECONNECT_INTERVAL: Duration = Duration::from_millis(200);
 /// Events handled per poll.
 const EVENTS_PER_POLL_MAX: usize = 1024;
-/// After a snapshot goes to a follower, how long the log it needs to catch
-/// up from is kept, and how long before another is built for it.
-const SNAPSHOT_CATCH_UP_WINDOW: Duration = Duration::from_secs(10);
+/// After a snapshot goes to a follower, how long at most the log it needs
+/// to catch up from is kept, and no other is built for it, unless it
+/// acknowledges the snapshot first.
+const SNAPSHOT_CATCH_UP_TIMEOUT: Duration = Duration::from_secs(60);
 /// How often a node that is joining says what it waits for.
 const JOIN_REPORT_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -92,9 +93,18 @@ type Waiter = (Token, u64);
 /// What a node with an empty directory waits for before it takes part.
 struct Join {
     replace: bool,
-    /// Each member's answer to this node's greeting: (term, commit index, knows this node).
-    answers: BTreeMap<NodeId, (Term, LogIndex, bool)>,
+    /// Each member's answer to this node's greeting.
+    answers: BTreeMap<NodeId, Answer>,
     reported_at: Instant,
+}
+
+/// A member's answer to the greeting of a node that is joining.
+#[derive(Clone, Copy, Debug)]
+struct Answer {
+    term: Term,
+    /// The end of the member's log: (last term, last index).
+    log_end: (Term, LogIndex),
+    knows_you: bool,
 }
 
 /// Snapshots for followers, built on a worker thread from a RocksDB snapshot.
@@ -105,8 +115,17 @@ struct SnapshotSender {
     /// Followers waiting for the snapshot being built, with the term and
     /// round of the InstallSnapshot consensus asked for.
     waiting: BTreeMap<NodeId, (Term, u64)>,
-    /// When each follower last got a snapshot, and its index.
-    sent: BTreeMap<NodeId, (Instant, LogIndex)>,
+    /// Followers catching up from a snapshot sent to them.
+    sent: BTreeMap<NodeId, SentSnapshot>,
+}
+
+/// A snapshot sent to a follower that has not acknowledged it yet.
+#[derive(Clone, Copy, Debug)]
+struct SentSnapshot {
+    at: Instant,
+    index: LogIndex,
+    /// The connection it went out on; a snapshot too large to send has none.
+    connection: Option<Token>,
 }
 
 impl SnapshotSender {
@@ -124,10 +143,21 @@ impl SnapshotSender {
         Ok(SnapshotSender { requests, built, building: false, waiting: BTreeMap::new(), sent: BTreeMap::new() })
     }
 
+    /// Forgets the snapshots whose followers have acknowledged them (their
+    /// match index reached it), whose connection closed (so they may be
+    /// lost), or that went out SNAPSHOT_CATCH_UP_TIMEOUT ago.
+    fn forget_caught_up(&mut self, node: &Node, outbound: &BTreeMap<NodeId, Token>) {
+        self.sent.retain(|peer, sent| {
+            let connection_lives = sent.connection.is_none_or(|token| outbound.get(peer) == Some(&token));
+            let unacknowledged = node.match_index(*peer).is_some_and(|matched| matched < sent.index);
+            sent.at.elapsed() < SNAPSHOT_CATCH_UP_TIMEOUT && connection_lives && unacknowledged
+        });
+    }
+
     /// The lowest index of a snapshot a follower may still be catching up
     /// from: the log after it must stay.
     fn catch_up_floor(&self) -> Option<LogIndex> {
-        self.sent.values().filter(|(at, _)| at.elapsed() < SNAPSHOT_CATCH_UP_WINDOW).map(|&(_, index)| index).min()
+        self.sent.values().map(|sent| sent.index).min()
     }
 }
 
@@ -281,7 +311,7 @@ impl Daemon {
             entries = recovered.entries.len(),
             snapshot = recovered.snapshot.as_ref().map_or(0, |snapshot| snapshot.last_index),
             applied = self.storage.applied().0,
-            votes_withheld_until = recovered.votes_withheld_until,
+            votes_withheld_until = ?recovered.votes_withheld_until,
             "recovered"
         );
         self.withholding_votes = recovered.votes_withheld_until.is_some();
@@ -354,23 +384,25 @@ impl Daemon {
 
     /// A node whose directory was empty takes part only once it knows it
     /// never took part before: every other member says it has not heard
-    /// from it, or a quorum (with itself) answers and every answer is from
-    /// term 0, so no election has been held that this node could have voted
-    /// in (one would need a member of that quorum). A replacement waits for
-    /// every member, to learn the highest term and commit index there are.
+    /// from it, or a quorum of the other members answers, all from term 0.
+    /// (Any election ever held had a quorum of voters, which meets that one
+    /// in a member that is not this node, and that member's term would not
+    /// be 0.) A replacement waits for every member: it must learn the
+    /// highest term, in which it may have voted before, and the most
+    /// up-to-date log, which holds every entry committed so far.
     fn maybe_finish_joining(&mut self) -> Result<(), DaemonError> {
         let Some(join) = &mut self.join else { return Ok(()) };
         let node = self.membership.node_id;
-        if let Some((&peer, &(peer_term, _, _))) = join.answers.iter().find(|(_, answer)| answer.2) {
+        if let Some((&peer, answer)) = join.answers.iter().find(|(_, answer)| answer.knows_you) {
             if !join.replace {
-                return Err(DaemonError::WipedNode { node, peer, peer_term });
+                return Err(DaemonError::WipedNode { node, peer, peer_term: answer.term });
             }
         }
         let others = self.membership.peers.len() - 1;
         let everyone_answered = join.answers.len() == others;
-        let quorum_answered = join.answers.len() + 1 > self.membership.peers.len() / 2;
-        let never_elected = join.answers.values().all(|answer| answer.0 == 0);
-        let ready = everyone_answered || (!join.replace && quorum_answered && never_elected);
+        let quorum_of_others = join.answers.len() > self.membership.peers.len() / 2;
+        let never_elected = join.answers.values().all(|answer| answer.term == 0);
+        let ready = everyone_answered || (!join.replace && quorum_of_others && never_elected);
         if !ready {
             if join.reported_at.elapsed() >= JOIN_REPORT_INTERVAL {
                 join.reported_at = Instant::now();
@@ -379,19 +411,21 @@ impl Daemon {
                     node,
                     ?answered,
                     replace = join.replace,
-                    "joining with an empty directory: waiting until every member answers (or, in a new cluster, a quorum)"
+                    "joining with an empty directory: waiting until every other member answers (in a new cluster, a quorum of them)"
                 );
             }
             return Ok(());
         }
         if join.replace {
-            let term = join.answers.values().map(|answer| answer.0).max().unwrap_or(0);
-            let commit = join.answers.values().map(|answer| answer.1).max().unwrap_or(0);
+            let term = join.answers.values().map(|answer| answer.term).max().unwrap_or(0);
+            let most_up_to_date = join.answers.values().map(|answer| answer.log_end).max().unwrap_or((0, 0));
             info!(
                 node,
-                term, commit, "replacing a lost node: no vote in term {term}, none at all before commit {commit}"
+                term,
+                log_end = ?most_up_to_date,
+                "replacing a lost node: no vote in term {term}, and none at all until this node's log reaches {most_up_to_date:?}"
             );
-            self.storage.start_replacement(term, node, commit)?;
+            self.storage.start_replacement(term, node, most_up_to_date)?;
         }
         self.storage.write_identity(node, self.membership.cluster_id)?;
         self.join = None;
@@ -505,16 +539,22 @@ impl Daemon {
     }
 
     /// Closes the oldest peer connection still waiting for its handshake if
-    /// the waiting room is full. (Tokens rise with time, so the first is the oldest.)
+    /// the waiting room is full, preferring one from an address that no
+    /// member has, so that a flood from elsewhere cannot crowd out a
+    /// member's reconnect. (Tokens rise with time: the first is the oldest.)
     fn make_room_for_a_handshake(&mut self) {
-        let pending: Vec<Token> = self
+        let pending: Vec<(Token, bool)> = self
             .connections
             .iter()
             .filter(|(_, connection)| connection.kind == Kind::PeerInbound && !connection.greeted)
-            .map(|(&token, _)| token)
+            .map(|(&token, connection)| {
+                let from_a_member = self.membership.peers.iter().any(|peer| peer.ip() == connection.address.ip());
+                (token, from_a_member)
+            })
             .collect();
         if pending.len() >= PEER_HANDSHAKES_PENDING_COUNT_MAX {
-            let oldest = pending[0];
+            let stranger = pending.iter().find(|(_, from_a_member)| !from_a_member);
+            let (oldest, _) = *stranger.unwrap_or(&pending[0]);
             let message = format!("{PEER_HANDSHAKES_PENDING_COUNT_MAX} peer connections wait for a handshake");
             self.close_for_bad_input(oldest, &message);
         }
@@ -624,13 +664,17 @@ impl Daemon {
         let refusal = self.check_hello(kind, &hello);
         let reply = match &refusal {
             Ok(()) => {
-                let (term, commit_index) = self.node.as_ref().map_or((0, 0), |node| (node.term(), node.commit_index()));
+                let (term, last_log_term, last_log_index) = self
+                    .node
+                    .as_ref()
+                    .map_or((0, 0, 0), |node| (node.term(), node.log().last_term(), node.log().last_index()));
                 let knows_you = kind == Kind::PeerInbound && self.storage.has_seen(hello.node_id);
                 proto::HelloReply {
                     accepted: true,
                     protocol_version: PROTOCOL_VERSION,
                     term,
-                    commit_index,
+                    last_log_term,
+                    last_log_index,
                     knows_you,
                     ..Default::default()
                 }
@@ -701,9 +745,16 @@ impl Daemon {
         match wire::decode::<proto::HelloReply>(frame, "HelloReply") {
             Ok(reply) if reply.accepted => {
                 self.connections.get_mut(&token).expect("checked by the caller").greeted = true;
-                if let Some(join) = &mut self.join {
-                    join.answers.insert(peer, (reply.term, reply.commit_index, reply.knows_you));
+                let Some(join) = &mut self.join else { return };
+                // The same bounds as for a peer message: a joining node stores what it learns here.
+                let numbers = [reply.term, reply.last_log_term, reply.last_log_index];
+                if numbers.iter().any(|&number| number > TERM_MAX.min(LOG_INDEX_MAX)) {
+                    let error = format!("a handshake reply with impossible numbers {numbers:?}");
+                    self.close_for_bad_input(token, &error);
+                    return;
                 }
+                let log_end = (reply.last_log_term, reply.last_log_index);
+                join.answers.insert(peer, Answer { term: reply.term, log_end, knows_you: reply.knows_you });
             }
             Ok(reply) => {
                 error!(message = %reply.message, code = reply.error, "a peer refused this node's handshake");
@@ -914,6 +965,12 @@ impl Daemon {
     /// snapshot still needs is kept.
     fn maybe_compact(&mut self) -> Result<(), DaemonError> {
         let Some(node) = &self.node else { return Ok(()) };
+        if self.snapshots.building {
+            // The snapshot being built will be at an index not known yet, at
+            // least the compacted one: its follower needs the log after it.
+            return Ok(());
+        }
+        self.snapshots.forget_caught_up(node, &self.outbound);
         let (applied, _) = self.storage.applied();
         let mut index = applied.min(node.applied_index());
         if let Some(floor) = self.snapshots.catch_up_floor() {
@@ -950,8 +1007,11 @@ impl Daemon {
     /// unless one is being built or `peer` got one moments ago.
     fn request_snapshot(&mut self, peer: NodeId, term: Term, round: u64) {
         let snapshots = &mut self.snapshots;
-        if snapshots.sent.get(&peer).is_some_and(|(at, _)| at.elapsed() < SNAPSHOT_CATCH_UP_WINDOW) {
-            debug!(peer, "not building another snapshot yet: the last one is still recent");
+        if let Some(node) = &self.node {
+            snapshots.forget_caught_up(node, &self.outbound);
+        }
+        if snapshots.sent.contains_key(&peer) {
+            debug!(peer, "not building another snapshot: the follower is still catching up from the last one");
             return;
         }
         snapshots.waiting.insert(peer, (term, round));
@@ -970,7 +1030,8 @@ impl Daemon {
                 Err(StorageError::SnapshotTooLarge) => {
                     error!(followers = ?waiting.keys().collect::<Vec<_>>(), "{}", StorageError::SnapshotTooLarge);
                     for peer in waiting.keys() {
-                        self.snapshots.sent.insert(*peer, (Instant::now(), LogIndex::MAX));
+                        let sent = SentSnapshot { at: Instant::now(), index: LogIndex::MAX, connection: None };
+                        self.snapshots.sent.insert(*peer, sent);
                     }
                     continue;
                 }
@@ -981,8 +1042,12 @@ impl Daemon {
                 if current_term != Some(term) {
                     continue;
                 }
+                // With no connection to the follower, nothing is sent; consensus asks again.
+                let Some(&connection) = self.outbound.get(&peer) else { continue };
                 info!(peer, index = snapshot.last_index, bytes = snapshot.data.len(), "sending a snapshot");
-                self.snapshots.sent.insert(peer, (Instant::now(), snapshot.last_index));
+                let sent =
+                    SentSnapshot { at: Instant::now(), index: snapshot.last_index, connection: Some(connection) };
+                self.snapshots.sent.insert(peer, sent);
                 let message = Message::InstallSnapshot { term, snapshot: snapshot.clone(), round };
                 self.send_to_peer(Envelope { from: self.membership.node_id, to: peer, message });
             }

@@ -43,7 +43,8 @@ const FORMAT_KEY: &[u8] = b"m:format";
 const FORMAT_VERSION: u8 = 3;
 /// The position (index, term) of the latest snapshot: the log before it is gone.
 const SNAPSHOT_KEY: &[u8] = b"m:snapshot";
-/// Present while a replacement node must not vote: the commit index it must reach first.
+/// Present while a replacement node must not vote: the (term, index) its
+/// log must reach first.
 const WITHHOLD_KEY: &[u8] = b"m:withhold";
 /// `m:seen:` + big-endian node id: this node has had a consensus message from that peer.
 const SEEN_PREFIX: &[u8] = b"m:seen:";
@@ -270,19 +271,22 @@ impl Storage {
         Ok(())
     }
 
-    /// The commit index a replacement must reach before it votes, if it must.
-    pub fn votes_withheld_until(&self) -> Result<Option<LogIndex>, StorageError> {
-        Ok(self.db.get(WITHHOLD_KEY)?.and_then(|bytes| bytes.try_into().ok()).map(u64::from_be_bytes))
+    /// The log position a replacement must reach before it votes, if it must.
+    pub fn votes_withheld_until(&self) -> Result<Option<(Term, LogIndex)>, StorageError> {
+        let Some(bytes) = self.db.get(WITHHOLD_KEY)? else { return Ok(None) };
+        let position: proto::AppliedPosition = wire::decode(bytes.into(), "WithheldUntil")?;
+        Ok(Some((position.term, position.index)))
     }
 
     /// Starts a replacement node: it burns its vote in `term` (it may have
-    /// voted there before its disk was lost) and withholds votes until it
-    /// holds everything committed up to `commit`.
-    pub fn start_replacement(&self, term: Term, own: NodeId, commit: LogIndex) -> Result<(), StorageError> {
+    /// voted there before its disk was lost) and withholds votes until its
+    /// log is at least as up to date as one ending at `until` (term, index).
+    pub fn start_replacement(&self, term: Term, own: NodeId, until: (Term, LogIndex)) -> Result<(), StorageError> {
         let mut batch = WriteBatch::default();
         let hard_state = crate::consensus::HardState { term, voted_for: Some(own) };
         batch.put(HARD_STATE_KEY, wire::to_bytes(&wire::hard_state_to_proto(hard_state)));
-        batch.put(WITHHOLD_KEY, commit.to_be_bytes());
+        let (term, index) = until;
+        batch.put(WITHHOLD_KEY, wire::to_bytes(&proto::AppliedPosition { index, term }));
         self.write(batch, true)
     }
 
@@ -585,9 +589,11 @@ impl KvRead for Overlay<'_> {
             }
             cursor = next;
         };
+        // No session this batch wrote lies below the hint: those below it are
+        // the ones it expired, and starting there skips them.
         let staged = self
             .sessions
-            .range(from..)
+            .range(from.max(self.expired_below.get())..)
             .find_map(|(&client_id, session)| session.as_ref().map(|session| (client_id, session.clone())));
         Ok(match (stored, staged) {
             (Some(stored), Some(staged)) => Some(if stored.0 < staged.0 { stored } else { staged }),
