@@ -20,7 +20,7 @@ use tracing::{debug, error, info, warn};
 use super::clock::BootClock;
 use super::config::{Flags, Membership};
 use super::connection::{Connection, Kind, Received, READ_CHUNK_BYTES};
-use super::storage::{Claim, SnapshotSource, Storage, StorageError};
+use super::storage::{Claim, SnapshotSource, Storage, StorageError, SyncWorker};
 use crate::consensus::{
     ClientRequest, Config, Envelope, Input, LogIndex, Message, MessageError, Nanos, Node, NodeId, Ready, Rejection,
     Role, Snapshot, StartError, Term, LOG_INDEX_MAX, TERM_MAX,
@@ -31,7 +31,9 @@ use crate::wire::{self, proto, ErrorCode, PROTOCOL_VERSION};
 const PEER_LISTENER: Token = Token(0);
 const CLIENT_LISTENER: Token = Token(1);
 const SIGNALS: Token = Token(2);
-const SNAPSHOT_BUILT: Token = Token(3);
+/// The snapshot thread or the sync thread finished something. Mio allows
+/// one waker per poll, so the two share it.
+const WORKER_DONE: Token = Token(3);
 const FIRST_CONNECTION: usize = 16;
 /// Client requests waiting for their entry to apply or their read to be confirmed.
 const CLIENT_REQUESTS_WAITING_COUNT_MAX: usize = 100_000;
@@ -89,6 +91,17 @@ impl DaemonError {
 
 /// A client request waiting for its answer: which connection, which request id.
 type Waiter = (Token, u64);
+
+/// What a sync requested from the sync thread will make durable.
+#[derive(Clone, Debug)]
+struct SyncJob {
+    /// Every persist up to the `persists`-th.
+    persists: u64,
+    /// The last log position among them, to report to consensus.
+    position: Option<(LogIndex, Term)>,
+    /// A compaction written before the request, to report to consensus.
+    compaction: Option<Snapshot>,
+}
 
 /// What a node with an empty directory waits for before it takes part.
 struct Join {
@@ -179,10 +192,23 @@ struct Daemon {
     peer_client_addresses: BTreeMap<NodeId, String>,
     waiting: HashMap<(u64, u64), Vec<Waiter>>,
     batch: WriteBatch,
-    /// Persists staged into `batch` so far, and how many of them are synced.
+    /// Persists staged into a batch so far, how many of them are written
+    /// (unsynced), and how many are synced.
     persists_staged: u64,
+    persists_written: u64,
     persists_synced: u64,
-    persisted_position: Option<(LogIndex, Term)>,
+    /// The last log position staged in `batch`, and the last written and
+    /// not yet asked to sync.
+    staged_position: Option<(LogIndex, Term)>,
+    written_position: Option<(LogIndex, Term)>,
+    /// A compaction written and not yet asked to sync.
+    written_compaction: Option<Snapshot>,
+    /// The sync thread, and what the sync it is doing makes durable.
+    syncs: SyncWorker,
+    sync_in_flight: Option<SyncJob>,
+    /// Synced and not yet reported to consensus.
+    synced_position: Option<(LogIndex, Term)>,
+    synced_compaction: Option<Snapshot>,
     /// Messages that promise durability, each with the number of persists
     /// that must be synced before it may leave.
     held_messages: VecDeque<(u64, Envelope)>,
@@ -218,8 +244,11 @@ pub fn run(flags: Flags) -> Result<(), DaemonError> {
     poll.registry().register(&mut client_listener, CLIENT_LISTENER, Interest::READABLE)?;
     let mut signals = Signals::new([SIGTERM, SIGINT])?;
     poll.registry().register(&mut signals, SIGNALS, Interest::READABLE)?;
-    let waker = Arc::new(Waker::new(poll.registry(), SNAPSHOT_BUILT)?);
-    let snapshots = SnapshotSender::start(storage.snapshot_source(), waker)?;
+    let waker = Arc::new(Waker::new(poll.registry(), WORKER_DONE)?);
+    let snapshots = SnapshotSender::start(storage.snapshot_source(), waker.clone())?;
+    let syncs = storage.sync_worker(move || {
+        let _ = waker.wake();
+    })?;
     let advertise = flags.advertise.unwrap_or(flags.bind);
     let join = (claim == Claim::Fresh).then(|| Join {
         replace: flags.replace,
@@ -246,8 +275,15 @@ pub fn run(flags: Flags) -> Result<(), DaemonError> {
         waiting: HashMap::new(),
         batch: WriteBatch::default(),
         persists_staged: 0,
+        persists_written: 0,
         persists_synced: 0,
-        persisted_position: None,
+        staged_position: None,
+        written_position: None,
+        written_compaction: None,
+        syncs,
+        sync_in_flight: None,
+        synced_position: None,
+        synced_compaction: None,
         held_messages: VecDeque::new(),
         deadline: 0,
         shutting_down: false,
@@ -349,7 +385,10 @@ impl Daemon {
                     PEER_LISTENER => self.accept(peer_listener, Kind::PeerInbound),
                     CLIENT_LISTENER => self.accept(client_listener, Kind::Client),
                     SIGNALS => self.on_signals(signals),
-                    SNAPSHOT_BUILT => self.on_snapshot_built()?,
+                    WORKER_DONE => {
+                        self.on_syncs_done()?;
+                        self.on_snapshot_built()?;
+                    }
                     token => self.on_connection_event(token, event.is_readable(), event.is_writable())?,
                 }
             }
@@ -367,7 +406,8 @@ impl Daemon {
             self.flush_persist()?;
             self.maybe_finish_joining()?;
         }
-        self.flush_persist()?;
+        self.sync_now()?;
+        self.report_synced()?;
         self.flush_connections();
         info!(node = self.membership.node_id, "shut down cleanly");
         Ok(())
@@ -896,12 +936,12 @@ impl Daemon {
             self.storage.stage(&mut self.batch, &persist, log_emptied)?;
             self.persists_staged += 1;
             if let Some(position) = persist.last_position() {
-                self.persisted_position = Some(position);
+                self.staged_position = Some(position);
             }
             if let Some(snapshot) = &persist.snapshot {
                 info!(index = snapshot.last_index, term = snapshot.last_term, "installing a snapshot from the leader");
                 // Entries applied next build on the snapshot, so it must be in place first.
-                self.sync()?;
+                self.sync_now()?;
                 self.node.as_mut().expect("only a running node steps").forget_snapshot_data();
             }
         }
@@ -931,25 +971,80 @@ impl Daemon {
         Ok(())
     }
 
-    /// Syncs everything staged; then the messages that waited for it may leave.
-    fn sync(&mut self) -> Result<(), DaemonError> {
-        if self.persists_synced < self.persists_staged {
-            self.storage.write(std::mem::take(&mut self.batch), true)?;
-            self.persists_synced = self.persists_staged;
+    /// Writes what this turn staged, unsynced, and asks the sync thread to
+    /// sync it unless a sync is under way: the next one then covers
+    /// everything written meanwhile (group commit), and the loop goes on.
+    fn start_sync(&mut self) -> Result<(), DaemonError> {
+        if self.persists_written < self.persists_staged {
+            self.storage.write(std::mem::take(&mut self.batch), false)?;
+            self.persists_written = self.persists_staged;
+            self.written_position = self.staged_position.take().or(self.written_position);
         }
-        self.release_held_messages();
+        let unsynced = self.persists_synced < self.persists_written || self.written_compaction.is_some();
+        if self.sync_in_flight.is_some() || !unsynced {
+            return Ok(());
+        }
+        self.syncs.request()?;
+        self.sync_in_flight = Some(SyncJob {
+            persists: self.persists_written,
+            position: self.written_position.take(),
+            compaction: self.written_compaction.take(),
+        });
         Ok(())
     }
 
-    /// Group commit: one sync covers everything staged since the last one;
-    /// then the messages that waited for it leave, and consensus hears of it.
-    fn flush_persist(&mut self) -> Result<(), DaemonError> {
-        loop {
-            self.sync()?;
-            let Some((index, term)) = self.persisted_position.take() else { break };
+    /// The sync under way is done: the messages that waited for it may leave.
+    fn finish_sync(&mut self) {
+        let job = self.sync_in_flight.take().expect("a sync finished, so one was under way");
+        self.persists_synced = job.persists;
+        self.synced_position = job.position.or(self.synced_position);
+        self.synced_compaction = job.compaction.or(self.synced_compaction.take());
+        self.release_held_messages();
+    }
+
+    fn on_syncs_done(&mut self) -> Result<(), DaemonError> {
+        while let Some(outcome) = self.syncs.try_finished() {
+            outcome?;
+            self.finish_sync();
+        }
+        self.report_synced()?;
+        self.start_sync()
+    }
+
+    /// Syncs everything, waiting for the disk: for a snapshot that later
+    /// entries build on, and at shutdown.
+    fn sync_now(&mut self) -> Result<(), DaemonError> {
+        if self.sync_in_flight.is_some() {
+            self.syncs.wait()?;
+            self.finish_sync();
+        }
+        self.start_sync()?;
+        if self.sync_in_flight.is_some() {
+            self.syncs.wait()?;
+            self.finish_sync();
+        }
+        Ok(())
+    }
+
+    /// Tells consensus what is durable now. Called at the top of the loop
+    /// only, never from inside the handling of a Ready.
+    fn report_synced(&mut self) -> Result<(), DaemonError> {
+        if let Some((index, term)) = self.synced_position.take() {
             self.step(Input::Persisted { index, term })?;
         }
-        self.maybe_compact()
+        if let Some(snapshot) = self.synced_compaction.take() {
+            info!(index = snapshot.last_index, term = snapshot.last_term, "compacted the log");
+            self.step(Input::Compact(snapshot))?;
+        }
+        Ok(())
+    }
+
+    /// Group commit: what this turn staged is written and goes to the sync
+    /// thread; then the log may be compacted.
+    fn flush_persist(&mut self) -> Result<(), DaemonError> {
+        self.report_synced()?;
+        self.maybe_compact()?;
+        self.start_sync()
     }
 
     fn release_held_messages(&mut self) {
@@ -960,13 +1055,16 @@ impl Daemon {
     }
 
     /// Compacts the log once enough entries have applied. Nothing is copied:
-    /// one synced write makes the applied state durable (see
-    /// `Storage::compact_to`). The log a follower catching up from a recent
-    /// snapshot still needs is kept.
+    /// one synced write, on the sync thread, makes the applied state durable
+    /// (see `Storage::compaction`). The log a follower catching up from a
+    /// recent snapshot still needs is kept.
     fn maybe_compact(&mut self) -> Result<(), DaemonError> {
         let Some(node) = &self.node else { return Ok(()) };
-        if self.snapshots.building {
-            // The snapshot being built will be at an index not known yet, at
+        let compacting = self.sync_in_flight.as_ref().is_some_and(|job| job.compaction.is_some())
+            || self.written_compaction.is_some()
+            || self.synced_compaction.is_some();
+        if compacting || self.snapshots.building {
+            // A snapshot being built will be at an index not known yet, at
             // least the compacted one: its follower needs the log after it.
             return Ok(());
         }
@@ -981,10 +1079,10 @@ impl Daemon {
             return Ok(());
         }
         let term = node.log().term(index).expect("an applied index past the snapshot is in the log");
-        let snapshot = self.storage.compact_to(index, term)?;
-        info!(index, term, "compacted the log");
-        self.step(Input::Compact(snapshot))?;
-        self.flush_persist()
+        let (batch, snapshot) = self.storage.compaction(index, term);
+        self.storage.write(batch, false)?;
+        self.written_compaction = Some(snapshot);
+        Ok(())
     }
 
     fn send_to_peer(&mut self, envelope: Envelope) {

@@ -83,6 +83,8 @@ pub enum StorageError {
     UnknownFormat { path: String, found: u8 },
     #[error("the state machine holds more than {SNAPSHOT_BYTES_MAX} bytes, more than one snapshot message carries; a follower this far behind cannot catch up until snapshots are streamed")]
     SnapshotTooLarge,
+    #[error("the sync thread stopped; the node stops rather than lose track of what is durable")]
+    SyncThreadGone,
 }
 
 impl StorageError {
@@ -456,22 +458,70 @@ impl Storage {
         state_machine::read_response(self, key, self.applied_term, self.applied_index)
     }
 
-    /// Compacts the log up to `index` (of `term`), at most the applied index:
-    /// one synced write makes the applied state (written unsynced, before it
-    /// in the WAL) durable and records the snapshot's position; then the log
-    /// it covers goes. Recovery applies again what lies past `index`.
-    pub fn compact_to(&self, index: LogIndex, term: Term) -> Result<Snapshot, StorageError> {
+    /// What another thread needs to build a snapshot of this state.
+    pub fn snapshot_source(&self) -> SnapshotSource {
+        SnapshotSource { db: self.db.clone() }
+    }
+
+    /// The batch that compacts the log up to `index` (of `term`), at most the
+    /// applied index: once synced, with the applied state written before it
+    /// in the WAL, it records the snapshot's position; the log it covers
+    /// goes. Recovery applies again what lies past `index`.
+    pub fn compaction(&self, index: LogIndex, term: Term) -> (WriteBatch, Snapshot) {
         assert!(index <= self.applied_index, "compacting to {index}, past the applied index {}", self.applied_index);
         let mut batch = WriteBatch::default();
         batch.put(SNAPSHOT_KEY, wire::to_bytes(&proto::AppliedPosition { index, term }));
         batch.delete_range_cf(self.log_family(), log_key(0), log_key(index + 1));
-        self.write(batch, true)?;
-        Ok(Snapshot { last_index: index, last_term: term, data: Bytes::new() })
+        (batch, Snapshot { last_index: index, last_term: term, data: Bytes::new() })
     }
 
-    /// What another thread needs to build a snapshot of this state.
-    pub fn snapshot_source(&self) -> SnapshotSource {
-        SnapshotSource { db: self.db.clone() }
+    /// A thread that syncs the WAL on request, so that the event loop goes
+    /// on (heartbeats, acknowledgements, reads) while the disk works. The
+    /// loop writes its batches unsynced and then asks for a sync, which
+    /// covers every write made before the request. (A synced write on the
+    /// other thread would not do: RocksDB groups concurrent writers, and the
+    /// loop's next write would wait for that sync.) `waker` is woken after
+    /// each sync.
+    pub fn sync_worker(&self, waker: impl Fn() + Send + 'static) -> std::io::Result<SyncWorker> {
+        let (requests, requested) = std::sync::mpsc::sync_channel::<()>(1);
+        let (finished, done) = std::sync::mpsc::sync_channel(1);
+        let db = self.db.clone();
+        std::thread::Builder::new().name("rasputin-sync".into()).spawn(move || {
+            for () in requested {
+                if finished.send(db.flush_wal(true).map_err(StorageError::from)).is_err() {
+                    return;
+                }
+                waker();
+            }
+        })?;
+        Ok(SyncWorker { requests, done })
+    }
+}
+
+/// The sync thread: one sync is requested at a time, and its outcome comes back.
+pub struct SyncWorker {
+    requests: std::sync::mpsc::SyncSender<()>,
+    done: std::sync::mpsc::Receiver<Result<(), StorageError>>,
+}
+
+impl SyncWorker {
+    /// Asks for a sync of everything written so far; one at a time.
+    pub fn request(&self) -> Result<(), StorageError> {
+        self.requests.send(()).map_err(|_| StorageError::SyncThreadGone)
+    }
+
+    /// The outcome of the sync requested, if it is done.
+    pub fn try_finished(&self) -> Option<Result<(), StorageError>> {
+        match self.done.try_recv() {
+            Ok(result) => Some(result),
+            Err(std::sync::mpsc::TryRecvError::Empty) => None,
+            Err(std::sync::mpsc::TryRecvError::Disconnected) => Some(Err(StorageError::SyncThreadGone)),
+        }
+    }
+
+    /// Waits for the sync requested.
+    pub fn wait(&self) -> Result<(), StorageError> {
+        self.done.recv().map_err(|_| StorageError::SyncThreadGone)?
     }
 }
 
@@ -702,7 +752,8 @@ mod tests {
         stage_and_write(&mut storage, vec![command(2, 2, 1, set(b"new"))]);
         assert_eq!(storage.recover().unwrap().entries, [command(1, 1, 1, set(b"old")), command(2, 2, 1, set(b"new"))]);
         stage_and_write(&mut storage, vec![command(3, 2, 2, set(b"newer")), command(6, 2, 3, set(b"x"))]);
-        let snapshot = storage.compact_to(5, 1).unwrap();
+        let (batch, snapshot) = storage.compaction(5, 1);
+        storage.write(batch, true).unwrap();
         assert_eq!(snapshot.last_index, 5);
         let recovered = storage.recover().unwrap();
         assert_eq!(recovered.snapshot.map(|snapshot| snapshot.last_index), Some(5));
