@@ -35,6 +35,9 @@ const SIGNALS: Token = Token(2);
 /// one waker per poll, so the two share it.
 const WORKER_DONE: Token = Token(3);
 const FIRST_CONNECTION: usize = 16;
+/// A turn of the event loop longer than this is logged, with the time its
+/// RocksDB writes took: heartbeats wait for the turn, and a lease is 500 ms.
+const TURN_WARN_MS: u128 = 100;
 /// Client requests waiting for their entry to apply or their read to be confirmed.
 const CLIENT_REQUESTS_WAITING_COUNT_MAX: usize = 100_000;
 /// Open client connections; further ones are refused.
@@ -212,6 +215,8 @@ struct Daemon {
     /// Messages that promise durability, each with the number of persists
     /// that must be synced before it may leave.
     held_messages: VecDeque<(u64, Envelope)>,
+    /// How long this turn's RocksDB writes took, for the slow-turn warning.
+    turn_storage: Duration,
     deadline: Nanos,
     shutting_down: bool,
     /// Client requests read in this poll, stepped together by `propose`;
@@ -285,6 +290,7 @@ pub fn run(flags: Flags) -> Result<(), DaemonError> {
         synced_position: None,
         synced_compaction: None,
         held_messages: VecDeque::new(),
+        turn_storage: Duration::ZERO,
         deadline: 0,
         shutting_down: false,
         backlog: BTreeSet::new(),
@@ -380,6 +386,8 @@ impl Daemon {
                     return Err(error.into());
                 }
             }
+            let turn_started = Instant::now();
+            self.turn_storage = Duration::ZERO;
             for event in events.iter() {
                 match event.token() {
                     PEER_LISTENER => self.accept(peer_listener, Kind::PeerInbound),
@@ -405,6 +413,7 @@ impl Daemon {
             self.flush_connections();
             self.flush_persist()?;
             self.maybe_finish_joining()?;
+            self.warn_if_slow(turn_started.elapsed());
         }
         self.sync_now()?;
         self.report_synced()?;
@@ -948,7 +957,10 @@ impl Daemon {
         let persists_needed = self.persists_staged;
         self.held_messages.extend(send_after_persist.into_iter().map(|envelope| (persists_needed, envelope)));
         self.release_held_messages();
-        for applied in self.storage.apply(&apply)? {
+        let started = Instant::now();
+        let applied = self.storage.apply(&apply)?;
+        self.turn_storage += started.elapsed();
+        for applied in applied {
             let outcome = applied.outcome.map_err(|refusal| {
                 let code = match refusal {
                     Refusal::SessionExpired { .. } => ErrorCode::SessionExpired,
@@ -976,7 +988,9 @@ impl Daemon {
     /// everything written meanwhile (group commit), and the loop goes on.
     fn start_sync(&mut self) -> Result<(), DaemonError> {
         if self.persists_written < self.persists_staged {
+            let started = Instant::now();
             self.storage.write(std::mem::take(&mut self.batch), false)?;
+            self.turn_storage += started.elapsed();
             self.persists_written = self.persists_staged;
             self.written_position = self.staged_position.take().or(self.written_position);
         }
@@ -1045,6 +1059,16 @@ impl Daemon {
         self.report_synced()?;
         self.maybe_compact()?;
         self.start_sync()
+    }
+
+    fn warn_if_slow(&self, turn: Duration) {
+        if turn.as_millis() > TURN_WARN_MS {
+            warn!(
+                turn_ms = turn.as_millis(),
+                storage_ms = self.turn_storage.as_millis(),
+                "a turn of the event loop was slow; heartbeats waited for it"
+            );
+        }
     }
 
     fn release_held_messages(&mut self) {
