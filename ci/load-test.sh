@@ -52,9 +52,10 @@ leader_changes=$(( leaders - 1 ))
 compactions=$(cat "$DIR"/node*.log | grep -c "compacted the log" || true)
 snapshots=$(cat "$DIR"/node*.log | grep -c "sending a snapshot" || true)
 dropped=$(cat "$DIR"/node*.log | grep -c "is not keeping up" || true)
+slow_turns=$(cat "$DIR"/node*.log | grep -c "a turn of the event loop was slow" || true)
 echo
 echo "load: $CLIENTS clients, $VALUE_BYTES-byte values over $KEYS keys, $LOAD_SECONDS s (wall $elapsed s)"
-echo "leader changes: $leader_changes; compactions (all nodes): $compactions; snapshots sent: $snapshots; messages dropped: $dropped"
+echo "leader changes: $leader_changes; compactions (all nodes): $compactions; snapshots sent: $snapshots; messages dropped: $dropped; event-loop turns over 100 ms (all nodes): $slow_turns"
 worst=0
 for n in 1 2 3; do
     pid=${pids[$((n - 1))]}
