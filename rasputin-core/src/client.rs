@@ -24,7 +24,7 @@ use bytes::{Bytes, BytesMut};
 use prost::Message as _;
 use thiserror::Error;
 
-use crate::consensus::{ClientRequest, Operation};
+use crate::operation::{ClientRequest, Operation};
 use crate::wire::{self, proto, ErrorCode, WireError, CLIENT_FRAME_BYTES_MAX, KEY_BYTES_MAX, VALUE_BYTES_MAX};
 
 pub use crate::state_machine::Response;

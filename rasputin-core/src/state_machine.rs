@@ -17,7 +17,8 @@ use std::collections::BTreeMap;
 use prost::Message as _;
 use thiserror::Error;
 
-use crate::consensus::{ClientRequest, Entry, EntryPayload, LogIndex, Operation, Term};
+use crate::consensus::{LogIndex, Term};
+use crate::operation::{ClientRequest, Entry, EntryPayload, Operation};
 use crate::wire::proto;
 
 /// Sessions the cluster keeps; beyond this the oldest expire.

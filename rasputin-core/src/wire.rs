@@ -5,9 +5,8 @@
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use thiserror::Error;
 
-use crate::consensus::{
-    self, ClientRequest, Entry, EntryPayload, Envelope, Message, MessageError, Operation, RejectHint, Snapshot,
-};
+use crate::consensus::{self, MessageError, RejectHint, Snapshot};
+use crate::operation::{ClientRequest, Entry, EntryPayload, Envelope, Message, Operation};
 use crate::state_machine::{SnapshotDecodeError, SnapshotReader};
 
 /// The generated protobuf types (`proto/rasputin.proto`).

@@ -8,10 +8,8 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use bytes::Bytes;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use rasputin::consensus::{
-    ClientRequest, Config, ElectionMode, Envelope, Input, Message, Nanos, Node, Operation, Ready, Recovered, Role,
-    TERM_MAX,
-};
+use rasputin::consensus::{Config, ElectionMode, Nanos, Role, TERM_MAX};
+use rasputin::operation::{ClientRequest, Envelope, Input, Message, Node, Operation, Ready, Recovered};
 use rasputin::state_machine::SnapshotWriter;
 use rasputin::wire::{self, proto};
 

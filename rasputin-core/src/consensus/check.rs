@@ -55,7 +55,7 @@ fn bounded(field: &'static str, value: u64, max: u64) -> Result<(), MessageError
 }
 
 /// Checks what a message must satisfy whatever the receiver's state.
-pub fn check_structure(message: &Message) -> Result<(), MessageError> {
+pub fn check_structure<C>(message: &Message<C>) -> Result<(), MessageError> {
     bounded("term", message.term(), TERM_MAX)?;
     match message {
         Message::PreVote { last_log_index, last_log_term, .. }
@@ -87,11 +87,11 @@ pub fn check_structure(message: &Message) -> Result<(), MessageError> {
     }
 }
 
-fn check_entries(
+fn check_entries<C>(
     term: Term,
     prev_index: LogIndex,
     prev_term: Term,
-    entries: &[super::types::Entry],
+    entries: &[super::types::Entry<C>],
 ) -> Result<(), MessageError> {
     let mut low = prev_term;
     for (position, entry) in entries.iter().enumerate() {
@@ -110,7 +110,11 @@ fn check_entries(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::consensus::types::{Entry, EntryPayload};
+    use crate::consensus::test_command::TestCommand;
+    use crate::consensus::types::EntryPayload;
+
+    type Entry = crate::consensus::types::Entry<TestCommand>;
+    type Message = crate::consensus::types::Message<TestCommand>;
 
     fn noop(index: LogIndex, term: Term) -> Entry {
         Entry { term, index, payload: EntryPayload::Noop }

@@ -1,17 +1,17 @@
 //! The in-memory replicated log, compacted behind a snapshot.
 
-use super::types::{Entry, LogIndex, Snapshot, Term};
+use super::types::{Command, Entry, LogIndex, Snapshot, Term};
 
 /// Entries `snapshot_index + 1 ..= last_index()`, held in order with no gaps.
 #[derive(Clone, Debug, Default)]
-pub struct Log {
+pub struct Log<C> {
     snapshot_index: LogIndex,
     snapshot_term: Term,
-    entries: Vec<Entry>,
+    entries: Vec<Entry<C>>,
 }
 
-impl Log {
-    pub fn restore(snapshot_index: LogIndex, snapshot_term: Term, entries: Vec<Entry>) -> Log {
+impl<C: Command> Log<C> {
+    pub fn restore(snapshot_index: LogIndex, snapshot_term: Term, entries: Vec<Entry<C>>) -> Log<C> {
         for (offset, entry) in entries.iter().enumerate() {
             assert_eq!(
                 entry.index,
@@ -46,7 +46,7 @@ impl Log {
         self.entry(index).map(|entry| entry.term)
     }
 
-    pub fn entry(&self, index: LogIndex) -> Option<&Entry> {
+    pub fn entry(&self, index: LogIndex) -> Option<&Entry<C>> {
         if index <= self.snapshot_index {
             return None;
         }
@@ -55,7 +55,7 @@ impl Log {
 
     /// Entries from `from` on, at most `count_max` of them and about `bytes_max`
     /// bytes (always at least one, so that a large entry still moves).
-    pub fn slice(&self, from: LogIndex, count_max: usize, bytes_max: usize) -> Vec<Entry> {
+    pub fn slice(&self, from: LogIndex, count_max: usize, bytes_max: usize) -> Vec<Entry<C>> {
         assert!(from > self.snapshot_index, "slice from {from} reaches into the snapshot at {}", self.snapshot_index);
         let start = (from - self.snapshot_index - 1) as usize;
         let mut bytes = 0;
@@ -71,13 +71,13 @@ impl Log {
     }
 
     /// Every entry from `from` to the end.
-    pub fn suffix(&self, from: LogIndex) -> &[Entry] {
+    pub fn suffix(&self, from: LogIndex) -> &[Entry<C>] {
         let start = from.saturating_sub(self.snapshot_index + 1) as usize;
         &self.entries[start.min(self.entries.len())..]
     }
 
     /// Appends `entry` after dropping everything at or beyond its index.
-    pub fn truncate_and_append(&mut self, entry: Entry) {
+    pub fn truncate_and_append(&mut self, entry: Entry<C>) {
         assert!(
             entry.index > self.snapshot_index && entry.index <= self.last_index() + 1,
             "entry index {} outside ({}, {}]",
@@ -136,7 +136,11 @@ impl Log {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::consensus::test_command::TestCommand;
     use crate::consensus::types::EntryPayload;
+
+    type Entry = crate::consensus::types::Entry<TestCommand>;
+    type Log = super::Log<TestCommand>;
 
     fn entry(index: LogIndex, term: Term) -> Entry {
         Entry { term, index, payload: EntryPayload::Noop }

@@ -1,5 +1,7 @@
 //! Harpoon consensus: Raft's log replication with lease-based,
-//! non-preempting leadership. Sans-IO: see [`Node`] and [`Ready`].
+//! non-preempting leadership. Sans-IO: see [`Node`] and [`Ready`]. Generic
+//! over the [`Command`] it replicates, of which it knows only whether it is
+//! a read and how many bytes it takes.
 
 mod check;
 mod config;
@@ -17,9 +19,10 @@ pub use node::{
 };
 pub use ready::{Persist, ReadReady, Ready, Rejection};
 pub use types::{
-    ClientRequest, Entry, EntryPayload, Envelope, HardState, LogIndex, Message, Nanos, NodeId, Operation, RejectHint,
-    Snapshot, Term,
+    Command, Entry, EntryPayload, Envelope, HardState, LogIndex, Message, Nanos, NodeId, RejectHint, Snapshot, Term,
 };
 
+#[cfg(test)]
+mod test_command;
 #[cfg(test)]
 mod tests;

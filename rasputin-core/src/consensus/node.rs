@@ -14,8 +14,7 @@ use super::config::{Config, ConfigError, ElectionMode};
 use super::log::Log;
 use super::ready::{ReadReady, Ready, Rejection};
 use super::types::{
-    ClientRequest, Entry, EntryPayload, Envelope, HardState, LogIndex, Message, Nanos, NodeId, RejectHint, Snapshot,
-    Term,
+    Command, Entry, EntryPayload, Envelope, HardState, LogIndex, Message, Nanos, NodeId, RejectHint, Snapshot, Term,
 };
 
 /// Entries in one append message.
@@ -33,14 +32,14 @@ pub const LEASE_ROUNDS_TRACKED_MAX: usize = 64;
 
 /// One input to [`Node::step`].
 #[derive(Clone, Debug)]
-pub enum Input {
+pub enum Input<C> {
     /// Nothing happened but time passing; due at or after `Ready::next_deadline`.
     Tick,
-    Message(Envelope),
-    Client(ClientRequest),
+    Message(Envelope<C>),
+    Client(C),
     /// Requests that arrived together: their writes go to followers in one
     /// append (and to disk in one persist), not one append each.
-    Clients(Vec<ClientRequest>),
+    Clients(Vec<C>),
     /// Every persist up to the one whose last entry is (`index`, `term`) is synced.
     Persisted {
         index: LogIndex,
@@ -61,12 +60,12 @@ pub enum Role {
 }
 
 /// What a node finds on its disk when it starts.
-#[derive(Clone, Debug, Default)]
-pub struct Recovered {
+#[derive(Clone, Debug)]
+pub struct Recovered<C> {
     pub hard_state: HardState,
     pub snapshot: Option<Snapshot>,
     /// Entries after the snapshot, in order.
-    pub entries: Vec<Entry>,
+    pub entries: Vec<Entry<C>>,
     /// A node that replaces one whose disk was lost neither votes nor
     /// campaigns until its log is at least as up to date as a log ending at
     /// this (term, index): the most up-to-date log among the other members
@@ -74,6 +73,12 @@ pub struct Recovered {
     /// log may have counted towards commits that only a minority holds now,
     /// and until then it could vote for a candidate lacking them.
     pub votes_withheld_until: Option<(Term, LogIndex)>,
+}
+
+impl<C> Default for Recovered<C> {
+    fn default() -> Self {
+        Recovered { hard_state: HardState::default(), snapshot: None, entries: Vec::new(), votes_withheld_until: None }
+    }
 }
 
 /// Why a node cannot start from what it recovered. The disk holds a state
@@ -149,8 +154,8 @@ struct Round {
 }
 
 #[derive(Clone, Debug)]
-struct WaitingRead {
-    request: ClientRequest,
+struct WaitingRead<C> {
+    request: C,
     /// None until the leader's no-op has committed.
     read_index: Option<LogIndex>,
     /// The round that must reach a quorum; 0 until one is started for this read.
@@ -158,7 +163,7 @@ struct WaitingRead {
 }
 
 #[derive(Clone, Debug)]
-struct LeaderState {
+struct LeaderState<C> {
     progress: BTreeMap<NodeId, Progress>,
     rounds: VecDeque<Round>,
     current_round: u64,
@@ -169,13 +174,13 @@ struct LeaderState {
     /// delayed its election were.
     first_round_grace_end: Nanos,
     noop_index: LogIndex,
-    reads_waiting: VecDeque<WaitingRead>,
+    reads_waiting: VecDeque<WaitingRead<C>>,
     heartbeat_due: Nanos,
     check_quorum_due: Nanos,
 }
 
 /// Checks what a disk handed back against what a correct node writes.
-fn check_recovered(recovered: &Recovered) -> Result<(), String> {
+fn check_recovered<C>(recovered: &Recovered<C>) -> Result<(), String> {
     let hard_state = recovered.hard_state;
     if hard_state.term > TERM_MAX {
         return Err(format!("term {} exceeds the largest allowed {TERM_MAX}", hard_state.term));
@@ -206,14 +211,14 @@ fn check_recovered(recovered: &Recovered) -> Result<(), String> {
     Ok(())
 }
 
-pub struct Node {
+pub struct Node<C> {
     config: Config,
     rules: LeaderRules,
     rng: ChaCha8Rng,
     now: Nanos,
     hard_state: HardState,
     hard_state_dirty: bool,
-    log: Log,
+    log: Log<C>,
     /// The lowest log index changed since the last Ready; the suffix from it must be persisted.
     unstable_from: Option<LogIndex>,
     snapshot: Option<Snapshot>,
@@ -228,17 +233,17 @@ pub struct Node {
     promise: Option<Promise>,
     votes: BTreeSet<NodeId>,
     campaign_sent_at: Nanos,
-    leader: Option<LeaderState>,
+    leader: Option<LeaderState<C>>,
     votes_withheld_until: Option<(Term, LogIndex)>,
     /// Client writes were appended in this step: replicate once, at its end.
     replication_due: bool,
-    out: Ready,
+    out: Ready<C>,
 }
 
-impl Node {
+impl<C: Command> Node<C> {
     /// Starts a node from what it recovered from disk. `seed` drives its
     /// election-timeout randomness; `now` is its local monotonic time.
-    pub fn new(config: Config, recovered: Recovered, seed: u64, now: Nanos) -> Result<Node, StartError> {
+    pub fn new(config: Config, recovered: Recovered<C>, seed: u64, now: Nanos) -> Result<Node<C>, StartError> {
         config.validate()?;
         check_recovered(&recovered).map_err(StartError::Recovered)?;
         let (snapshot_index, snapshot_term) =
@@ -279,7 +284,7 @@ impl Node {
     }
 
     /// Feeds one input at local time `now` and returns what the driver must do.
-    pub fn step(&mut self, now: Nanos, input: Input) -> Ready {
+    pub fn step(&mut self, now: Nanos, input: Input<C>) -> Ready<C> {
         assert!(now >= self.now, "node {}: time went backwards from {} to {now}", self.config.id, self.now);
         self.now = now;
         self.on_time_passed();
@@ -321,7 +326,7 @@ impl Node {
     pub fn applied_index(&self) -> LogIndex {
         self.applied_index
     }
-    pub fn log(&self) -> &Log {
+    pub fn log(&self) -> &Log<C> {
         &self.log
     }
 
@@ -680,7 +685,7 @@ impl Node {
             leader.rounds.pop_front();
         }
         leader.heartbeat_due = now + interval;
-        let heartbeats: Vec<(NodeId, Message)> = leader
+        let heartbeats: Vec<(NodeId, Message<C>)> = leader
             .progress
             .iter()
             .map(|(&peer, progress)| {
@@ -716,7 +721,7 @@ impl Node {
 
     // ----- replication -----
 
-    fn append_local(&mut self, payload: EntryPayload) {
+    fn append_local(&mut self, payload: EntryPayload<C>) {
         let entry = Entry { term: self.term(), index: self.log.last_index() + 1, payload };
         self.mark_unstable(entry.index);
         self.log.truncate_and_append(entry);
@@ -893,7 +898,7 @@ impl Node {
         self.promise_to(from);
     }
 
-    fn on_append(&mut self, from: NodeId, append: Message) {
+    fn on_append(&mut self, from: NodeId, append: Message<C>) {
         let Message::Append { term, prev_index, prev_term, entries, commit, round } = append else {
             unreachable!("on_append takes only appends");
         };
@@ -986,7 +991,7 @@ impl Node {
 
     // ----- inputs -----
 
-    fn on_message(&mut self, envelope: Envelope) {
+    fn on_message(&mut self, envelope: Envelope<C>) {
         if let Err(error) = self.check_message(&envelope) {
             self.out.refused.push((envelope.from, error));
             return;
@@ -1040,7 +1045,7 @@ impl Node {
     }
 
     /// The checks a peer message must pass before it may change anything.
-    fn check_message(&self, envelope: &Envelope) -> Result<(), MessageError> {
+    fn check_message(&self, envelope: &Envelope<C>) -> Result<(), MessageError> {
         let own = self.config.id;
         if envelope.to != own {
             return Err(MessageError::WrongRecipient { to: envelope.to, own });
@@ -1071,13 +1076,13 @@ impl Node {
         }
     }
 
-    fn on_client(&mut self, request: ClientRequest) {
+    fn on_client(&mut self, request: C) {
         if self.role != Role::Leader {
             let leader = self.leader_id;
             self.out.rejected.push((request, Rejection::NotLeader { leader }));
             return;
         }
-        if request.operation.is_read() {
+        if request.is_read() {
             self.on_read(request);
             return;
         }
@@ -1089,7 +1094,7 @@ impl Node {
         self.replication_due = true;
     }
 
-    fn on_read(&mut self, request: ClientRequest) {
+    fn on_read(&mut self, request: C) {
         let now = self.now;
         let rules = self.rules;
         let commit = self.commit_index;
@@ -1192,7 +1197,7 @@ impl Node {
         }
     }
 
-    fn take_ready(&mut self) -> Ready {
+    fn take_ready(&mut self) -> Ready<C> {
         let mut ready = std::mem::take(&mut self.out);
         if self.hard_state_dirty {
             self.hard_state_dirty = false;
@@ -1233,26 +1238,26 @@ impl Node {
 
     // ----- small helpers -----
 
-    fn send(&mut self, to: NodeId, message: Message) {
+    fn send(&mut self, to: NodeId, message: Message<C>) {
         self.out.send.push(Envelope { from: self.config.id, to, message });
     }
 
-    fn send_after_persist(&mut self, to: NodeId, message: Message) {
+    fn send_after_persist(&mut self, to: NodeId, message: Message<C>) {
         self.out.send_after_persist.push(Envelope { from: self.config.id, to, message });
     }
 
-    fn broadcast(&mut self, message: Message) {
+    fn broadcast(&mut self, message: Message<C>) {
         let peers: Vec<NodeId> = self.config.members.iter().copied().filter(|&peer| peer != self.config.id).collect();
         for peer in peers {
             self.send(peer, message.clone());
         }
     }
 
-    fn leader_ref(&self) -> &LeaderState {
+    fn leader_ref(&self) -> &LeaderState<C> {
         self.leader.as_ref().expect("leader state exists while leading")
     }
 
-    fn leader_mut(&mut self) -> &mut LeaderState {
+    fn leader_mut(&mut self) -> &mut LeaderState<C> {
         self.leader.as_mut().expect("leader state exists while leading")
     }
 

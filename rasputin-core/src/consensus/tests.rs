@@ -1,6 +1,15 @@
 //! Unit tests of single-node rules, driven by hand-made messages.
 
+use super::test_command::TestCommand as ClientRequest;
 use super::*;
+
+type Node = super::Node<ClientRequest>;
+type Ready = super::Ready<ClientRequest>;
+type Message = super::Message<ClientRequest>;
+type Envelope = super::Envelope<ClientRequest>;
+type Input = super::Input<ClientRequest>;
+type Entry = super::Entry<ClientRequest>;
+type Recovered = super::Recovered<ClientRequest>;
 
 const MS: Nanos = 1_000_000;
 
@@ -23,15 +32,11 @@ fn messages(ready: &Ready) -> Vec<&Message> {
 }
 
 fn set(client_id: u64, sequence: u64) -> ClientRequest {
-    ClientRequest {
-        client_id,
-        sequence,
-        operation: Operation::Set { key: bytes::Bytes::from_static(b"k"), value: bytes::Bytes::from_static(b"v") },
-    }
+    ClientRequest { client_id, sequence, read: false }
 }
 
 fn get(client_id: u64, sequence: u64) -> ClientRequest {
-    ClientRequest { client_id, sequence, operation: Operation::Get { key: bytes::Bytes::from_static(b"k") } }
+    ClientRequest { client_id, sequence, read: true }
 }
 
 /// The round of the first heartbeat in `ready`, if it starts one.

@@ -1,5 +1,5 @@
-//! The vocabulary of the consensus module: identifiers, log entries, client
-//! requests and peer messages. Plain data only; behaviour lives in `node`.
+//! The vocabulary of the consensus module: identifiers, log entries, the
+//! commands they carry and peer messages. Plain data only; behaviour lives in `node`.
 
 use bytes::Bytes;
 
@@ -12,87 +12,37 @@ pub type LogIndex = u64;
 /// A node's local monotonic time in nanoseconds. Never compared across nodes.
 pub type Nanos = u64;
 
-/// What a client asks of the key-value state machine. Keys and values are
-/// `Bytes`: decoded without a copy from the request's frame, and shared,
-/// not copied, by the log, the appends to each follower, the persisted
-/// entry and the applied one.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub enum Operation {
-    Set {
-        key: Bytes,
-        value: Bytes,
-    },
-    Get {
-        key: Bytes,
-    },
-    Cas {
-        key: Bytes,
-        expected: Bytes,
-        new: Bytes,
-    },
-    Del {
-        key: Bytes,
-    },
-    /// Opens a client session; the entry's index becomes its client id.
-    OpenSession,
-}
-
-impl Operation {
+/// What consensus needs to know of a command it replicates; everything else
+/// about it belongs to the state machine that applies it. Keeping consensus
+/// ignorant of the operations lets a new collection type add commands
+/// without touching Harpoon.
+pub trait Command: Clone + std::fmt::Debug + PartialEq + Eq + std::hash::Hash {
     /// Reads do not enter the log; they are served at a confirmed read index.
-    pub fn is_read(&self) -> bool {
-        matches!(self, Operation::Get { .. })
-    }
-
-    pub fn key(&self) -> &[u8] {
-        match self {
-            Operation::Set { key, .. }
-            | Operation::Get { key }
-            | Operation::Cas { key, .. }
-            | Operation::Del { key } => key,
-            Operation::OpenSession => &[],
-        }
-    }
-
-    /// Bytes this operation occupies in a log entry, used for batch limits.
-    pub fn size_bytes(&self) -> usize {
-        match self {
-            Operation::Set { key, value } => key.len() + value.len(),
-            Operation::Get { key } | Operation::Del { key } => key.len(),
-            Operation::Cas { key, expected, new } => key.len() + expected.len() + new.len(),
-            Operation::OpenSession => 0,
-        }
-    }
-}
-
-/// A client command. `(client_id, sequence)` identifies it across retries, so
-/// the state machine can apply a retried write exactly once.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct ClientRequest {
-    pub client_id: u64,
-    pub sequence: u64,
-    pub operation: Operation,
+    fn is_read(&self) -> bool;
+    /// Bytes the command occupies in a log entry, for batch limits.
+    fn size_bytes(&self) -> usize;
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub enum EntryPayload {
+pub enum EntryPayload<C> {
     /// Appended by every new leader so that it can commit entries of its term
     /// and learn the commit index (Raft §8).
     Noop,
-    Command(ClientRequest),
+    Command(C),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct Entry {
+pub struct Entry<C> {
     pub term: Term,
     pub index: LogIndex,
-    pub payload: EntryPayload,
+    pub payload: EntryPayload<C>,
 }
 
-impl Entry {
+impl<C: Command> Entry<C> {
     pub fn size_bytes(&self) -> usize {
         let payload = match &self.payload {
             EntryPayload::Noop => 0,
-            EntryPayload::Command(request) => request.operation.size_bytes(),
+            EntryPayload::Command(command) => command.size_bytes(),
         };
         payload + 32
     }
@@ -127,7 +77,7 @@ pub struct RejectHint {
 /// rounds; a response echoes the round of the request it answers, and only
 /// responses to a round count towards that round's quorum.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub enum Message {
+pub enum Message<C> {
     /// "Would you vote for me in `term`?" Changes no state at the receiver.
     PreVote {
         term: Term,
@@ -151,7 +101,7 @@ pub enum Message {
         term: Term,
         prev_index: LogIndex,
         prev_term: Term,
-        entries: Vec<Entry>,
+        entries: Vec<Entry<C>>,
         commit: LogIndex,
         round: u64,
     },
@@ -186,7 +136,7 @@ pub enum Message {
     },
 }
 
-impl Message {
+impl<C> Message<C> {
     pub fn term(&self) -> Term {
         match self {
             Message::PreVote { term, .. }
@@ -220,8 +170,8 @@ impl Message {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct Envelope {
+pub struct Envelope<C> {
     pub from: NodeId,
     pub to: NodeId,
-    pub message: Message,
+    pub message: Message<C>,
 }

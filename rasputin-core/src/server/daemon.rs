@@ -22,9 +22,9 @@ use super::config::{Flags, Membership};
 use super::connection::{Connection, Kind, Received, READ_CHUNK_BYTES};
 use super::storage::{Claim, SnapshotSource, Storage, StorageError, SyncWorker};
 use crate::consensus::{
-    ClientRequest, Config, Envelope, Input, LogIndex, Message, MessageError, Nanos, Node, NodeId, Ready, Rejection,
-    Role, Snapshot, StartError, Term, LOG_INDEX_MAX, TERM_MAX,
+    Config, LogIndex, MessageError, Nanos, NodeId, Rejection, Role, Snapshot, StartError, Term, LOG_INDEX_MAX, TERM_MAX,
 };
+use crate::operation::{ClientRequest, Envelope, Input, Message, Node, Ready};
 use crate::state_machine::{Refusal, Response};
 use crate::wire::{self, proto, ErrorCode, PROTOCOL_VERSION};
 

@@ -26,7 +26,8 @@ use bytes::Bytes;
 use rocksdb::{Direction, IteratorMode, Options, ReadOptions, WriteBatch, WriteOptions, DB};
 use thiserror::Error;
 
-use crate::consensus::{Entry, LogIndex, NodeId, Persist, Recovered, Snapshot, Term};
+use crate::consensus::{LogIndex, NodeId, Snapshot, Term};
+use crate::operation::{Entry, Persist, Recovered};
 use crate::state_machine::{
     self, Applied, Change, KvRead, Record, Response, Session, SessionCensus, SessionLimits, SnapshotDecodeError,
     SnapshotReader, SnapshotWriter,
@@ -693,7 +694,8 @@ impl KvRead for Storage {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::consensus::{ClientRequest, EntryPayload, HardState, Operation};
+    use crate::consensus::HardState;
+    use crate::operation::{ClientRequest, EntryPayload, Operation};
 
     fn command(index: LogIndex, client_id: u64, sequence: u64, operation: Operation) -> Entry {
         Entry { term: 1, index, payload: EntryPayload::Command(ClientRequest { client_id, sequence, operation }) }

@@ -3,7 +3,8 @@
 
 use std::collections::VecDeque;
 
-use crate::consensus::{Entry, Envelope, HardState, Persist, Recovered, Snapshot};
+use crate::consensus::{HardState, Snapshot};
+use crate::operation::{Entry, Envelope, Persist, Recovered};
 
 /// What survives a crash.
 #[derive(Clone, Debug, Default)]

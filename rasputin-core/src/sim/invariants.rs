@@ -5,7 +5,8 @@ use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
 
-use crate::consensus::{Entry, EntryPayload, LogIndex, Node, NodeId, Term};
+use crate::consensus::{LogIndex, NodeId, Term};
+use crate::operation::{Entry, EntryPayload, Node};
 
 /// A stable fingerprint of an entry's payload.
 fn fingerprint(payload: &EntryPayload) -> u64 {

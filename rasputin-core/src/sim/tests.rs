@@ -183,15 +183,16 @@ fn a_clock_that_stops_while_its_node_is_paused_breaks_lease_exclusivity() {
 /// A five-node cluster stepped by hand, with a script deciding which
 /// message arrives when: the adversarial network of one exact run.
 struct Scripted {
-    nodes: Vec<crate::consensus::Node>,
+    nodes: Vec<crate::operation::Node>,
     now: u64,
     /// Messages sent and not yet delivered or dropped.
-    in_flight: Vec<crate::consensus::Envelope>,
+    in_flight: Vec<crate::operation::Envelope>,
 }
 
 impl Scripted {
     fn new(count: u64) -> Scripted {
-        use crate::consensus::{Config, Entry, EntryPayload, HardState, Node, Recovered};
+        use crate::consensus::{Config, HardState};
+        use crate::operation::{Entry, EntryPayload, Node, Recovered};
         let nodes = (1..=count)
             .map(|id| {
                 // Every node restarts holding the committed no-op of term 1.
@@ -210,7 +211,7 @@ impl Scripted {
 
     /// Steps node `id` at the current time; its messages join the flight,
     /// as if every disk synced at once.
-    fn step(&mut self, id: u64, input: crate::consensus::Input) {
+    fn step(&mut self, id: u64, input: crate::operation::Input) {
         let ready = self.nodes[id as usize - 1].step(self.now, input);
         assert!(ready.refused.is_empty(), "node {id} refused {:?}", ready.refused);
         self.in_flight.extend(ready.send);
@@ -218,7 +219,7 @@ impl Scripted {
     }
 
     fn tick(&mut self, id: u64) {
-        self.step(id, crate::consensus::Input::Tick);
+        self.step(id, crate::operation::Input::Tick);
     }
 
     /// Delivers (in order) every message in flight from `from` to `to` of `kind`.
@@ -228,7 +229,7 @@ impl Scripted {
             .partition(|envelope| envelope.from == from && envelope.to == to && envelope.message.kind() == kind);
         self.in_flight = rest;
         for envelope in chosen {
-            self.step(to, crate::consensus::Input::Message(envelope));
+            self.step(to, crate::operation::Input::Message(envelope));
         }
     }
 

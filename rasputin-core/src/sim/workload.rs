@@ -6,7 +6,7 @@ use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
 use crate::checker;
-use crate::consensus::{ClientRequest, Operation};
+use crate::operation::{ClientRequest, Operation};
 use crate::state_machine::Response;
 use bytes::Bytes;
 

@@ -15,10 +15,8 @@ use super::network::{exponential, Network};
 use super::workload::{Client, PendingOperation, Purpose};
 use super::{SimConfig, EVENTS_PER_SEED_MAX, SECOND_NS};
 use crate::checker;
-use crate::consensus::{
-    ClientRequest, ElectionMode, EntryPayload, Envelope, Input, Node, NodeId, ReadReady, Ready, Rejection, Role,
-    Snapshot, Term,
-};
+use crate::consensus::{ElectionMode, NodeId, Rejection, Role, Snapshot, Term};
+use crate::operation::{ClientRequest, EntryPayload, Envelope, Input, Node, ReadReady, Ready};
 use crate::state_machine::{KvStore, Refusal, Response};
 
 /// One-way latency between a client and a node.
@@ -439,7 +437,7 @@ impl<'a> World<'a> {
         }
         let snapshot =
             Snapshot { last_index: applied, last_term: server.kv.applied_term(), data: server.kv.snapshot().into() };
-        let persist = crate::consensus::Persist { snapshot: Some(snapshot.clone()), ..Default::default() };
+        let persist = crate::operation::Persist { snapshot: Some(snapshot.clone()), ..Default::default() };
         let incarnation = server.incarnation;
         if let Submitted::SyncAt(at_ns) =
             server.disk.submit(Batch { persist, send_after: Vec::new() }, self.now_ns, self.config.sync_ns)
@@ -449,7 +447,7 @@ impl<'a> World<'a> {
         self.step(index, Input::Compact(snapshot))
     }
 
-    fn apply(&mut self, index: usize, entry: &crate::consensus::Entry) {
+    fn apply(&mut self, index: usize, entry: &crate::operation::Entry) {
         let server = &mut self.servers[index];
         if entry.index <= server.kv.applied_index() {
             // Already covered by a snapshot this server restored.
