@@ -117,7 +117,7 @@ bench() { # system endpoints mix clients
 install_missing
 RASPUTIND=${RASPUTIND:-}
 if [ -z "$RASPUTIND" ]; then
-    cargo build --release --locked -p rasputin --bin rasputind
+    cargo build --release --locked -p rasputin-server --bin rasputind
     RASPUTIND=./target/release/rasputind
 fi
 cargo build --release --locked -p rasputin-examples --features etcd --bin rasputin-bench

@@ -16,7 +16,7 @@ OPERATIONS=${OPERATIONS:-20000}
 CLIENTS=${CLIENTS:-4}
 work=target/profile-leader
 RASPUTIND=${RASPUTIND:-./target/release/rasputind}
-cargo build --release --locked -p rasputin --bin rasputind -p rasputin-examples --bin rasputin-bench
+cargo build --release --locked -p rasputin-server --bin rasputind -p rasputin-examples --bin rasputin-bench
 rm -rf "$work" && mkdir -p "$work"
 
 pids=()

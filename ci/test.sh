@@ -72,6 +72,21 @@ step "Rust tests: consensus, state machine, checker, simulator, real daemons"
 # Release mode reuses the build above and runs the simulator seeds ~10x faster.
 cargo test --release --locked
 
+step "layers: the client crate needs no server code, and consensus no IO crate"
+# ARCHITECTURE.md's rules, as Cargo sees them: the package users depend on
+# (rasputin) pulls in neither RocksDB, nor the event loop, nor clap; the
+# consensus crate depends on nothing that does IO.
+client_deps=$(cargo tree -p rasputin -e normal --locked --prefix none | awk '{print $1}' | sort -u)
+if echo "$client_deps" | grep -Ex 'rocksdb|librocksdb-sys|mio|clap|tracing|rasputin-server|rasputin-sim|rasputin-harness'; then
+    echo "ci/test.sh: the client crate rasputin depends on server or tool crates (above)" >&2
+    exit 1
+fi
+consensus_deps=$(cargo tree -p rasputin-consensus -e normal --locked --prefix none | awk '{print $1}' | sort -u)
+if echo "$consensus_deps" | grep -Ex 'rocksdb|librocksdb-sys|mio|socket2|nix|signal-hook|tokio|tracing|rasputin-kv'; then
+    echo "ci/test.sh: rasputin-consensus depends on IO or key-value crates (above)" >&2
+    exit 1
+fi
+
 step "building librasputin on its own, so that it carries no server code"
 cargo build --release --locked -p rasputin-ffi
 
@@ -184,9 +199,9 @@ step "fault campaign through the TCP proxy: cut, stalled and delayed links"
     --cover-every-kind --fault-ms 1500,2500 --quiet-ms 1500 --porcupine target/porcupine-check --dir target/nemesis/proxy
 
 step "the harness can fail: a daemon built with fault-stale-reads is caught by both checkers"
-cargo build --release --locked -p rasputin --features fault-stale-reads --bin rasputind
+cargo build --release --locked -p rasputin-server --features fault-stale-reads --bin rasputind
 cp target/release/rasputind target/rasputind-stale-reads
-cargo build --release --locked -p rasputin --bin rasputind # puts the sound daemon back
+cargo build --release --locked -p rasputin-server --bin rasputind # puts the sound daemon back
 # Twelve clients and 4-6 s isolations give each isolation many chances of a
 # stale read, so that missing all of them is very unlikely.
 ./target/release/rasputin-nemesis --rasputind target/rasputind-stale-reads --nemesis isolate-leader \

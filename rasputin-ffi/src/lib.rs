@@ -12,8 +12,8 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::Duration;
 
 use rasputin_core::client::RetryToken;
-use rasputin_core::wire::{CLIENT_FRAME_BYTES_MAX, KEY_BYTES_MAX, VALUE_BYTES_MAX};
 use rasputin_core::{Client, ClientError, Response};
+use rasputin_core::{CLIENT_FRAME_BYTES_MAX, KEY_BYTES_MAX, VALUE_BYTES_MAX};
 
 /// The library's major version: incompatible ABI changes bump it (and the soname).
 pub const RASPUTIN_VERSION_MAJOR: u32 = 0;

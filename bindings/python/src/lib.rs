@@ -282,7 +282,7 @@ fn _rasputin(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add("ValueTooLarge", py.get_type::<ValueTooLarge>())?;
     module.add("Refused", py.get_type::<Refused>())?;
     module.add("ClientClosed", py.get_type::<ClientClosed>())?;
-    module.add("KEY_BYTES_MAX", rasputin::wire::KEY_BYTES_MAX)?;
-    module.add("VALUE_BYTES_MAX", rasputin::wire::VALUE_BYTES_MAX)?;
+    module.add("KEY_BYTES_MAX", rasputin::KEY_BYTES_MAX)?;
+    module.add("VALUE_BYTES_MAX", rasputin::VALUE_BYTES_MAX)?;
     Ok(())
 }

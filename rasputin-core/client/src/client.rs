@@ -1,0 +1,776 @@
+//! `rasputin::Client`: finds the leader, follows redirects, pipelines
+//! requests from many threads over a few reused connections, and retries
+//! with the same (client id, sequence) so that writes take effect once.
+//!
+//! # Sessions and retries
+//! The client opens sessions with the cluster (one per concurrent caller,
+//! reused) and numbers each session's requests. Within one call it retries
+//! under the same identity, so a write applies at most once. When a call
+//! times out, whether it took effect is unknown: the error carries a
+//! [`RetryToken`], and [`Client::retry`] sends the same request again under
+//! the same identity, so it still applies at most once and its answer says
+//! what happened. Once the cluster has expired the session (it keeps its
+//! newest `SESSIONS_COUNT_MAX`), the retry is refused with `SESSION_EXPIRED`
+//! and the outcome stays unknown.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use prost::Message as _;
+use thiserror::Error;
+
+use rasputin_kv::operation::{ClientRequest, Operation};
+use rasputin_kv::wire::{self, proto, ErrorCode, WireError, CLIENT_FRAME_BYTES_MAX, KEY_BYTES_MAX, VALUE_BYTES_MAX};
+
+pub use rasputin_kv::state_machine::Response;
+
+/// How long one attempt waits for its answer before trying another node.
+pub const ATTEMPT_TIMEOUT_DEFAULT: Duration = Duration::from_secs(2);
+/// How long an operation may take, retries included.
+pub const OPERATION_TIMEOUT_DEFAULT: Duration = Duration::from_secs(10);
+/// Pause before retrying after a refusal without a leader hint.
+const RETRY_BACKOFF: Duration = Duration::from_millis(50);
+
+#[derive(Debug, Error)]
+pub enum ClientError {
+    #[error("key of {0} bytes exceeds the limit of {KEY_BYTES_MAX} bytes; use a shorter key")]
+    KeyTooLarge(usize),
+    #[error("value of {0} bytes exceeds the limit of {VALUE_BYTES_MAX} bytes; split the value")]
+    ValueTooLarge(usize),
+    #[error(
+        "the request is {0} bytes, more than one frame of {CLIENT_FRAME_BYTES_MAX} bytes holds; send smaller values"
+    )]
+    RequestTooLarge(usize),
+    #[error("the operation did not finish within {timeout:?} ({detail}); it may or may not have taken effect. Retry it with Client::retry and this error's token: the retry keeps the request's identity, so it applies at most once, and its answer says what happened")]
+    Timeout { timeout: Duration, detail: String, retry: RetryToken },
+    #[error("no server could be reached within {timeout:?} ({detail}); nothing was sent, so nothing took effect. Check that the cluster is running and the addresses are right")]
+    Unavailable { timeout: Duration, detail: String },
+    #[error("the server refused the request ({code:?}): {message}")]
+    Refused { code: ErrorCode, message: String },
+    #[error("no peers were given; pass at least one server's client address")]
+    NoPeers,
+    #[error("not a retry token: {0}; pass the token of a timed-out operation unchanged")]
+    InvalidRetryToken(String),
+}
+
+impl ClientError {
+    /// The server's wire error code behind this error, as on the wire.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            ClientError::KeyTooLarge(_) | ClientError::ValueTooLarge(_) | ClientError::RequestTooLarge(_) => {
+                ErrorCode::ValueTooLarge
+            }
+            ClientError::Timeout { .. } | ClientError::Unavailable { .. } => ErrorCode::Internal,
+            ClientError::Refused { code, .. } => *code,
+            ClientError::NoPeers | ClientError::InvalidRetryToken(_) => ErrorCode::BadRequest,
+        }
+    }
+
+    /// The stable status number every binding reports for this error; the
+    /// same numbers as `rasputin_status` in librasputin's C header.
+    pub fn status(&self) -> i32 {
+        match self {
+            ClientError::NoPeers | ClientError::InvalidRetryToken(_) => STATUS_INVALID_ARGUMENT,
+            ClientError::KeyTooLarge(_) => STATUS_KEY_TOO_LARGE,
+            ClientError::ValueTooLarge(_) | ClientError::RequestTooLarge(_) => STATUS_VALUE_TOO_LARGE,
+            ClientError::Timeout { .. } => STATUS_TIMEOUT,
+            ClientError::Refused { .. } => STATUS_REFUSED,
+            ClientError::Unavailable { .. } => STATUS_UNAVAILABLE,
+        }
+    }
+
+    /// For a timed-out operation, the token that retries it under the same identity.
+    pub fn retry_token(&self) -> Option<&RetryToken> {
+        match self {
+            ClientError::Timeout { retry, .. } => Some(retry),
+            _ => None,
+        }
+    }
+}
+
+/// Stable status numbers shared by every binding (see `ClientError::status`).
+pub const STATUS_INVALID_ARGUMENT: i32 = 2;
+pub const STATUS_KEY_TOO_LARGE: i32 = 3;
+pub const STATUS_VALUE_TOO_LARGE: i32 = 4;
+pub const STATUS_TIMEOUT: i32 = 5;
+pub const STATUS_REFUSED: i32 = 6;
+pub const STATUS_UNAVAILABLE: i32 = 8;
+
+/// A timed-out operation, to send again under the same (client id,
+/// sequence) with [`Client::retry`]. As bytes (`to_bytes`), it crosses
+/// language bindings unchanged.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RetryToken {
+    request: ClientRequest,
+}
+
+impl RetryToken {
+    pub fn to_bytes(&self) -> Vec<u8> {
+        wire::client_request_to_proto(0, &self.request).encode_to_vec()
+    }
+
+    pub fn from_bytes(bytes: &[u8]) -> Result<RetryToken, ClientError> {
+        let invalid = |reason: String| ClientError::InvalidRetryToken(reason);
+        if bytes.len() > CLIENT_FRAME_BYTES_MAX {
+            return Err(invalid(format!("{} bytes is longer than any request", bytes.len())));
+        }
+        let message = proto::ClientRequest::decode(bytes).map_err(|error| invalid(error.to_string()))?;
+        let request = wire::client_request_from_proto(message).map_err(|error| invalid(error.to_string()))?;
+        Ok(RetryToken { request })
+    }
+}
+
+/// Where a caller waits for its response. Filled with None if the
+/// connection dies first. (A Condvar, unlike a channel, allocates nothing
+/// per calling thread, so foreign threads calling through the C ABI leave
+/// no thread-local state behind.)
+#[derive(Default)]
+struct Slot {
+    outcome: Mutex<Option<Option<proto::ClientResponse>>>,
+    filled: Condvar,
+}
+
+impl Slot {
+    fn fill(&self, outcome: Option<proto::ClientResponse>) {
+        *lock(&self.outcome) = Some(outcome);
+        self.filled.notify_one();
+    }
+
+    /// Waits up to `timeout`: Err on timeout, Ok(None) if the connection died.
+    fn wait(&self, timeout: Duration) -> Result<Option<proto::ClientResponse>, ()> {
+        let guard = lock(&self.outcome);
+        let (mut guard, _) = self
+            .filled
+            .wait_timeout_while(guard, timeout, |outcome| outcome.is_none())
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        guard.take().ok_or(())
+    }
+}
+
+type Waiters = Arc<Mutex<HashMap<u64, Arc<Slot>>>>;
+
+/// A pipelined connection to one server. A reader thread hands each
+/// response to the caller waiting for its request id.
+struct Connection {
+    writer: Mutex<TcpStream>,
+    waiters: Waiters,
+    dead: Arc<AtomicBool>,
+    reader: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+/// How one attempt ended, when it did not get an answer.
+enum AttemptFailure {
+    /// The request never reached a socket: nothing took effect.
+    NotSent(String),
+    /// The request was sent and its answer did not come.
+    Unanswered(String),
+}
+
+impl Connection {
+    fn open(address: SocketAddr, timeout: Duration) -> Result<Connection, String> {
+        let mut stream = TcpStream::connect_timeout(&address, timeout).map_err(|error| error.to_string())?;
+        stream.set_nodelay(true).map_err(|error| error.to_string())?;
+        let hello = proto::Hello {
+            protocol_version: wire::PROTOCOL_VERSION,
+            role: proto::hello::Role::Client as i32,
+            ..Default::default()
+        };
+        write_frame(&mut stream, &hello).map_err(|error| error.to_string())?;
+        stream.set_read_timeout(Some(timeout)).map_err(|error| error.to_string())?;
+        let mut buffer = BytesMut::new();
+        let reply: proto::HelloReply = read_frame(&mut stream, &mut buffer, &mut [0u8; 1024])
+            .map_err(|error| error.to_string())
+            .and_then(|frame| wire::decode(frame, "HelloReply").map_err(|error| error.to_string()))?;
+        if !reply.accepted {
+            return Err(format!("handshake refused: {}", reply.message));
+        }
+        stream.set_read_timeout(None).map_err(|error| error.to_string())?;
+        // A write that blocks this long means the server is gone; the caller retries elsewhere.
+        stream.set_write_timeout(Some(timeout)).map_err(|error| error.to_string())?;
+        let reader = stream.try_clone().map_err(|error| error.to_string())?;
+        let connection = Connection {
+            writer: Mutex::new(stream),
+            waiters: Arc::new(Mutex::new(HashMap::new())),
+            dead: Arc::new(AtomicBool::new(false)),
+            reader: Mutex::new(None),
+        };
+        let (waiters, dead) = (connection.waiters.clone(), connection.dead.clone());
+        let handle = std::thread::Builder::new()
+            .name("rasputin-client-reader".into())
+            .spawn(move || dispatch_responses(reader, buffer, waiters, dead))
+            .map_err(|error| error.to_string())?;
+        *lock(&connection.reader) = Some(handle);
+        Ok(connection)
+    }
+
+    /// Closes the socket, which ends the reader thread, and waits for it.
+    fn close(&self) {
+        self.dead.store(true, Ordering::SeqCst);
+        let _ = lock(&self.writer).shutdown(std::net::Shutdown::Both);
+        if let Some(handle) = lock(&self.reader).take() {
+            let _ = handle.join();
+        }
+    }
+
+    /// Sends one request and waits up to `timeout` for its response. A
+    /// caller that gives up only stops waiting: the connection, and the
+    /// other callers' requests on it, carry on.
+    fn call(&self, request: &proto::ClientRequest, timeout: Duration) -> Result<proto::ClientResponse, AttemptFailure> {
+        let slot = Arc::new(Slot::default());
+        lock(&self.waiters).insert(request.request_id, slot.clone());
+        let sent = write_frame(&mut lock(&self.writer), request);
+        if let Err(error) = sent {
+            self.dead.store(true, Ordering::SeqCst);
+            lock(&self.waiters).remove(&request.request_id);
+            return Err(AttemptFailure::NotSent(error.to_string()));
+        }
+        let outcome = slot.wait(timeout);
+        lock(&self.waiters).remove(&request.request_id);
+        match outcome {
+            Ok(Some(response)) => Ok(response),
+            Ok(None) => Err(AttemptFailure::Unanswered("the connection closed".to_string())),
+            Err(()) => Err(AttemptFailure::Unanswered(format!("no answer within {timeout:?}"))),
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panicking holder cannot leave these maps half-updated; keep going.
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn dispatch_responses(mut stream: TcpStream, mut buffer: BytesMut, waiters: Waiters, dead: Arc<AtomicBool>) {
+    // Allocated (and zeroed) once per connection, not once per response.
+    let mut chunk = vec![0u8; READ_CHUNK_BYTES];
+    while let Ok(frame) = read_frame(&mut stream, &mut buffer, &mut chunk) {
+        let Ok(response) = wire::decode::<proto::ClientResponse>(frame, "ClientResponse") else { break };
+        if let Some(slot) = lock(&waiters).remove(&response.request_id) {
+            slot.fill(Some(response));
+        }
+    }
+    dead.store(true, Ordering::SeqCst);
+    for (_, slot) in lock(&waiters).drain() {
+        slot.fill(None);
+    }
+}
+
+fn write_frame(stream: &mut TcpStream, message: &impl prost::Message) -> std::io::Result<()> {
+    let mut buffer = BytesMut::new();
+    wire::encode_frame(message, &mut buffer);
+    stream.write_all(&buffer)
+}
+
+/// Bytes a client connection reads from its socket at once.
+const READ_CHUNK_BYTES: usize = 16 << 10;
+
+fn read_frame(stream: &mut TcpStream, buffer: &mut BytesMut, chunk: &mut [u8]) -> Result<bytes::Bytes, WireError> {
+    loop {
+        if let Some(frame) = wire::take_frame(buffer, CLIENT_FRAME_BYTES_MAX)? {
+            return Ok(frame);
+        }
+        let read = stream.read(chunk).unwrap_or(0);
+        if read == 0 {
+            return Err(WireError::MissingField { message: "stream", field: "bytes (connection closed)" });
+        }
+        buffer.extend_from_slice(&chunk[..read]);
+    }
+}
+
+/// A session: a client id used by one operation at a time, so that the
+/// server can recognise retries of that operation.
+struct Session {
+    client_id: u64,
+    next_sequence: u64,
+}
+
+/// How a request fared across its attempts.
+struct Sent {
+    outcome: Result<Response, ClientError>,
+    /// Attempts that reached a socket: with more than one, an earlier may
+    /// have taken effect.
+    attempts: usize,
+}
+
+struct Inner {
+    peers: Vec<SocketAddr>,
+    connections_per_server: usize,
+    connections: Mutex<HashMap<SocketAddr, Vec<Arc<Connection>>>>,
+    next_connection: AtomicUsize,
+    leader: Mutex<Option<SocketAddr>>,
+    idle_sessions: Mutex<Vec<Session>>,
+    next_request_id: AtomicU64,
+    attempt_timeout: Mutex<Duration>,
+    operation_timeout: Mutex<Duration>,
+}
+
+/// A client of a Rasputin cluster. It is `Send + Sync`: share one between
+/// threads (wrap it in an `Arc`), and their requests are pipelined over up
+/// to `nthreads` connections per server.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+    /// (attempt, operation) timeouts of this handle, overriding the shared ones.
+    timeouts: Option<(Duration, Duration)>,
+}
+
+impl Client {
+    /// `peers` are servers' client addresses; any one of them will do, the
+    /// client finds the leader. Connections open lazily, so this cannot fail.
+    pub fn new(peers: Vec<SocketAddr>, nthreads: usize) -> Client {
+        Client {
+            inner: Arc::new(Inner {
+                peers,
+                connections_per_server: nthreads.max(1),
+                connections: Mutex::new(HashMap::new()),
+                next_connection: AtomicUsize::new(0),
+                leader: Mutex::new(None),
+                idle_sessions: Mutex::new(Vec::new()),
+                next_request_id: AtomicU64::new(1),
+                attempt_timeout: Mutex::new(ATTEMPT_TIMEOUT_DEFAULT),
+                operation_timeout: Mutex::new(OPERATION_TIMEOUT_DEFAULT),
+            }),
+            timeouts: None,
+        }
+    }
+
+    /// A handle on the same connections whose calls take at most `operation`
+    /// (each attempt at most `attempt`). For per-call deadlines.
+    pub fn with_timeouts(&self, attempt: Duration, operation: Duration) -> Client {
+        Client { inner: self.inner.clone(), timeouts: Some((attempt, operation)) }
+    }
+
+    /// Sets how long one attempt and a whole operation may take.
+    pub fn set_timeouts(&self, attempt: Duration, operation: Duration) {
+        *lock(&self.inner.attempt_timeout) = attempt;
+        *lock(&self.inner.operation_timeout) = operation;
+    }
+
+    pub fn set(&self, key: &[u8], value: &[u8]) -> Result<Response, ClientError> {
+        check_sizes(key, &[value])?;
+        self.execute(Operation::Set { key: Bytes::copy_from_slice(key), value: Bytes::copy_from_slice(value) })
+    }
+
+    /// success (and found) is false if the key is missing.
+    pub fn get(&self, key: &[u8]) -> Result<Response, ClientError> {
+        check_sizes(key, &[])?;
+        self.execute(Operation::Get { key: Bytes::copy_from_slice(key) })
+    }
+
+    /// Swaps in `new` if the value is `expected`; returns the current value,
+    /// whether it swapped, and whether the key exists.
+    pub fn cas(&self, key: &[u8], expected: &[u8], new: &[u8]) -> Result<Response, ClientError> {
+        check_sizes(key, &[expected, new])?;
+        self.execute(Operation::Cas {
+            key: Bytes::copy_from_slice(key),
+            expected: Bytes::copy_from_slice(expected),
+            new: Bytes::copy_from_slice(new),
+        })
+    }
+
+    /// Deletes the key; returns the value it had (success false if it was missing).
+    pub fn del(&self, key: &[u8]) -> Result<Response, ClientError> {
+        check_sizes(key, &[])?;
+        self.execute(Operation::Del { key: Bytes::copy_from_slice(key) })
+    }
+
+    /// Sends a timed-out operation again under its original identity (see
+    /// the module documentation). The answer is the operation's own: if the
+    /// first attempt took effect, the one it got.
+    pub fn retry(&self, token: &RetryToken) -> Result<Response, ClientError> {
+        if self.inner.peers.is_empty() {
+            return Err(ClientError::NoPeers);
+        }
+        self.send(&token.request).outcome
+    }
+
+    /// The server this client last found leading, if any.
+    pub fn leader(&self) -> Option<SocketAddr> {
+        *lock(&self.inner.leader)
+    }
+
+    fn execute(&self, operation: Operation) -> Result<Response, ClientError> {
+        if self.inner.peers.is_empty() {
+            return Err(ClientError::NoPeers);
+        }
+        check_frame(&operation)?;
+        if operation.is_read() {
+            // A read changes nothing, so it needs no session: a nonce names
+            // its answer, and a client cut off from the majority can still read.
+            let request = ClientRequest { client_id: 0, sequence: nonce(), operation };
+            return self.send(&request).outcome;
+        }
+        let mut session = self.take_session()?;
+        let mut fresh_session_tried = false;
+        loop {
+            let request = ClientRequest {
+                client_id: session.client_id,
+                sequence: session.next_sequence,
+                operation: operation.clone(),
+            };
+            let Sent { outcome, attempts } = self.send(&request);
+            match outcome {
+                // The cluster has expired this session: it is dead for good.
+                // Only a request sent once is known not to have applied (the
+                // refusal came before any attempt of it could), so it may go
+                // again, once, in a session opened for it.
+                Err(ClientError::Refused { code: ErrorCode::SessionExpired, .. })
+                    if attempts == 1 && !fresh_session_tried =>
+                {
+                    fresh_session_tried = true;
+                    session = self.open_session()?;
+                }
+                Err(error @ ClientError::Refused { code: ErrorCode::SessionExpired, .. }) => return Err(error),
+                // Nothing was sent; the session's next sequence is still unused.
+                Err(error @ ClientError::Unavailable { .. }) => {
+                    lock(&self.inner.idle_sessions).push(session);
+                    return Err(error);
+                }
+                // The request may still be in flight under this session: the
+                // retry token owns it now.
+                Err(error @ ClientError::Timeout { .. }) => return Err(error),
+                outcome => {
+                    session.next_sequence += 1;
+                    lock(&self.inner.idle_sessions).push(session);
+                    return outcome;
+                }
+            }
+        }
+    }
+
+    /// An idle session, or a new one opened with the cluster.
+    fn take_session(&self) -> Result<Session, ClientError> {
+        if let Some(session) = lock(&self.inner.idle_sessions).pop() {
+            return Ok(session);
+        }
+        self.open_session()
+    }
+
+    fn open_session(&self) -> Result<Session, ClientError> {
+        let request = ClientRequest { client_id: 0, sequence: nonce(), operation: Operation::OpenSession };
+        match self.send(&request).outcome {
+            Ok(response) => Ok(Session { client_id: response.index, next_sequence: 1 }),
+            // The caller's own operation was never sent, so it took no effect.
+            Err(ClientError::Timeout { timeout, detail, .. }) => {
+                Err(ClientError::Unavailable { timeout, detail: format!("could not open a session: {detail}") })
+            }
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Sends `request` until it is answered or the operation times out,
+    /// following redirects and rotating through the servers.
+    fn send(&self, request: &ClientRequest) -> Sent {
+        let (attempt_timeout, operation_timeout) =
+            self.timeouts.unwrap_or_else(|| (*lock(&self.inner.attempt_timeout), *lock(&self.inner.operation_timeout)));
+        let deadline = Instant::now() + operation_timeout;
+        let mut target = self.leader().unwrap_or(self.inner.peers[0]);
+        let mut rotation = 0;
+        let mut last_problem = String::from("no attempt made");
+        let mut attempts = 0;
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                let (timeout, detail) = (operation_timeout, last_problem);
+                let outcome = if attempts == 0 {
+                    Err(ClientError::Unavailable { timeout, detail })
+                } else {
+                    Err(ClientError::Timeout { timeout, detail, retry: RetryToken { request: request.clone() } })
+                };
+                return Sent { outcome, attempts };
+            }
+            let request_id = self.inner.next_request_id.fetch_add(1, Ordering::Relaxed);
+            let message = wire::client_request_to_proto(request_id, request);
+            let attempt = self
+                .connection(target, remaining.min(attempt_timeout))
+                .map_err(AttemptFailure::NotSent)
+                .and_then(|connection| {
+                    connection.call(&message, remaining.min(attempt_timeout)).inspect_err(|failure| {
+                        if let AttemptFailure::NotSent(_) = failure {
+                            self.forget(target, &connection);
+                        }
+                    })
+                });
+            let response = match attempt {
+                Ok(response) => {
+                    attempts += 1;
+                    response
+                }
+                Err(failure) => {
+                    let problem = match failure {
+                        AttemptFailure::NotSent(problem) => problem,
+                        AttemptFailure::Unanswered(problem) => {
+                            attempts += 1;
+                            problem
+                        }
+                    };
+                    last_problem = format!("{target}: {problem}");
+                    rotation += 1;
+                    target = self.inner.peers[rotation % self.inner.peers.len()];
+                    std::thread::sleep(RETRY_BACKOFF.min(remaining));
+                    continue;
+                }
+            };
+            match ErrorCode::try_from(response.error).unwrap_or(ErrorCode::Internal) {
+                ErrorCode::Ok => {
+                    *lock(&self.inner.leader) = Some(target);
+                    let outcome = Ok(Response {
+                        success: response.success,
+                        found: response.found,
+                        value: response.value.to_vec(),
+                        term: response.term,
+                        index: response.index,
+                    });
+                    return Sent { outcome, attempts };
+                }
+                ErrorCode::NotLeader => {
+                    last_problem = format!("{target} is not the leader");
+                    match response.leader.parse::<SocketAddr>() {
+                        Ok(leader) => target = leader,
+                        Err(_) => {
+                            rotation += 1;
+                            target = self.inner.peers[rotation % self.inner.peers.len()];
+                            std::thread::sleep(RETRY_BACKOFF.min(remaining));
+                        }
+                    }
+                }
+                ErrorCode::Overloaded | ErrorCode::ShuttingDown => {
+                    last_problem = format!("{target}: {}", response.message);
+                    std::thread::sleep(RETRY_BACKOFF.min(remaining));
+                }
+                code => {
+                    return Sent { outcome: Err(ClientError::Refused { code, message: response.message }), attempts }
+                }
+            }
+        }
+    }
+
+    /// A live connection to `address`, opening one if the pool is not full.
+    fn connection(&self, address: SocketAddr, timeout: Duration) -> Result<Arc<Connection>, String> {
+        let turn = self.inner.next_connection.fetch_add(1, Ordering::Relaxed);
+        {
+            let mut pool = lock(&self.inner.connections);
+            let connections = pool.entry(address).or_default();
+            connections.retain(|connection| !connection.dead.load(Ordering::SeqCst));
+            if connections.len() >= self.inner.connections_per_server {
+                return Ok(connections[turn % connections.len()].clone());
+            }
+        }
+        let connection = Arc::new(Connection::open(address, timeout)?);
+        lock(&self.inner.connections).entry(address).or_default().push(connection.clone());
+        Ok(connection)
+    }
+
+    fn forget(&self, address: SocketAddr, connection: &Arc<Connection>) {
+        connection.close();
+        if let Some(connections) = lock(&self.inner.connections).get_mut(&address) {
+            connections.retain(|other| !Arc::ptr_eq(other, connection));
+        }
+    }
+}
+
+impl Drop for Inner {
+    /// The last handle is gone: close every connection and join its reader.
+    fn drop(&mut self) {
+        for connections in lock(&self.connections).values() {
+            for connection in connections {
+                connection.close();
+            }
+        }
+    }
+}
+
+/// A random, non-zero number that tells a request without a session apart
+/// from every other in flight.
+fn nonce() -> u64 {
+    rand::random::<u64>() | 1
+}
+
+fn check_sizes(key: &[u8], values: &[&[u8]]) -> Result<(), ClientError> {
+    if key.len() > KEY_BYTES_MAX {
+        return Err(ClientError::KeyTooLarge(key.len()));
+    }
+    match values.iter().map(|value| value.len()).max() {
+        Some(length) if length > VALUE_BYTES_MAX => Err(ClientError::ValueTooLarge(length)),
+        _ => Ok(()),
+    }
+}
+
+/// Checks that the whole request fits in one frame, with the largest ids
+/// it could carry: a server closes a connection on an oversized frame, and
+/// that would fail every other caller's request on it.
+fn check_frame(operation: &Operation) -> Result<(), ClientError> {
+    let request = ClientRequest { client_id: u64::MAX, sequence: u64::MAX, operation: operation.clone() };
+    wire::check_request_frame(&wire::client_request_to_proto(u64::MAX, &request)).map_err(|error| match error {
+        wire::RequestError::RequestTooLarge(bytes) => ClientError::RequestTooLarge(bytes),
+        other => ClientError::Refused { code: other.code(), message: other.to_string() },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+
+    fn assert_send_sync<T: Send + Sync>() {}
+
+    #[test]
+    fn the_client_is_send_and_sync() {
+        assert_send_sync::<Client>();
+    }
+
+    #[test]
+    fn oversized_input_is_refused_before_sending() {
+        let client = Client::new(vec!["127.0.0.1:9".parse().unwrap()], 1);
+        let big = vec![0; VALUE_BYTES_MAX + 1];
+        assert!(matches!(client.set(b"k", &big), Err(ClientError::ValueTooLarge(_))));
+        assert!(matches!(client.get(&big), Err(ClientError::KeyTooLarge(_))));
+        assert!(matches!(client.cas(b"k", &big, b"new"), Err(ClientError::ValueTooLarge(_))));
+        assert!(matches!(Client::new(Vec::new(), 1).get(b"k"), Err(ClientError::NoPeers)));
+    }
+
+    #[test]
+    fn an_unreachable_cluster_is_reported_unavailable_without_panicking() {
+        let client = Client::new(vec!["127.0.0.1:9".parse().unwrap()], 1);
+        client.set_timeouts(Duration::from_millis(50), Duration::from_millis(200));
+        let error = client.get(b"k").unwrap_err();
+        assert!(matches!(error, ClientError::Unavailable { .. }), "{error}");
+    }
+
+    #[test]
+    fn retry_tokens_round_trip_as_bytes_and_garbage_is_refused() {
+        let request = ClientRequest {
+            client_id: 7,
+            sequence: 3,
+            operation: Operation::Cas {
+                key: Bytes::from_static(b"k"),
+                expected: Bytes::from_static(b""),
+                new: Bytes::from_static(b"n"),
+            },
+        };
+        let token = RetryToken { request };
+        assert_eq!(RetryToken::from_bytes(&token.to_bytes()).unwrap(), token);
+        assert!(matches!(RetryToken::from_bytes(b"\xff\xff"), Err(ClientError::InvalidRetryToken(_))));
+        assert!(matches!(RetryToken::from_bytes(&[]), Err(ClientError::InvalidRetryToken(_))));
+    }
+
+    /// A server speaking the client protocol that never answers key "slow",
+    /// answers everything else at once, and counts the connections it accepts.
+    fn selective_server() -> (SocketAddr, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counter = accepted.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { return };
+                counter.fetch_add(1, Ordering::SeqCst);
+                std::thread::spawn(move || serve_selectively(stream));
+            }
+        });
+        (address, accepted)
+    }
+
+    fn serve_selectively(mut stream: TcpStream) {
+        let (mut buffer, mut chunk) = (BytesMut::new(), vec![0u8; 4096]);
+        let Ok(_) = read_frame(&mut stream, &mut buffer, &mut chunk) else { return };
+        let reply =
+            proto::HelloReply { accepted: true, protocol_version: wire::PROTOCOL_VERSION, ..Default::default() };
+        let _ = write_frame(&mut stream, &reply);
+        while let Ok(frame) = read_frame(&mut stream, &mut buffer, &mut chunk) {
+            let Ok(request) = wire::decode::<proto::ClientRequest>(frame, "ClientRequest") else { return };
+            let key = match &request.operation {
+                Some(proto::client_request::Operation::Get(get)) => get.key.clone(),
+                _ => Bytes::new(),
+            };
+            if key.as_ref() == b"slow" {
+                continue;
+            }
+            let response = proto::ClientResponse { request_id: request.request_id, index: 9, ..Default::default() };
+            if write_frame(&mut stream, &response).is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Issue 13, item 5: one caller's attempt timeout must not close the
+    /// connection that other callers' requests are pipelined on.
+    #[test]
+    fn one_callers_timeout_leaves_the_shared_connection_to_the_others() {
+        let (address, accepted) = selective_server();
+        let client = Client::new(vec![address], 1);
+        client.get(b"warm-up").unwrap();
+        let impatient = client.with_timeouts(Duration::from_millis(50), Duration::from_millis(200));
+        let waiting = std::thread::spawn(move || impatient.get(b"slow"));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut gets = 0;
+        while !waiting.is_finished() {
+            assert!(Instant::now() < deadline, "the slow get never timed out");
+            client.get(b"fast").expect("a get beside the timing-out one");
+            gets += 1;
+        }
+        let error = waiting.join().unwrap().unwrap_err();
+        assert!(matches!(error, ClientError::Timeout { .. }), "{error}");
+        client.get(b"fast").unwrap();
+        assert!(gets > 0);
+        assert_eq!(accepted.load(Ordering::SeqCst), 1, "a timed-out attempt reconnected the shared connection");
+    }
+
+    /// A server that opens sessions from id 100 up and refuses, as expired,
+    /// every write of a session below 100.
+    fn expiring_server() -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let opened = Arc::new(AtomicU64::new(100));
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { return };
+                let opened = opened.clone();
+                std::thread::spawn(move || {
+                    let (mut buffer, mut chunk) = (BytesMut::new(), vec![0u8; 4096]);
+                    let Ok(_) = read_frame(&mut stream, &mut buffer, &mut chunk) else { return };
+                    let reply = proto::HelloReply {
+                        accepted: true,
+                        protocol_version: wire::PROTOCOL_VERSION,
+                        ..Default::default()
+                    };
+                    let _ = write_frame(&mut stream, &reply);
+                    while let Ok(frame) = read_frame(&mut stream, &mut buffer, &mut chunk) {
+                        let request: proto::ClientRequest = wire::decode(frame, "ClientRequest").unwrap();
+                        let mut response =
+                            proto::ClientResponse { request_id: request.request_id, ..Default::default() };
+                        match request.operation {
+                            Some(proto::client_request::Operation::OpenSession(_)) => {
+                                response.index = opened.fetch_add(1, Ordering::SeqCst);
+                            }
+                            _ if request.client_id < 100 => response.error = ErrorCode::SessionExpired as i32,
+                            _ => response.success = true,
+                        }
+                        if write_frame(&mut stream, &response).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        address
+    }
+
+    /// A session the cluster expired is dropped for good, and the call it
+    /// failed goes again once, in a session opened for it, not in another
+    /// idle one that may have expired too.
+    #[test]
+    fn expired_idle_sessions_are_dropped_and_a_fresh_one_is_opened() {
+        let client = Client::new(vec![expiring_server()], 1);
+        for client_id in 1..=3 {
+            lock(&client.inner.idle_sessions).push(Session { client_id, next_sequence: 5 });
+        }
+        client.set(b"k", b"v").expect("the write goes again in a fresh session");
+        let idle: Vec<u64> = lock(&client.inner.idle_sessions).iter().map(|session| session.client_id).collect();
+        assert_eq!(idle, [1, 2, 100], "the expired session was dropped and the fresh one kept");
+    }
+}

@@ -1,0 +1,91 @@
+//! The key-value store's commands, and the consensus types specialised to
+//! them. Consensus is generic over its `Command`; this is where the store
+//! says what a command is, so that everything above consensus names one
+//! `Entry`, one `Message` and one `Node`.
+
+use bytes::Bytes;
+
+use rasputin_consensus as consensus;
+
+/// What a client asks of the key-value state machine. Keys and values are
+/// `Bytes`: decoded without a copy from the request's frame, and shared,
+/// not copied, by the log, the appends to each follower, the persisted
+/// entry and the applied one.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Operation {
+    Set {
+        key: Bytes,
+        value: Bytes,
+    },
+    Get {
+        key: Bytes,
+    },
+    Cas {
+        key: Bytes,
+        expected: Bytes,
+        new: Bytes,
+    },
+    Del {
+        key: Bytes,
+    },
+    /// Opens a client session; the entry's index becomes its client id.
+    OpenSession,
+}
+
+impl Operation {
+    /// Reads do not enter the log; they are served at a confirmed read index.
+    pub fn is_read(&self) -> bool {
+        matches!(self, Operation::Get { .. })
+    }
+
+    pub fn key(&self) -> &[u8] {
+        match self {
+            Operation::Set { key, .. }
+            | Operation::Get { key }
+            | Operation::Cas { key, .. }
+            | Operation::Del { key } => key,
+            Operation::OpenSession => &[],
+        }
+    }
+
+    /// Bytes this operation occupies in a log entry, used for batch limits.
+    pub fn size_bytes(&self) -> usize {
+        match self {
+            Operation::Set { key, value } => key.len() + value.len(),
+            Operation::Get { key } | Operation::Del { key } => key.len(),
+            Operation::Cas { key, expected, new } => key.len() + expected.len() + new.len(),
+            Operation::OpenSession => 0,
+        }
+    }
+}
+
+/// A client command. `(client_id, sequence)` identifies it across retries, so
+/// the state machine can apply a retried write exactly once.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ClientRequest {
+    pub client_id: u64,
+    pub sequence: u64,
+    pub operation: Operation,
+}
+
+impl consensus::Command for ClientRequest {
+    fn is_read(&self) -> bool {
+        self.operation.is_read()
+    }
+
+    fn size_bytes(&self) -> usize {
+        self.operation.size_bytes()
+    }
+}
+
+pub type Entry = consensus::Entry<ClientRequest>;
+pub type EntryPayload = consensus::EntryPayload<ClientRequest>;
+pub type Message = consensus::Message<ClientRequest>;
+pub type Envelope = consensus::Envelope<ClientRequest>;
+pub type Input = consensus::Input<ClientRequest>;
+pub type Node = consensus::Node<ClientRequest>;
+pub type Recovered = consensus::Recovered<ClientRequest>;
+pub type Ready = consensus::Ready<ClientRequest>;
+pub type ReadReady = consensus::ReadReady<ClientRequest>;
+pub type Persist = consensus::Persist<ClientRequest>;
+pub type Log = consensus::Log<ClientRequest>;

@@ -1,0 +1,814 @@
+//! The key-value state machine that committed entries are applied to, with
+//! client sessions that make retried writes take effect exactly once.
+//!
+//! # Sessions
+//! A client opens a session with an `OpenSession` entry; the entry's log
+//! index becomes its client id, so ids are never reused. Each write names
+//! (client id, sequence). The session remembers the last sequence applied
+//! and just enough of its answer to repeat it to a retry. Sessions expire
+//! oldest first (lowest id) once there are more than `count_max` of them or
+//! they hold more than `bytes_max` bytes: a deterministic rule applied by
+//! every replica as it applies the same log, so they all agree. A write
+//! whose session has expired is refused with `Refusal::SessionExpired`,
+//! never applied as if new: that is what makes a late retry safe.
+
+use std::collections::BTreeMap;
+
+use prost::Message as _;
+use thiserror::Error;
+
+use crate::operation::{ClientRequest, Entry, EntryPayload, Operation};
+use crate::wire::proto;
+use rasputin_consensus::{LogIndex, Term};
+
+/// Sessions the cluster keeps; beyond this the oldest expire.
+pub const SESSIONS_COUNT_MAX: usize = 100_000;
+/// Bytes all sessions may hold together; beyond this the oldest expire.
+pub const SESSIONS_BYTES_MAX: usize = 64 << 20;
+/// What a session costs beyond the value it remembers, for `SESSIONS_BYTES_MAX`.
+pub const SESSION_OVERHEAD_BYTES: usize = 48;
+
+/// When sessions expire. Part of the state machine's definition: every
+/// replica of a cluster must use the same limits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SessionLimits {
+    pub count_max: usize,
+    pub bytes_max: usize,
+}
+
+impl SessionLimits {
+    pub const PRODUCTION: SessionLimits =
+        SessionLimits { count_max: SESSIONS_COUNT_MAX, bytes_max: SESSIONS_BYTES_MAX };
+}
+
+/// The outcome of one operation, with the semantics of the original README:
+/// - set: success, and the value written;
+/// - get: success if the key exists, and its value;
+/// - cas: success if the expected value matched, and the value after the operation;
+/// - del: success if the key existed, and the value it had;
+/// - open session: success, and the new session's id as `index`.
+///
+/// `found` says whether the key exists (for del: existed), so that an empty
+/// value and a missing key never look alike.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Response {
+    pub success: bool,
+    pub found: bool,
+    pub value: Vec<u8>,
+    /// The log position that produced this state (for reads, the read index).
+    pub term: Term,
+    pub index: LogIndex,
+}
+
+impl Response {
+    /// The value: what get read, what set wrote, cas's current value, del's previous value.
+    pub fn get_value(&self) -> &[u8] {
+        &self.value
+    }
+
+    /// get: the key existed; cas: the swap happened; del: the key existed; set: always.
+    pub fn get_success(&self) -> bool {
+        self.success
+    }
+
+    /// Whether the key exists (for del: existed), so that an empty value
+    /// and a missing key never look alike.
+    pub fn get_found(&self) -> bool {
+        self.found
+    }
+}
+
+/// What a session keeps of its last write's answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Remembered {
+    pub success: bool,
+    pub found: bool,
+    /// The answer's value, or None when it is the request's own (what a set
+    /// wrote, what a successful cas swapped in): the retry carries it again.
+    pub value: Option<Vec<u8>>,
+    pub term: Term,
+    pub index: LogIndex,
+}
+
+/// A client session: its last applied sequence and what that write answered.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Session {
+    pub sequence: u64,
+    /// None until the session's first write.
+    pub last: Option<Remembered>,
+}
+
+impl Session {
+    /// What this session counts against `SessionLimits::bytes_max`.
+    pub fn bytes(&self) -> usize {
+        SESSION_OVERHEAD_BYTES + self.last.as_ref().and_then(|last| last.value.as_ref()).map_or(0, Vec::len)
+    }
+}
+
+/// How many sessions there are and the bytes they hold.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SessionCensus {
+    pub count: usize,
+    pub bytes: usize,
+}
+
+/// Why the state machine refused a committed write. Every replica refuses
+/// it alike, so the answer is as final as an applied write's.
+#[derive(Clone, Debug, Error, PartialEq, Eq)]
+pub enum Refusal {
+    #[error("session {client_id} has expired or was never opened; the cluster keeps its newest {SESSIONS_COUNT_MAX} sessions. The request was not applied; if it retried an earlier attempt, that attempt's outcome is unknown")]
+    SessionExpired { client_id: u64 },
+    #[error("sequence {sequence} is below session {client_id}'s last applied sequence {last}: a later request of the session has been applied, so this one never will be")]
+    SequenceBelowSession { client_id: u64, sequence: u64, last: u64 },
+    #[error("an OpenSession entry must carry client id 0 and a non-zero nonce")]
+    MalformedOpen,
+}
+
+/// Read access to a key-value state, in memory or on disk.
+pub trait KvRead {
+    type Error;
+    fn value(&self, key: &[u8]) -> Result<Option<Vec<u8>>, Self::Error>;
+    fn session(&self, client_id: u64) -> Result<Option<Session>, Self::Error>;
+    fn census(&self) -> SessionCensus;
+    /// The session with the lowest id at or above `from`.
+    fn oldest_session_from(&self, from: u64) -> Result<Option<(u64, Session)>, Self::Error>;
+}
+
+/// One change an applied entry makes to the state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Change {
+    Put { key: Vec<u8>, value: Vec<u8> },
+    Delete { key: Vec<u8> },
+    Session { client_id: u64, session: Session },
+    EndSession { client_id: u64 },
+}
+
+/// What applying an entry produced for the client that sent it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Applied {
+    pub client_id: u64,
+    pub sequence: u64,
+    pub outcome: Result<Response, Refusal>,
+}
+
+/// What applying an entry means: the client's answer, the changes to make,
+/// and the session census once they are made.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Decision {
+    pub applied: Option<Applied>,
+    pub changes: Vec<Change>,
+    pub census: SessionCensus,
+}
+
+/// Decides the effect of the committed `entry` on `state`, with the README's
+/// semantics and exactly-once sessions. Shared by every store, so that the
+/// simulator and the daemon cannot disagree on what an operation does.
+pub fn decide<S: KvRead>(state: &S, entry: &Entry, limits: SessionLimits) -> Result<Decision, S::Error> {
+    let census = state.census();
+    let EntryPayload::Command(request) = &entry.payload else {
+        return Ok(Decision { applied: None, changes: Vec::new(), census });
+    };
+    let refuse =
+        |refusal: Refusal| Decision { applied: Some(answer(request, Err(refusal))), changes: Vec::new(), census };
+    if let Operation::OpenSession = request.operation {
+        if request.client_id != 0 || request.sequence == 0 {
+            return Ok(refuse(Refusal::MalformedOpen));
+        }
+        return open_session(state, entry, request, limits);
+    }
+    let Some(session) = state.session(request.client_id)? else {
+        return Ok(refuse(Refusal::SessionExpired { client_id: request.client_id }));
+    };
+    match (request.sequence.cmp(&session.sequence), &session.last) {
+        (std::cmp::Ordering::Equal, Some(last)) => {
+            let response = recall(last, &request.operation);
+            Ok(Decision { applied: Some(answer(request, Ok(response))), changes: Vec::new(), census })
+        }
+        (std::cmp::Ordering::Greater, _) => apply_write(state, entry, request, session, limits),
+        _ => Ok(refuse(Refusal::SequenceBelowSession {
+            client_id: request.client_id,
+            sequence: request.sequence,
+            last: session.sequence,
+        })),
+    }
+}
+
+fn answer(request: &ClientRequest, outcome: Result<Response, Refusal>) -> Applied {
+    Applied { client_id: request.client_id, sequence: request.sequence, outcome }
+}
+
+fn open_session<S: KvRead>(
+    state: &S,
+    entry: &Entry,
+    request: &ClientRequest,
+    limits: SessionLimits,
+) -> Result<Decision, S::Error> {
+    let client_id = entry.index;
+    let session = Session { sequence: 0, last: None };
+    let mut census = state.census();
+    census.count += 1;
+    census.bytes += session.bytes();
+    let mut changes = vec![Change::Session { client_id, session }];
+    expire_oldest(state, client_id, limits, &mut census, &mut changes)?;
+    let response = Response { success: true, found: true, value: Vec::new(), term: entry.term, index: client_id };
+    Ok(Decision { applied: Some(answer(request, Ok(response))), changes, census })
+}
+
+fn apply_write<S: KvRead>(
+    state: &S,
+    entry: &Entry,
+    request: &ClientRequest,
+    session: Session,
+    limits: SessionLimits,
+) -> Result<Decision, S::Error> {
+    let (success, found, value, change) = match &request.operation {
+        Operation::Set { key, value } => {
+            (true, true, value.to_vec(), Some(Change::Put { key: key.to_vec(), value: value.to_vec() }))
+        }
+        Operation::Cas { key, expected, new } => match state.value(key)? {
+            Some(current) if current == expected[..] => {
+                (true, true, new.to_vec(), Some(Change::Put { key: key.to_vec(), value: new.to_vec() }))
+            }
+            Some(current) => (false, true, current, None),
+            None => (false, false, Vec::new(), None),
+        },
+        Operation::Del { key } => match state.value(key)? {
+            Some(previous) => (true, true, previous, Some(Change::Delete { key: key.to_vec() })),
+            None => (false, false, Vec::new(), None),
+        },
+        Operation::Get { key } => {
+            // Reads do not enter the log; a leader that logged one anyway gets a read.
+            let current = state.value(key)?;
+            (current.is_some(), current.is_some(), current.unwrap_or_default(), None)
+        }
+        Operation::OpenSession => unreachable!("decide handles OpenSession"),
+    };
+    let response = Response { success, found, value, term: entry.term, index: entry.index };
+    let remembered = Session { sequence: request.sequence, last: Some(remember(&response, &request.operation)) };
+    let mut census = state.census();
+    census.bytes = census.bytes - session.bytes() + remembered.bytes();
+    let mut changes: Vec<Change> = change.into_iter().collect();
+    changes.push(Change::Session { client_id: request.client_id, session: remembered });
+    expire_oldest(state, request.client_id, limits, &mut census, &mut changes)?;
+    Ok(Decision { applied: Some(answer(request, Ok(response))), changes, census })
+}
+
+/// Keeps of a write's answer only what its request cannot supply again.
+fn remember(response: &Response, operation: &Operation) -> Remembered {
+    let from_request = match operation {
+        Operation::Set { .. } => true,
+        Operation::Cas { .. } => response.success,
+        Operation::Del { .. } | Operation::Get { .. } | Operation::OpenSession => false,
+    };
+    Remembered {
+        success: response.success,
+        found: response.found,
+        value: (!from_request).then(|| response.value.clone()),
+        term: response.term,
+        index: response.index,
+    }
+}
+
+/// The answer a retry of the remembered write gets: the original one.
+fn recall(last: &Remembered, operation: &Operation) -> Response {
+    let value = match (&last.value, operation) {
+        (Some(value), _) => value.clone(),
+        (None, Operation::Set { value, .. }) => value.to_vec(),
+        (None, Operation::Cas { new, .. }) => new.to_vec(),
+        (None, _) => Vec::new(),
+    };
+    Response { success: last.success, found: last.found, value, term: last.term, index: last.index }
+}
+
+/// Expires the oldest sessions, never `keep`, until the census is within `limits`.
+fn expire_oldest<S: KvRead>(
+    state: &S,
+    keep: u64,
+    limits: SessionLimits,
+    census: &mut SessionCensus,
+    changes: &mut Vec<Change>,
+) -> Result<(), S::Error> {
+    let mut from = 0;
+    while census.count > limits.count_max || census.bytes > limits.bytes_max {
+        let Some((client_id, session)) = state.oldest_session_from(from)? else { break };
+        if client_id != keep {
+            census.count -= 1;
+            census.bytes -= session.bytes();
+            changes.push(Change::EndSession { client_id });
+        }
+        let Some(next) = client_id.checked_add(1) else { break };
+        from = next;
+    }
+    Ok(())
+}
+
+/// Reads a key as a client sees it at the current applied state.
+pub fn read_response<S: KvRead>(state: &S, key: &[u8], term: Term, index: LogIndex) -> Result<Response, S::Error> {
+    let value = state.value(key)?;
+    let found = value.is_some();
+    Ok(Response { success: found, found, value: value.unwrap_or_default(), term, index })
+}
+
+// ----- sessions as stored: one protobuf encoding, on disk and in snapshots -----
+
+pub fn session_to_proto(session: &Session) -> proto::Session {
+    let mut stored = proto::Session { sequence: session.sequence, ..Default::default() };
+    if let Some(last) = &session.last {
+        stored.has_last = true;
+        stored.success = last.success;
+        stored.found = last.found;
+        stored.value_is_request = last.value.is_none();
+        stored.value = last.value.clone().unwrap_or_default().into();
+        stored.term = last.term;
+        stored.index = last.index;
+    }
+    stored
+}
+
+pub fn session_from_proto(stored: proto::Session) -> Session {
+    let last = stored.has_last.then(|| Remembered {
+        success: stored.success,
+        found: stored.found,
+        value: (!stored.value_is_request).then(|| stored.value.to_vec()),
+        term: stored.term,
+        index: stored.index,
+    });
+    Session { sequence: stored.sequence, last }
+}
+
+pub fn encode_session(session: &Session) -> Vec<u8> {
+    session_to_proto(session).encode_to_vec()
+}
+
+pub fn decode_session(bytes: &[u8]) -> Result<Session, SnapshotDecodeError> {
+    proto::Session::decode(bytes).map(session_from_proto).map_err(|_| SnapshotDecodeError::BadSession)
+}
+
+// ----- the in-memory store of the simulator -----
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KvStore {
+    data: BTreeMap<Vec<u8>, Vec<u8>>,
+    sessions: BTreeMap<u64, Session>,
+    census: SessionCensus,
+    limits: SessionLimits,
+    applied_index: LogIndex,
+    applied_term: Term,
+}
+
+impl Default for KvStore {
+    fn default() -> KvStore {
+        KvStore::new(SessionLimits::PRODUCTION)
+    }
+}
+
+impl KvStore {
+    pub fn new(limits: SessionLimits) -> KvStore {
+        KvStore {
+            data: BTreeMap::new(),
+            sessions: BTreeMap::new(),
+            census: SessionCensus::default(),
+            limits,
+            applied_index: 0,
+            applied_term: 0,
+        }
+    }
+
+    pub fn applied_index(&self) -> LogIndex {
+        self.applied_index
+    }
+
+    pub fn applied_term(&self) -> Term {
+        self.applied_term
+    }
+
+    pub fn session_count(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// Applies the next committed entry. Returns the client's answer, or
+    /// None for a no-op.
+    pub fn apply(&mut self, entry: &Entry) -> Option<Applied> {
+        assert_eq!(
+            entry.index,
+            self.applied_index + 1,
+            "entries must be applied in order without gaps (applied {}, got {})",
+            self.applied_index,
+            entry.index
+        );
+        let Ok(decision) = decide(self, entry, self.limits);
+        for change in decision.changes {
+            self.make(change);
+        }
+        self.census = decision.census;
+        self.applied_index = entry.index;
+        self.applied_term = entry.term;
+        decision.applied
+    }
+
+    /// Serves a read at the current applied state.
+    pub fn read(&self, key: &[u8]) -> Response {
+        let Ok(response) = read_response(self, key, self.applied_term, self.applied_index);
+        response
+    }
+
+    fn make(&mut self, change: Change) {
+        match change {
+            Change::Put { key, value } => {
+                self.data.insert(key, value);
+            }
+            Change::Delete { key } => {
+                self.data.remove(&key);
+            }
+            Change::Session { client_id, session } => {
+                self.sessions.insert(client_id, session);
+            }
+            Change::EndSession { client_id } => {
+                self.sessions.remove(&client_id);
+            }
+        }
+    }
+
+    /// Serialises the whole state, applied position included.
+    pub fn snapshot(&self) -> Vec<u8> {
+        let mut writer = SnapshotWriter::new(self.applied_index, self.applied_term);
+        for (key, value) in &self.data {
+            writer.value(key, value);
+        }
+        for (&client_id, session) in &self.sessions {
+            writer.session(client_id, &encode_session(session));
+        }
+        writer.finish()
+    }
+
+    pub fn restore(bytes: &[u8], limits: SessionLimits) -> Result<KvStore, SnapshotDecodeError> {
+        let reader = SnapshotReader::new(bytes)?;
+        let mut store = KvStore::new(limits);
+        store.applied_index = reader.applied_index;
+        store.applied_term = reader.applied_term;
+        for record in reader.records() {
+            match record? {
+                Record::Value { key, value } => {
+                    store.data.insert(key.to_vec(), value.to_vec());
+                }
+                Record::Session { client_id, session } => {
+                    let session = decode_session(session)?;
+                    store.census.count += 1;
+                    store.census.bytes += session.bytes();
+                    store.sessions.insert(client_id, session);
+                }
+            }
+        }
+        Ok(store)
+    }
+}
+
+impl KvRead for KvStore {
+    type Error = std::convert::Infallible;
+
+    fn value(&self, key: &[u8]) -> Result<Option<Vec<u8>>, Self::Error> {
+        Ok(self.data.get(key).cloned())
+    }
+
+    fn session(&self, client_id: u64) -> Result<Option<Session>, Self::Error> {
+        Ok(self.sessions.get(&client_id).cloned())
+    }
+
+    fn census(&self) -> SessionCensus {
+        self.census
+    }
+
+    fn oldest_session_from(&self, from: u64) -> Result<Option<(u64, Session)>, Self::Error> {
+        Ok(self.sessions.range(from..).next().map(|(&client_id, session)| (client_id, session.clone())))
+    }
+}
+
+// ----- the snapshot format -----
+//
+// Version 1: the magic "RSNP", a u32 version, the applied index and term
+// (u64s), then records, each a tag byte (1: a key and its value, 2: a
+// client id and its protobuf-encoded session) and length-prefixed fields,
+// then the end tag 0 and a CRC-32 of every byte before it. Integers are
+// little-endian; lengths are u64s.
+
+const SNAPSHOT_MAGIC: &[u8; 4] = b"RSNP";
+const SNAPSHOT_VERSION: u32 = 1;
+const TAG_END: u8 = 0;
+const TAG_VALUE: u8 = 1;
+const TAG_SESSION: u8 = 2;
+const HEADER_BYTES: usize = 4 + 4 + 8 + 8;
+const CHECKSUM_BYTES: usize = 4;
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum SnapshotDecodeError {
+    #[error("snapshot is {0} bytes, too short to be one; it is truncated or corrupt, fetch it again")]
+    TooShort(usize),
+    #[error("snapshot does not start with the format's magic; it is corrupt or not a snapshot")]
+    BadMagic,
+    #[error("snapshot has format version {0}, but this build reads version {SNAPSHOT_VERSION}; run matching versions")]
+    UnknownVersion(u32),
+    #[error(
+        "snapshot checksum mismatch (stored {stored:08x}, computed {computed:08x}); it is corrupt, fetch it again"
+    )]
+    Checksum { stored: u32, computed: u32 },
+    #[error("snapshot record at byte {0} is malformed; the snapshot is corrupt, fetch it again")]
+    Malformed(usize),
+    #[error("a session in the snapshot does not decode; the snapshot is corrupt, fetch it again")]
+    BadSession,
+}
+
+/// Builds a snapshot record by record.
+pub struct SnapshotWriter {
+    out: Vec<u8>,
+}
+
+impl SnapshotWriter {
+    pub fn new(applied_index: LogIndex, applied_term: Term) -> SnapshotWriter {
+        let mut out = Vec::new();
+        out.extend_from_slice(SNAPSHOT_MAGIC);
+        out.extend_from_slice(&SNAPSHOT_VERSION.to_le_bytes());
+        out.extend_from_slice(&applied_index.to_le_bytes());
+        out.extend_from_slice(&applied_term.to_le_bytes());
+        SnapshotWriter { out }
+    }
+
+    pub fn value(&mut self, key: &[u8], value: &[u8]) {
+        self.out.push(TAG_VALUE);
+        put_bytes(&mut self.out, key);
+        put_bytes(&mut self.out, value);
+    }
+
+    /// `session` is a session as `encode_session` wrote it.
+    pub fn session(&mut self, client_id: u64, session: &[u8]) {
+        self.out.push(TAG_SESSION);
+        self.out.extend_from_slice(&client_id.to_le_bytes());
+        put_bytes(&mut self.out, session);
+    }
+
+    /// Bytes written so far.
+    pub fn len(&self) -> usize {
+        self.out.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.out.is_empty()
+    }
+
+    pub fn finish(mut self) -> Vec<u8> {
+        self.out.push(TAG_END);
+        let checksum = crc32fast::hash(&self.out);
+        self.out.extend_from_slice(&checksum.to_le_bytes());
+        self.out
+    }
+}
+
+fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
+    out.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
+    out.extend_from_slice(bytes);
+}
+
+/// One record of a snapshot, borrowed from its bytes.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Record<'a> {
+    Value { key: &'a [u8], value: &'a [u8] },
+    Session { client_id: u64, session: &'a [u8] },
+}
+
+/// A snapshot whose header and checksum have been checked.
+pub struct SnapshotReader<'a> {
+    pub applied_index: LogIndex,
+    pub applied_term: Term,
+    body: &'a [u8],
+}
+
+impl<'a> SnapshotReader<'a> {
+    /// Checks the magic, the version and the checksum before anything is read.
+    pub fn new(bytes: &'a [u8]) -> Result<SnapshotReader<'a>, SnapshotDecodeError> {
+        if bytes.len() < HEADER_BYTES + 1 + CHECKSUM_BYTES {
+            return Err(SnapshotDecodeError::TooShort(bytes.len()));
+        }
+        if &bytes[..4] != SNAPSHOT_MAGIC {
+            return Err(SnapshotDecodeError::BadMagic);
+        }
+        let version = u32::from_le_bytes(bytes[4..8].try_into().expect("4 bytes"));
+        if version != SNAPSHOT_VERSION {
+            return Err(SnapshotDecodeError::UnknownVersion(version));
+        }
+        let (covered, stored) = bytes.split_at(bytes.len() - CHECKSUM_BYTES);
+        let stored = u32::from_le_bytes(stored.try_into().expect("4 bytes"));
+        let computed = crc32fast::hash(covered);
+        if stored != computed {
+            return Err(SnapshotDecodeError::Checksum { stored, computed });
+        }
+        let applied_index = u64::from_le_bytes(bytes[8..16].try_into().expect("8 bytes"));
+        let applied_term = u64::from_le_bytes(bytes[16..24].try_into().expect("8 bytes"));
+        Ok(SnapshotReader { applied_index, applied_term, body: &covered[HEADER_BYTES..] })
+    }
+
+    pub fn records(&self) -> Records<'a> {
+        Records { body: self.body, position: 0, done: false }
+    }
+
+    /// Reads every record once, so that a malformed one is found before any is used.
+    pub fn check_records(&self) -> Result<(), SnapshotDecodeError> {
+        for record in self.records() {
+            if let Record::Session { session, .. } = record? {
+                decode_session(session)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+pub struct Records<'a> {
+    body: &'a [u8],
+    position: usize,
+    done: bool,
+}
+
+impl<'a> Records<'a> {
+    fn take(&mut self, count: usize) -> Result<&'a [u8], SnapshotDecodeError> {
+        let end = self.position.checked_add(count).filter(|&end| end <= self.body.len());
+        let end = end.ok_or(SnapshotDecodeError::Malformed(HEADER_BYTES + self.position))?;
+        let slice = &self.body[self.position..end];
+        self.position = end;
+        Ok(slice)
+    }
+
+    fn u64(&mut self) -> Result<u64, SnapshotDecodeError> {
+        Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("took exactly 8 bytes")))
+    }
+
+    fn bytes(&mut self) -> Result<&'a [u8], SnapshotDecodeError> {
+        let length = self.u64()?;
+        let length = usize::try_from(length).map_err(|_| SnapshotDecodeError::Malformed(self.position))?;
+        self.take(length)
+    }
+
+    fn next_record(&mut self) -> Result<Option<Record<'a>>, SnapshotDecodeError> {
+        let at = HEADER_BYTES + self.position;
+        match self.take(1)?[0] {
+            TAG_END if self.position == self.body.len() => Ok(None),
+            TAG_VALUE => Ok(Some(Record::Value { key: self.bytes()?, value: self.bytes()? })),
+            TAG_SESSION => Ok(Some(Record::Session { client_id: self.u64()?, session: self.bytes()? })),
+            _ => Err(SnapshotDecodeError::Malformed(at)),
+        }
+    }
+}
+
+impl<'a> Iterator for Records<'a> {
+    type Item = Result<Record<'a>, SnapshotDecodeError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        let record = self.next_record();
+        self.done = !matches!(record, Ok(Some(_)));
+        record.transpose()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    const LIMITS: SessionLimits = SessionLimits::PRODUCTION;
+
+    fn command(index: LogIndex, client_id: u64, sequence: u64, operation: Operation) -> Entry {
+        Entry { term: 1, index, payload: EntryPayload::Command(ClientRequest { client_id, sequence, operation }) }
+    }
+
+    fn open(index: LogIndex, nonce: u64) -> Entry {
+        command(index, 0, nonce, Operation::OpenSession)
+    }
+
+    fn set(key: &[u8], value: &[u8]) -> Operation {
+        Operation::Set { key: Bytes::copy_from_slice(key), value: Bytes::copy_from_slice(value) }
+    }
+
+    fn cas(key: &[u8], expected: &[u8], new: &[u8]) -> Operation {
+        Operation::Cas {
+            key: Bytes::copy_from_slice(key),
+            expected: Bytes::copy_from_slice(expected),
+            new: Bytes::copy_from_slice(new),
+        }
+    }
+
+    fn response(applied: Option<Applied>) -> Response {
+        applied.expect("an answer").outcome.expect("applied")
+    }
+
+    /// A store with one session, opened at index 1 (its client id).
+    fn store_with_session() -> KvStore {
+        let mut store = KvStore::default();
+        let opened = response(store.apply(&open(1, 99)));
+        assert_eq!(opened.index, 1, "the session's id is its entry's index");
+        store
+    }
+
+    #[test]
+    fn readme_semantics_hold() {
+        let mut store = store_with_session();
+        store.apply(&command(2, 1, 1, set(b"k1", b"v1")));
+        assert_eq!(store.read(b"k1").value, b"v1");
+        let ok = response(store.apply(&command(3, 1, 2, cas(b"k1", b"v1", b"v12"))));
+        assert!(ok.success && ok.value == b"v12");
+        let failed = response(store.apply(&command(4, 1, 3, cas(b"k1", b"vNever", b"vNever2"))));
+        assert!(!failed.success && failed.value == b"v12");
+        let deleted = response(store.apply(&command(5, 1, 4, Operation::Del { key: Bytes::from_static(b"k1") })));
+        assert!(deleted.success && deleted.value == b"v12");
+        assert!(!store.read(b"k1").success);
+    }
+
+    /// Issue 13, item 12: a failed cas on an empty value says the key exists.
+    #[test]
+    fn a_failed_cas_on_an_empty_value_reports_the_key_as_found() {
+        let mut store = store_with_session();
+        store.apply(&command(2, 1, 1, set(b"k", b"")));
+        let failed = response(store.apply(&command(3, 1, 2, cas(b"k", b"x", b"y"))));
+        assert_eq!((failed.success, failed.found, failed.value.as_slice()), (false, true, &b""[..]));
+        let missing = response(store.apply(&command(4, 1, 3, cas(b"nothing", b"x", b"y"))));
+        assert_eq!((missing.success, missing.found), (false, false));
+        assert!(store.read(b"k").found && !store.read(b"nothing").found);
+    }
+
+    #[test]
+    fn a_retried_write_applies_once_and_gets_the_original_answer() {
+        let mut store = store_with_session();
+        store.apply(&open(2, 98));
+        store.apply(&command(3, 1, 1, set(b"k", b"a")));
+        store.apply(&command(4, 2, 1, set(b"k", b"b")));
+        let retry = response(store.apply(&command(5, 1, 1, set(b"k", b"a"))));
+        assert_eq!((retry.index, retry.value.as_slice()), (3, &b"a"[..]), "the retry returns the original answer");
+        assert_eq!(store.read(b"k").value, b"b", "the retry did not write again");
+        let swap = response(store.apply(&command(6, 2, 2, cas(b"k", b"b", b"c"))));
+        let swap_retry = response(store.apply(&command(7, 2, 2, cas(b"k", b"b", b"c"))));
+        assert_eq!(swap, swap_retry);
+    }
+
+    /// Issue 13, item 6: a stale sequence and an unknown session are refused, never applied.
+    #[test]
+    fn stale_sequences_and_unknown_sessions_are_refused() {
+        let mut store = store_with_session();
+        store.apply(&command(2, 1, 5, set(b"k", b"a")));
+        let stale = store.apply(&command(3, 1, 4, set(b"k", b"old"))).unwrap().outcome;
+        assert_eq!(stale, Err(Refusal::SequenceBelowSession { client_id: 1, sequence: 4, last: 5 }));
+        let unknown = store.apply(&command(4, 77, 1, set(b"k", b"x"))).unwrap().outcome;
+        assert_eq!(unknown, Err(Refusal::SessionExpired { client_id: 77 }));
+        let bad_open = store.apply(&command(5, 3, 1, Operation::OpenSession)).unwrap().outcome;
+        assert_eq!(bad_open, Err(Refusal::MalformedOpen));
+        assert_eq!(store.read(b"k").value, b"a");
+    }
+
+    /// Issue 13, item 9: sessions are bounded by count and by bytes, the
+    /// oldest expire first, and a retry after expiry is refused.
+    #[test]
+    fn sessions_expire_oldest_first_within_their_limits() {
+        let limits = SessionLimits { count_max: 3, bytes_max: 1 << 20 };
+        let mut store = KvStore::new(limits);
+        for index in 1..=5 {
+            store.apply(&open(index, 100 + index));
+        }
+        assert_eq!(store.session_count(), 3);
+        assert_eq!(store.census().count, 3);
+        assert!(store.session(1).unwrap().is_none() && store.session(2).unwrap().is_none());
+        let late = store.apply(&command(6, 1, 1, set(b"k", b"x"))).unwrap().outcome;
+        assert_eq!(late, Err(Refusal::SessionExpired { client_id: 1 }));
+        // A deleted 600 KiB value is remembered for retries; two of them
+        // exceed the byte limit, and the older session expires.
+        let big = vec![7u8; 600 << 10];
+        store.apply(&command(7, 3, 1, set(b"a", &big)));
+        store.apply(&command(8, 4, 1, set(b"b", &big)));
+        store.apply(&command(9, 3, 2, Operation::Del { key: Bytes::from_static(b"a") }));
+        assert!(store.census().bytes <= limits.bytes_max);
+        store.apply(&command(10, 4, 2, Operation::Del { key: Bytes::from_static(b"b") }));
+        assert!(store.census().bytes <= limits.bytes_max, "{:?}", store.census());
+        assert!(store.session(3).unwrap().is_none(), "the older session expired to make room");
+        let retry = response(store.apply(&command(11, 4, 2, Operation::Del { key: Bytes::from_static(b"b") })));
+        assert_eq!(retry.value, big, "the surviving session still answers its retry");
+    }
+
+    #[test]
+    fn snapshot_round_trips_and_rejects_corruption() {
+        let mut store = store_with_session();
+        store.apply(&command(2, 1, 1, set(b"k", b"a")));
+        store.apply(&command(3, 1, 2, Operation::Del { key: Bytes::from_static(b"k") }));
+        store.apply(&command(4, 1, 3, set(b"j", b"")));
+        let bytes = store.snapshot();
+        assert_eq!(KvStore::restore(&bytes, LIMITS), Ok(store));
+        assert!(matches!(
+            KvStore::restore(&bytes[..bytes.len() - 1], LIMITS),
+            Err(SnapshotDecodeError::Checksum { .. })
+        ));
+        let mut flipped = bytes.clone();
+        flipped[30] ^= 1;
+        assert!(matches!(KvStore::restore(&flipped, LIMITS), Err(SnapshotDecodeError::Checksum { .. })));
+        assert!(matches!(
+            KvStore::restore(b"nonsense, but long enough to be read", LIMITS),
+            Err(SnapshotDecodeError::BadMagic)
+        ));
+        assert_eq!(KvStore::restore(&[], LIMITS), Err(SnapshotDecodeError::TooShort(0)));
+    }
+}

@@ -1,0 +1,628 @@
+//! The wire protocol: length-prefixed protobuf frames, the handshake, and
+//! conversions between protobuf messages and the consensus types.
+//! Sans-IO: it turns bytes into messages and back, and never touches a socket.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use thiserror::Error;
+
+use crate::operation::{ClientRequest, Entry, EntryPayload, Envelope, Message, Operation};
+use crate::state_machine::{SnapshotDecodeError, SnapshotReader};
+use rasputin_consensus as consensus;
+use rasputin_consensus::{MessageError, RejectHint, Snapshot};
+
+/// The generated protobuf types (`proto/rasputin.proto`).
+pub mod proto {
+    include!(concat!(env!("OUT_DIR"), "/rasputin.wire.rs"));
+}
+
+pub use proto::ErrorCode;
+
+/// Bumped on any incompatible change to the protocol.
+pub const PROTOCOL_VERSION: u32 = 2;
+/// Bytes in the length prefix of a frame.
+pub const FRAME_HEADER_BYTES: usize = 4;
+/// The largest key a client may write.
+pub const KEY_BYTES_MAX: usize = 4 << 10;
+/// The largest value a client may write (also bounds cas's expected value).
+pub const VALUE_BYTES_MAX: usize = 1 << 20;
+/// Room in a client frame for everything but keys and values: ids, tags,
+/// lengths and the collection's name.
+pub const REQUEST_OVERHEAD_BYTES_MAX: usize = 4 << 10;
+/// The largest frame a client may send or receive: it holds the largest
+/// request, a cas with a key and two values each at their limits.
+pub const CLIENT_FRAME_BYTES_MAX: usize = KEY_BYTES_MAX + 2 * VALUE_BYTES_MAX + REQUEST_OVERHEAD_BYTES_MAX;
+/// The largest frame between peers; a snapshot travels in one frame.
+pub const PEER_FRAME_BYTES_MAX: usize = 512 << 20;
+/// The largest frame before a handshake completes: a Hello or its reply.
+/// Bytes from an unknown sender never get more room than this.
+pub const HELLO_FRAME_BYTES_MAX: usize = 4 << 10;
+/// The collection every request names for now.
+pub const DEFAULT_COLLECTION: &str = "kv";
+/// The one range that spans the whole key space until ranges split.
+pub const DEFAULT_RANGE_ID: u64 = 0;
+
+#[derive(Debug, Error)]
+pub enum WireError {
+    #[error("frame of {length} bytes exceeds the limit of {max} bytes; the peer is misbehaving or misconfigured")]
+    FrameTooLarge { length: usize, max: usize },
+    #[error("frame does not decode as {expected}: {source}; the peer sent garbage or speaks another protocol")]
+    Decode { expected: &'static str, source: prost::DecodeError },
+    #[error("{message} is missing its required field {field}")]
+    MissingField { message: &'static str, field: &'static str },
+    #[error("peer speaks protocol version {theirs}, this node speaks {ours}; upgrade the older side")]
+    IncompatibleVersion { theirs: u32, ours: u32 },
+    #[error("peer message refused: {0}")]
+    Invalid(#[from] MessageError),
+    #[error("snapshot refused: {source}")]
+    Snapshot {
+        #[from]
+        source: SnapshotDecodeError,
+    },
+    #[error("snapshot says it covers index {claimed} (term {claimed_term}), but its data is at index {data} (term {data_term})")]
+    SnapshotPosition { claimed: u64, claimed_term: u64, data: u64, data_term: u64 },
+}
+
+/// Appends `message` to `out` as one frame.
+pub fn encode_frame(message: &impl prost::Message, out: &mut BytesMut) {
+    let length = message.encoded_len();
+    out.reserve(FRAME_HEADER_BYTES + length);
+    out.put_u32(length as u32);
+    message.encode(out).expect("BytesMut grows as needed");
+}
+
+/// Takes one complete frame's body off the front of `buffer`, if one is
+/// there. The length is checked against `max_bytes` as soon as the header
+/// is in. Nothing is reserved for the declared length: the buffer grows
+/// only as bytes arrive, so a sender must send what it claims.
+pub fn take_frame(buffer: &mut BytesMut, max_bytes: usize) -> Result<Option<Bytes>, WireError> {
+    if buffer.len() < FRAME_HEADER_BYTES {
+        return Ok(None);
+    }
+    let length = u32::from_be_bytes(buffer[..FRAME_HEADER_BYTES].try_into().expect("4 bytes")) as usize;
+    if length > max_bytes {
+        return Err(WireError::FrameTooLarge { length, max: max_bytes });
+    }
+    if buffer.len() < FRAME_HEADER_BYTES + length {
+        return Ok(None);
+    }
+    buffer.advance(FRAME_HEADER_BYTES);
+    Ok(Some(buffer.split_to(length).freeze()))
+}
+
+pub fn decode<M: prost::Message + Default>(frame: Bytes, expected: &'static str) -> Result<M, WireError> {
+    M::decode(frame).map_err(|source| WireError::Decode { expected, source })
+}
+
+/// Checks a Hello's version; the caller answers with the result.
+pub fn check_version(hello: &proto::Hello) -> Result<(), WireError> {
+    if hello.protocol_version != PROTOCOL_VERSION {
+        return Err(WireError::IncompatibleVersion { theirs: hello.protocol_version, ours: PROTOCOL_VERSION });
+    }
+    Ok(())
+}
+
+// ----- operations -----
+
+fn operation_to_proto(operation: &Operation) -> proto::client_request::Operation {
+    use proto::client_request::Operation as Wire;
+    match operation {
+        Operation::Set { key, value } => Wire::Set(proto::Set { key: key.clone(), value: value.clone() }),
+        Operation::Get { key } => Wire::Get(proto::Get { key: key.clone() }),
+        Operation::Cas { key, expected, new } => {
+            Wire::Cas(proto::Cas { key: key.clone(), expected: expected.clone(), new: new.clone() })
+        }
+        Operation::Del { key } => Wire::Del(proto::Del { key: key.clone() }),
+        Operation::OpenSession => Wire::OpenSession(proto::OpenSession {}),
+    }
+}
+
+fn operation_from_proto(operation: proto::client_request::Operation) -> Operation {
+    use proto::client_request::Operation as Wire;
+    match operation {
+        Wire::Set(set) => Operation::Set { key: set.key, value: set.value },
+        Wire::Get(get) => Operation::Get { key: get.key },
+        Wire::Cas(cas) => Operation::Cas { key: cas.key, expected: cas.expected, new: cas.new },
+        Wire::Del(del) => Operation::Del { key: del.key },
+        Wire::OpenSession(_) => Operation::OpenSession,
+    }
+}
+
+/// Why a client request is refused before it reaches consensus.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum RequestError {
+    #[error("request has no operation")]
+    NoOperation,
+    #[error("unknown collection {0:?}; the only collection is \"kv\"")]
+    UnknownCollection(String),
+    #[error("unknown range {0}; the only range is 0")]
+    UnknownRange(u64),
+    #[error("key of {0} bytes exceeds the limit of {KEY_BYTES_MAX} bytes")]
+    KeyTooLarge(usize),
+    #[error("value of {0} bytes exceeds the limit of {VALUE_BYTES_MAX} bytes")]
+    ValueTooLarge(usize),
+    #[error("a request of {0} bytes exceeds the frame limit of {CLIENT_FRAME_BYTES_MAX} bytes")]
+    RequestTooLarge(usize),
+    #[error("a write needs a session's non-zero client_id and a non-zero sequence, a read a non-zero sequence (got {client_id}, {sequence}); open a session first and number its requests from 1")]
+    NoSession { client_id: u64, sequence: u64 },
+    #[error("an OpenSession request must carry client_id 0 and a non-zero nonce as its sequence (got {client_id}, {sequence})")]
+    MalformedOpen { client_id: u64, sequence: u64 },
+}
+
+impl RequestError {
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            RequestError::NoOperation | RequestError::NoSession { .. } | RequestError::MalformedOpen { .. } => {
+                ErrorCode::BadRequest
+            }
+            RequestError::UnknownCollection(_) => ErrorCode::UnknownCollection,
+            RequestError::UnknownRange(_) => ErrorCode::UnknownRange,
+            RequestError::KeyTooLarge(_) | RequestError::ValueTooLarge(_) | RequestError::RequestTooLarge(_) => {
+                ErrorCode::ValueTooLarge
+            }
+        }
+    }
+}
+
+pub fn client_request_to_proto(request_id: u64, request: &ClientRequest) -> proto::ClientRequest {
+    proto::ClientRequest {
+        request_id,
+        client_id: request.client_id,
+        sequence: request.sequence,
+        range_id: DEFAULT_RANGE_ID,
+        collection: DEFAULT_COLLECTION.to_string(),
+        operation: Some(operation_to_proto(&request.operation)),
+    }
+}
+
+/// Validates a client request and converts it for consensus.
+pub fn client_request_from_proto(request: proto::ClientRequest) -> Result<ClientRequest, RequestError> {
+    if !request.collection.is_empty() && request.collection != DEFAULT_COLLECTION {
+        return Err(RequestError::UnknownCollection(request.collection));
+    }
+    if request.range_id != DEFAULT_RANGE_ID {
+        return Err(RequestError::UnknownRange(request.range_id));
+    }
+    let operation = operation_from_proto(request.operation.ok_or(RequestError::NoOperation)?);
+    let (client_id, sequence) = (request.client_id, request.sequence);
+    match operation {
+        Operation::OpenSession if client_id != 0 || sequence == 0 => {
+            return Err(RequestError::MalformedOpen { client_id, sequence })
+        }
+        Operation::OpenSession => {}
+        // A read needs no session, only an id for its answer: a random nonce will do.
+        Operation::Get { .. } if sequence == 0 => return Err(RequestError::NoSession { client_id, sequence }),
+        Operation::Get { .. } => {}
+        _ if client_id == 0 || sequence == 0 => return Err(RequestError::NoSession { client_id, sequence }),
+        _ => {}
+    }
+    let key_bytes = operation.key().len();
+    if key_bytes > KEY_BYTES_MAX {
+        return Err(RequestError::KeyTooLarge(key_bytes));
+    }
+    let value_bytes = match &operation {
+        Operation::Set { value, .. } => value.len(),
+        Operation::Cas { expected, new, .. } => expected.len().max(new.len()),
+        Operation::Get { .. } | Operation::Del { .. } | Operation::OpenSession => 0,
+    };
+    if value_bytes > VALUE_BYTES_MAX {
+        return Err(RequestError::ValueTooLarge(value_bytes));
+    }
+    Ok(ClientRequest { client_id, sequence, operation })
+}
+
+/// Checks that `request` fits in one client frame, so that a server never
+/// has to close a shared connection over it.
+pub fn check_request_frame(request: &proto::ClientRequest) -> Result<(), RequestError> {
+    let bytes = FRAME_HEADER_BYTES + prost::Message::encoded_len(request);
+    if bytes > CLIENT_FRAME_BYTES_MAX {
+        return Err(RequestError::RequestTooLarge(bytes));
+    }
+    Ok(())
+}
+
+// ----- log entries and snapshots -----
+
+pub fn entry_to_proto(entry: &Entry) -> proto::Entry {
+    let command = match &entry.payload {
+        EntryPayload::Noop => None,
+        EntryPayload::Command(request) => {
+            let operation = operation_to_proto(&request.operation);
+            Some(proto::Command {
+                client_id: request.client_id,
+                sequence: request.sequence,
+                operation: Some(command_operation(operation)),
+            })
+        }
+    };
+    proto::Entry { term: entry.term, index: entry.index, command }
+}
+
+fn command_operation(operation: proto::client_request::Operation) -> proto::command::Operation {
+    use proto::client_request::Operation as From;
+    use proto::command::Operation as To;
+    match operation {
+        From::Set(set) => To::Set(set),
+        From::Get(get) => To::Get(get),
+        From::Cas(cas) => To::Cas(cas),
+        From::Del(del) => To::Del(del),
+        From::OpenSession(open) => To::OpenSession(open),
+    }
+}
+
+fn request_operation(operation: proto::command::Operation) -> proto::client_request::Operation {
+    use proto::client_request::Operation as To;
+    use proto::command::Operation as From;
+    match operation {
+        From::Set(set) => To::Set(set),
+        From::Get(get) => To::Get(get),
+        From::Cas(cas) => To::Cas(cas),
+        From::Del(del) => To::Del(del),
+        From::OpenSession(open) => To::OpenSession(open),
+    }
+}
+
+pub fn entry_from_proto(entry: proto::Entry) -> Result<Entry, WireError> {
+    let payload = match entry.command {
+        None => EntryPayload::Noop,
+        Some(command) => {
+            let operation =
+                command.operation.ok_or(WireError::MissingField { message: "Command", field: "operation" })?;
+            EntryPayload::Command(ClientRequest {
+                client_id: command.client_id,
+                sequence: command.sequence,
+                operation: operation_from_proto(request_operation(operation)),
+            })
+        }
+    };
+    Ok(Entry { term: entry.term, index: entry.index, payload })
+}
+
+pub fn snapshot_to_proto(snapshot: &Snapshot) -> proto::Snapshot {
+    proto::Snapshot { last_index: snapshot.last_index, last_term: snapshot.last_term, data: snapshot.data.clone() }
+}
+
+pub fn snapshot_from_proto(snapshot: proto::Snapshot) -> Snapshot {
+    Snapshot { last_index: snapshot.last_index, last_term: snapshot.last_term, data: snapshot.data }
+}
+
+/// Checks a snapshot from a peer before consensus or storage sees it: the
+/// format, the checksum, every record, and that the data is at the
+/// position the message claims.
+pub fn check_snapshot(snapshot: &Snapshot) -> Result<(), WireError> {
+    let reader = SnapshotReader::new(&snapshot.data)?;
+    reader.check_records()?;
+    if (reader.applied_index, reader.applied_term) != (snapshot.last_index, snapshot.last_term) {
+        return Err(WireError::SnapshotPosition {
+            claimed: snapshot.last_index,
+            claimed_term: snapshot.last_term,
+            data: reader.applied_index,
+            data_term: reader.applied_term,
+        });
+    }
+    Ok(())
+}
+
+// ----- peer messages -----
+
+pub fn peer_message_to_proto(envelope: &Envelope) -> proto::PeerMessage {
+    use proto::peer_message::Body;
+    let body = match &envelope.message {
+        Message::PreVote { term, last_log_index, last_log_term } => Body::PreVote(proto::PreVote {
+            term: *term,
+            last_log_index: *last_log_index,
+            last_log_term: *last_log_term,
+        }),
+        Message::PreVoteResponse { term, granted } => {
+            Body::PreVoteResponse(proto::VoteResponse { term: *term, granted: *granted })
+        }
+        Message::Vote { term, last_log_index, last_log_term } => {
+            Body::Vote(proto::PreVote { term: *term, last_log_index: *last_log_index, last_log_term: *last_log_term })
+        }
+        Message::VoteResponse { term, granted } => {
+            Body::VoteResponse(proto::VoteResponse { term: *term, granted: *granted })
+        }
+        Message::Append { term, prev_index, prev_term, entries, commit, round } => Body::Append(proto::Append {
+            term: *term,
+            prev_index: *prev_index,
+            prev_term: *prev_term,
+            entries: entries.iter().map(entry_to_proto).collect(),
+            commit: *commit,
+            round: *round,
+        }),
+        Message::AppendResponse { term, success, index, hint, round } => Body::AppendResponse(proto::AppendResponse {
+            term: *term,
+            success: *success,
+            index: *index,
+            hint: hint.map(|hint| proto::RejectHint {
+                conflict_index: hint.conflict_index,
+                has_conflict_term: hint.conflict_term.is_some(),
+                conflict_term: hint.conflict_term.unwrap_or(0),
+            }),
+            round: *round,
+        }),
+        Message::Heartbeat { term, commit, round } => {
+            Body::Heartbeat(proto::Heartbeat { term: *term, commit: *commit, round: *round })
+        }
+        Message::HeartbeatResponse { term, round } => {
+            Body::HeartbeatResponse(proto::HeartbeatResponse { term: *term, round: *round })
+        }
+        Message::InstallSnapshot { term, snapshot, round } => Body::InstallSnapshot(proto::InstallSnapshot {
+            term: *term,
+            snapshot: Some(snapshot_to_proto(snapshot)),
+            round: *round,
+        }),
+        Message::InstallSnapshotResponse { term, last_index, round } => {
+            Body::InstallSnapshotResponse(proto::InstallSnapshotResponse {
+                term: *term,
+                last_index: *last_index,
+                round: *round,
+            })
+        }
+    };
+    proto::PeerMessage { range_id: DEFAULT_RANGE_ID, from: envelope.from, to: envelope.to, body: Some(body) }
+}
+
+/// Converts a peer message and checks it as far as it can be checked
+/// without the receiver's state (`consensus::check_structure`, and a
+/// snapshot's data). What fails here never reaches consensus.
+pub fn peer_message_from_proto(message: proto::PeerMessage) -> Result<Envelope, WireError> {
+    let envelope = peer_message_unchecked(message)?;
+    consensus::check_structure(&envelope.message)?;
+    if let Message::InstallSnapshot { snapshot, .. } = &envelope.message {
+        check_snapshot(snapshot)?;
+    }
+    Ok(envelope)
+}
+
+fn peer_message_unchecked(message: proto::PeerMessage) -> Result<Envelope, WireError> {
+    use proto::peer_message::Body;
+    let body = message.body.ok_or(WireError::MissingField { message: "PeerMessage", field: "body" })?;
+    let message_body = match body {
+        Body::PreVote(vote) => {
+            Message::PreVote { term: vote.term, last_log_index: vote.last_log_index, last_log_term: vote.last_log_term }
+        }
+        Body::PreVoteResponse(response) => Message::PreVoteResponse { term: response.term, granted: response.granted },
+        Body::Vote(vote) => {
+            Message::Vote { term: vote.term, last_log_index: vote.last_log_index, last_log_term: vote.last_log_term }
+        }
+        Body::VoteResponse(response) => Message::VoteResponse { term: response.term, granted: response.granted },
+        Body::Append(append) => Message::Append {
+            term: append.term,
+            prev_index: append.prev_index,
+            prev_term: append.prev_term,
+            entries: append.entries.into_iter().map(entry_from_proto).collect::<Result<_, _>>()?,
+            commit: append.commit,
+            round: append.round,
+        },
+        Body::AppendResponse(response) => Message::AppendResponse {
+            term: response.term,
+            success: response.success,
+            index: response.index,
+            hint: response.hint.map(|hint| RejectHint {
+                conflict_index: hint.conflict_index,
+                conflict_term: hint.has_conflict_term.then_some(hint.conflict_term),
+            }),
+            round: response.round,
+        },
+        Body::Heartbeat(heartbeat) => {
+            Message::Heartbeat { term: heartbeat.term, commit: heartbeat.commit, round: heartbeat.round }
+        }
+        Body::HeartbeatResponse(response) => Message::HeartbeatResponse { term: response.term, round: response.round },
+        Body::InstallSnapshot(install) => Message::InstallSnapshot {
+            term: install.term,
+            snapshot: snapshot_from_proto(
+                install.snapshot.ok_or(WireError::MissingField { message: "InstallSnapshot", field: "snapshot" })?,
+            ),
+            round: install.round,
+        },
+        Body::InstallSnapshotResponse(response) => Message::InstallSnapshotResponse {
+            term: response.term,
+            last_index: response.last_index,
+            round: response.round,
+        },
+    };
+    Ok(Envelope { from: message.from, to: message.to, message: message_body })
+}
+
+/// Encodes any prost message to bytes (for storage values).
+pub fn to_bytes(message: &impl prost::Message) -> Vec<u8> {
+    message.encode_to_vec()
+}
+
+/// The consensus hard state as stored.
+pub fn hard_state_to_proto(state: consensus::HardState) -> proto::HardState {
+    proto::HardState { term: state.term, has_vote: state.voted_for.is_some(), voted_for: state.voted_for.unwrap_or(0) }
+}
+
+pub fn hard_state_from_proto(state: proto::HardState) -> consensus::HardState {
+    consensus::HardState { term: state.term, voted_for: state.has_vote.then_some(state.voted_for) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_round_trip_and_wait_for_their_whole_body() {
+        let hello = proto::Hello { protocol_version: PROTOCOL_VERSION, role: 1, ..Default::default() };
+        let mut buffer = BytesMut::new();
+        encode_frame(&hello, &mut buffer);
+        let whole = buffer.clone();
+        let mut partial = BytesMut::from(&whole[..whole.len() - 1]);
+        assert!(take_frame(&mut partial, 100).unwrap().is_none(), "a truncated frame is not yet a frame");
+        let frame = take_frame(&mut buffer, 100).unwrap().expect("a whole frame");
+        assert_eq!(decode::<proto::Hello>(frame, "Hello").unwrap(), hello);
+        assert!(buffer.is_empty());
+    }
+
+    #[test]
+    fn oversized_lengths_are_refused_before_allocation() {
+        let mut buffer = BytesMut::from(&[0xff, 0xff, 0xff, 0xff][..]);
+        let error = take_frame(&mut buffer, CLIENT_FRAME_BYTES_MAX).unwrap_err();
+        assert!(matches!(error, WireError::FrameTooLarge { length: 0xffff_ffff, .. }));
+        assert!(buffer.capacity() < 1024, "nothing was reserved for the claimed body");
+    }
+
+    /// Issue 13, item 7: a header that declares a large body reserves nothing.
+    #[test]
+    fn a_declared_length_within_the_limit_reserves_nothing_either() {
+        let mut buffer = BytesMut::from(&((PEER_FRAME_BYTES_MAX as u32).to_be_bytes())[..]);
+        assert!(take_frame(&mut buffer, PEER_FRAME_BYTES_MAX).unwrap().is_none());
+        assert!(buffer.capacity() < 1024, "reserved {} bytes for a body not sent", buffer.capacity());
+    }
+
+    /// Issue 13, item 5: the largest cas each field allows fits in one frame.
+    #[test]
+    fn the_largest_valid_request_fits_in_a_client_frame() {
+        let request = proto::ClientRequest {
+            request_id: u64::MAX,
+            client_id: u64::MAX,
+            sequence: u64::MAX,
+            range_id: u64::MAX,
+            collection: DEFAULT_COLLECTION.to_string(),
+            operation: Some(proto::client_request::Operation::Cas(proto::Cas {
+                key: Bytes::from(vec![1; KEY_BYTES_MAX]),
+                expected: Bytes::from(vec![2; VALUE_BYTES_MAX]),
+                new: Bytes::from(vec![3; VALUE_BYTES_MAX]),
+            })),
+        };
+        assert_eq!(check_request_frame(&request), Ok(()));
+        let mut buffer = BytesMut::new();
+        encode_frame(&request, &mut buffer);
+        assert!(take_frame(&mut buffer, CLIENT_FRAME_BYTES_MAX).unwrap().is_some());
+    }
+
+    #[test]
+    fn garbage_does_not_decode() {
+        let garbage = Bytes::from_static(&[0xff, 0xff, 0xff, 0x01, 0x02]);
+        assert!(decode::<proto::PeerMessage>(garbage, "PeerMessage").is_err());
+    }
+
+    #[test]
+    fn every_peer_message_round_trips() {
+        let entries = vec![
+            Entry { term: 2, index: 5, payload: EntryPayload::Noop },
+            Entry {
+                term: 2,
+                index: 6,
+                payload: EntryPayload::Command(ClientRequest {
+                    client_id: 9,
+                    sequence: 3,
+                    operation: Operation::Cas {
+                        key: bytes::Bytes::from_static(b"k"),
+                        expected: bytes::Bytes::from_static(b"a"),
+                        new: bytes::Bytes::from_static(b"b"),
+                    },
+                }),
+            },
+        ];
+        let data = crate::state_machine::SnapshotWriter::new(4, 1).finish().into();
+        let snapshot = Snapshot { last_index: 4, last_term: 1, data };
+        let messages = vec![
+            Message::PreVote { term: 3, last_log_index: 4, last_log_term: 2 },
+            Message::PreVoteResponse { term: 3, granted: true },
+            Message::Vote { term: 3, last_log_index: 4, last_log_term: 2 },
+            Message::VoteResponse { term: 3, granted: false },
+            Message::Append { term: 2, prev_index: 4, prev_term: 1, entries, commit: 3, round: 7 },
+            Message::AppendResponse {
+                term: 2,
+                success: false,
+                index: 4,
+                hint: Some(RejectHint { conflict_index: 2, conflict_term: Some(1) }),
+                round: 7,
+            },
+            Message::AppendResponse { term: 2, success: true, index: 6, hint: None, round: 7 },
+            Message::Heartbeat { term: 2, commit: 6, round: 8 },
+            Message::HeartbeatResponse { term: 2, round: 8 },
+            Message::InstallSnapshot { term: 2, snapshot, round: 9 },
+            Message::InstallSnapshotResponse { term: 2, last_index: 4, round: 9 },
+        ];
+        for message in messages {
+            let envelope = Envelope { from: 1, to: 2, message };
+            let mut buffer = BytesMut::new();
+            encode_frame(&peer_message_to_proto(&envelope), &mut buffer);
+            let frame = take_frame(&mut buffer, PEER_FRAME_BYTES_MAX).unwrap().unwrap();
+            let decoded = peer_message_from_proto(decode(frame, "PeerMessage").unwrap()).unwrap();
+            assert_eq!(decoded, envelope);
+        }
+    }
+
+    #[test]
+    fn requests_are_validated() {
+        let request = |collection: &str, range_id: u64, value: usize| proto::ClientRequest {
+            collection: collection.to_string(),
+            range_id,
+            client_id: 1,
+            sequence: 1,
+            operation: Some(proto::client_request::Operation::Set(proto::Set {
+                key: Bytes::from_static(b"k"),
+                value: Bytes::from(vec![0; value]),
+            })),
+            ..Default::default()
+        };
+        assert!(client_request_from_proto(request("", 0, 10)).is_ok());
+        assert!(client_request_from_proto(request("kv", 0, VALUE_BYTES_MAX)).is_ok());
+        assert_eq!(
+            client_request_from_proto(request("kv", 0, VALUE_BYTES_MAX + 1)),
+            Err(RequestError::ValueTooLarge(VALUE_BYTES_MAX + 1))
+        );
+        assert_eq!(client_request_from_proto(request("log", 0, 1)), Err(RequestError::UnknownCollection("log".into())));
+        assert_eq!(client_request_from_proto(request("kv", 3, 1)), Err(RequestError::UnknownRange(3)));
+        let empty = proto::ClientRequest::default();
+        assert_eq!(client_request_from_proto(empty), Err(RequestError::NoOperation));
+    }
+
+    /// Issue 13, item 6: the protobuf defaults (client 0, sequence 0) are refused.
+    #[test]
+    fn requests_need_a_session_and_a_sequence() {
+        let set = |client_id, sequence| proto::ClientRequest {
+            client_id,
+            sequence,
+            operation: Some(proto::client_request::Operation::Set(proto::Set::default())),
+            ..Default::default()
+        };
+        assert_eq!(client_request_from_proto(set(0, 0)), Err(RequestError::NoSession { client_id: 0, sequence: 0 }));
+        assert!(client_request_from_proto(set(5, 0)).is_err());
+        assert!(client_request_from_proto(set(0, 5)).is_err());
+        assert!(client_request_from_proto(set(5, 1)).is_ok());
+        let get = |client_id, sequence| proto::ClientRequest {
+            client_id,
+            sequence,
+            operation: Some(proto::client_request::Operation::Get(proto::Get::default())),
+            ..Default::default()
+        };
+        assert!(client_request_from_proto(get(0, 7)).is_ok(), "a read needs no session");
+        assert!(client_request_from_proto(get(0, 0)).is_err());
+        let open = |client_id, sequence| proto::ClientRequest {
+            client_id,
+            sequence,
+            operation: Some(proto::client_request::Operation::OpenSession(proto::OpenSession {})),
+            ..Default::default()
+        };
+        assert!(client_request_from_proto(open(0, 77)).is_ok());
+        assert!(client_request_from_proto(open(0, 0)).is_err());
+        assert!(client_request_from_proto(open(3, 77)).is_err());
+    }
+
+    /// Issue 13, item 8: a corrupt snapshot is refused at the wire, not by storage.
+    #[test]
+    fn corrupt_or_misplaced_snapshots_are_refused_at_the_wire() {
+        let good: Bytes = crate::state_machine::SnapshotWriter::new(4, 1).finish().into();
+        let message = |last_index, data: Bytes| proto::PeerMessage {
+            from: 1,
+            to: 2,
+            body: Some(proto::peer_message::Body::InstallSnapshot(proto::InstallSnapshot {
+                term: 1,
+                snapshot: Some(proto::Snapshot { last_index, last_term: 1, data }),
+                round: 1,
+            })),
+            ..Default::default()
+        };
+        assert!(peer_message_from_proto(message(4, good.clone())).is_ok());
+        let mut corrupt = good.to_vec();
+        corrupt[10] ^= 0xff;
+        assert!(matches!(peer_message_from_proto(message(4, corrupt.into())), Err(WireError::Snapshot { .. })));
+        assert!(matches!(peer_message_from_proto(message(9, good)), Err(WireError::SnapshotPosition { .. })));
+        assert!(peer_message_from_proto(message(4, Bytes::from_static(b"junk"))).is_err());
+    }
+}

@@ -1,0 +1,1237 @@
+//! The daemon's event loop. One thread: it polls both ports, feeds inputs to
+//! the consensus node with the boot clock, and carries out each Ready in the
+//! order the core's contract sets (see `consensus::ready`). A second thread
+//! builds snapshots for followers that need one.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token, Waker};
+use rocksdb::WriteBatch;
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook_mio::v1_0::Signals;
+use thiserror::Error;
+use tracing::{debug, error, info, warn};
+
+use super::clock::BootClock;
+use super::config::{Flags, Membership};
+use super::connection::{Connection, Kind, Received, READ_CHUNK_BYTES};
+use super::storage::{Claim, SnapshotSource, Storage, StorageError, SyncWorker};
+use rasputin_consensus::{
+    Config, LogIndex, MessageError, Nanos, NodeId, Rejection, Role, Snapshot, StartError, Term, LOG_INDEX_MAX, TERM_MAX,
+};
+use rasputin_kv::operation::{ClientRequest, Envelope, Input, Message, Node, Ready};
+use rasputin_kv::state_machine::{Refusal, Response};
+use rasputin_kv::wire::{self, proto, ErrorCode, PROTOCOL_VERSION};
+
+const PEER_LISTENER: Token = Token(0);
+const CLIENT_LISTENER: Token = Token(1);
+const SIGNALS: Token = Token(2);
+/// The snapshot thread or the sync thread finished something. Mio allows
+/// one waker per poll, so the two share it.
+const WORKER_DONE: Token = Token(3);
+const FIRST_CONNECTION: usize = 16;
+/// A turn of the event loop longer than this is logged, with the time its
+/// RocksDB writes took: heartbeats wait for the turn, and a lease is 500 ms.
+const TURN_WARN_MS: u128 = 100;
+/// Client requests waiting for their entry to apply or their read to be confirmed.
+const CLIENT_REQUESTS_WAITING_COUNT_MAX: usize = 100_000;
+/// Open client connections; further ones are refused.
+const CLIENT_CONNECTIONS_COUNT_MAX: usize = 10_000;
+/// Connections accepted on the peer port that have not completed their
+/// handshake. Beyond this the oldest is closed: strangers cannot hold the
+/// room a reconnecting member needs, since a member greets at once.
+const PEER_HANDSHAKES_PENDING_COUNT_MAX: usize = 16;
+/// How long a connection may take to complete its handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often connections are checked against the handshake timeout.
+const HANDSHAKE_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+/// How often a lost peer connection is retried.
+const PEER_RECONNECT_INTERVAL: Duration = Duration::from_millis(200);
+/// Events handled per poll.
+const EVENTS_PER_POLL_MAX: usize = 1024;
+/// After a snapshot goes to a follower, how long at most the log it needs
+/// to catch up from is kept, and no other is built for it, unless it
+/// acknowledges the snapshot first.
+const SNAPSHOT_CATCH_UP_TIMEOUT: Duration = Duration::from_secs(60);
+/// How often a node that is joining says what it waits for.
+const JOIN_REPORT_INTERVAL: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Error)]
+pub enum DaemonError {
+    #[error("invalid flags: {0}")]
+    Flags(String),
+    #[error(transparent)]
+    Start(#[from] StartError),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("cannot listen on {address}: {source}; is the port in use?")]
+    Listen { address: SocketAddr, source: std::io::Error },
+    #[error("event loop failed: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("--storage-dir is empty, but node {peer} (at term {peer_term}) has had messages from node {node} before: this node's data was lost. A node that forgot its votes could vote twice in one term. Restore the directory, or start the node with --replace to rejoin as a replacement")]
+    WipedNode { node: NodeId, peer: NodeId, peer_term: Term },
+    #[error("--replace is for a node whose --storage-dir is empty, and this one holds data; drop --replace to start the node as it is")]
+    ReplaceWithData,
+}
+
+impl DaemonError {
+    /// Exit code: 2 for bad invocations, 3 when the data needs an operator
+    /// (restarting will not help), 1 for other failures while running.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            DaemonError::Flags(_) | DaemonError::Start(StartError::Config(_)) | DaemonError::ReplaceWithData => 2,
+            DaemonError::Start(StartError::Recovered(_)) | DaemonError::WipedNode { .. } => 3,
+            DaemonError::Storage(error) if error.needs_an_operator() => 3,
+            _ => 1,
+        }
+    }
+}
+
+/// A client request waiting for its answer: which connection, which request id.
+type Waiter = (Token, u64);
+
+/// What a sync requested from the sync thread will make durable.
+#[derive(Clone, Debug)]
+struct SyncJob {
+    /// Every persist up to the `persists`-th.
+    persists: u64,
+    /// The last log position among them, to report to consensus.
+    position: Option<(LogIndex, Term)>,
+    /// A compaction written before the request, to report to consensus.
+    compaction: Option<Snapshot>,
+}
+
+/// What a node with an empty directory waits for before it takes part.
+struct Join {
+    replace: bool,
+    /// Each member's answer to this node's greeting.
+    answers: BTreeMap<NodeId, Answer>,
+    reported_at: Instant,
+}
+
+/// A member's answer to the greeting of a node that is joining.
+#[derive(Clone, Copy, Debug)]
+struct Answer {
+    term: Term,
+    /// The end of the member's log: (last term, last index).
+    log_end: (Term, LogIndex),
+    knows_you: bool,
+}
+
+/// Snapshots for followers, built on a worker thread from a RocksDB snapshot.
+struct SnapshotSender {
+    requests: mpsc::SyncSender<()>,
+    built: mpsc::Receiver<Result<Snapshot, StorageError>>,
+    building: bool,
+    /// Followers waiting for the snapshot being built, with the term and
+    /// round of the InstallSnapshot consensus asked for.
+    waiting: BTreeMap<NodeId, (Term, u64)>,
+    /// Followers catching up from a snapshot sent to them.
+    sent: BTreeMap<NodeId, SentSnapshot>,
+}
+
+/// A snapshot sent to a follower that has not acknowledged it yet.
+#[derive(Clone, Copy, Debug)]
+struct SentSnapshot {
+    at: Instant,
+    index: LogIndex,
+    /// The connection it went out on; a snapshot too large to send has none.
+    connection: Option<Token>,
+}
+
+impl SnapshotSender {
+    fn start(source: SnapshotSource, waker: Arc<Waker>) -> std::io::Result<SnapshotSender> {
+        let (requests, requested) = mpsc::sync_channel::<()>(1);
+        let (finished, built) = mpsc::sync_channel(1);
+        std::thread::Builder::new().name("rasputin-snapshots".into()).spawn(move || {
+            while requested.recv().is_ok() {
+                if finished.send(source.build()).is_err() {
+                    return;
+                }
+                let _ = waker.wake();
+            }
+        })?;
+        Ok(SnapshotSender { requests, built, building: false, waiting: BTreeMap::new(), sent: BTreeMap::new() })
+    }
+
+    /// Forgets the snapshots whose followers have acknowledged them (their
+    /// match index reached it), whose connection closed (so they may be
+    /// lost), or that went out SNAPSHOT_CATCH_UP_TIMEOUT ago.
+    fn forget_caught_up(&mut self, node: &Node, outbound: &BTreeMap<NodeId, Token>) {
+        self.sent.retain(|peer, sent| {
+            let connection_lives = sent.connection.is_none_or(|token| outbound.get(peer) == Some(&token));
+            let unacknowledged = node.match_index(*peer).is_some_and(|matched| matched < sent.index);
+            sent.at.elapsed() < SNAPSHOT_CATCH_UP_TIMEOUT && connection_lives && unacknowledged
+        });
+    }
+
+    /// The lowest index of a snapshot a follower may still be catching up
+    /// from: the log after it must stay.
+    fn catch_up_floor(&self) -> Option<LogIndex> {
+        self.sent.values().map(|sent| sent.index).min()
+    }
+}
+
+struct Daemon {
+    membership: Membership,
+    client_address: String,
+    snapshot_every_entries: u64,
+    /// None while the node joins (see `Join`).
+    node: Option<Node>,
+    join: Option<Join>,
+    storage: Storage,
+    clock: BootClock,
+    poll: Poll,
+    connections: BTreeMap<Token, Connection>,
+    next_token: usize,
+    client_connections: usize,
+    outbound: BTreeMap<NodeId, Token>,
+    reconnect_at: BTreeMap<NodeId, Instant>,
+    peer_client_addresses: BTreeMap<NodeId, String>,
+    waiting: HashMap<(u64, u64), Vec<Waiter>>,
+    batch: WriteBatch,
+    /// Persists staged into a batch so far, how many of them are written
+    /// (unsynced), and how many are synced.
+    persists_staged: u64,
+    persists_written: u64,
+    persists_synced: u64,
+    /// The last log position staged in `batch`, and the last written and
+    /// not yet asked to sync.
+    staged_position: Option<(LogIndex, Term)>,
+    written_position: Option<(LogIndex, Term)>,
+    /// A compaction written and not yet asked to sync.
+    written_compaction: Option<Snapshot>,
+    /// The sync thread, and what the sync it is doing makes durable.
+    syncs: SyncWorker,
+    sync_in_flight: Option<SyncJob>,
+    /// Synced and not yet reported to consensus.
+    synced_position: Option<(LogIndex, Term)>,
+    synced_compaction: Option<Snapshot>,
+    /// Messages that promise durability, each with the number of persists
+    /// that must be synced before it may leave.
+    held_messages: VecDeque<(u64, Envelope)>,
+    /// How long this turn's RocksDB writes took, for the slow-turn warning.
+    turn_storage: Duration,
+    deadline: Nanos,
+    shutting_down: bool,
+    /// Client requests read in this poll, stepped together by `propose`;
+    /// bounded by CLIENT_REQUESTS_WAITING_COUNT_MAX through `waiting`.
+    proposals: Vec<ClientRequest>,
+    /// Where every connection's reads land before their bytes are framed.
+    read_scratch: Vec<u8>,
+    /// Connections whose last read stopped at the turn's budget.
+    backlog: BTreeSet<Token>,
+    /// Outgoing peer connections leave from this address, so that peers (and
+    /// firewall rules) see the same address the node listens on.
+    bind: IpAddr,
+    snapshots: SnapshotSender,
+    withholding_votes: bool,
+    handshakes_swept_at: Instant,
+}
+
+/// Runs the daemon until SIGTERM or SIGINT.
+pub fn run(flags: Flags) -> Result<(), DaemonError> {
+    let membership = flags.membership().map_err(DaemonError::Flags)?;
+    let storage = Storage::open(&flags.storage_dir)?;
+    let claim = storage.claim_identity(membership.node_id, membership.cluster_id)?;
+    if flags.replace && claim == Claim::Existing {
+        return Err(DaemonError::ReplaceWithData);
+    }
+    let poll = Poll::new()?;
+    let mut peer_listener = listen(SocketAddr::new(flags.bind, flags.peer_port))?;
+    let mut client_listener = listen(SocketAddr::new(flags.bind, flags.cli_port))?;
+    poll.registry().register(&mut peer_listener, PEER_LISTENER, Interest::READABLE)?;
+    poll.registry().register(&mut client_listener, CLIENT_LISTENER, Interest::READABLE)?;
+    let mut signals = Signals::new([SIGTERM, SIGINT])?;
+    poll.registry().register(&mut signals, SIGNALS, Interest::READABLE)?;
+    let waker = Arc::new(Waker::new(poll.registry(), WORKER_DONE)?);
+    let snapshots = SnapshotSender::start(storage.snapshot_source(), waker.clone())?;
+    let syncs = storage.sync_worker(move || {
+        let _ = waker.wake();
+    })?;
+    let advertise = flags.advertise.unwrap_or(flags.bind);
+    let join = (claim == Claim::Fresh).then(|| Join {
+        replace: flags.replace,
+        answers: BTreeMap::new(),
+        reported_at: Instant::now(),
+    });
+    let mut daemon = Daemon {
+        client_address: SocketAddr::new(advertise, flags.cli_port).to_string(),
+        bind: flags.bind,
+        read_scratch: vec![0; READ_CHUNK_BYTES],
+        proposals: Vec::new(),
+        snapshot_every_entries: flags.snapshot_every_entries,
+        node: None,
+        join,
+        storage,
+        clock: BootClock::start(),
+        poll,
+        connections: BTreeMap::new(),
+        next_token: FIRST_CONNECTION,
+        client_connections: 0,
+        outbound: BTreeMap::new(),
+        reconnect_at: BTreeMap::new(),
+        peer_client_addresses: BTreeMap::new(),
+        waiting: HashMap::new(),
+        batch: WriteBatch::default(),
+        persists_staged: 0,
+        persists_written: 0,
+        persists_synced: 0,
+        staged_position: None,
+        written_position: None,
+        written_compaction: None,
+        syncs,
+        sync_in_flight: None,
+        synced_position: None,
+        synced_compaction: None,
+        held_messages: VecDeque::new(),
+        turn_storage: Duration::ZERO,
+        deadline: 0,
+        shutting_down: false,
+        backlog: BTreeSet::new(),
+        snapshots,
+        withholding_votes: false,
+        handshakes_swept_at: Instant::now(),
+        membership,
+    };
+    info!(
+        node = daemon.membership.node_id,
+        peers = ?daemon.membership.peers,
+        client = %daemon.client_address,
+        joining = daemon.join.is_some(),
+        "rasputind listening"
+    );
+    if daemon.join.is_none() {
+        daemon.start_consensus()?;
+    }
+    daemon.event_loop(&peer_listener, &client_listener, &mut signals)
+}
+
+/// Starts a non-blocking connect from `source` (any port), unless `source` is
+/// unspecified, when the kernel picks the source address as usual.
+fn connect_from(source: IpAddr, address: SocketAddr) -> std::io::Result<TcpStream> {
+    if source.is_unspecified() {
+        return TcpStream::connect(address);
+    }
+    let socket = socket2::Socket::new(socket2::Domain::for_address(address), socket2::Type::STREAM, None)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&SocketAddr::new(source, 0).into())?;
+    match socket.connect(&address.into()) {
+        Ok(()) => {}
+        Err(error) if error.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(error) => return Err(error),
+    }
+    Ok(TcpStream::from_std(socket.into()))
+}
+
+fn listen(address: SocketAddr) -> Result<TcpListener, DaemonError> {
+    TcpListener::bind(address).map_err(|source| DaemonError::Listen { address, source })
+}
+
+impl Daemon {
+    fn now(&self) -> Nanos {
+        self.clock.now_ns()
+    }
+
+    /// Starts consensus from what the disk holds.
+    fn start_consensus(&mut self) -> Result<(), DaemonError> {
+        let members = (1..=self.membership.peers.len() as u64).collect();
+        let mut config = Config::new(self.membership.node_id, members);
+        if cfg!(feature = "fault-stale-reads") {
+            config.faults.reads_ignore_lease = true;
+            warn!("built with the test-only feature fault-stale-reads: reads ignore the lease and may be stale; never run this build for real");
+        }
+        let recovered = self.storage.recover()?;
+        info!(
+            node = self.membership.node_id,
+            term = recovered.hard_state.term,
+            entries = recovered.entries.len(),
+            snapshot = recovered.snapshot.as_ref().map_or(0, |snapshot| snapshot.last_index),
+            applied = self.storage.applied().0,
+            votes_withheld_until = ?recovered.votes_withheld_until,
+            "recovered"
+        );
+        self.withholding_votes = recovered.votes_withheld_until.is_some();
+        let now = self.now();
+        let seed = self.membership.node_id ^ std::process::id() as u64 ^ now;
+        self.node = Some(Node::new(config, recovered, seed, now)?);
+        self.step(Input::Tick)?;
+        self.flush_persist()
+    }
+
+    fn event_loop(
+        &mut self,
+        peer_listener: &TcpListener,
+        client_listener: &TcpListener,
+        signals: &mut Signals,
+    ) -> Result<(), DaemonError> {
+        let mut events = Events::with_capacity(EVENTS_PER_POLL_MAX);
+        while !self.shutting_down {
+            self.connect_peers();
+            self.flush_connections();
+            self.close_stalled_handshakes();
+            let wait = if self.backlog.is_empty() {
+                let wait_ns = self.deadline.saturating_sub(self.now());
+                Duration::from_nanos(wait_ns).min(PEER_RECONNECT_INTERVAL)
+            } else {
+                Duration::ZERO
+            };
+            if let Err(error) = self.poll.poll(&mut events, Some(wait)) {
+                if error.kind() != std::io::ErrorKind::Interrupted {
+                    return Err(error.into());
+                }
+            }
+            let turn_started = Instant::now();
+            self.turn_storage = Duration::ZERO;
+            for event in events.iter() {
+                match event.token() {
+                    PEER_LISTENER => self.accept(peer_listener, Kind::PeerInbound),
+                    CLIENT_LISTENER => self.accept(client_listener, Kind::Client),
+                    SIGNALS => self.on_signals(signals),
+                    WORKER_DONE => {
+                        self.on_syncs_done()?;
+                        self.on_snapshot_built()?;
+                    }
+                    token => self.on_connection_event(token, event.is_readable(), event.is_writable())?,
+                }
+            }
+            for token in std::mem::take(&mut self.backlog) {
+                self.read_connection(token)?;
+            }
+            self.propose()?;
+            if self.node.is_some() && self.now() >= self.deadline {
+                self.step(Input::Tick)?;
+            }
+            // Appends to followers (and answers) may leave before this node's
+            // own sync: followers then sync while the leader does. Messages
+            // that must wait for the sync are held apart until it is done.
+            self.flush_connections();
+            self.flush_persist()?;
+            self.maybe_finish_joining()?;
+            self.warn_if_slow(turn_started.elapsed());
+        }
+        self.sync_now()?;
+        self.report_synced()?;
+        self.flush_connections();
+        info!(node = self.membership.node_id, "shut down cleanly");
+        Ok(())
+    }
+
+    fn on_signals(&mut self, signals: &mut Signals) {
+        for signal in signals.pending() {
+            info!(signal, "received a termination signal; finishing writes and stopping");
+            self.shutting_down = true;
+        }
+    }
+
+    // ----- joining -----
+
+    /// A node whose directory was empty takes part only once it knows it
+    /// never took part before: every other member says it has not heard
+    /// from it, or a quorum of the other members answers, all from term 0.
+    /// (Any election ever held had a quorum of voters, which meets that one
+    /// in a member that is not this node, and that member's term would not
+    /// be 0.) A replacement waits for every member: it must learn the
+    /// highest term, in which it may have voted before, and the most
+    /// up-to-date log, which holds every entry committed so far.
+    fn maybe_finish_joining(&mut self) -> Result<(), DaemonError> {
+        let Some(join) = &mut self.join else { return Ok(()) };
+        let node = self.membership.node_id;
+        if let Some((&peer, answer)) = join.answers.iter().find(|(_, answer)| answer.knows_you) {
+            if !join.replace {
+                return Err(DaemonError::WipedNode { node, peer, peer_term: answer.term });
+            }
+        }
+        let others = self.membership.peers.len() - 1;
+        let everyone_answered = join.answers.len() == others;
+        let quorum_of_others = join.answers.len() > self.membership.peers.len() / 2;
+        let never_elected = join.answers.values().all(|answer| answer.term == 0);
+        let ready = everyone_answered || (!join.replace && quorum_of_others && never_elected);
+        if !ready {
+            if join.reported_at.elapsed() >= JOIN_REPORT_INTERVAL {
+                join.reported_at = Instant::now();
+                let answered: Vec<&NodeId> = join.answers.keys().collect();
+                info!(
+                    node,
+                    ?answered,
+                    replace = join.replace,
+                    "joining with an empty directory: waiting until every other member answers (in a new cluster, a quorum of them)"
+                );
+            }
+            return Ok(());
+        }
+        if join.replace {
+            let term = join.answers.values().map(|answer| answer.term).max().unwrap_or(0);
+            let most_up_to_date = join.answers.values().map(|answer| answer.log_end).max().unwrap_or((0, 0));
+            info!(
+                node,
+                term,
+                log_end = ?most_up_to_date,
+                "replacing a lost node: no vote in term {term}, and none at all until this node's log reaches {most_up_to_date:?}"
+            );
+            self.storage.start_replacement(term, node, most_up_to_date)?;
+        }
+        self.storage.write_identity(node, self.membership.cluster_id)?;
+        self.join = None;
+        info!(node, "joined the cluster");
+        self.start_consensus()
+    }
+
+    // ----- connections -----
+
+    fn register(&mut self, mut stream: TcpStream, kind: Kind, address: SocketAddr) -> Option<Token> {
+        let token = Token(self.next_token);
+        self.next_token += 1;
+        let interest = Interest::READABLE | Interest::WRITABLE;
+        if let Err(error) = self.poll.registry().register(&mut stream, token, interest) {
+            warn!(%address, %error, "cannot watch a connection; dropping it");
+            return None;
+        }
+        let _ = stream.set_nodelay(true);
+        if kind == Kind::Client {
+            self.client_connections += 1;
+        }
+        self.connections.insert(token, Connection::new(stream, kind, address));
+        Some(token)
+    }
+
+    fn accept(&mut self, listener: &TcpListener, kind: Kind) {
+        loop {
+            match listener.accept() {
+                Ok((stream, address)) => {
+                    if kind == Kind::Client && self.client_connections >= CLIENT_CONNECTIONS_COUNT_MAX {
+                        warn!(%address, "refusing a client connection: {CLIENT_CONNECTIONS_COUNT_MAX} are open");
+                        continue;
+                    }
+                    if kind == Kind::PeerInbound {
+                        self.make_room_for_a_handshake();
+                    }
+                    debug!(%address, ?kind, "accepted a connection");
+                    self.register(stream, kind, address);
+                }
+                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(error) => {
+                    warn!(%error, "accept failed");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn connect_peers(&mut self) {
+        let now = Instant::now();
+        for (index, address) in self.membership.peers.clone().into_iter().enumerate() {
+            let peer = index as NodeId + 1;
+            if peer == self.membership.node_id || self.outbound.contains_key(&peer) {
+                continue;
+            }
+            if self.reconnect_at.get(&peer).is_some_and(|at| now < *at) {
+                continue;
+            }
+            self.reconnect_at.insert(peer, now + PEER_RECONNECT_INTERVAL);
+            let stream = match connect_from(self.bind, address) {
+                Ok(stream) => stream,
+                Err(error) => {
+                    debug!(%address, %error, "cannot connect to a peer; will retry");
+                    continue;
+                }
+            };
+            let Some(token) = self.register(stream, Kind::PeerOutbound(peer), address) else { continue };
+            let hello = proto::Hello {
+                protocol_version: PROTOCOL_VERSION,
+                role: proto::hello::Role::Peer as i32,
+                node_id: self.membership.node_id,
+                cluster_id: self.membership.cluster_id,
+                client_address: self.client_address.clone(),
+            };
+            self.connections.get_mut(&token).expect("just registered").queue(&hello);
+            self.outbound.insert(peer, token);
+        }
+    }
+
+    fn close(&mut self, token: Token, reason: &str) {
+        let Some(mut connection) = self.connections.remove(&token) else { return };
+        let _ = self.poll.registry().deregister(&mut connection.stream);
+        match connection.kind {
+            Kind::Client => self.client_connections -= 1,
+            Kind::PeerInbound => {}
+            Kind::PeerOutbound(peer) => {
+                self.outbound.remove(&peer);
+            }
+        }
+        debug!(address = %connection.address, ?connection.kind, reason, "closed a connection");
+    }
+
+    fn close_for_bad_input(&mut self, token: Token, error: &dyn std::fmt::Display) {
+        if let Some(connection) = self.connections.get(&token) {
+            warn!(address = %connection.address, kind = ?connection.kind, %error, "closing a connection that sent bad input");
+        }
+        self.close(token, "bad input");
+    }
+
+    /// Closes the connections on which `peer` sent a message consensus refused.
+    fn close_peer_for_bad_input(&mut self, peer: NodeId, error: &MessageError) {
+        let tokens: Vec<Token> = self
+            .connections
+            .iter()
+            .filter(|(_, connection)| connection.kind == Kind::PeerInbound && connection.remote == Some(peer))
+            .map(|(&token, _)| token)
+            .collect();
+        for token in tokens {
+            self.close_for_bad_input(token, error);
+        }
+    }
+
+    /// Closes the oldest peer connection still waiting for its handshake if
+    /// the waiting room is full, preferring one from an address that no
+    /// member has, so that a flood from elsewhere cannot crowd out a
+    /// member's reconnect. (Tokens rise with time: the first is the oldest.)
+    fn make_room_for_a_handshake(&mut self) {
+        let pending: Vec<(Token, bool)> = self
+            .connections
+            .iter()
+            .filter(|(_, connection)| connection.kind == Kind::PeerInbound && !connection.greeted)
+            .map(|(&token, connection)| {
+                let from_a_member = self.membership.peers.iter().any(|peer| peer.ip() == connection.address.ip());
+                (token, from_a_member)
+            })
+            .collect();
+        if pending.len() >= PEER_HANDSHAKES_PENDING_COUNT_MAX {
+            let stranger = pending.iter().find(|(_, from_a_member)| !from_a_member);
+            let (oldest, _) = *stranger.unwrap_or(&pending[0]);
+            let message = format!("{PEER_HANDSHAKES_PENDING_COUNT_MAX} peer connections wait for a handshake");
+            self.close_for_bad_input(oldest, &message);
+        }
+    }
+
+    /// A connection that has not completed its handshake in time holds a
+    /// slot for nothing.
+    fn close_stalled_handshakes(&mut self) {
+        if self.handshakes_swept_at.elapsed() < HANDSHAKE_SWEEP_INTERVAL {
+            return;
+        }
+        self.handshakes_swept_at = Instant::now();
+        let stalled: Vec<Token> = self
+            .connections
+            .iter()
+            .filter(|(_, connection)| !connection.greeted && connection.opened_at.elapsed() > HANDSHAKE_TIMEOUT)
+            .map(|(&token, _)| token)
+            .collect();
+        for token in stalled {
+            self.close_for_bad_input(token, &format!("no handshake within {HANDSHAKE_TIMEOUT:?}"));
+        }
+    }
+
+    fn flush_connections(&mut self) {
+        let dead: Vec<Token> = self
+            .connections
+            .iter_mut()
+            .filter(|(_, connection)| connection.has_outgoing())
+            .filter_map(|(token, connection)| connection.flush().err().map(|_| *token))
+            .collect();
+        for token in dead {
+            self.close(token, "write failed");
+        }
+    }
+
+    fn on_connection_event(&mut self, token: Token, readable: bool, writable: bool) -> Result<(), DaemonError> {
+        if writable {
+            if let Some(connection) = self.connections.get_mut(&token) {
+                if connection.flush().is_err() {
+                    self.close(token, "write failed");
+                    return Ok(());
+                }
+            }
+        }
+        if readable {
+            self.read_connection(token)?;
+        }
+        Ok(())
+    }
+
+    fn read_connection(&mut self, token: Token) -> Result<(), DaemonError> {
+        let Some(connection) = self.connections.get_mut(&token) else { return Ok(()) };
+        let (frames, closed) = match connection.receive(&mut self.read_scratch) {
+            Received::Frames(frames) => (frames, None),
+            Received::More(frames) => {
+                self.backlog.insert(token);
+                (frames, None)
+            }
+            Received::Closed(frames, error) => (frames, Some(error)),
+        };
+        for frame in frames {
+            if !self.connections.contains_key(&token) {
+                return Ok(());
+            }
+            self.on_frame(token, frame)?;
+        }
+        match closed {
+            Some(Some(error)) => self.close_for_bad_input(token, &error),
+            Some(None) => self.close(token, "closed by the other side"),
+            None => {}
+        }
+        Ok(())
+    }
+
+    fn on_frame(&mut self, token: Token, frame: bytes::Bytes) -> Result<(), DaemonError> {
+        let connection = self.connections.get(&token).expect("checked by the caller");
+        let (kind, greeted) = (connection.kind, connection.greeted);
+        match (kind, greeted) {
+            (Kind::PeerOutbound(peer), false) => {
+                self.on_hello_reply(token, peer, frame);
+                Ok(())
+            }
+            (Kind::PeerOutbound(_), true) => {
+                self.close_for_bad_input(token, &"a peer sent data on a connection used only for sending");
+                Ok(())
+            }
+            (_, false) => {
+                self.on_hello(token, kind, frame);
+                Ok(())
+            }
+            (Kind::PeerInbound, true) => self.on_peer_frame(token, frame),
+            (Kind::Client, true) => {
+                self.on_client_frame(token, frame);
+                Ok(())
+            }
+        }
+    }
+
+    fn on_hello(&mut self, token: Token, kind: Kind, frame: bytes::Bytes) {
+        let hello: proto::Hello = match wire::decode(frame, "Hello") {
+            Ok(hello) => hello,
+            Err(error) => {
+                self.close_for_bad_input(token, &error);
+                return;
+            }
+        };
+        let refusal = self.check_hello(kind, &hello);
+        let reply = match &refusal {
+            Ok(()) => {
+                let (term, last_log_term, last_log_index) = self
+                    .node
+                    .as_ref()
+                    .map_or((0, 0, 0), |node| (node.term(), node.log().last_term(), node.log().last_index()));
+                let knows_you = kind == Kind::PeerInbound && self.storage.has_seen(hello.node_id);
+                proto::HelloReply {
+                    accepted: true,
+                    protocol_version: PROTOCOL_VERSION,
+                    term,
+                    last_log_term,
+                    last_log_index,
+                    knows_you,
+                    ..Default::default()
+                }
+            }
+            Err((code, message)) => proto::HelloReply {
+                accepted: false,
+                protocol_version: PROTOCOL_VERSION,
+                error: *code as i32,
+                message: message.clone(),
+                ..Default::default()
+            },
+        };
+        let connection = self.connections.get_mut(&token).expect("checked by the caller");
+        connection.queue(&reply);
+        let _ = connection.flush();
+        if let Err((_, message)) = refusal {
+            self.close_for_bad_input(token, &message);
+            return;
+        }
+        connection.greeted = true;
+        if kind == Kind::PeerInbound {
+            connection.remote = Some(hello.node_id);
+            self.peer_client_addresses.insert(hello.node_id, hello.client_address);
+            self.close_older_connections_of(hello.node_id, token);
+        }
+    }
+
+    /// A member keeps one connection to this node; when it opens another,
+    /// the older one is dead or about to be, and only holds a slot.
+    fn close_older_connections_of(&mut self, peer: NodeId, newest: Token) {
+        let older: Vec<Token> = self
+            .connections
+            .iter()
+            .filter(|(&token, connection)| {
+                token != newest && connection.kind == Kind::PeerInbound && connection.remote == Some(peer)
+            })
+            .map(|(&token, _)| token)
+            .collect();
+        for token in older {
+            self.close(token, "the peer reconnected");
+        }
+    }
+
+    fn check_hello(&self, kind: Kind, hello: &proto::Hello) -> Result<(), (ErrorCode, String)> {
+        wire::check_version(hello).map_err(|error| (ErrorCode::IncompatibleVersion, error.to_string()))?;
+        let expected = if kind == Kind::Client { proto::hello::Role::Client } else { proto::hello::Role::Peer };
+        if hello.role != expected as i32 {
+            let port = if kind == Kind::Client { "client" } else { "peer" };
+            return Err((ErrorCode::BadRequest, format!("this is the {port} port; a {expected:?} must greet it")));
+        }
+        if kind == Kind::Client {
+            return Ok(());
+        }
+        let members = self.membership.peers.len() as u64;
+        if hello.cluster_id != self.membership.cluster_id {
+            return Err((
+                ErrorCode::UnknownNode,
+                "the peer belongs to another cluster (its --seed-peers differ)".into(),
+            ));
+        }
+        if hello.node_id == 0 || hello.node_id > members || hello.node_id == self.membership.node_id {
+            return Err((ErrorCode::UnknownNode, format!("node {} is not a member of this cluster", hello.node_id)));
+        }
+        Ok(())
+    }
+
+    fn on_hello_reply(&mut self, token: Token, peer: NodeId, frame: bytes::Bytes) {
+        match wire::decode::<proto::HelloReply>(frame, "HelloReply") {
+            Ok(reply) if reply.accepted => {
+                self.connections.get_mut(&token).expect("checked by the caller").greeted = true;
+                let Some(join) = &mut self.join else { return };
+                // The same bounds as for a peer message: a joining node stores what it learns here.
+                let numbers = [reply.term, reply.last_log_term, reply.last_log_index];
+                if numbers.iter().any(|&number| number > TERM_MAX.min(LOG_INDEX_MAX)) {
+                    let error = format!("a handshake reply with impossible numbers {numbers:?}");
+                    self.close_for_bad_input(token, &error);
+                    return;
+                }
+                let log_end = (reply.last_log_term, reply.last_log_index);
+                join.answers.insert(peer, Answer { term: reply.term, log_end, knows_you: reply.knows_you });
+            }
+            Ok(reply) => {
+                error!(message = %reply.message, code = reply.error, "a peer refused this node's handshake");
+                self.close(token, "handshake refused");
+            }
+            Err(error) => self.close_for_bad_input(token, &error),
+        }
+    }
+
+    fn on_peer_frame(&mut self, token: Token, frame: bytes::Bytes) -> Result<(), DaemonError> {
+        let remote = self.connections[&token].remote;
+        let message: proto::PeerMessage = match wire::decode(frame, "PeerMessage") {
+            Ok(message) => message,
+            Err(error) => {
+                self.close_for_bad_input(token, &error);
+                return Ok(());
+            }
+        };
+        if message.range_id != wire::DEFAULT_RANGE_ID {
+            self.close_for_bad_input(token, &format!("message for unknown range {}", message.range_id));
+            return Ok(());
+        }
+        let envelope = match wire::peer_message_from_proto(message) {
+            Ok(envelope) => envelope,
+            Err(error) => {
+                self.close_for_bad_input(token, &error);
+                return Ok(());
+            }
+        };
+        if Some(envelope.from) != remote || envelope.to != self.membership.node_id {
+            let error =
+                format!("message from {} to {} on the connection of node {remote:?}", envelope.from, envelope.to);
+            self.close_for_bad_input(token, &error);
+            return Ok(());
+        }
+        if self.node.is_none() {
+            debug!(peer = envelope.from, "dropping a peer message while joining");
+            return Ok(());
+        }
+        // From here on, a wiped `from` is known to have taken part.
+        self.storage.record_seen(envelope.from)?;
+        self.step(Input::Message(envelope))
+    }
+
+    fn on_client_frame(&mut self, token: Token, frame: bytes::Bytes) {
+        let request: proto::ClientRequest = match wire::decode(frame, "ClientRequest") {
+            Ok(request) => request,
+            Err(error) => {
+                self.close_for_bad_input(token, &error);
+                return;
+            }
+        };
+        let request_id = request.request_id;
+        let request = match wire::client_request_from_proto(request) {
+            Ok(request) => request,
+            Err(error) => {
+                self.respond_error(token, request_id, error.code(), error.to_string());
+                return;
+            }
+        };
+        if self.node.is_none() {
+            let message = "this node is joining the cluster; ask another".to_string();
+            self.respond_error(token, request_id, ErrorCode::NotLeader, message);
+            return;
+        }
+        if self.waiting.len() >= CLIENT_REQUESTS_WAITING_COUNT_MAX {
+            let message = "too many requests are waiting; retry shortly".to_string();
+            self.respond_error(token, request_id, ErrorCode::Overloaded, message);
+            return;
+        }
+        self.waiting.entry((request.client_id, request.sequence)).or_default().push((token, request_id));
+        self.proposals.push(request);
+    }
+
+    /// Steps every request that arrived in this poll at once: one append per
+    /// follower and one persist for all of them.
+    fn propose(&mut self) -> Result<(), DaemonError> {
+        if self.proposals.is_empty() {
+            return Ok(());
+        }
+        let requests = std::mem::take(&mut self.proposals);
+        self.step(Input::Clients(requests))
+    }
+
+    // ----- consensus -----
+
+    fn step(&mut self, input: Input) -> Result<(), DaemonError> {
+        let now = self.now();
+        let Some(node) = self.node.as_mut() else { return Ok(()) };
+        let was_leader = node.role() == Role::Leader;
+        let ready = node.step(now, input);
+        let is_leader = node.role() == Role::Leader;
+        if was_leader != is_leader {
+            info!(node = self.membership.node_id, term = node.term(), role = ?node.role(), "role changed");
+        }
+        self.carry_out(ready)?;
+        if was_leader && !is_leader {
+            self.redirect_waiting_writes();
+        }
+        self.check_withholding()
+    }
+
+    /// A replacement that now holds everything committed before it started
+    /// may vote again, and need not wait again after a restart.
+    fn check_withholding(&mut self) -> Result<(), DaemonError> {
+        if self.withholding_votes && self.node.as_ref().is_some_and(|node| !node.withholds_votes()) {
+            self.storage.end_withholding()?;
+            self.withholding_votes = false;
+            info!(node = self.membership.node_id, "caught up: this replacement votes again");
+        }
+        Ok(())
+    }
+
+    /// A deposed leader's proposals may never apply here. Their clients are
+    /// told to retry at the new leader, under the same sequence numbers, so a
+    /// proposal that did commit is answered from its session, not applied twice.
+    fn redirect_waiting_writes(&mut self) {
+        let keys: Vec<(u64, u64)> = self.waiting.keys().copied().collect();
+        for key in keys {
+            let message = "this node lost the leadership; retry at the leader".to_string();
+            self.answer(key, Err((ErrorCode::NotLeader, message)));
+        }
+    }
+
+    /// Carries out one Ready, in the order the core's contract requires.
+    fn carry_out(&mut self, ready: Ready) -> Result<(), DaemonError> {
+        let Ready { persist, send, send_after_persist, apply, reads, rejected, refused, next_deadline } = ready;
+        self.deadline = next_deadline;
+        for (peer, error) in refused {
+            self.close_peer_for_bad_input(peer, &error);
+        }
+        for envelope in send {
+            self.send_to_peer(envelope);
+        }
+        if !persist.is_empty() {
+            let installs_snapshot = persist.snapshot.is_some();
+            let node = self.node.as_ref().expect("only a running node steps");
+            let log_emptied = installs_snapshot && node.log().last_index() == node.log().snapshot_index();
+            self.storage.stage(&mut self.batch, &persist, log_emptied)?;
+            self.persists_staged += 1;
+            if let Some(position) = persist.last_position() {
+                self.staged_position = Some(position);
+            }
+            if let Some(snapshot) = &persist.snapshot {
+                info!(index = snapshot.last_index, term = snapshot.last_term, "installing a snapshot from the leader");
+                // Entries applied next build on the snapshot, so it must be in place first.
+                self.sync_now()?;
+                self.node.as_mut().expect("only a running node steps").forget_snapshot_data();
+            }
+        }
+        let persists_needed = self.persists_staged;
+        self.held_messages.extend(send_after_persist.into_iter().map(|envelope| (persists_needed, envelope)));
+        self.release_held_messages();
+        let started = Instant::now();
+        let applied = self.storage.apply(&apply)?;
+        self.turn_storage += started.elapsed();
+        for applied in applied {
+            let outcome = applied.outcome.map_err(|refusal| {
+                let code = match refusal {
+                    Refusal::SessionExpired { .. } => ErrorCode::SessionExpired,
+                    Refusal::SequenceBelowSession { .. } | Refusal::MalformedOpen => ErrorCode::BadRequest,
+                };
+                (code, refusal.to_string())
+            });
+            self.answer((applied.client_id, applied.sequence), outcome);
+        }
+        let applied = self.storage.applied().0;
+        for read in reads {
+            // Committed entries of this Ready were applied just above.
+            assert!(read.read_index <= applied, "read at {} before applying it ({applied})", read.read_index);
+            let response = self.storage.read(read.request.operation.key())?;
+            self.answer((read.request.client_id, read.request.sequence), Ok(response));
+        }
+        for (request, rejection) in rejected {
+            self.answer_rejection(&request, rejection);
+        }
+        Ok(())
+    }
+
+    /// Writes what this turn staged, unsynced, and asks the sync thread to
+    /// sync it unless a sync is under way: the next one then covers
+    /// everything written meanwhile (group commit), and the loop goes on.
+    fn start_sync(&mut self) -> Result<(), DaemonError> {
+        if self.persists_written < self.persists_staged {
+            let started = Instant::now();
+            self.storage.write(std::mem::take(&mut self.batch), false)?;
+            self.turn_storage += started.elapsed();
+            self.persists_written = self.persists_staged;
+            self.written_position = self.staged_position.take().or(self.written_position);
+        }
+        let unsynced = self.persists_synced < self.persists_written || self.written_compaction.is_some();
+        if self.sync_in_flight.is_some() || !unsynced {
+            return Ok(());
+        }
+        self.syncs.request()?;
+        self.sync_in_flight = Some(SyncJob {
+            persists: self.persists_written,
+            position: self.written_position.take(),
+            compaction: self.written_compaction.take(),
+        });
+        Ok(())
+    }
+
+    /// The sync under way is done: the messages that waited for it may leave.
+    fn finish_sync(&mut self) {
+        let job = self.sync_in_flight.take().expect("a sync finished, so one was under way");
+        self.persists_synced = job.persists;
+        self.synced_position = job.position.or(self.synced_position);
+        self.synced_compaction = job.compaction.or(self.synced_compaction.take());
+        self.release_held_messages();
+    }
+
+    fn on_syncs_done(&mut self) -> Result<(), DaemonError> {
+        while let Some(outcome) = self.syncs.try_finished() {
+            outcome?;
+            self.finish_sync();
+        }
+        self.report_synced()?;
+        self.start_sync()
+    }
+
+    /// Syncs everything, waiting for the disk: for a snapshot that later
+    /// entries build on, and at shutdown.
+    fn sync_now(&mut self) -> Result<(), DaemonError> {
+        if self.sync_in_flight.is_some() {
+            self.syncs.wait()?;
+            self.finish_sync();
+        }
+        self.start_sync()?;
+        if self.sync_in_flight.is_some() {
+            self.syncs.wait()?;
+            self.finish_sync();
+        }
+        Ok(())
+    }
+
+    /// Tells consensus what is durable now. Called at the top of the loop
+    /// only, never from inside the handling of a Ready.
+    fn report_synced(&mut self) -> Result<(), DaemonError> {
+        if let Some((index, term)) = self.synced_position.take() {
+            self.step(Input::Persisted { index, term })?;
+        }
+        if let Some(snapshot) = self.synced_compaction.take() {
+            info!(index = snapshot.last_index, term = snapshot.last_term, "compacted the log");
+            self.step(Input::Compact(snapshot))?;
+        }
+        Ok(())
+    }
+
+    /// Group commit: what this turn staged is written and goes to the sync
+    /// thread; then the log may be compacted.
+    fn flush_persist(&mut self) -> Result<(), DaemonError> {
+        self.report_synced()?;
+        self.maybe_compact()?;
+        self.start_sync()
+    }
+
+    fn warn_if_slow(&self, turn: Duration) {
+        if turn.as_millis() > TURN_WARN_MS {
+            warn!(
+                turn_ms = turn.as_millis(),
+                storage_ms = self.turn_storage.as_millis(),
+                "a turn of the event loop was slow; heartbeats waited for it"
+            );
+        }
+    }
+
+    fn release_held_messages(&mut self) {
+        while self.held_messages.front().is_some_and(|(needed, _)| *needed <= self.persists_synced) {
+            let (_, envelope) = self.held_messages.pop_front().expect("front exists");
+            self.send_to_peer(envelope);
+        }
+    }
+
+    /// Compacts the log once enough entries have applied. Nothing is copied:
+    /// one synced write, on the sync thread, makes the applied state durable
+    /// (see `Storage::compaction`). The log a follower catching up from a
+    /// recent snapshot still needs is kept.
+    fn maybe_compact(&mut self) -> Result<(), DaemonError> {
+        let Some(node) = &self.node else { return Ok(()) };
+        let compacting = self.sync_in_flight.as_ref().is_some_and(|job| job.compaction.is_some())
+            || self.written_compaction.is_some()
+            || self.synced_compaction.is_some();
+        if compacting || self.snapshots.building {
+            // A snapshot being built will be at an index not known yet, at
+            // least the compacted one: its follower needs the log after it.
+            return Ok(());
+        }
+        self.snapshots.forget_caught_up(node, &self.outbound);
+        let (applied, _) = self.storage.applied();
+        let mut index = applied.min(node.applied_index());
+        if let Some(floor) = self.snapshots.catch_up_floor() {
+            index = index.min(floor);
+        }
+        let compacted = node.log().snapshot_index();
+        if index < compacted + self.snapshot_every_entries {
+            return Ok(());
+        }
+        let term = node.log().term(index).expect("an applied index past the snapshot is in the log");
+        let (batch, snapshot) = self.storage.compaction(index, term);
+        self.storage.write(batch, false)?;
+        self.written_compaction = Some(snapshot);
+        Ok(())
+    }
+
+    fn send_to_peer(&mut self, envelope: Envelope) {
+        if let Message::InstallSnapshot { term, snapshot, round } = &envelope.message {
+            if snapshot.data.is_empty() {
+                self.request_snapshot(envelope.to, *term, *round);
+                return;
+            }
+        }
+        let Some(token) = self.outbound.get(&envelope.to) else { return };
+        let Some(connection) = self.connections.get_mut(token) else { return };
+        if !connection.queue(&wire::peer_message_to_proto(&envelope)) {
+            warn!(peer = envelope.to, "dropping a {} message: the peer is not keeping up", envelope.message.kind());
+        }
+    }
+
+    // ----- snapshots for followers -----
+
+    /// Consensus wants `peer` to have a snapshot: build one off the loop,
+    /// unless one is being built or `peer` got one moments ago.
+    fn request_snapshot(&mut self, peer: NodeId, term: Term, round: u64) {
+        let snapshots = &mut self.snapshots;
+        if let Some(node) = &self.node {
+            snapshots.forget_caught_up(node, &self.outbound);
+        }
+        if snapshots.sent.contains_key(&peer) {
+            debug!(peer, "not building another snapshot: the follower is still catching up from the last one");
+            return;
+        }
+        snapshots.waiting.insert(peer, (term, round));
+        if !snapshots.building && snapshots.requests.try_send(()).is_ok() {
+            snapshots.building = true;
+            info!(peer, "building a snapshot for a follower behind the log");
+        }
+    }
+
+    fn on_snapshot_built(&mut self) -> Result<(), DaemonError> {
+        while let Ok(built) = self.snapshots.built.try_recv() {
+            self.snapshots.building = false;
+            let waiting = std::mem::take(&mut self.snapshots.waiting);
+            let snapshot = match built {
+                Ok(snapshot) => snapshot,
+                Err(StorageError::SnapshotTooLarge) => {
+                    error!(followers = ?waiting.keys().collect::<Vec<_>>(), "{}", StorageError::SnapshotTooLarge);
+                    for peer in waiting.keys() {
+                        let sent = SentSnapshot { at: Instant::now(), index: LogIndex::MAX, connection: None };
+                        self.snapshots.sent.insert(*peer, sent);
+                    }
+                    continue;
+                }
+                Err(error) => return Err(error.into()),
+            };
+            let current_term = self.node.as_ref().filter(|node| node.role() == Role::Leader).map(Node::term);
+            for (peer, (term, round)) in waiting {
+                if current_term != Some(term) {
+                    continue;
+                }
+                // With no connection to the follower, nothing is sent; consensus asks again.
+                let Some(&connection) = self.outbound.get(&peer) else { continue };
+                info!(peer, index = snapshot.last_index, bytes = snapshot.data.len(), "sending a snapshot");
+                let sent =
+                    SentSnapshot { at: Instant::now(), index: snapshot.last_index, connection: Some(connection) };
+                self.snapshots.sent.insert(peer, sent);
+                let message = Message::InstallSnapshot { term, snapshot: snapshot.clone(), round };
+                self.send_to_peer(Envelope { from: self.membership.node_id, to: peer, message });
+            }
+        }
+        Ok(())
+    }
+
+    // ----- answering clients -----
+
+    fn answer_rejection(&mut self, request: &ClientRequest, rejection: Rejection) {
+        let (code, message) = match rejection {
+            Rejection::NotLeader { .. } => (ErrorCode::NotLeader, "this node is not the leader".to_string()),
+            Rejection::Overloaded => (ErrorCode::Overloaded, "the leader is overloaded; retry shortly".to_string()),
+        };
+        self.answer((request.client_id, request.sequence), Err((code, message)));
+    }
+
+    fn answer(&mut self, key: (u64, u64), outcome: Result<Response, (ErrorCode, String)>) {
+        let Some(waiters) = self.waiting.remove(&key) else { return };
+        let leader = self
+            .node
+            .as_ref()
+            .and_then(Node::leader_id)
+            .and_then(|leader| self.peer_client_addresses.get(&leader))
+            .cloned();
+        for (token, request_id) in waiters {
+            let response = match &outcome {
+                Ok(response) => proto::ClientResponse {
+                    request_id,
+                    error: ErrorCode::Ok as i32,
+                    success: response.success,
+                    found: response.found,
+                    value: response.value.clone().into(),
+                    term: response.term,
+                    index: response.index,
+                    ..Default::default()
+                },
+                Err((code, message)) => proto::ClientResponse {
+                    request_id,
+                    error: *code as i32,
+                    leader: if *code == ErrorCode::NotLeader {
+                        leader.clone().unwrap_or_default()
+                    } else {
+                        String::new()
+                    },
+                    message: message.clone(),
+                    ..Default::default()
+                },
+            };
+            self.queue_to_client(token, &response);
+        }
+    }
+
+    fn respond_error(&mut self, token: Token, request_id: u64, code: ErrorCode, message: String) {
+        let response = proto::ClientResponse { request_id, error: code as i32, message, ..Default::default() };
+        self.queue_to_client(token, &response);
+    }
+
+    fn queue_to_client(&mut self, token: Token, response: &proto::ClientResponse) {
+        let Some(connection) = self.connections.get_mut(&token) else { return };
+        if !connection.queue(response) {
+            self.close(token, "client is not reading its responses");
+        }
+    }
+}

@@ -1,0 +1,859 @@
+//! Integration tests with real `rasputind` processes on loopback: leader
+//! crashes, full restarts, a wiped node catching up through a snapshot, and
+//! bad input on both ports. Ports are picked free; every process started is
+//! killed and every directory removed when a test ends, pass or fail.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rasputin::Client;
+use rasputin_kv::state_machine::KvRead;
+use rasputin_kv::wire::{self, proto};
+
+const DEADLINE: Duration = Duration::from_secs(30);
+
+struct Member {
+    peer_port: u16,
+    client_port: u16,
+    directory: PathBuf,
+    logfile: PathBuf,
+    process: Option<Child>,
+}
+
+struct Cluster {
+    root: PathBuf,
+    members: Vec<Member>,
+    peers: String,
+    snapshot_every_entries: u64,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port").local_addr().unwrap().port()
+}
+
+impl Cluster {
+    fn start(name: &str, snapshot_every_entries: u64) -> Cluster {
+        let root = std::env::temp_dir().join(format!("rasputin-test-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(&root).unwrap();
+        let members: Vec<Member> = (1..=3)
+            .map(|n| Member {
+                peer_port: free_port(),
+                client_port: free_port(),
+                directory: root.join(format!("node{n}")),
+                logfile: root.join(format!("node{n}.log")),
+                process: None,
+            })
+            .collect();
+        let peers =
+            members.iter().map(|member| format!("127.0.0.1:{}", member.peer_port)).collect::<Vec<_>>().join(",");
+        let mut cluster = Cluster { root, members, peers, snapshot_every_entries };
+        for index in 0..3 {
+            cluster.launch(index);
+        }
+        cluster
+    }
+
+    fn launch(&mut self, index: usize) {
+        self.launch_with(index, &[]);
+    }
+
+    fn launch_with(&mut self, index: usize, extra: &[&str]) {
+        let child = self.command(index).args(extra).stdin(Stdio::null()).spawn().expect("start rasputind");
+        self.members[index].process = Some(child);
+    }
+
+    /// The command that starts member `index`.
+    fn command(&self, index: usize) -> Command {
+        let member = &self.members[index];
+        let mut command = Command::new(env!("CARGO_BIN_EXE_rasputind"));
+        command
+            .arg(format!("--peer-port={}", member.peer_port))
+            .arg(format!("--cli-port={}", member.client_port))
+            .arg(format!("--seed-peers={}", self.peers))
+            .arg(format!("--storage-dir={}", member.directory.display()))
+            .arg(format!("--logfile={}", member.logfile.display()))
+            .arg(format!("--snapshot-every-entries={}", self.snapshot_every_entries));
+        command
+    }
+
+    fn kill(&mut self, index: usize) {
+        if let Some(mut child) = self.members[index].process.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn client_addresses(&self) -> Vec<SocketAddr> {
+        self.members.iter().map(|member| format!("127.0.0.1:{}", member.client_port).parse().unwrap()).collect()
+    }
+
+    fn client(&self) -> Client {
+        Client::new(self.client_addresses(), 2)
+    }
+
+    fn index_of(&self, client_address: SocketAddr) -> usize {
+        self.members.iter().position(|member| member.client_port == client_address.port()).expect("a member's address")
+    }
+
+    fn log(&self, index: usize) -> String {
+        std::fs::read_to_string(&self.members[index].logfile).unwrap_or_default()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for index in 0..self.members.len() {
+            self.kill(index);
+        }
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
+
+/// Polls `condition` until it holds or the deadline passes.
+fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + DEADLINE;
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn write_keys(client: &Client, range: std::ops::Range<u32>, tag: &str) {
+    for n in range {
+        let key = format!("key-{n}");
+        let value = format!("{tag}-{n}");
+        client.set(key.as_bytes(), value.as_bytes()).unwrap_or_else(|error| panic!("set {key}: {error}"));
+    }
+}
+
+fn assert_keys(client: &Client, range: std::ops::Range<u32>, tag: &str) {
+    for n in range {
+        let key = format!("key-{n}");
+        let response = client.get(key.as_bytes()).unwrap_or_else(|error| panic!("get {key}: {error}"));
+        assert!(response.get_success(), "{key} is missing");
+        assert_eq!(response.get_value(), format!("{tag}-{n}").as_bytes(), "{key}");
+    }
+}
+
+#[test]
+fn writes_resume_after_the_leader_is_killed() {
+    let mut cluster = Cluster::start("leader-kill", 10_000);
+    let client = cluster.client();
+    write_keys(&client, 0..50, "before");
+    let old_leader = client.leader().expect("a leader answered");
+    cluster.kill(cluster.index_of(old_leader));
+    // Every write of the loop must still succeed: the client retries through the election.
+    write_keys(&client, 50..150, "after");
+    let new_leader = client.leader().expect("a new leader answered");
+    assert_ne!(new_leader, old_leader, "the dead node cannot lead");
+    assert_keys(&client, 0..50, "before");
+    assert_keys(&client, 50..150, "after");
+}
+
+#[test]
+fn acknowledged_writes_survive_a_full_restart() {
+    let mut cluster = Cluster::start("full-restart", 10_000);
+    write_keys(&cluster.client(), 0..200, "durable");
+    for index in 0..3 {
+        cluster.kill(index);
+    }
+    for index in 0..3 {
+        cluster.launch(index);
+    }
+    assert_keys(&cluster.client(), 0..200, "durable");
+}
+
+#[test]
+fn a_wiped_node_catches_up_through_a_snapshot() {
+    let mut cluster = Cluster::start("wipe", 50);
+    let client = cluster.client();
+    write_keys(&client, 0..20, "first");
+    let leader = cluster.index_of(client.leader().unwrap());
+    let victim = (leader + 1) % 3;
+    cluster.kill(victim);
+    std::fs::remove_dir_all(&cluster.members[victim].directory).unwrap();
+    // Enough writes that the log is compacted past everything the victim had.
+    write_keys(&client, 20..300, "second");
+    cluster.launch_with(victim, &["--replace"]);
+    eventually("the wiped node installs a snapshot", || cluster.log(victim).contains("installing a snapshot"));
+    // With the other follower gone, writes commit only if the wiped node acknowledges them.
+    let other = 3 - leader - victim;
+    cluster.kill(other);
+    write_keys(&client, 300..310, "third");
+    for index in 0..3 {
+        cluster.kill(index);
+    }
+    let storage = rasputin_server::Storage::open(&cluster.members[victim].directory).unwrap();
+    assert_eq!(storage.value(b"key-5").unwrap(), Some(b"first-5".to_vec()), "the snapshot carried old data");
+    assert_eq!(storage.value(b"key-250").unwrap(), Some(b"second-250".to_vec()));
+    drop(storage);
+    for index in 0..3 {
+        cluster.launch(index);
+    }
+    assert_keys(&cluster.client(), 300..310, "third");
+}
+
+/// Sends `bytes` on a fresh connection to `port` and reports whether the
+/// server closed the connection (within the deadline).
+fn server_closes_after(port: u16, bytes: &[u8]) -> bool {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    stream.write_all(bytes).unwrap();
+    let deadline = Instant::now() + DEADLINE;
+    let mut buffer = [0u8; 4096];
+    while Instant::now() < deadline {
+        match stream.read(&mut buffer) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(error)
+                if error.kind() == std::io::ErrorKind::WouldBlock || error.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(_) => return true,
+        }
+    }
+    false
+}
+
+fn frame(message: &impl prost::Message) -> Vec<u8> {
+    let mut buffer = bytes::BytesMut::new();
+    wire::encode_frame(message, &mut buffer);
+    buffer.to_vec()
+}
+
+/// Sends a client hello and `request` over a raw connection to `port`, and
+/// returns the first `count` frames the server sends back (within the deadline).
+fn raw_client_exchange(port: u16, request: &proto::ClientRequest, count: usize) -> Vec<bytes::Bytes> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let hello = proto::Hello {
+        protocol_version: wire::PROTOCOL_VERSION,
+        role: proto::hello::Role::Client as i32,
+        ..Default::default()
+    };
+    stream.write_all(&[frame(&hello), frame(request)].concat()).unwrap();
+    stream.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+    let mut buffer = bytes::BytesMut::new();
+    let mut frames = Vec::new();
+    let deadline = Instant::now() + DEADLINE;
+    while frames.len() < count && Instant::now() < deadline {
+        let mut chunk = [0u8; 4096];
+        match stream.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(read) => buffer.extend_from_slice(&chunk[..read]),
+            Err(_) => {}
+        }
+        while let Some(body) = wire::take_frame(&mut buffer, wire::CLIENT_FRAME_BYTES_MAX).unwrap() {
+            frames.push(body);
+        }
+    }
+    frames
+}
+
+#[test]
+fn bad_input_is_refused_and_the_server_keeps_serving() {
+    let cluster = Cluster::start("bad-input", 10_000);
+    let client = cluster.client();
+    write_keys(&client, 0..5, "good");
+    let member = &cluster.members[0];
+    let client_hello = frame(&proto::Hello {
+        protocol_version: wire::PROTOCOL_VERSION,
+        role: proto::hello::Role::Client as i32,
+        ..Default::default()
+    });
+    let garbage: Vec<u8> = vec![0, 0, 0, 5, 0xff, 0xff, 0xff, 0xff, 0xff];
+    let oversized = u32::MAX.to_be_bytes().to_vec();
+    let mut truncated = frame(&proto::Hello { protocol_version: 1, role: 1, ..Default::default() });
+    truncated.truncate(truncated.len() - 1);
+    let old_version = frame(&proto::Hello { protocol_version: 99, role: 1, ..Default::default() });
+    let peer_unknown_node = frame(&proto::Hello {
+        protocol_version: wire::PROTOCOL_VERSION,
+        role: proto::hello::Role::Peer as i32,
+        node_id: 42,
+        ..Default::default()
+    });
+    let undecodable_after_hello = [client_hello.clone(), garbage.clone()].concat();
+    for port in [member.client_port, member.peer_port] {
+        assert!(server_closes_after(port, &garbage), "garbage on port {port}");
+        assert!(server_closes_after(port, &oversized), "an oversized length on port {port}");
+        assert!(server_closes_after(port, &old_version), "an incompatible version on port {port}");
+        // A truncated frame is only detected when the sender gives up: the server must not hang on it.
+        let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        stream.write_all(&truncated).unwrap();
+        drop(stream);
+    }
+    assert!(server_closes_after(member.client_port, &undecodable_after_hello), "garbage after a client hello");
+    assert!(server_closes_after(member.peer_port, &peer_unknown_node), "an unknown node on the peer port");
+    assert!(server_closes_after(member.peer_port, &client_hello), "a client greeting the peer port");
+    let log = cluster.log(0);
+    assert!(log.contains("closing a connection that sent bad input"), "bad input is logged:\n{log}");
+    assert!(log.contains("exceeds the limit"), "the oversized frame is named in the log");
+    // The server still serves everyone else.
+    write_keys(&client, 5..10, "good");
+    assert_keys(&client, 0..10, "good");
+}
+
+#[test]
+fn oversized_values_get_a_clear_error_and_the_key_is_untouched() {
+    let cluster = Cluster::start("oversized", 10_000);
+    let client = cluster.client();
+    client.set(b"k", b"small").unwrap();
+    let big = vec![7u8; wire::VALUE_BYTES_MAX + 1];
+    let error = client.set(b"k", &big).unwrap_err();
+    assert_eq!(error.code(), wire::ErrorCode::ValueTooLarge, "{error}");
+    // The server checks too, for clients that skip the library.
+    let request = proto::ClientRequest {
+        request_id: 7,
+        client_id: 1,
+        sequence: 1,
+        operation: Some(proto::client_request::Operation::Set(proto::Set { key: "k".into(), value: big.into() })),
+        ..Default::default()
+    };
+    let responses = raw_client_exchange(cluster.members[0].client_port, &request, 2);
+    assert_eq!(responses.len(), 2, "the server answered the hello and the request");
+    let response: proto::ClientResponse = wire::decode(responses[1].clone(), "ClientResponse").unwrap();
+    assert_eq!(
+        (response.request_id, response.error),
+        (7, wire::ErrorCode::ValueTooLarge as i32),
+        "{}",
+        response.message
+    );
+    assert_eq!(client.get(b"k").unwrap().get_value(), b"small");
+}
+
+#[test]
+fn a_second_daemon_cannot_open_a_directory_in_use() {
+    let cluster = Cluster::start("lock", 10_000);
+    cluster.client().set(b"k", b"v").unwrap();
+    let member = &cluster.members[0];
+    // Same identity, same directory, another client port: refused by the lock.
+    let output = Command::new(env!("CARGO_BIN_EXE_rasputind"))
+        .arg(format!("--peer-port={}", member.peer_port))
+        .arg(format!("--cli-port={}", free_port()))
+        .arg(format!("--seed-peers={}", cluster.peers))
+        .arg(format!("--storage-dir={}", member.directory.display()))
+        .output()
+        .expect("run a second rasputind");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("locked by another process"), "{stderr}");
+    assert_eq!(cluster.client().get(b"k").unwrap().get_value(), b"v", "the running node is unharmed");
+}
+
+#[test]
+fn bad_flags_exit_with_code_two() {
+    let output = Command::new(env!("CARGO_BIN_EXE_rasputind")).arg("--peer-port=notaport").output().unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let help = Command::new(env!("CARGO_BIN_EXE_rasputind")).arg("--help").output().unwrap();
+    let text = String::from_utf8_lossy(&help.stdout);
+    for flag in ["--peer-port", "--cli-port", "--seed-peers", "--storage-dir", "--logfile"] {
+        assert!(text.contains(flag), "--help documents {flag}");
+    }
+}
+
+fn signal(cluster: &Cluster, index: usize, name: &str) {
+    let pid = cluster.members[index].process.as_ref().expect("running").id();
+    let status = Command::new("kill").arg(format!("-{name}")).arg(pid.to_string()).status().unwrap();
+    assert!(status.success(), "kill -{name} {pid}");
+}
+
+#[test]
+fn a_deposed_leader_redirects_the_writes_it_was_holding() {
+    let cluster = Cluster::start("deposed", 10_000);
+    let client = cluster.client();
+    client.set(b"k", b"before").unwrap();
+    let leader = cluster.index_of(client.leader().unwrap());
+    let followers: Vec<usize> = (0..3).filter(|&index| index != leader).collect();
+    for &follower in &followers {
+        signal(&cluster, follower, "STOP");
+    }
+    // The leader appends this write but cannot commit it; when its lease runs
+    // out it must answer "not leader" instead of holding the request forever.
+    let request = proto::ClientRequest {
+        request_id: 11,
+        client_id: 77,
+        sequence: 1,
+        operation: Some(proto::client_request::Operation::Set(proto::Set { key: "k".into(), value: "held".into() })),
+        ..Default::default()
+    };
+    let frames = raw_client_exchange(cluster.members[leader].client_port, &request, 2);
+    for &follower in &followers {
+        signal(&cluster, follower, "CONT");
+    }
+    assert_eq!(frames.len(), 2, "the deposed leader answered the held write");
+    let response: proto::ClientResponse = wire::decode(frames[1].clone(), "ClientResponse").unwrap();
+    assert_eq!(response.error, wire::ErrorCode::NotLeader as i32, "{}", response.message);
+    // The cluster recovers, and whatever became of the held write, the value is one of the two.
+    let value = client.get(b"k").unwrap();
+    assert!(value.get_value() == b"before" || value.get_value() == b"held", "{:?}", value.get_value());
+}
+
+/// A raw client connection that speaks the protocol by hand, as a client
+/// written without the library would.
+struct RawClient {
+    stream: TcpStream,
+    buffer: bytes::BytesMut,
+}
+
+impl RawClient {
+    fn connect(port: u16) -> RawClient {
+        let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let hello = proto::Hello {
+            protocol_version: wire::PROTOCOL_VERSION,
+            role: proto::hello::Role::Client as i32,
+            ..Default::default()
+        };
+        stream.write_all(&frame(&hello)).unwrap();
+        stream.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+        let mut raw = RawClient { stream, buffer: bytes::BytesMut::new() };
+        let reply: proto::HelloReply = wire::decode(raw.next_frame(), "HelloReply").unwrap();
+        assert!(reply.accepted, "{}", reply.message);
+        raw
+    }
+
+    fn next_frame(&mut self) -> bytes::Bytes {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            if let Some(body) = wire::take_frame(&mut self.buffer, wire::CLIENT_FRAME_BYTES_MAX).unwrap() {
+                return body;
+            }
+            assert!(Instant::now() < deadline, "no answer within {DEADLINE:?}");
+            let mut chunk = [0u8; 64 << 10];
+            match self.stream.read(&mut chunk) {
+                Ok(0) => panic!("the server closed the connection"),
+                Ok(read) => self.buffer.extend_from_slice(&chunk[..read]),
+                Err(_) => {}
+            }
+        }
+    }
+
+    fn send(&mut self, request: &proto::ClientRequest) {
+        self.stream.write_all(&frame(request)).unwrap();
+    }
+
+    fn receive(&mut self) -> proto::ClientResponse {
+        wire::decode(self.next_frame(), "ClientResponse").unwrap()
+    }
+
+    fn call(&mut self, request: &proto::ClientRequest) -> proto::ClientResponse {
+        self.send(request);
+        self.receive()
+    }
+}
+
+fn set_request(request_id: u64, client_id: u64, sequence: u64, key: &str, value: &str) -> proto::ClientRequest {
+    proto::ClientRequest {
+        request_id,
+        client_id,
+        sequence,
+        operation: Some(proto::client_request::Operation::Set(proto::Set {
+            key: key.to_string().into(),
+            value: value.to_string().into(),
+        })),
+        ..Default::default()
+    }
+}
+
+fn open_request(request_id: u64, nonce: u64) -> proto::ClientRequest {
+    proto::ClientRequest {
+        request_id,
+        sequence: nonce,
+        operation: Some(proto::client_request::Operation::OpenSession(proto::OpenSession {})),
+        ..Default::default()
+    }
+}
+
+/// The leader's client port, found by writing through the library.
+fn leader_port(cluster: &Cluster) -> u16 {
+    let client = cluster.client();
+    client.set(b"find-the-leader", b"x").unwrap();
+    client.leader().expect("a leader answered").port()
+}
+
+fn error_code(response: &proto::ClientResponse) -> wire::ErrorCode {
+    wire::ErrorCode::try_from(response.error).unwrap()
+}
+
+/// Issue 13, item 3: a node that lost its disk must not rejoin as if new,
+/// since it forgot its votes; told that it replaces the lost node, it does.
+#[test]
+fn a_wiped_node_refuses_to_start_unless_told_it_is_a_replacement() {
+    let mut cluster = Cluster::start("wiped-refused", 10_000);
+    let client = cluster.client();
+    write_keys(&client, 0..20, "before");
+    let victim = (cluster.index_of(client.leader().unwrap()) + 1) % 3;
+    cluster.kill(victim);
+    std::fs::remove_dir_all(&cluster.members[victim].directory).unwrap();
+    let mut refused =
+        KilledOnDrop(cluster.command(victim).stdin(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap());
+    let mut status = None;
+    eventually("the wiped node exits", || {
+        status = refused.0.try_wait().unwrap();
+        status.is_some()
+    });
+    let mut stderr = String::new();
+    refused.0.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    assert_eq!(status.unwrap().code(), Some(3), "{stderr}");
+    assert!(stderr.contains("data was lost") && stderr.contains("--replace"), "{stderr}");
+    cluster.launch_with(victim, &["--replace"]);
+    eventually("the replacement joins", || cluster.log(victim).contains("replacing a lost node"));
+    // With the other follower gone, writes commit only if the replacement acknowledges them.
+    let leader = cluster.index_of(client.leader().unwrap());
+    cluster.kill(3 - leader - victim);
+    write_keys(&client, 20..30, "after");
+    assert_keys(&client, 0..20, "before");
+}
+
+/// A process killed when the test lets go of it, pass or fail.
+struct KilledOnDrop(Child);
+
+impl Drop for KilledOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A proxy in front of one server's client port that drops the answers to
+/// writes (set, cas, del; not session openings) while `drop_writes` is
+/// set: a lost response, as a client sees it.
+struct AnswerDropper {
+    address: SocketAddr,
+    drop_writes: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl AnswerDropper {
+    fn start(server: SocketAddr) -> AnswerDropper {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap();
+        let drop_writes = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let dropping = drop_writes.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { return };
+                let Ok(upstream) = TcpStream::connect(server) else { return };
+                let writes = std::sync::Arc::new(std::sync::Mutex::new(std::collections::HashSet::new()));
+                let (to_server, from_server) = (upstream.try_clone().unwrap(), upstream);
+                let (from_client, to_client) = (client.try_clone().unwrap(), client);
+                let requests = writes.clone();
+                std::thread::spawn(move || {
+                    relay(from_client, to_server, |body| {
+                        if let Ok(request) = wire::decode::<proto::ClientRequest>(body, "ClientRequest") {
+                            use proto::client_request::Operation;
+                            let is_write = matches!(
+                                request.operation,
+                                Some(Operation::Set(_) | Operation::Cas(_) | Operation::Del(_))
+                            );
+                            if is_write {
+                                requests.lock().unwrap().insert(request.request_id);
+                            }
+                        }
+                        true
+                    })
+                });
+                let dropping = dropping.clone();
+                std::thread::spawn(move || {
+                    relay(from_server, to_client, |body| {
+                        let Ok(response) = wire::decode::<proto::ClientResponse>(body, "ClientResponse") else {
+                            return true;
+                        };
+                        let answers_a_write = writes.lock().unwrap().contains(&response.request_id);
+                        !(answers_a_write && dropping.load(std::sync::atomic::Ordering::SeqCst))
+                    })
+                });
+            }
+        });
+        AnswerDropper { address, drop_writes }
+    }
+
+    fn dropping(&self, on: bool) {
+        self.drop_writes.store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Copies frames from `from` to `to`, those `keep` says to keep.
+fn relay(mut from: TcpStream, mut to: TcpStream, keep: impl Fn(bytes::Bytes) -> bool) {
+    let mut buffer = bytes::BytesMut::new();
+    let mut chunk = [0u8; 64 << 10];
+    loop {
+        while let Ok(Some(body)) = wire::take_frame(&mut buffer, wire::CLIENT_FRAME_BYTES_MAX) {
+            if keep(body.clone()) {
+                let mut framed = (body.len() as u32).to_be_bytes().to_vec();
+                framed.extend_from_slice(&body);
+                if to.write_all(&framed).is_err() {
+                    return;
+                }
+            }
+        }
+        match from.read(&mut chunk) {
+            Ok(0) | Err(_) => {
+                let _ = to.shutdown(std::net::Shutdown::Both);
+                return;
+            }
+            Ok(read) => buffer.extend_from_slice(&chunk[..read]),
+        }
+    }
+}
+
+/// Issue 13, item 4: a cas whose answer is lost times out; retried with its
+/// token it gets its original answer (success), where a new cas would fail.
+/// A set whose answer is lost, retried after a later write, does not
+/// overwrite that write.
+#[test]
+fn a_timed_out_write_retried_with_its_token_applies_once() {
+    let cluster = Cluster::start("retry-token", 10_000);
+    let port = leader_port(&cluster);
+    let dropper = AnswerDropper::start(format!("127.0.0.1:{port}").parse().unwrap());
+    let through_proxy = Client::new(vec![dropper.address], 1);
+    through_proxy.set_timeouts(Duration::from_millis(300), Duration::from_secs(1));
+    through_proxy.set(b"k", b"v1").unwrap();
+    dropper.dropping(true);
+    let error = through_proxy.cas(b"k", b"v1", b"v2").unwrap_err();
+    let token = error.retry_token().expect("a timeout carries a retry token").clone();
+    dropper.dropping(false);
+    let direct = cluster.client();
+    assert_eq!(direct.get(b"k").unwrap().get_value(), b"v2", "the cas took effect; only its answer was lost");
+    assert!(!direct.cas(b"k", b"v1", b"v2").unwrap().get_success(), "a new cas fails: that is not a retry");
+    let retried = through_proxy.retry(&token).unwrap();
+    assert!(retried.get_success() && retried.get_value() == b"v2", "the retry gets the original answer");
+
+    dropper.dropping(true);
+    let error = through_proxy.set(b"j", b"first").unwrap_err();
+    let token = rasputin::client::RetryToken::from_bytes(&error.retry_token().unwrap().to_bytes()).unwrap();
+    dropper.dropping(false);
+    direct.set(b"j", b"later").unwrap();
+    assert!(through_proxy.retry(&token).unwrap().get_success());
+    through_proxy.set(b"warm-up", b"y").expect("no session is left in doubt");
+    assert_eq!(direct.get(b"j").unwrap().get_value(), b"later", "the retry did not overwrite the later write");
+}
+
+/// Issue 13, item 5: the largest cas the field limits allow fits in a frame,
+/// and while it runs, other calls on the same connection see no error.
+#[test]
+fn the_largest_cas_completes_beside_a_get_loop_on_the_same_client() {
+    let cluster = Cluster::start("largest-cas", 10_000);
+    let client = Client::new(cluster.client_addresses(), 1);
+    client.set_timeouts(Duration::from_secs(5), Duration::from_secs(5));
+    client.set(b"small", b"v").unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let getter = {
+        let (client, stop) = (client.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let (mut gets, mut errors) = (0, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                match client.get(b"small") {
+                    Ok(_) => gets += 1,
+                    Err(error) => errors.push(error.to_string()),
+                }
+            }
+            (gets, errors)
+        })
+    };
+    let largest = vec![7u8; wire::VALUE_BYTES_MAX];
+    let missing = client.cas(b"big", &largest, &largest).expect("the largest cas is answered");
+    assert!(!missing.get_success() && !missing.get_found());
+    client.set(b"big", &largest).unwrap();
+    let swapped = client.cas(b"big", &largest, &vec![8u8; wire::VALUE_BYTES_MAX]).unwrap();
+    assert!(swapped.get_success());
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (gets, errors) = getter.join().unwrap();
+    assert!(gets > 0 && errors.is_empty(), "{gets} gets, errors: {errors:?}");
+}
+
+/// Issue 13, items 6 and 9: the protobuf defaults, a stale sequence and an
+/// unknown session are each refused at once, and nothing is applied.
+#[test]
+fn requests_without_a_session_or_with_a_stale_sequence_are_refused() {
+    let cluster = Cluster::start("sessions", 10_000);
+    let mut raw = RawClient::connect(leader_port(&cluster));
+    let defaults = raw.call(&set_request(1, 0, 0, "k", "first"));
+    assert_eq!(error_code(&defaults), wire::ErrorCode::BadRequest, "{}", defaults.message);
+    let opened = raw.call(&open_request(2, 99));
+    assert_eq!(error_code(&opened), wire::ErrorCode::Ok, "{}", opened.message);
+    let session = opened.index;
+    let five = raw.call(&set_request(3, session, 5, "k", "five"));
+    assert_eq!(error_code(&five), wire::ErrorCode::Ok);
+    let stale = raw.call(&set_request(4, session, 4, "k", "four"));
+    assert_eq!(error_code(&stale), wire::ErrorCode::BadRequest, "{}", stale.message);
+    let unknown = raw.call(&set_request(5, session + 1_000, 1, "k", "stranger"));
+    assert_eq!(error_code(&unknown), wire::ErrorCode::SessionExpired, "{}", unknown.message);
+    let retry = raw.call(&set_request(6, session, 5, "k", "five"));
+    assert_eq!(
+        (error_code(&retry), retry.index),
+        (wire::ErrorCode::Ok, five.index),
+        "a retry gets the original answer"
+    );
+    assert_eq!(cluster.client().get(b"k").unwrap().get_value(), b"five");
+}
+
+/// Issue 13, item 9: 200,000 sessions leave the newest 100,000, a snapshot
+/// bounded by them, and a late retry of an expired session refused, not
+/// applied a second time.
+#[test]
+fn two_hundred_thousand_sessions_stay_bounded_and_late_retries_are_refused() {
+    const SESSIONS: u64 = 200_000;
+    const WINDOW: u64 = 2_000;
+    let mut cluster = Cluster::start("many-sessions", 10_000);
+    let mut raw = RawClient::connect(leader_port(&cluster));
+    let first = raw.call(&open_request(1, 1)).index;
+    assert_eq!(error_code(&raw.call(&set_request(2, first, 1, "k", "first"))), wire::ErrorCode::Ok);
+    let other = raw.call(&open_request(3, 2)).index;
+    assert_eq!(error_code(&raw.call(&set_request(4, other, 1, "k", "second"))), wire::ErrorCode::Ok);
+    // Open the rest pipelined, a window at a time, resending what was overloaded.
+    let (mut sent, mut opened, mut next_id) = (0u64, 0u64, 10u64);
+    let mut in_flight = 0u64;
+    while opened < SESSIONS {
+        while in_flight < WINDOW && sent < SESSIONS {
+            raw.send(&open_request(next_id, 1_000 + next_id));
+            next_id += 1;
+            sent += 1;
+            in_flight += 1;
+        }
+        let response = raw.receive();
+        in_flight -= 1;
+        match error_code(&response) {
+            wire::ErrorCode::Ok => opened += 1,
+            wire::ErrorCode::Overloaded => sent -= 1,
+            code => panic!("opening a session: {code:?} {}", response.message),
+        }
+    }
+    let late = raw.call(&set_request(next_id, first, 1, "k", "first"));
+    assert_eq!(error_code(&late), wire::ErrorCode::SessionExpired, "{}", late.message);
+    assert_eq!(cluster.client().get(b"k").unwrap().get_value(), b"second", "the late retry did not apply");
+    for index in 0..3 {
+        cluster.kill(index);
+    }
+    let storage = rasputin_server::Storage::open(&cluster.members[0].directory).unwrap();
+    assert_eq!(storage.census().count, rasputin_kv::state_machine::SESSIONS_COUNT_MAX);
+    let snapshot = storage.snapshot_source().build().unwrap();
+    assert!(snapshot.data.len() < 16 << 20, "the snapshot holds {} bytes", snapshot.data.len());
+}
+
+/// Member `target`'s node id and the cluster id, as its daemon derives them.
+fn identity(cluster: &Cluster, target: usize) -> rasputin_server::Membership {
+    use clap::Parser;
+    let member = &cluster.members[target];
+    let flags = rasputin_server::Flags::try_parse_from([
+        "rasputind".to_string(),
+        format!("--peer-port={}", member.peer_port),
+        "--cli-port=1".to_string(),
+        format!("--seed-peers={}", cluster.peers),
+        "--storage-dir=unused".to_string(),
+    ])
+    .unwrap();
+    flags.membership().unwrap()
+}
+
+/// A connection to member `target`'s peer port that greets it as another
+/// member, as a hostile process that knows the member list can. Returns the
+/// connection, the impersonated node's id and the target's.
+fn hostile_peer(cluster: &Cluster, target: usize) -> (TcpStream, u64, u64) {
+    let membership = identity(cluster, target);
+    let as_node = membership.node_id % 3 + 1;
+    let mut stream = TcpStream::connect(("127.0.0.1", cluster.members[target].peer_port)).unwrap();
+    let hello = proto::Hello {
+        protocol_version: wire::PROTOCOL_VERSION,
+        role: proto::hello::Role::Peer as i32,
+        node_id: as_node,
+        cluster_id: membership.cluster_id,
+        ..Default::default()
+    };
+    stream.write_all(&frame(&hello)).unwrap();
+    (stream, as_node, membership.node_id)
+}
+
+/// Issue 13, item 8: after a valid handshake, messages that once killed the
+/// whole cluster for good are refused, and the connection closed.
+#[test]
+fn impossible_peer_messages_are_refused_and_the_cluster_survives_restarts() {
+    let mut cluster = Cluster::start("hostile-peer", 10_000);
+    let client = cluster.client();
+    write_keys(&client, 0..5, "good");
+    let noop = |term, index| proto::Entry { term, index, command: None };
+    let append = |entries| proto::peer_message::Body::Append(proto::Append { term: 1, entries, ..Default::default() });
+    let bodies = [
+        proto::peer_message::Body::Heartbeat(proto::Heartbeat { term: u64::MAX, commit: 0, round: 1 }),
+        proto::peer_message::Body::PreVote(proto::PreVote { term: u64::MAX - 1, ..Default::default() }),
+        append(vec![noop(1, 1), noop(1, 3)]),
+        append(vec![noop(1, 0)]),
+        proto::peer_message::Body::InstallSnapshot(proto::InstallSnapshot {
+            term: 1,
+            snapshot: Some(proto::Snapshot { last_index: 100, last_term: 1, data: vec![9u8; 64].into() }),
+            round: 1,
+        }),
+    ];
+    for target in 0..3 {
+        for body in bodies.clone() {
+            let (mut stream, as_node, target_id) = hostile_peer(&cluster, target);
+            let message = proto::PeerMessage { from: as_node, to: target_id, body: Some(body), ..Default::default() };
+            stream.write_all(&frame(&message)).unwrap();
+            stream.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+            let deadline = Instant::now() + DEADLINE;
+            let mut buffer = [0u8; 4096];
+            loop {
+                assert!(Instant::now() < deadline, "node {} kept a hostile connection open", target + 1);
+                match stream.read(&mut buffer) {
+                    Ok(0) => break,
+                    Err(error)
+                        if error.kind() != std::io::ErrorKind::WouldBlock
+                            && error.kind() != std::io::ErrorKind::TimedOut =>
+                    {
+                        break
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    for index in 0..3 {
+        let process = cluster.members[index].process.as_mut().unwrap();
+        assert!(process.try_wait().unwrap().is_none(), "node {} died", index + 1);
+        let log = cluster.log(index);
+        assert!(log.contains("refused"), "node {} logged no refusal:\n{log}", index + 1);
+        assert!(!log.contains("panicked"), "node {} panicked:\n{log}", index + 1);
+    }
+    write_keys(&client, 5..10, "good");
+    for index in 0..3 {
+        cluster.kill(index);
+        cluster.launch(index);
+    }
+    assert_keys(&cluster.client(), 0..10, "good");
+}
+
+/// Issue 13, item 7: strangers that never greet get room for a few pending
+/// handshakes only, the oldest making way, and members keep working.
+#[test]
+fn strangers_on_the_peer_port_cannot_crowd_out_the_members() {
+    let cluster = Cluster::start("strangers", 10_000);
+    let client = cluster.client();
+    write_keys(&client, 0..5, "before");
+    let port = cluster.members[0].peer_port;
+    let strangers: Vec<TcpStream> = (0..40).map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap()).collect();
+    eventually("the oldest strangers are closed", || {
+        strangers.iter().filter(|stranger| closed_by_the_server(stranger)).count() >= 24
+    });
+    write_keys(&client, 5..10, "during");
+    assert!(cluster.log(0).contains("wait for a handshake"), "the eviction is logged");
+    assert_keys(&client, 0..5, "before");
+}
+
+fn closed_by_the_server(stream: &TcpStream) -> bool {
+    stream.set_nonblocking(true).unwrap();
+    let mut byte = [0u8; 1];
+    matches!((&*stream).read(&mut byte), Ok(0))
+}
+
+/// Issue 13, item 12: an empty value and a missing key answer differently.
+#[test]
+fn a_failed_cas_on_an_empty_value_says_the_key_exists() {
+    let cluster = Cluster::start("found", 10_000);
+    let client = cluster.client();
+    client.set(b"empty", b"").unwrap();
+    let refused = client.cas(b"empty", b"wrong", b"new").unwrap();
+    assert!(!refused.get_success() && refused.get_found() && refused.get_value().is_empty());
+    let missing = client.cas(b"missing", b"wrong", b"new").unwrap();
+    assert!(!missing.get_success() && !missing.get_found());
+    assert!(client.get(b"empty").unwrap().get_found() && !client.get(b"missing").unwrap().get_found());
+    assert!(client.del(b"empty").unwrap().get_found() && !client.del(b"empty").unwrap().get_found());
+}
