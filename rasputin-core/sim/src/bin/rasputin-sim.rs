@@ -2,6 +2,8 @@
 //! or the partial-connectivity experiment.
 
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc;
 use std::time::Instant;
 
 use clap::Parser;
@@ -51,9 +53,12 @@ struct Arguments {
     /// Write each seed's client history to DIR/seed-S.jsonl (format: docs/history.md).
     #[arg(long, value_name = "DIR")]
     history_dir: Option<std::path::PathBuf>,
-    /// Worker threads; results are printed in seed order whatever this is.
+    /// Worker threads; each seed's result is printed as it finishes.
     #[arg(long, default_value_t = 2)]
     threads: usize,
+    /// Stop at the first violation: seeds not yet started are not run.
+    #[arg(long)]
+    fail_fast: bool,
 }
 
 fn parse_nodes(text: &str) -> Result<usize, String> {
@@ -109,34 +114,29 @@ fn main() -> ExitCode {
     }
     let started = Instant::now();
     let seeds: Vec<u64> = (arguments.seed..arguments.seed + arguments.seeds).collect();
-    let reports = in_parallel(&seeds, arguments.threads, |&seed| run_seed(&config, seed));
-    let elapsed = started.elapsed().as_secs_f64();
-    let mut operations = 0;
-    let mut violations = 0;
-    let mut slowest_recovery_ns = 0;
-    for report in &reports {
-        operations += report.operations;
-        slowest_recovery_ns = slowest_recovery_ns.max(report.recovery_ns.unwrap_or(0));
-        if arguments.trace {
-            print!("{}", report.trace);
-            println!("faults: {:?}", report.faults);
-        }
-        if let (Some(directory), Some(lines)) = (&arguments.history_dir, &report.history_json_lines) {
-            let path = directory.join(format!("seed-{}.jsonl", report.seed));
-            if let Err(error) = std::fs::write(&path, lines) {
-                eprintln!("rasputin-sim: cannot write {}: {error}", path.display());
-                return ExitCode::from(2);
+    let mut totals = Totals::default();
+    let mut write_failed = false;
+    in_parallel(
+        &seeds,
+        arguments.threads,
+        |&seed| run_seed(&config, seed),
+        |report| {
+            if let Err(message) = report_seed(&arguments, &report) {
+                eprintln!("rasputin-sim: {message}");
+                write_failed = true;
+                return false;
             }
-        }
-        if let Some(violation) = &report.violation {
-            violations += 1;
-            println!("FAIL seed={}: {violation}", report.seed);
-            println!("  replay: {}", replay_command(&arguments, report));
-        }
+            totals.add(&report);
+            !(arguments.fail_fast && report.violation.is_some())
+        },
+    );
+    if write_failed {
+        return ExitCode::from(2);
     }
+    let elapsed = started.elapsed().as_secs_f64();
+    let Totals { seeds: seeds_run, operations, violations, slowest_recovery_ns } = totals;
     println!(
-        "seeds={} ops={operations} violations={violations} nodes={} election={} wall={elapsed:.1}s ops_per_wall_second={:.0} slowest_recovery_ms={}",
-        seeds.len(),
+        "seeds={seeds_run} ops={operations} violations={violations} nodes={} election={} wall={elapsed:.1}s ops_per_wall_second={:.0} slowest_recovery_ms={}",
         arguments.nodes,
         arguments.election.name(),
         operations as f64 / elapsed.max(1e-9),
@@ -147,6 +147,45 @@ fn main() -> ExitCode {
     } else {
         ExitCode::FAILURE
     }
+}
+
+/// What the seeds run so far add up to.
+#[derive(Default)]
+struct Totals {
+    seeds: u64,
+    operations: usize,
+    violations: u64,
+    slowest_recovery_ns: u64,
+}
+
+impl Totals {
+    fn add(&mut self, report: &SeedReport) {
+        self.seeds += 1;
+        self.operations += report.operations;
+        self.violations += u64::from(report.violation.is_some());
+        self.slowest_recovery_ns = self.slowest_recovery_ns.max(report.recovery_ns.unwrap_or(0));
+    }
+}
+
+/// Prints one seed's result (and its trace, with --trace) and writes its
+/// history, as soon as the seed finishes.
+fn report_seed(arguments: &Arguments, report: &SeedReport) -> Result<(), String> {
+    if arguments.trace {
+        print!("{}", report.trace);
+        println!("faults: {:?}", report.faults);
+    }
+    if let (Some(directory), Some(lines)) = (&arguments.history_dir, &report.history_json_lines) {
+        let path = directory.join(format!("seed-{}.jsonl", report.seed));
+        std::fs::write(&path, lines).map_err(|error| format!("cannot write {}: {error}", path.display()))?;
+    }
+    match &report.violation {
+        None => println!("ok seed={} ops={}", report.seed, report.operations),
+        Some(violation) => {
+            println!("FAIL seed={}: {violation}", report.seed);
+            println!("  replay: {}", replay_command(arguments, report));
+        }
+    }
+    Ok(())
 }
 
 fn replay_command(arguments: &Arguments, report: &SeedReport) -> String {
@@ -174,23 +213,39 @@ fn replay_command(arguments: &Arguments, report: &SeedReport) -> String {
     command
 }
 
-/// Runs `work` over `items` on `threads` threads, returning results in item order.
-fn in_parallel<T: Sync, R: Send>(items: &[T], threads: usize, work: impl Fn(&T) -> R + Sync) -> Vec<R> {
-    let threads = threads.max(1);
-    let mut slots: Vec<Option<R>> = (0..items.len()).map(|_| None).collect();
-    let chunks: Vec<_> = slots.chunks_mut(1).zip(items.iter()).collect();
-    let queue = std::sync::Mutex::new(chunks.into_iter());
-    let (queue, work) = (&queue, &work);
+/// Runs `work` over `items` on `threads` threads and hands each result to
+/// `done` on this thread as it finishes, in finishing order. Once `done`
+/// returns false, no further item starts; those running finish.
+fn in_parallel<T: Sync, R: Send>(
+    items: &[T],
+    threads: usize,
+    work: impl Fn(&T) -> R + Sync,
+    mut done: impl FnMut(R) -> bool,
+) {
+    let next = AtomicUsize::new(0);
+    let stop = AtomicBool::new(false);
+    // Bounded: a worker waits rather than let results pile up unprinted.
+    let (results, finished) = mpsc::sync_channel(threads.max(1));
+    let (next, stop, work) = (&next, &stop, &work);
     std::thread::scope(|scope| {
-        for _ in 0..threads {
-            scope.spawn(move || loop {
-                let next = queue.lock().expect("no worker panics while holding the queue").next();
-                let Some((slot, item)) = next else { break };
-                slot[0] = Some(work(item));
+        for _ in 0..threads.max(1) {
+            let results = results.clone();
+            scope.spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let Some(item) = items.get(next.fetch_add(1, Ordering::Relaxed)) else { break };
+                    if results.send(work(item)).is_err() {
+                        break;
+                    }
+                }
             });
         }
+        drop(results);
+        for result in finished {
+            if !done(result) {
+                stop.store(true, Ordering::Relaxed);
+            }
+        }
     });
-    slots.into_iter().map(|slot| slot.expect("every item was processed")).collect()
 }
 
 fn run_experiment(arguments: &Arguments) {
@@ -200,7 +255,16 @@ fn run_experiment(arguments: &Arguments) {
     for scenario in Scenario::ALL {
         for mode in modes {
             let seeds: Vec<u64> = (arguments.seed..arguments.seed + arguments.seeds).collect();
-            let outcomes = in_parallel(&seeds, arguments.threads, |&seed| experiment::run(scenario, mode, seed));
+            let mut outcomes = Vec::with_capacity(seeds.len());
+            in_parallel(
+                &seeds,
+                arguments.threads,
+                |&seed| experiment::run(scenario, mode, seed),
+                |outcome| {
+                    outcomes.push(outcome);
+                    true
+                },
+            );
             let errors: Vec<&String> = outcomes.iter().filter_map(|outcome| outcome.error.as_ref()).collect();
             for error in &errors {
                 eprintln!("{} {}: {error}", scenario.label(), mode.name());
@@ -219,5 +283,45 @@ fn run_experiment(arguments: &Arguments) {
                 availability * 100.0
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::in_parallel;
+
+    #[test]
+    fn every_item_is_handed_back_once() {
+        let items: Vec<u64> = (0..500).collect();
+        let mut seen = Vec::new();
+        in_parallel(
+            &items,
+            3,
+            |&item| item * 2,
+            |result| {
+                seen.push(result);
+                true
+            },
+        );
+        seen.sort_unstable();
+        assert_eq!(seen, items.iter().map(|item| item * 2).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn no_item_starts_after_done_says_stop() {
+        let items: Vec<u64> = (0..10_000).collect();
+        let mut handed = 0;
+        in_parallel(
+            &items,
+            2,
+            |&item| item,
+            |_| {
+                handed += 1;
+                handed < 10
+            },
+        );
+        // At most the items already running when the tenth came back, and
+        // those queued in the bounded channel, finish after it.
+        assert!((10..=14).contains(&handed), "{handed} results handed back after asking to stop at 10");
     }
 }
