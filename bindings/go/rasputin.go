@@ -23,6 +23,7 @@ import "C"
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"runtime"
 	"strings"
@@ -56,14 +57,24 @@ const (
 // its RetryToken to Client.Retry to send the same request again under the
 // same identity: it applies at most once, and its Result says what
 // happened. Calling the operation again instead sends a new request.
+//
+// A call whose context is done fails with StatusTimeout and wraps the
+// context's error, so errors.Is(err, context.Canceled) and
+// errors.Is(err, context.DeadlineExceeded) hold. A cancelled call returns
+// at once, without a RetryToken: the request may still be sent, and its
+// outcome is unknown.
 type Error struct {
 	Code       Status
 	ServerCode int // the server's wire error code behind StatusRefused, else 0
 	Message    string
 	RetryToken []byte // for StatusTimeout: the request, for Client.Retry
+	cause      error  // the context's error, when the context ended the call
 }
 
 func (e *Error) Error() string { return "rasputin: " + e.Message }
+
+// Unwrap gives the context's error behind a call its context ended, else nil.
+func (e *Error) Unwrap() error { return e.cause }
 
 // Is matches errors by code, so errors.Is(err, rasputin.ErrTimeout) works.
 func (e *Error) Is(target error) bool {
@@ -152,7 +163,8 @@ func Connect(peers []string, opts ...Option) (*Client, error) {
 	return client, nil
 }
 
-// Close closes the connections. It waits for calls in progress, is
+// Close closes the connections. It waits for calls in progress (those
+// whose context was cancelled included: they finish in the background), is
 // idempotent, and later calls return ErrClosed.
 func (c *Client) Close() error {
 	c.mu.Lock()
@@ -186,22 +198,65 @@ type result struct {
 	value   []byte
 }
 
-// call runs one librasputin call under the read lock, with ctx's deadline as its timeout.
-func (c *Client) call(ctx context.Context, operation func(*C.rasputin_client, **C.rasputin_result, **C.rasputin_error) uint32) (result, error) {
+type operation func(*C.rasputin_client, **C.rasputin_result, **C.rasputin_error) uint32
+
+type outcome struct {
+	result result
+	err    error
+}
+
+// call runs one librasputin call with ctx's deadline as its timeout. A
+// context that can be cancelled is watched: cancellation returns at once,
+// while the C call finishes in the background (Close waits for it).
+func (c *Client) call(ctx context.Context, run operation) (result, error) {
 	if err := ctx.Err(); err != nil {
-		return result{}, &Error{Code: StatusTimeout, Message: err.Error()}
+		return result{}, contextError(err, "the context was done before the call")
 	}
 	c.mu.RLock()
-	defer c.mu.RUnlock()
 	if c.handle == nil {
+		c.mu.RUnlock()
 		return result{}, ErrClosed
 	}
+	if ctx.Done() == nil {
+		defer c.mu.RUnlock()
+		return c.callLocked(ctx, run)
+	}
+	finished := make(chan outcome, 1)
+	go func() {
+		defer c.mu.RUnlock()
+		got, err := c.callLocked(ctx, run)
+		finished <- outcome{got, err}
+	}()
+	select {
+	case done := <-finished:
+		return done.result, done.err
+	case <-ctx.Done():
+	}
+	if ctx.Err() == context.Canceled {
+		return result{}, contextError(ctx.Err(), "the call was cancelled; the operation may or may not take effect")
+	}
+	// The deadline is also the C call's timeout, so its answer (with a
+	// RetryToken for a write) is due now: wait for it.
+	done := <-finished
+	var failure *Error
+	if errors.As(done.err, &failure) && failure.Code == StatusTimeout {
+		failure.cause = ctx.Err()
+	}
+	return done.result, done.err
+}
+
+func contextError(err error, message string) *Error {
+	return &Error{Code: StatusTimeout, Message: message + ": " + err.Error(), cause: err}
+}
+
+// callLocked runs one librasputin call; the caller holds the read lock.
+func (c *Client) callLocked(ctx context.Context, run operation) (result, error) {
 	handle := c.handle
 	var failure *C.rasputin_error
 	if deadline, ok := ctx.Deadline(); ok {
 		remaining := time.Until(deadline)
 		if remaining < time.Millisecond {
-			return result{}, &Error{Code: StatusTimeout, Message: "the context deadline has passed"}
+			return result{}, contextError(context.DeadlineExceeded, "the context deadline has passed")
 		}
 		var view *C.rasputin_client
 		if status := C.rasputin_client_with_timeout(handle, C.uint64_t(remaining/time.Millisecond), &view, &failure); status != C.RASPUTIN_OK {
@@ -210,13 +265,23 @@ func (c *Client) call(ctx context.Context, operation func(*C.rasputin_client, **
 		defer C.rasputin_client_free(view)
 		handle = view
 	}
-	var outcome *C.rasputin_result
-	if status := operation(handle, &outcome, &failure); status != C.RASPUTIN_OK {
+	var answer *C.rasputin_result
+	if status := run(handle, &answer, &failure); status != C.RASPUTIN_OK {
 		return result{}, takeError(Status(status), failure)
 	}
-	defer C.rasputin_result_free(outcome)
-	value := C.GoBytes(unsafe.Pointer(outcome.value), C.int(outcome.value_len))
-	return result{success: bool(outcome.success), found: bool(outcome.found), value: value}, nil
+	defer C.rasputin_result_free(answer)
+	value := C.GoBytes(unsafe.Pointer(answer.value), C.int(answer.value_len))
+	return result{success: bool(answer.success), found: bool(answer.found), value: value}, nil
+}
+
+// owned is data itself, or a copy when ctx can be cancelled: a cancelled
+// call returns while C may still read its arguments, and the caller may
+// then reuse its buffers.
+func owned(ctx context.Context, data []byte) []byte {
+	if ctx.Done() == nil || data == nil {
+		return data
+	}
+	return append(make([]byte, 0, len(data)), data...)
 }
 
 // Set sets key to value.
@@ -224,6 +289,7 @@ func (c *Client) Set(key, value []byte) error { return c.SetContext(context.Back
 
 // SetContext is Set with ctx's deadline as the call's timeout.
 func (c *Client) SetContext(ctx context.Context, key, value []byte) error {
+	key, value = owned(ctx, key), owned(ctx, value)
 	keyPointer, keyLength := cBytes(key)
 	valuePointer, valueLength := cBytes(value)
 	_, err := c.call(ctx, func(h *C.rasputin_client, out **C.rasputin_result, failure **C.rasputin_error) uint32 {
@@ -239,6 +305,7 @@ func (c *Client) Get(key []byte) ([]byte, error) { return c.GetContext(context.B
 
 // GetContext is Get with ctx's deadline as the call's timeout.
 func (c *Client) GetContext(ctx context.Context, key []byte) ([]byte, error) {
+	key = owned(ctx, key)
 	keyPointer, keyLength := cBytes(key)
 	got, err := c.call(ctx, func(h *C.rasputin_client, out **C.rasputin_result, failure **C.rasputin_error) uint32 {
 		return C.rasputin_get(h, keyPointer, keyLength, out, failure)
@@ -262,6 +329,7 @@ func (c *Client) CAS(key, expected, newValue []byte) (current []byte, swapped bo
 
 // CASContext is CAS with ctx's deadline as the call's timeout.
 func (c *Client) CASContext(ctx context.Context, key, expected, newValue []byte) ([]byte, bool, error) {
+	key, expected, newValue = owned(ctx, key), owned(ctx, expected), owned(ctx, newValue)
 	keyPointer, keyLength := cBytes(key)
 	expectedPointer, expectedLength := cBytes(expected)
 	newPointer, newLength := cBytes(newValue)
@@ -287,6 +355,7 @@ func (c *Client) Delete(key []byte) ([]byte, error) {
 
 // DeleteContext is Delete with ctx's deadline as the call's timeout.
 func (c *Client) DeleteContext(ctx context.Context, key []byte) ([]byte, error) {
+	key = owned(ctx, key)
 	keyPointer, keyLength := cBytes(key)
 	got, err := c.call(ctx, func(h *C.rasputin_client, out **C.rasputin_result, failure **C.rasputin_error) uint32 {
 		return C.rasputin_del(h, keyPointer, keyLength, out, failure)
@@ -305,6 +374,7 @@ func (c *Client) DeleteContext(ctx context.Context, key []byte) ([]byte, error) 
 // (SESSION_EXPIRED) once the cluster has expired the session: then the
 // outcome stays unknown.
 func (c *Client) Retry(ctx context.Context, token []byte) (Result, error) {
+	token = owned(ctx, token)
 	tokenPointer, tokenLength := cBytes(token)
 	got, err := c.call(ctx, func(h *C.rasputin_client, out **C.rasputin_result, failure **C.rasputin_error) uint32 {
 		return C.rasputin_retry(h, tokenPointer, tokenLength, out, failure)

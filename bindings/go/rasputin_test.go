@@ -223,6 +223,35 @@ func TestContextDeadlineBecomesTheTimeout(t *testing.T) {
 	}
 }
 
+// Issue 14: a cancelled context ends the call at once, however long the
+// client's own timeout, and the error wraps context.Canceled.
+func TestCancellationReturnsAtOnceAndWrapsTheContextError(t *testing.T) {
+	unreachable, err := Connect([]string{"127.0.0.1:1"}, WithTimeout(3*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unreachable.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	timer := time.AfterFunc(100*time.Millisecond, cancel)
+	defer timer.Stop()
+	key := []byte("cancelled")
+	started := time.Now()
+	_, err = unreachable.GetContext(ctx, key)
+	elapsed := time.Since(started)
+	if !errors.Is(err, context.Canceled) || !errors.Is(err, ErrTimeout) {
+		t.Fatalf("want an error wrapping context.Canceled with StatusTimeout, got %v", err)
+	}
+	if elapsed >= 3*time.Second {
+		t.Fatalf("the call waited out the client's timeout (%v) instead of returning on cancellation", elapsed)
+	}
+	copy(key, "overwrite") // the background call owns a copy, not the caller's buffer
+	deadline, stop := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer stop()
+	if _, err := unreachable.GetContext(deadline, key); !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("deadline: want context.DeadlineExceeded or ErrUnavailable, got %v", err)
+	}
+}
+
 func TestUseAfterClose(t *testing.T) {
 	client, err := Connect(peers)
 	if err != nil {
