@@ -5,28 +5,39 @@
 use std::collections::BTreeMap;
 use std::io::{self, Write};
 
-use super::{Input, Operation, Output, Value};
+use serde::Serialize;
+use serde_json::{json, Value as Json};
 
-fn value(value: Value) -> String {
-    value.map_or_else(|| "null".to_string(), |id| id.to_string())
+use super::{Input, Operation, Output};
+
+/// One line of the history: the fields of `docs/history.md`, in its order.
+#[derive(Serialize)]
+struct Event {
+    client: u64,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    f: &'static str,
+    key: u64,
+    value: Json,
+    time_ns: u64,
 }
 
-fn invocation(input: &Input) -> (&'static str, String) {
+fn invocation(input: &Input) -> (&'static str, Json) {
     match input {
-        Input::Read => ("read", "null".to_string()),
-        Input::Write(id) => ("write", id.to_string()),
-        Input::Cas { expected, new } => ("cas", format!("[{expected},{new}]")),
-        Input::Delete => ("delete", "null".to_string()),
+        Input::Read => ("read", Json::Null),
+        Input::Write(id) => ("write", json!(id)),
+        Input::Cas { expected, new } => ("cas", json!([expected, new])),
+        Input::Delete => ("delete", Json::Null),
     }
 }
 
-fn completion(output: &Output, input: &Input) -> String {
+fn completion(output: &Output, input: &Input) -> Json {
     match (output, input) {
-        (Output::Read(seen), _) => value(*seen),
-        (Output::Write, Input::Write(id)) => id.to_string(),
-        (Output::Write, _) => "null".to_string(),
-        (Output::Cas { success, current }, _) => format!("[{success},{}]", value(*current)),
-        (Output::Delete(previous), _) => value(*previous),
+        (Output::Read(seen), _) => json!(seen),
+        (Output::Write, Input::Write(id)) => json!(id),
+        (Output::Write, _) => Json::Null,
+        (Output::Cas { success, current }, _) => json!([success, current]),
+        (Output::Delete(previous), _) => json!(previous),
     }
 }
 
@@ -47,26 +58,22 @@ pub fn write_json_lines(history: &[Operation], end_ns: u64, out: &mut impl Write
         let next = times.partition_point(|&time| time <= operation.invoke_ns);
         times.get(next).copied().unwrap_or(end_ns).max(operation.invoke_ns)
     };
-    let mut events: Vec<(u64, usize, String)> = Vec::with_capacity(history.len() * 2);
+    let mut events: Vec<(u64, usize, Event)> = Vec::with_capacity(history.len() * 2);
     for (number, operation) in history.iter().enumerate() {
-        let (function, argument) = invocation(&operation.input);
+        let (f, argument) = invocation(&operation.input);
         let (client, key) = (operation.client, operation.key);
-        let line = |kind: &str, value: &str, time: u64| {
-            format!("{{\"client\":{client},\"type\":\"{kind}\",\"f\":\"{function}\",\"key\":{key},\"value\":{value},\"time_ns\":{time}}}")
+        let event = |kind, value, time_ns| Event { client, kind, f, key, value, time_ns };
+        events.push((operation.invoke_ns, 2 * number, event("invoke", argument, operation.invoke_ns)));
+        let (at, kind, value) = match (&operation.output, operation.complete_ns) {
+            (Some(output), Some(at)) => (at, "ok", completion(output, &operation.input)),
+            _ => (gave_up_at(operation), "info", Json::Null),
         };
-        events.push((operation.invoke_ns, 2 * number, line("invoke", &argument, operation.invoke_ns)));
-        let completed = match (&operation.output, operation.complete_ns) {
-            (Some(output), Some(at)) => (at, line("ok", &completion(output, &operation.input), at)),
-            _ => {
-                let at = gave_up_at(operation);
-                (at, line("info", "null", at))
-            }
-        };
-        events.push((completed.0, 2 * number + 1, completed.1));
+        events.push((at, 2 * number + 1, event(kind, value, at)));
     }
     events.sort_unstable_by_key(|(time, order, _)| (*time, *order));
-    for (_, _, line) in events {
-        writeln!(out, "{line}")?;
+    for (_, _, event) in events {
+        serde_json::to_writer(&mut *out, &event)?;
+        writeln!(out)?;
     }
     Ok(())
 }
