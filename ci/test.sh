@@ -99,6 +99,9 @@ fi
 readelf -d target/release/librasputin.so | grep -q 'SONAME.*librasputin.so.0'
 test -f target/release/librasputin.a
 
+step "status numbers: one definition (rasputin::client::STATUSES); the header, Python, Java and Go agree"
+cargo test --release --locked -p rasputin-ffi --test statuses
+
 step "C: build the C example (shared and static, via pkg-config) and the C tests; C++ includes the header"
 export PKG_CONFIG_PATH="$PWD/target/release"
 make -s -C examples/c clean all LIBDIR="$(pkg-config --variable=libdir rasputin)"

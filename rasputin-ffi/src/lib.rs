@@ -7,7 +7,6 @@
 #![allow(non_camel_case_types)]
 
 use std::ffi::{c_char, CStr, CString};
-use std::net::{SocketAddr, ToSocketAddrs};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::Duration;
 
@@ -181,23 +180,6 @@ fn client_ref<'a>(client: *const rasputin_client) -> Result<&'a rasputin_client,
     unsafe { client.as_ref() }.ok_or_else(|| Failure::new(RASPUTIN_ERROR_NULL_ARGUMENT, "client is NULL"))
 }
 
-fn parse_peers(text: &str) -> Result<Vec<SocketAddr>, Failure> {
-    let mut peers = Vec::new();
-    for part in text.split(',').map(str::trim).filter(|part| !part.is_empty()) {
-        let address = part.to_socket_addrs().ok().and_then(|mut addresses| addresses.next()).ok_or_else(|| {
-            Failure::new(RASPUTIN_ERROR_INVALID_ARGUMENT, format!("{part:?} is not a host:port address"))
-        })?;
-        peers.push(address);
-    }
-    if peers.is_empty() {
-        return Err(Failure::new(
-            RASPUTIN_ERROR_INVALID_ARGUMENT,
-            "the peer list is empty; give \"host:port,host:port\"",
-        ));
-    }
-    Ok(peers)
-}
-
 /// Creates a client for the cluster whose servers' client addresses are
 /// listed in `peers` ("host:port,host:port"; any one server is enough, the
 /// client finds the leader). `nthreads` (at least 1) is the number of
@@ -230,10 +212,8 @@ pub unsafe extern "C" fn rasputin_client_new(
         let text = unsafe { CStr::from_ptr(peers) }
             .to_str()
             .map_err(|_| Failure::new(RASPUTIN_ERROR_INVALID_ARGUMENT, "peers is not valid UTF-8"))?;
-        if nthreads == 0 {
-            return Err(Failure::new(RASPUTIN_ERROR_INVALID_ARGUMENT, "nthreads must be at least 1"));
-        }
-        let client = Client::new(parse_peers(text)?, nthreads);
+        let peers = text.split(',').map(str::trim).filter(|part| !part.is_empty());
+        let client = Client::builder().peers(peers).connections_per_server(nthreads).build()?;
         // SAFETY: checked non-NULL above.
         unsafe { *client_out = Box::into_raw(Box::new(rasputin_client { client })) };
         Ok(())

@@ -1,7 +1,6 @@
 //! The `rasputin._rasputin` extension module: a thin pyo3 layer over
 //! `rasputin::Client`. Every network call releases the GIL.
 
-use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
 use pyo3::create_exception;
@@ -9,8 +8,8 @@ use pyo3::exceptions::{PyException, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList};
 use rasputin::client::{
-    RetryToken, STATUS_INVALID_ARGUMENT, STATUS_KEY_TOO_LARGE, STATUS_REFUSED, STATUS_TIMEOUT, STATUS_UNAVAILABLE,
-    STATUS_VALUE_TOO_LARGE,
+    RetryToken, STATUS_CLOSED, STATUS_INVALID_ARGUMENT, STATUS_KEY_TOO_LARGE, STATUS_REFUSED, STATUS_TIMEOUT,
+    STATUS_UNAVAILABLE, STATUS_VALUE_TOO_LARGE,
 };
 use rasputin::{Client as CoreClient, ClientError, Response};
 
@@ -47,9 +46,6 @@ create_exception!(
 create_exception!(_rasputin, ValueTooLarge, RasputinError, "A key or value exceeds the cluster's size limits.");
 create_exception!(_rasputin, Refused, RasputinError, "The server refused the request; `.server_code` says why.");
 create_exception!(_rasputin, ClientClosed, RasputinError, "The client was closed.");
-
-/// The status number for a closed client (beyond librasputin's, which has no such state).
-const STATUS_CLOSED: i32 = 9;
 
 fn to_python_error(error: ClientError) -> PyErr {
     let message = error.to_string();
@@ -172,19 +168,10 @@ impl Client {
         let list = peers
             .downcast::<PyList>()
             .map_err(|_| PyTypeError::new_err("peers must be a list of \"host:port\" strings"))?;
-        let mut addresses: Vec<SocketAddr> = Vec::new();
+        let mut addresses: Vec<String> = Vec::new();
         for item in list.iter() {
-            let text: String =
-                item.extract().map_err(|_| PyTypeError::new_err("each peer must be a \"host:port\" string"))?;
-            let address = text.to_socket_addrs().ok().and_then(|mut all| all.next()).ok_or_else(|| {
-                let error = InvalidArgument::new_err(format!("{text:?} is not a host:port address"));
-                Python::with_gil(|py| {
-                    let _ = error.value(py).setattr("code", STATUS_INVALID_ARGUMENT);
-                    let _ = error.value(py).setattr("server_code", 0);
-                });
-                error
-            })?;
-            addresses.push(address);
+            addresses
+                .push(item.extract().map_err(|_| PyTypeError::new_err("each peer must be a \"host:port\" string"))?);
         }
         if addresses.is_empty() {
             return Err(PyValueError::new_err("peers is empty; list at least one \"host:port\""));
@@ -195,9 +182,13 @@ impl Client {
         if !(timeout.is_finite() && timeout > 0.0) {
             return Err(PyValueError::new_err("timeout must be a positive number of seconds"));
         }
-        let client = CoreClient::new(addresses, threads);
         let operation = Duration::from_secs_f64(timeout);
-        client.set_timeouts(operation.min(Duration::from_secs(2)), operation);
+        let client = CoreClient::builder()
+            .peers(addresses)
+            .connections_per_server(threads)
+            .timeouts(operation.min(Duration::from_secs(2)), operation)
+            .build()
+            .map_err(to_python_error)?;
         Ok(Client { inner: std::sync::RwLock::new(Some(client)) })
     }
 

@@ -27,6 +27,7 @@ use thiserror::Error;
 use rasputin_kv::operation::{ClientRequest, Operation};
 use rasputin_kv::wire::{self, proto, ErrorCode, WireError, CLIENT_FRAME_BYTES_MAX, KEY_BYTES_MAX, VALUE_BYTES_MAX};
 
+pub use crate::builder::ClientBuilder;
 pub use rasputin_kv::state_machine::Response;
 
 /// How long one attempt waits for its answer before trying another node.
@@ -54,6 +55,10 @@ pub enum ClientError {
     Refused { code: ErrorCode, message: String },
     #[error("no peers were given; pass at least one server's client address")]
     NoPeers,
+    #[error("peer {peer:?} is not a reachable name or address ({detail}); give \"host:port\" with a host name or an IP address")]
+    UnknownPeer { peer: String, detail: String },
+    #[error("invalid client setting: {0}")]
+    InvalidSetting(String),
     #[error("not a retry token: {0}; pass the token of a timed-out operation unchanged")]
     InvalidRetryToken(String),
 }
@@ -67,7 +72,10 @@ impl ClientError {
             }
             ClientError::Timeout { .. } | ClientError::Unavailable { .. } => ErrorCode::Internal,
             ClientError::Refused { code, .. } => *code,
-            ClientError::NoPeers | ClientError::InvalidRetryToken(_) => ErrorCode::BadRequest,
+            ClientError::NoPeers
+            | ClientError::UnknownPeer { .. }
+            | ClientError::InvalidSetting(_)
+            | ClientError::InvalidRetryToken(_) => ErrorCode::BadRequest,
         }
     }
 
@@ -75,7 +83,10 @@ impl ClientError {
     /// same numbers as `rasputin_status` in librasputin's C header.
     pub fn status(&self) -> i32 {
         match self {
-            ClientError::NoPeers | ClientError::InvalidRetryToken(_) => STATUS_INVALID_ARGUMENT,
+            ClientError::NoPeers
+            | ClientError::UnknownPeer { .. }
+            | ClientError::InvalidSetting(_)
+            | ClientError::InvalidRetryToken(_) => STATUS_INVALID_ARGUMENT,
             ClientError::KeyTooLarge(_) => STATUS_KEY_TOO_LARGE,
             ClientError::ValueTooLarge(_) | ClientError::RequestTooLarge(_) => STATUS_VALUE_TOO_LARGE,
             ClientError::Timeout { .. } => STATUS_TIMEOUT,
@@ -93,13 +104,38 @@ impl ClientError {
     }
 }
 
-/// Stable status numbers shared by every binding (see `ClientError::status`).
+/// The stable status numbers, defined here once for every binding: the C
+/// header's `rasputin_status` (0–8), Python's and Java's closed client (9)
+/// and Go's missing key (10). `rasputin-ffi/tests/statuses.rs` fails if the
+/// header, Python, Java or Go says otherwise. `ClientError::status` maps
+/// errors onto them.
+pub const STATUS_OK: i32 = 0;
+pub const STATUS_NULL_ARGUMENT: i32 = 1;
 pub const STATUS_INVALID_ARGUMENT: i32 = 2;
 pub const STATUS_KEY_TOO_LARGE: i32 = 3;
 pub const STATUS_VALUE_TOO_LARGE: i32 = 4;
 pub const STATUS_TIMEOUT: i32 = 5;
 pub const STATUS_REFUSED: i32 = 6;
+pub const STATUS_INTERNAL: i32 = 7;
 pub const STATUS_UNAVAILABLE: i32 = 8;
+pub const STATUS_CLOSED: i32 = 9;
+pub const STATUS_NOT_FOUND: i32 = 10;
+
+/// Every status, by the name the bindings give it (C: `RASPUTIN_OK`,
+/// `RASPUTIN_ERROR_<NAME>`; Go: `Status<Name>`).
+pub const STATUSES: [(&str, i32); 11] = [
+    ("OK", STATUS_OK),
+    ("NULL_ARGUMENT", STATUS_NULL_ARGUMENT),
+    ("INVALID_ARGUMENT", STATUS_INVALID_ARGUMENT),
+    ("KEY_TOO_LARGE", STATUS_KEY_TOO_LARGE),
+    ("VALUE_TOO_LARGE", STATUS_VALUE_TOO_LARGE),
+    ("TIMEOUT", STATUS_TIMEOUT),
+    ("REFUSED", STATUS_REFUSED),
+    ("INTERNAL", STATUS_INTERNAL),
+    ("UNAVAILABLE", STATUS_UNAVAILABLE),
+    ("CLOSED", STATUS_CLOSED),
+    ("NOT_FOUND", STATUS_NOT_FOUND),
+];
 
 /// A timed-out operation, to send again under the same (client id,
 /// sequence) with [`Client::retry`]. As bytes (`to_bytes`), it crosses
@@ -319,6 +355,16 @@ pub struct Client {
 }
 
 impl Client {
+    /// A builder that takes host names as well as addresses, and names its settings.
+    pub fn builder() -> ClientBuilder {
+        ClientBuilder::default()
+    }
+
+    /// The servers' addresses this client knows.
+    pub fn peers(&self) -> &[SocketAddr] {
+        &self.inner.peers
+    }
+
     /// `peers` are servers' client addresses; any one of them will do, the
     /// client finds the leader. Connections open lazily, so this cannot fail.
     pub fn new(peers: Vec<SocketAddr>, nthreads: usize) -> Client {

@@ -6,7 +6,8 @@
 //! limits come from `rasputin-kv`, the crate the daemon uses too, so the
 //! two cannot disagree.
 
+mod builder;
 pub mod client;
 
-pub use client::{Client, ClientError, Response, RetryToken};
+pub use client::{Client, ClientBuilder, ClientError, Response, RetryToken};
 pub use rasputin_kv::wire::{CLIENT_FRAME_BYTES_MAX, KEY_BYTES_MAX, VALUE_BYTES_MAX};

@@ -323,6 +323,15 @@ fn oversized_values_get_a_clear_error_and_the_key_is_untouched() {
 }
 
 #[test]
+fn a_client_built_from_host_names_reaches_the_cluster() {
+    let cluster = Cluster::start("host-names", 10_000);
+    let peers: Vec<String> = cluster.members.iter().map(|member| format!("localhost:{}", member.client_port)).collect();
+    let client = Client::builder().peers(peers).connections_per_server(2).build().unwrap();
+    client.set(b"named", b"by host").unwrap();
+    assert_eq!(client.get(b"named").unwrap().get_value(), b"by host");
+}
+
+#[test]
 fn a_second_daemon_cannot_open_a_directory_in_use() {
     let cluster = Cluster::start("lock", 10_000);
     cluster.client().set(b"k", b"v").unwrap();

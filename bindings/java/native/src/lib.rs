@@ -2,7 +2,6 @@
 //! panics and turns every failure into a Java `RasputinException` subclass,
 //! so nothing native ever crashes the JVM.
 
-use std::net::{SocketAddr, ToSocketAddrs};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::Duration;
 
@@ -10,13 +9,10 @@ use jni::objects::{JByteArray, JClass, JObject, JString, JValue};
 use jni::sys::{jboolean, jbyteArray, jint, jlong, jobject};
 use jni::JNIEnv;
 use rasputin::client::{
-    RetryToken, STATUS_INVALID_ARGUMENT, STATUS_KEY_TOO_LARGE, STATUS_REFUSED, STATUS_TIMEOUT, STATUS_UNAVAILABLE,
-    STATUS_VALUE_TOO_LARGE,
+    RetryToken, STATUS_INTERNAL, STATUS_INVALID_ARGUMENT, STATUS_KEY_TOO_LARGE, STATUS_REFUSED, STATUS_TIMEOUT,
+    STATUS_UNAVAILABLE, STATUS_VALUE_TOO_LARGE,
 };
 use rasputin::{Client, ClientError, Response};
-
-/// librasputin's status for a caught bug.
-const STATUS_INTERNAL: i32 = 7;
 
 struct Failure {
     status: i32,
@@ -132,19 +128,14 @@ pub extern "system" fn Java_io_rasputin_RasputinClient_nativeNew(
     guard(&mut env, 0, |env| {
         let invalid = |message: String| Failure::new(STATUS_INVALID_ARGUMENT, message);
         let text: String = env.get_string(&peers)?.into();
-        let mut addresses: Vec<SocketAddr> = Vec::new();
-        for part in text.split(',').map(str::trim).filter(|part| !part.is_empty()) {
-            let address = part.to_socket_addrs().ok().and_then(|mut all| all.next());
-            addresses.push(address.ok_or_else(|| invalid(format!("{part:?} is not a host:port address")))?);
-        }
-        if addresses.is_empty() {
-            return Err(invalid("the peer list is empty; give \"host:port\" strings".into()));
-        }
         if threads < 1 || attempt_ms < 1 || operation_ms < 1 {
             return Err(invalid("threads and timeouts must be at least 1".into()));
         }
-        let client = Client::new(addresses, threads as usize);
-        client.set_timeouts(Duration::from_millis(attempt_ms as u64), Duration::from_millis(operation_ms as u64));
+        let client = Client::builder()
+            .peers(text.split(',').map(str::trim).filter(|part| !part.is_empty()))
+            .connections_per_server(threads as usize)
+            .timeouts(Duration::from_millis(attempt_ms as u64), Duration::from_millis(operation_ms as u64))
+            .build()?;
         Ok(Box::into_raw(Box::new(client)) as jlong)
     })
 }
