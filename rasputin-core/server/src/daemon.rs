@@ -95,15 +95,30 @@ impl DaemonError {
 /// A client request waiting for its answer: which connection, which request id.
 type Waiter = (Token, u64);
 
-/// What a sync requested from the sync thread will make durable.
-#[derive(Clone, Debug)]
+/// Persists on their way to disk, at one stage: staged in the batch,
+/// written unsynced, being synced, or synced.
+#[derive(Clone, Debug, Default)]
 struct SyncJob {
-    /// Every persist up to the `persists`-th.
+    /// Every persist up to the `persists`-th has reached this stage.
     persists: u64,
-    /// The last log position among them, to report to consensus.
+    /// The last log position among them, not yet passed to the next stage.
     position: Option<(LogIndex, Term)>,
-    /// A compaction written before the request, to report to consensus.
+    /// A compaction, not yet passed to the next stage.
     compaction: Option<Snapshot>,
+}
+
+impl SyncJob {
+    /// What this stage holds for the next one; the persist count stays.
+    fn take(&mut self) -> SyncJob {
+        SyncJob { persists: self.persists, position: self.position.take(), compaction: self.compaction.take() }
+    }
+
+    /// Takes in what an earlier stage passed on: later news wins.
+    fn absorb(&mut self, earlier: SyncJob) {
+        self.persists = earlier.persists;
+        self.position = earlier.position.or(self.position.take());
+        self.compaction = earlier.compaction.or(self.compaction.take());
+    }
 }
 
 /// What a node with an empty directory waits for before it takes part.
@@ -195,23 +210,14 @@ struct Daemon {
     peer_client_addresses: BTreeMap<NodeId, String>,
     waiting: HashMap<(u64, u64), Vec<Waiter>>,
     batch: WriteBatch,
-    /// Persists staged into a batch so far, how many of them are written
-    /// (unsynced), and how many are synced.
-    persists_staged: u64,
-    persists_written: u64,
-    persists_synced: u64,
-    /// The last log position staged in `batch`, and the last written and
-    /// not yet asked to sync.
-    staged_position: Option<(LogIndex, Term)>,
-    written_position: Option<(LogIndex, Term)>,
-    /// A compaction written and not yet asked to sync.
-    written_compaction: Option<Snapshot>,
-    /// The sync thread, and what the sync it is doing makes durable.
-    syncs: SyncWorker,
+    /// Persists staged into `batch`, written unsynced, being synced by the
+    /// sync thread (one sync at a time), and synced (their position and
+    /// compaction not yet reported to consensus).
+    staged: SyncJob,
+    written: SyncJob,
     sync_in_flight: Option<SyncJob>,
-    /// Synced and not yet reported to consensus.
-    synced_position: Option<(LogIndex, Term)>,
-    synced_compaction: Option<Snapshot>,
+    synced: SyncJob,
+    syncs: SyncWorker,
     /// Messages that promise durability, each with the number of persists
     /// that must be synced before it may leave.
     held_messages: VecDeque<(u64, Envelope)>,
@@ -279,16 +285,11 @@ pub fn run(flags: Flags) -> Result<(), DaemonError> {
         peer_client_addresses: BTreeMap::new(),
         waiting: HashMap::new(),
         batch: WriteBatch::default(),
-        persists_staged: 0,
-        persists_written: 0,
-        persists_synced: 0,
-        staged_position: None,
-        written_position: None,
-        written_compaction: None,
-        syncs,
+        staged: SyncJob::default(),
+        written: SyncJob::default(),
         sync_in_flight: None,
-        synced_position: None,
-        synced_compaction: None,
+        synced: SyncJob::default(),
+        syncs,
         held_messages: VecDeque::new(),
         turn_storage: Duration::ZERO,
         deadline: 0,
@@ -943,9 +944,9 @@ impl Daemon {
             let node = self.node.as_ref().expect("only a running node steps");
             let log_emptied = installs_snapshot && node.log().last_index() == node.log().snapshot_index();
             self.storage.stage(&mut self.batch, &persist, log_emptied)?;
-            self.persists_staged += 1;
+            self.staged.persists += 1;
             if let Some(position) = persist.last_position() {
-                self.staged_position = Some(position);
+                self.staged.position = Some(position);
             }
             if let Some(snapshot) = &persist.snapshot {
                 info!(index = snapshot.last_index, term = snapshot.last_term, "installing a snapshot from the leader");
@@ -954,7 +955,7 @@ impl Daemon {
                 self.node.as_mut().expect("only a running node steps").forget_snapshot_data();
             }
         }
-        let persists_needed = self.persists_staged;
+        let persists_needed = self.staged.persists;
         self.held_messages.extend(send_after_persist.into_iter().map(|envelope| (persists_needed, envelope)));
         self.release_held_messages();
         let started = Instant::now();
@@ -987,32 +988,25 @@ impl Daemon {
     /// sync it unless a sync is under way: the next one then covers
     /// everything written meanwhile (group commit), and the loop goes on.
     fn start_sync(&mut self) -> Result<(), DaemonError> {
-        if self.persists_written < self.persists_staged {
+        if self.written.persists < self.staged.persists {
             let started = Instant::now();
             self.storage.write(std::mem::take(&mut self.batch), false)?;
             self.turn_storage += started.elapsed();
-            self.persists_written = self.persists_staged;
-            self.written_position = self.staged_position.take().or(self.written_position);
+            self.written.absorb(self.staged.take());
         }
-        let unsynced = self.persists_synced < self.persists_written || self.written_compaction.is_some();
+        let unsynced = self.synced.persists < self.written.persists || self.written.compaction.is_some();
         if self.sync_in_flight.is_some() || !unsynced {
             return Ok(());
         }
         self.syncs.request()?;
-        self.sync_in_flight = Some(SyncJob {
-            persists: self.persists_written,
-            position: self.written_position.take(),
-            compaction: self.written_compaction.take(),
-        });
+        self.sync_in_flight = Some(self.written.take());
         Ok(())
     }
 
     /// The sync under way is done: the messages that waited for it may leave.
     fn finish_sync(&mut self) {
         let job = self.sync_in_flight.take().expect("a sync finished, so one was under way");
-        self.persists_synced = job.persists;
-        self.synced_position = job.position.or(self.synced_position);
-        self.synced_compaction = job.compaction.or(self.synced_compaction.take());
+        self.synced.absorb(job);
         self.release_held_messages();
     }
 
@@ -1043,10 +1037,10 @@ impl Daemon {
     /// Tells consensus what is durable now. Called at the top of the loop
     /// only, never from inside the handling of a Ready.
     fn report_synced(&mut self) -> Result<(), DaemonError> {
-        if let Some((index, term)) = self.synced_position.take() {
+        if let Some((index, term)) = self.synced.position.take() {
             self.step(Input::Persisted { index, term })?;
         }
-        if let Some(snapshot) = self.synced_compaction.take() {
+        if let Some(snapshot) = self.synced.compaction.take() {
             info!(index = snapshot.last_index, term = snapshot.last_term, "compacted the log");
             self.step(Input::Compact(snapshot))?;
         }
@@ -1072,7 +1066,7 @@ impl Daemon {
     }
 
     fn release_held_messages(&mut self) {
-        while self.held_messages.front().is_some_and(|(needed, _)| *needed <= self.persists_synced) {
+        while self.held_messages.front().is_some_and(|(needed, _)| *needed <= self.synced.persists) {
             let (_, envelope) = self.held_messages.pop_front().expect("front exists");
             self.send_to_peer(envelope);
         }
@@ -1084,9 +1078,9 @@ impl Daemon {
     /// recent snapshot still needs is kept.
     fn maybe_compact(&mut self) -> Result<(), DaemonError> {
         let Some(node) = &self.node else { return Ok(()) };
-        let compacting = self.sync_in_flight.as_ref().is_some_and(|job| job.compaction.is_some())
-            || self.written_compaction.is_some()
-            || self.synced_compaction.is_some();
+        let compacting = [Some(&self.written), self.sync_in_flight.as_ref(), Some(&self.synced)]
+            .into_iter()
+            .any(|stage| stage.is_some_and(|stage| stage.compaction.is_some()));
         if compacting || self.snapshots.building {
             // A snapshot being built will be at an index not known yet, at
             // least the compacted one: its follower needs the log after it.
@@ -1105,7 +1099,7 @@ impl Daemon {
         let term = node.log().term(index).expect("an applied index past the snapshot is in the log");
         let (batch, snapshot) = self.storage.compaction(index, term);
         self.storage.write(batch, false)?;
-        self.written_compaction = Some(snapshot);
+        self.written.compaction = Some(snapshot);
         Ok(())
     }
 
