@@ -704,24 +704,28 @@ mod tests {
         assert!(matches!(RetryToken::from_bytes(&[]), Err(ClientError::InvalidRetryToken(_))));
     }
 
-    /// A server speaking the client protocol that never answers key "slow",
-    /// answers everything else at once, and counts the connections it accepts.
-    fn selective_server() -> (SocketAddr, Arc<AtomicUsize>) {
+    /// A server speaking the client protocol: it accepts the handshake and
+    /// sends what `answer` makes of each request (nothing for None). It
+    /// counts the connections it accepts.
+    fn fake_server(
+        answer: impl Fn(&proto::ClientRequest) -> Option<proto::ClientResponse> + Send + Sync + 'static,
+    ) -> (SocketAddr, Arc<AtomicUsize>) {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let address = listener.local_addr().unwrap();
         let accepted = Arc::new(AtomicUsize::new(0));
-        let counter = accepted.clone();
+        let (counter, answer) = (accepted.clone(), Arc::new(answer));
         std::thread::spawn(move || {
             for stream in listener.incoming() {
                 let Ok(stream) = stream else { return };
                 counter.fetch_add(1, Ordering::SeqCst);
-                std::thread::spawn(move || serve_selectively(stream));
+                let answer = answer.clone();
+                std::thread::spawn(move || serve(stream, &*answer));
             }
         });
         (address, accepted)
     }
 
-    fn serve_selectively(mut stream: TcpStream) {
+    fn serve(mut stream: TcpStream, answer: &dyn Fn(&proto::ClientRequest) -> Option<proto::ClientResponse>) {
         let (mut buffer, mut chunk) = (BytesMut::new(), vec![0u8; 4096]);
         let Ok(_) = read_frame(&mut stream, &mut buffer, &mut chunk) else { return };
         let reply =
@@ -729,18 +733,19 @@ mod tests {
         let _ = write_frame(&mut stream, &reply);
         while let Ok(frame) = read_frame(&mut stream, &mut buffer, &mut chunk) {
             let Ok(request) = wire::decode::<proto::ClientRequest>(frame, "ClientRequest") else { return };
-            let key = match &request.operation {
-                Some(proto::client_request::Operation::Get(get)) => get.key.clone(),
-                _ => Bytes::new(),
-            };
-            if key.as_ref() == b"slow" {
-                continue;
-            }
-            let response = proto::ClientResponse { request_id: request.request_id, index: 9, ..Default::default() };
+            let Some(response) = answer(&request) else { continue };
             if write_frame(&mut stream, &response).is_err() {
                 return;
             }
         }
+    }
+
+    /// Never answers a get of key "slow"; answers everything else at once.
+    fn selective_server() -> (SocketAddr, Arc<AtomicUsize>) {
+        fake_server(|request| {
+            let slow = matches!(&request.operation, Some(proto::client_request::Operation::Get(get)) if get.key.as_ref() == b"slow");
+            (!slow).then(|| proto::ClientResponse { request_id: request.request_id, index: 9, ..Default::default() })
+        })
     }
 
     /// Issue 13, item 5: one caller's attempt timeout must not close the
@@ -766,42 +771,20 @@ mod tests {
         assert_eq!(accepted.load(Ordering::SeqCst), 1, "a timed-out attempt reconnected the shared connection");
     }
 
-    /// A server that opens sessions from id 100 up and refuses, as expired,
-    /// every write of a session below 100.
+    /// Opens sessions from id 100 up and refuses, as expired, every write
+    /// of a session below 100.
     fn expiring_server() -> SocketAddr {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let address = listener.local_addr().unwrap();
-        std::thread::spawn(move || {
-            let opened = Arc::new(AtomicU64::new(100));
-            for stream in listener.incoming() {
-                let Ok(mut stream) = stream else { return };
-                let opened = opened.clone();
-                std::thread::spawn(move || {
-                    let (mut buffer, mut chunk) = (BytesMut::new(), vec![0u8; 4096]);
-                    let Ok(_) = read_frame(&mut stream, &mut buffer, &mut chunk) else { return };
-                    let reply = proto::HelloReply {
-                        accepted: true,
-                        protocol_version: wire::PROTOCOL_VERSION,
-                        ..Default::default()
-                    };
-                    let _ = write_frame(&mut stream, &reply);
-                    while let Ok(frame) = read_frame(&mut stream, &mut buffer, &mut chunk) {
-                        let request: proto::ClientRequest = wire::decode(frame, "ClientRequest").unwrap();
-                        let mut response =
-                            proto::ClientResponse { request_id: request.request_id, ..Default::default() };
-                        match request.operation {
-                            Some(proto::client_request::Operation::OpenSession(_)) => {
-                                response.index = opened.fetch_add(1, Ordering::SeqCst);
-                            }
-                            _ if request.client_id < 100 => response.error = ErrorCode::SessionExpired as i32,
-                            _ => response.success = true,
-                        }
-                        if write_frame(&mut stream, &response).is_err() {
-                            return;
-                        }
-                    }
-                });
+        let opened = AtomicU64::new(100);
+        let (address, _) = fake_server(move |request| {
+            let mut response = proto::ClientResponse { request_id: request.request_id, ..Default::default() };
+            match request.operation {
+                Some(proto::client_request::Operation::OpenSession(_)) => {
+                    response.index = opened.fetch_add(1, Ordering::SeqCst);
+                }
+                _ if request.client_id < 100 => response.error = ErrorCode::SessionExpired as i32,
+                _ => response.success = true,
             }
+            Some(response)
         });
         address
     }
