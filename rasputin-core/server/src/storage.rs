@@ -195,10 +195,11 @@ impl Storage {
         // skip-list splice per key) and the write thread's spinning only cost.
         options.set_allow_concurrent_memtable_write(false);
         options.set_enable_write_thread_adaptive_yield(false);
-        // The event loop syncs the WAL inline. A memtable flush that leaves
-        // 64 MiB of dirty pages for the kernel to write at once makes that
-        // sync wait behind them for longer than a lease; writing flushes and
-        // the WAL back a little at a time keeps each sync short.
+        // Votes and acknowledgements wait for the sync thread's WAL sync. A
+        // memtable flush that leaves 64 MiB of dirty pages for the kernel to
+        // write at once makes that sync wait behind them for longer than a
+        // lease (and the loop's own writes get throttled); writing flushes
+        // and the WAL back a little at a time keeps each sync short.
         options.set_bytes_per_sync(BACKGROUND_SYNC_BYTES);
         options.set_wal_bytes_per_sync(BACKGROUND_SYNC_BYTES);
         let path = directory.display().to_string();
