@@ -18,6 +18,7 @@ use prost::Message as _;
 use thiserror::Error;
 
 use crate::operation::{ClientRequest, Entry, EntryPayload, Operation};
+use crate::snapshot::{self, Chunker, Record, SnapshotDecodeError};
 use crate::wire::proto;
 use rasputin_consensus::{LogIndex, Term};
 
@@ -429,24 +430,24 @@ impl KvStore {
         }
     }
 
-    /// Serialises the whole state, applied position included.
+    /// Serialises the whole state, applied position included, in the
+    /// chunked format the daemon streams (see `snapshot`).
     pub fn snapshot(&self) -> Vec<u8> {
-        let mut writer = SnapshotWriter::new(self.applied_index, self.applied_term);
+        let mut chunker = Chunker::new(self.applied_index, self.applied_term);
         for (key, value) in &self.data {
-            writer.value(key, value);
+            chunker.push(&Record::Value { key, value });
         }
         for (&client_id, session) in &self.sessions {
-            writer.session(client_id, &encode_session(session));
+            chunker.push(&Record::Session { client_id, session: &encode_session(session) });
         }
-        writer.finish()
+        chunker.finish()
     }
 
     pub fn restore(bytes: &[u8], limits: SessionLimits) -> Result<KvStore, SnapshotDecodeError> {
-        let reader = SnapshotReader::new(bytes)?;
+        let chunks = snapshot::split(bytes)?;
         let mut store = KvStore::new(limits);
-        store.applied_index = reader.applied_index;
-        store.applied_term = reader.applied_term;
-        for record in reader.records() {
+        (store.applied_index, store.applied_term) = chunks[0].position();
+        for record in chunks.iter().flat_map(|chunk| chunk.records()) {
             match record? {
                 Record::Value { key, value } => {
                     store.data.insert(key.to_vec(), value.to_vec());
@@ -480,192 +481,6 @@ impl KvRead for KvStore {
 
     fn oldest_session_from(&self, from: u64) -> Result<Option<(u64, Session)>, Self::Error> {
         Ok(self.sessions.range(from..).next().map(|(&client_id, session)| (client_id, session.clone())))
-    }
-}
-
-// ----- the snapshot format -----
-//
-// Version 1: the magic "RSNP", a u32 version, the applied index and term
-// (u64s), then records, each a tag byte (1: a key and its value, 2: a
-// client id and its protobuf-encoded session) and length-prefixed fields,
-// then the end tag 0 and a CRC-32 of every byte before it. Integers are
-// little-endian; lengths are u64s.
-
-const SNAPSHOT_MAGIC: &[u8; 4] = b"RSNP";
-const SNAPSHOT_VERSION: u32 = 1;
-const TAG_END: u8 = 0;
-const TAG_VALUE: u8 = 1;
-const TAG_SESSION: u8 = 2;
-const HEADER_BYTES: usize = 4 + 4 + 8 + 8;
-const CHECKSUM_BYTES: usize = 4;
-
-#[derive(Debug, Error, PartialEq, Eq)]
-pub enum SnapshotDecodeError {
-    #[error("snapshot is {0} bytes, too short to be one; it is truncated or corrupt, fetch it again")]
-    TooShort(usize),
-    #[error("snapshot does not start with the format's magic; it is corrupt or not a snapshot")]
-    BadMagic,
-    #[error("snapshot has format version {0}, but this build reads version {SNAPSHOT_VERSION}; run matching versions")]
-    UnknownVersion(u32),
-    #[error(
-        "snapshot checksum mismatch (stored {stored:08x}, computed {computed:08x}); it is corrupt, fetch it again"
-    )]
-    Checksum { stored: u32, computed: u32 },
-    #[error("snapshot record at byte {0} is malformed; the snapshot is corrupt, fetch it again")]
-    Malformed(usize),
-    #[error("a session in the snapshot does not decode; the snapshot is corrupt, fetch it again")]
-    BadSession,
-}
-
-/// Builds a snapshot record by record.
-pub struct SnapshotWriter {
-    out: Vec<u8>,
-}
-
-impl SnapshotWriter {
-    pub fn new(applied_index: LogIndex, applied_term: Term) -> SnapshotWriter {
-        let mut out = Vec::new();
-        out.extend_from_slice(SNAPSHOT_MAGIC);
-        out.extend_from_slice(&SNAPSHOT_VERSION.to_le_bytes());
-        out.extend_from_slice(&applied_index.to_le_bytes());
-        out.extend_from_slice(&applied_term.to_le_bytes());
-        SnapshotWriter { out }
-    }
-
-    pub fn value(&mut self, key: &[u8], value: &[u8]) {
-        self.out.push(TAG_VALUE);
-        put_bytes(&mut self.out, key);
-        put_bytes(&mut self.out, value);
-    }
-
-    /// `session` is a session as `encode_session` wrote it.
-    pub fn session(&mut self, client_id: u64, session: &[u8]) {
-        self.out.push(TAG_SESSION);
-        self.out.extend_from_slice(&client_id.to_le_bytes());
-        put_bytes(&mut self.out, session);
-    }
-
-    /// Bytes written so far.
-    pub fn len(&self) -> usize {
-        self.out.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.out.is_empty()
-    }
-
-    pub fn finish(mut self) -> Vec<u8> {
-        self.out.push(TAG_END);
-        let checksum = crc32fast::hash(&self.out);
-        self.out.extend_from_slice(&checksum.to_le_bytes());
-        self.out
-    }
-}
-
-fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
-    out.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
-    out.extend_from_slice(bytes);
-}
-
-/// One record of a snapshot, borrowed from its bytes.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Record<'a> {
-    Value { key: &'a [u8], value: &'a [u8] },
-    Session { client_id: u64, session: &'a [u8] },
-}
-
-/// A snapshot whose header and checksum have been checked.
-pub struct SnapshotReader<'a> {
-    pub applied_index: LogIndex,
-    pub applied_term: Term,
-    body: &'a [u8],
-}
-
-impl<'a> SnapshotReader<'a> {
-    /// Checks the magic, the version and the checksum before anything is read.
-    pub fn new(bytes: &'a [u8]) -> Result<SnapshotReader<'a>, SnapshotDecodeError> {
-        if bytes.len() < HEADER_BYTES + 1 + CHECKSUM_BYTES {
-            return Err(SnapshotDecodeError::TooShort(bytes.len()));
-        }
-        if &bytes[..4] != SNAPSHOT_MAGIC {
-            return Err(SnapshotDecodeError::BadMagic);
-        }
-        let version = u32::from_le_bytes(bytes[4..8].try_into().expect("4 bytes"));
-        if version != SNAPSHOT_VERSION {
-            return Err(SnapshotDecodeError::UnknownVersion(version));
-        }
-        let (covered, stored) = bytes.split_at(bytes.len() - CHECKSUM_BYTES);
-        let stored = u32::from_le_bytes(stored.try_into().expect("4 bytes"));
-        let computed = crc32fast::hash(covered);
-        if stored != computed {
-            return Err(SnapshotDecodeError::Checksum { stored, computed });
-        }
-        let applied_index = u64::from_le_bytes(bytes[8..16].try_into().expect("8 bytes"));
-        let applied_term = u64::from_le_bytes(bytes[16..24].try_into().expect("8 bytes"));
-        Ok(SnapshotReader { applied_index, applied_term, body: &covered[HEADER_BYTES..] })
-    }
-
-    pub fn records(&self) -> Records<'a> {
-        Records { body: self.body, position: 0, done: false }
-    }
-
-    /// Reads every record once, so that a malformed one is found before any is used.
-    pub fn check_records(&self) -> Result<(), SnapshotDecodeError> {
-        for record in self.records() {
-            if let Record::Session { session, .. } = record? {
-                decode_session(session)?;
-            }
-        }
-        Ok(())
-    }
-}
-
-pub struct Records<'a> {
-    body: &'a [u8],
-    position: usize,
-    done: bool,
-}
-
-impl<'a> Records<'a> {
-    fn take(&mut self, count: usize) -> Result<&'a [u8], SnapshotDecodeError> {
-        let end = self.position.checked_add(count).filter(|&end| end <= self.body.len());
-        let end = end.ok_or(SnapshotDecodeError::Malformed(HEADER_BYTES + self.position))?;
-        let slice = &self.body[self.position..end];
-        self.position = end;
-        Ok(slice)
-    }
-
-    fn u64(&mut self) -> Result<u64, SnapshotDecodeError> {
-        Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("took exactly 8 bytes")))
-    }
-
-    fn bytes(&mut self) -> Result<&'a [u8], SnapshotDecodeError> {
-        let length = self.u64()?;
-        let length = usize::try_from(length).map_err(|_| SnapshotDecodeError::Malformed(self.position))?;
-        self.take(length)
-    }
-
-    fn next_record(&mut self) -> Result<Option<Record<'a>>, SnapshotDecodeError> {
-        let at = HEADER_BYTES + self.position;
-        match self.take(1)?[0] {
-            TAG_END if self.position == self.body.len() => Ok(None),
-            TAG_VALUE => Ok(Some(Record::Value { key: self.bytes()?, value: self.bytes()? })),
-            TAG_SESSION => Ok(Some(Record::Session { client_id: self.u64()?, session: self.bytes()? })),
-            _ => Err(SnapshotDecodeError::Malformed(at)),
-        }
-    }
-}
-
-impl<'a> Iterator for Records<'a> {
-    type Item = Result<Record<'a>, SnapshotDecodeError>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        if self.done {
-            return None;
-        }
-        let record = self.next_record();
-        self.done = !matches!(record, Ok(Some(_)));
-        record.transpose()
     }
 }
 
@@ -798,17 +613,12 @@ mod tests {
         store.apply(&command(4, 1, 3, set(b"j", b"")));
         let bytes = store.snapshot();
         assert_eq!(KvStore::restore(&bytes, LIMITS), Ok(store));
-        assert!(matches!(
-            KvStore::restore(&bytes[..bytes.len() - 1], LIMITS),
-            Err(SnapshotDecodeError::Checksum { .. })
-        ));
+        assert!(matches!(KvStore::restore(&bytes[..bytes.len() - 1], LIMITS), Err(SnapshotDecodeError::TooShort(_))));
         let mut flipped = bytes.clone();
-        flipped[30] ^= 1;
+        flipped[40] ^= 1;
         assert!(matches!(KvStore::restore(&flipped, LIMITS), Err(SnapshotDecodeError::Checksum { .. })));
-        assert!(matches!(
-            KvStore::restore(b"nonsense, but long enough to be read", LIMITS),
-            Err(SnapshotDecodeError::BadMagic)
-        ));
-        assert_eq!(KvStore::restore(&[], LIMITS), Err(SnapshotDecodeError::TooShort(0)));
+        let nonsense = b"\x2f\0\0\0nonsense, but long enough to be read as a chunk";
+        assert!(matches!(KvStore::restore(nonsense, LIMITS), Err(SnapshotDecodeError::BadMagic)));
+        assert_eq!(KvStore::restore(&[], LIMITS), Err(SnapshotDecodeError::Unfinished));
     }
 }

@@ -6,9 +6,8 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use thiserror::Error;
 
 use crate::operation::{ClientRequest, Entry, EntryPayload, Envelope, Message, Operation};
-use crate::state_machine::{SnapshotDecodeError, SnapshotReader};
 use rasputin_consensus as consensus;
-use rasputin_consensus::{MessageError, RejectHint, Snapshot};
+use rasputin_consensus::{LogIndex, MessageError, NodeId, RejectHint, Term};
 
 /// The generated protobuf types (`proto/rasputin.proto`).
 pub mod proto {
@@ -53,13 +52,6 @@ pub enum WireError {
     IncompatibleVersion { theirs: u32, ours: u32 },
     #[error("peer message refused: {0}")]
     Invalid(#[from] MessageError),
-    #[error("snapshot refused: {source}")]
-    Snapshot {
-        #[from]
-        source: SnapshotDecodeError,
-    },
-    #[error("snapshot says it covers index {claimed} (term {claimed_term}), but its data is at index {data} (term {data_term})")]
-    SnapshotPosition { claimed: u64, claimed_term: u64, data: u64, data_term: u64 },
 }
 
 /// Appends `message` to `out` as one frame.
@@ -277,31 +269,6 @@ pub fn entry_from_proto(entry: proto::Entry) -> Result<Entry, WireError> {
     Ok(Entry { term: entry.term, index: entry.index, payload })
 }
 
-pub fn snapshot_to_proto(snapshot: &Snapshot) -> proto::Snapshot {
-    proto::Snapshot { last_index: snapshot.last_index, last_term: snapshot.last_term, data: snapshot.data.clone() }
-}
-
-pub fn snapshot_from_proto(snapshot: proto::Snapshot) -> Snapshot {
-    Snapshot { last_index: snapshot.last_index, last_term: snapshot.last_term, data: snapshot.data }
-}
-
-/// Checks a snapshot from a peer before consensus or storage sees it: the
-/// format, the checksum, every record, and that the data is at the
-/// position the message claims.
-pub fn check_snapshot(snapshot: &Snapshot) -> Result<(), WireError> {
-    let reader = SnapshotReader::new(&snapshot.data)?;
-    reader.check_records()?;
-    if (reader.applied_index, reader.applied_term) != (snapshot.last_index, snapshot.last_term) {
-        return Err(WireError::SnapshotPosition {
-            claimed: snapshot.last_index,
-            claimed_term: snapshot.last_term,
-            data: reader.applied_index,
-            data_term: reader.applied_term,
-        });
-    }
-    Ok(())
-}
-
 // ----- peer messages -----
 
 pub fn peer_message_to_proto(envelope: &Envelope) -> proto::PeerMessage {
@@ -346,11 +313,9 @@ pub fn peer_message_to_proto(envelope: &Envelope) -> proto::PeerMessage {
         Message::HeartbeatResponse { term, round } => {
             Body::HeartbeatResponse(proto::HeartbeatResponse { term: *term, round: *round })
         }
-        Message::InstallSnapshot { term, snapshot, round } => Body::InstallSnapshot(proto::InstallSnapshot {
-            term: *term,
-            snapshot: Some(snapshot_to_proto(snapshot)),
-            round: *round,
-        }),
+        Message::InstallSnapshot { .. } => {
+            panic!("an InstallSnapshot leaves as a stream of SnapshotChunks (rasputin-server's snapshot module), never whole")
+        }
         Message::InstallSnapshotResponse { term, last_index, round } => {
             Body::InstallSnapshotResponse(proto::InstallSnapshotResponse {
                 term: *term,
@@ -362,16 +327,62 @@ pub fn peer_message_to_proto(envelope: &Envelope) -> proto::PeerMessage {
     proto::PeerMessage { range_id: DEFAULT_RANGE_ID, from: envelope.from, to: envelope.to, body: Some(body) }
 }
 
-/// Converts a peer message and checks it as far as it can be checked
-/// without the receiver's state (`consensus::check_structure`, and a
-/// snapshot's data). What fails here never reaches consensus.
-pub fn peer_message_from_proto(message: proto::PeerMessage) -> Result<Envelope, WireError> {
-    let envelope = peer_message_unchecked(message)?;
-    consensus::check_structure(&envelope.message)?;
-    if let Message::InstallSnapshot { snapshot, .. } = &envelope.message {
-        check_snapshot(snapshot)?;
+/// What a peer frame holds: a consensus message, or a part of a snapshot
+/// stream, which the daemon handles beside consensus.
+#[derive(Debug)]
+pub enum PeerFrame {
+    Consensus(Envelope),
+    Chunk { from: NodeId, to: NodeId, chunk: proto::SnapshotChunk },
+    ChunkAck { from: NodeId, to: NodeId, ack: proto::SnapshotChunkAck },
+}
+
+impl PeerFrame {
+    pub fn from_to(&self) -> (NodeId, NodeId) {
+        match self {
+            PeerFrame::Consensus(envelope) => (envelope.from, envelope.to),
+            PeerFrame::Chunk { from, to, .. } | PeerFrame::ChunkAck { from, to, .. } => (*from, *to),
+        }
     }
-    Ok(envelope)
+}
+
+/// Converts a peer frame and checks a consensus message in it as far as it
+/// can be checked without the receiver's state (`consensus::check_structure`).
+/// What fails here never reaches consensus. A snapshot chunk's checksum is
+/// checked where it is written.
+pub fn peer_frame_from_proto(message: proto::PeerMessage) -> Result<PeerFrame, WireError> {
+    use proto::peer_message::Body;
+    let (from, to) = (message.from, message.to);
+    match message.body {
+        Some(Body::SnapshotChunk(chunk)) => Ok(PeerFrame::Chunk { from, to, chunk }),
+        Some(Body::SnapshotChunkAck(ack)) => Ok(PeerFrame::ChunkAck { from, to, ack }),
+        _ => {
+            let envelope = peer_message_unchecked(message)?;
+            consensus::check_structure(&envelope.message)?;
+            Ok(PeerFrame::Consensus(envelope))
+        }
+    }
+}
+
+/// The InstallSnapshot that the last chunk of a stream stands for, once
+/// every chunk is written: the leader's term and round from the chunk, the
+/// position from the chunk's checked header. Checked like any consensus
+/// message from the wire.
+pub fn install_snapshot_message(
+    from: NodeId,
+    to: NodeId,
+    chunk: &proto::SnapshotChunk,
+    position: (LogIndex, Term),
+) -> Result<Envelope, WireError> {
+    let (last_index, last_term) = position;
+    let snapshot = rasputin_consensus::Snapshot { last_index, last_term, data: Bytes::new() };
+    let message = Message::InstallSnapshot { term: chunk.term, snapshot, round: chunk.round };
+    consensus::check_structure(&message)?;
+    Ok(Envelope { from, to, message })
+}
+
+/// A snapshot chunk or its acknowledgement, from `from` to `to`.
+pub fn stream_message_to_proto(from: NodeId, to: NodeId, body: proto::peer_message::Body) -> proto::PeerMessage {
+    proto::PeerMessage { range_id: DEFAULT_RANGE_ID, from, to, body: Some(body) }
 }
 
 fn peer_message_unchecked(message: proto::PeerMessage) -> Result<Envelope, WireError> {
@@ -408,18 +419,14 @@ fn peer_message_unchecked(message: proto::PeerMessage) -> Result<Envelope, WireE
             Message::Heartbeat { term: heartbeat.term, commit: heartbeat.commit, round: heartbeat.round }
         }
         Body::HeartbeatResponse(response) => Message::HeartbeatResponse { term: response.term, round: response.round },
-        Body::InstallSnapshot(install) => Message::InstallSnapshot {
-            term: install.term,
-            snapshot: snapshot_from_proto(
-                install.snapshot.ok_or(WireError::MissingField { message: "InstallSnapshot", field: "snapshot" })?,
-            ),
-            round: install.round,
-        },
         Body::InstallSnapshotResponse(response) => Message::InstallSnapshotResponse {
             term: response.term,
             last_index: response.last_index,
             round: response.round,
         },
+        Body::SnapshotChunk(_) | Body::SnapshotChunkAck(_) => {
+            unreachable!("peer_frame_from_proto takes snapshot streams out before consensus messages are converted")
+        }
     };
     Ok(Envelope { from: message.from, to: message.to, message: message_body })
 }
@@ -516,8 +523,6 @@ mod tests {
                 }),
             },
         ];
-        let data = crate::state_machine::SnapshotWriter::new(4, 1).finish().into();
-        let snapshot = Snapshot { last_index: 4, last_term: 1, data };
         let messages = vec![
             Message::PreVote { term: 3, last_log_index: 4, last_log_term: 2 },
             Message::PreVoteResponse { term: 3, granted: true },
@@ -534,7 +539,6 @@ mod tests {
             Message::AppendResponse { term: 2, success: true, index: 6, hint: None, round: 7 },
             Message::Heartbeat { term: 2, commit: 6, round: 8 },
             Message::HeartbeatResponse { term: 2, round: 8 },
-            Message::InstallSnapshot { term: 2, snapshot, round: 9 },
             Message::InstallSnapshotResponse { term: 2, last_index: 4, round: 9 },
         ];
         for message in messages {
@@ -542,8 +546,8 @@ mod tests {
             let mut buffer = BytesMut::new();
             encode_frame(&peer_message_to_proto(&envelope), &mut buffer);
             let frame = take_frame(&mut buffer, PEER_FRAME_BYTES_MAX).unwrap().unwrap();
-            let decoded = peer_message_from_proto(decode(frame, "PeerMessage").unwrap()).unwrap();
-            assert_eq!(decoded, envelope);
+            let decoded = peer_frame_from_proto(decode(frame, "PeerMessage").unwrap()).unwrap();
+            assert!(matches!(decoded, PeerFrame::Consensus(decoded) if decoded == envelope));
         }
     }
 
@@ -602,27 +606,5 @@ mod tests {
         assert!(client_request_from_proto(open(0, 77)).is_ok());
         assert!(client_request_from_proto(open(0, 0)).is_err());
         assert!(client_request_from_proto(open(3, 77)).is_err());
-    }
-
-    /// Issue 13, item 8: a corrupt snapshot is refused at the wire, not by storage.
-    #[test]
-    fn corrupt_or_misplaced_snapshots_are_refused_at_the_wire() {
-        let good: Bytes = crate::state_machine::SnapshotWriter::new(4, 1).finish().into();
-        let message = |last_index, data: Bytes| proto::PeerMessage {
-            from: 1,
-            to: 2,
-            body: Some(proto::peer_message::Body::InstallSnapshot(proto::InstallSnapshot {
-                term: 1,
-                snapshot: Some(proto::Snapshot { last_index, last_term: 1, data }),
-                round: 1,
-            })),
-            ..Default::default()
-        };
-        assert!(peer_message_from_proto(message(4, good.clone())).is_ok());
-        let mut corrupt = good.to_vec();
-        corrupt[10] ^= 0xff;
-        assert!(matches!(peer_message_from_proto(message(4, corrupt.into())), Err(WireError::Snapshot { .. })));
-        assert!(matches!(peer_message_from_proto(message(9, good)), Err(WireError::SnapshotPosition { .. })));
-        assert!(peer_message_from_proto(message(4, Bytes::from_static(b"junk"))).is_err());
     }
 }

@@ -1,5 +1,6 @@
 //! Issue 13, item 8: no peer message crashes a node. A million random and
-//! extreme messages go through the wire boundary (`peer_message_from_proto`)
+//! extreme messages go through the wire boundary (`peer_frame_from_proto`,
+//! and `install_snapshot_message` for the last chunk of a snapshot stream)
 //! and then `Node::step`, against nodes in every role; none may panic, and
 //! none may carry a term beyond `TERM_MAX` into the node.
 
@@ -10,7 +11,6 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rasputin_consensus::{Config, ElectionMode, Nanos, Role, TERM_MAX};
 use rasputin_kv::operation::{ClientRequest, Envelope, Input, Message, Node, Operation, Ready, Recovered};
-use rasputin_kv::state_machine::SnapshotWriter;
 use rasputin_kv::wire::{self, proto};
 
 const INPUTS: u64 = 1_000_000;
@@ -18,6 +18,20 @@ const INPUTS: u64 = 1_000_000;
 const INPUTS_PER_NODE: u64 = 2_000;
 const MS: Nanos = 1_000_000;
 const SEED: u64 = 13;
+
+/// What the daemon steps for `message`: a consensus message that passes
+/// the wire's checks, or, for a snapshot chunk, the InstallSnapshot its
+/// stream ends in, at a position as random as the chunk.
+fn consensus_message(rng: &mut ChaCha8Rng, message: proto::PeerMessage) -> Option<Envelope> {
+    match wire::peer_frame_from_proto(message).ok()? {
+        wire::PeerFrame::Consensus(envelope) => Some(envelope),
+        wire::PeerFrame::Chunk { from, to, chunk } => {
+            let position = (number(rng, 10), number(rng, chunk.term));
+            wire::install_snapshot_message(from, to, &chunk, position).ok()
+        }
+        wire::PeerFrame::ChunkAck { .. } => None,
+    }
+}
 
 /// Numbers that break careless arithmetic, and numbers near the node's own.
 fn number(rng: &mut ChaCha8Rng, near: u64) -> u64 {
@@ -94,22 +108,12 @@ fn message(rng: &mut ChaCha8Rng, node: &Node) -> proto::PeerMessage {
         }),
         6 => Body::Heartbeat(proto::Heartbeat { term: term_a, commit: number(rng, last), round: number(rng, 1) }),
         7 => Body::HeartbeatResponse(proto::HeartbeatResponse { term: term_a, round: number(rng, 1) }),
-        8 => {
-            let (last_index, last_term) = (number(rng, last), term_b);
-            // Half are well-formed snapshots at the position they claim, so
-            // that they get past the wire's checks and reach the node.
-            let data = if rng.gen_bool(0.5) {
-                SnapshotWriter::new(last_index, last_term).finish()
-            } else {
-                vec![1; rng.gen_range(0..40)]
-            };
-            let snapshot = proto::Snapshot { last_index, last_term, data: Bytes::from(data) };
-            Body::InstallSnapshot(proto::InstallSnapshot {
-                term: term_a,
-                snapshot: rng.gen_bool(0.9).then_some(snapshot),
-                round: number(rng, 1),
-            })
-        }
+        8 => Body::SnapshotChunk(proto::SnapshotChunk {
+            transfer_id: rng.gen(),
+            term: term_a,
+            round: number(rng, 1),
+            data: Bytes::from(vec![1; rng.gen_range(0..40)]),
+        }),
         _ => Body::InstallSnapshotResponse(proto::InstallSnapshotResponse {
             term: term_a,
             last_index: number(rng, last),
@@ -176,9 +180,10 @@ fn a_million_random_and_extreme_peer_messages_crash_no_node() {
             let garbage: Vec<u8> = (0..rng.gen_range(0..64)).map(|_| rng.gen()).collect();
             wire::decode::<proto::PeerMessage>(Bytes::from(garbage), "PeerMessage")
                 .ok()
-                .and_then(|message| wire::peer_message_from_proto(message).ok())
+                .and_then(|message| consensus_message(&mut rng, message))
         } else {
-            wire::peer_message_from_proto(message(&mut rng, &node)).ok()
+            let message = message(&mut rng, &node);
+            consensus_message(&mut rng, message)
         };
         let Some(envelope) = envelope else { continue };
         let shown = format!("{envelope:?}");

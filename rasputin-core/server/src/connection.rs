@@ -187,6 +187,11 @@ impl Connection {
         Ok(())
     }
 
+    /// Bytes queued and not yet written to the socket.
+    pub fn outgoing_bytes(&self) -> usize {
+        self.outgoing.len()
+    }
+
     pub fn has_outgoing(&self) -> bool {
         !self.outgoing.is_empty()
     }

@@ -1,11 +1,11 @@
 //! The daemon's event loop. One thread: it polls both ports, feeds inputs to
 //! the consensus node with the boot clock, and carries out each Ready in the
 //! order the core's contract sets (see `consensus::ready`). A second thread
-//! builds snapshots for followers that need one.
+//! reads snapshots for followers that need one (see `snapshot`), and a
+//! third syncs the WAL.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,7 +20,8 @@ use tracing::{debug, error, info, warn};
 use super::clock::BootClock;
 use super::config::{Flags, Membership};
 use super::connection::{Connection, Kind, Received, READ_CHUNK_BYTES};
-use super::storage::{Claim, SnapshotSource, Storage, StorageError, SyncWorker};
+use super::snapshot::{ChunkOutcome, Receiver, Streams};
+use super::storage::{Claim, Storage, StorageError, SyncWorker};
 use rasputin_consensus::{
     Config, LogIndex, MessageError, Nanos, NodeId, Rejection, Role, Snapshot, StartError, Term, LOG_INDEX_MAX, TERM_MAX,
 };
@@ -54,10 +55,6 @@ const HANDSHAKE_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 const PEER_RECONNECT_INTERVAL: Duration = Duration::from_millis(200);
 /// Events handled per poll.
 const EVENTS_PER_POLL_MAX: usize = 1024;
-/// After a snapshot goes to a follower, how long at most the log it needs
-/// to catch up from is kept, and no other is built for it, unless it
-/// acknowledges the snapshot first.
-const SNAPSHOT_CATCH_UP_TIMEOUT: Duration = Duration::from_secs(60);
 /// How often a node that is joining says what it waits for.
 const JOIN_REPORT_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -138,60 +135,6 @@ struct Answer {
     knows_you: bool,
 }
 
-/// Snapshots for followers, built on a worker thread from a RocksDB snapshot.
-struct SnapshotSender {
-    requests: mpsc::SyncSender<()>,
-    built: mpsc::Receiver<Result<Snapshot, StorageError>>,
-    building: bool,
-    /// Followers waiting for the snapshot being built, with the term and
-    /// round of the InstallSnapshot consensus asked for.
-    waiting: BTreeMap<NodeId, (Term, u64)>,
-    /// Followers catching up from a snapshot sent to them.
-    sent: BTreeMap<NodeId, SentSnapshot>,
-}
-
-/// A snapshot sent to a follower that has not acknowledged it yet.
-#[derive(Clone, Copy, Debug)]
-struct SentSnapshot {
-    at: Instant,
-    index: LogIndex,
-    /// The connection it went out on; a snapshot too large to send has none.
-    connection: Option<Token>,
-}
-
-impl SnapshotSender {
-    fn start(source: SnapshotSource, waker: Arc<Waker>) -> std::io::Result<SnapshotSender> {
-        let (requests, requested) = mpsc::sync_channel::<()>(1);
-        let (finished, built) = mpsc::sync_channel(1);
-        std::thread::Builder::new().name("rasputin-snapshots".into()).spawn(move || {
-            while requested.recv().is_ok() {
-                if finished.send(source.build()).is_err() {
-                    return;
-                }
-                let _ = waker.wake();
-            }
-        })?;
-        Ok(SnapshotSender { requests, built, building: false, waiting: BTreeMap::new(), sent: BTreeMap::new() })
-    }
-
-    /// Forgets the snapshots whose followers have acknowledged them (their
-    /// match index reached it), whose connection closed (so they may be
-    /// lost), or that went out SNAPSHOT_CATCH_UP_TIMEOUT ago.
-    fn forget_caught_up(&mut self, node: &Node, outbound: &BTreeMap<NodeId, Token>) {
-        self.sent.retain(|peer, sent| {
-            let connection_lives = sent.connection.is_none_or(|token| outbound.get(peer) == Some(&token));
-            let unacknowledged = node.match_index(*peer).is_some_and(|matched| matched < sent.index);
-            sent.at.elapsed() < SNAPSHOT_CATCH_UP_TIMEOUT && connection_lives && unacknowledged
-        });
-    }
-
-    /// The lowest index of a snapshot a follower may still be catching up
-    /// from: the log after it must stay.
-    fn catch_up_floor(&self) -> Option<LogIndex> {
-        self.sent.values().map(|sent| sent.index).min()
-    }
-}
-
 struct Daemon {
     membership: Membership,
     client_address: String,
@@ -235,7 +178,8 @@ struct Daemon {
     /// Outgoing peer connections leave from this address, so that peers (and
     /// firewall rules) see the same address the node listens on.
     bind: IpAddr,
-    snapshots: SnapshotSender,
+    streams: Streams,
+    receiver: Receiver,
     withholding_votes: bool,
     handshakes_swept_at: Instant,
 }
@@ -256,7 +200,10 @@ pub fn run(flags: Flags) -> Result<(), DaemonError> {
     let mut signals = Signals::new([SIGTERM, SIGINT])?;
     poll.registry().register(&mut signals, SIGNALS, Interest::READABLE)?;
     let waker = Arc::new(Waker::new(poll.registry(), WORKER_DONE)?);
-    let snapshots = SnapshotSender::start(storage.snapshot_source(), waker.clone())?;
+    let snapshot_waker = waker.clone();
+    let streams = Streams::start(storage.snapshot_source(), move || {
+        let _ = snapshot_waker.wake();
+    })?;
     let syncs = storage.sync_worker(move || {
         let _ = waker.wake();
     })?;
@@ -295,7 +242,8 @@ pub fn run(flags: Flags) -> Result<(), DaemonError> {
         deadline: 0,
         shutting_down: false,
         backlog: BTreeSet::new(),
-        snapshots,
+        streams,
+        receiver: Receiver::default(),
         withholding_votes: false,
         handshakes_swept_at: Instant::now(),
         membership,
@@ -374,8 +322,9 @@ impl Daemon {
         let mut events = Events::with_capacity(EVENTS_PER_POLL_MAX);
         while !self.shutting_down {
             self.connect_peers();
+            self.pump_snapshots();
             self.flush_connections();
-            self.close_stalled_handshakes();
+            self.close_stalled_handshakes()?;
             let wait = if self.backlog.is_empty() {
                 let wait_ns = self.deadline.saturating_sub(self.now());
                 Duration::from_nanos(wait_ns).min(PEER_RECONNECT_INTERVAL)
@@ -396,7 +345,7 @@ impl Daemon {
                     SIGNALS => self.on_signals(signals),
                     WORKER_DONE => {
                         self.on_syncs_done()?;
-                        self.on_snapshot_built()?;
+                        self.on_snapshot_chunks_read()?;
                     }
                     token => self.on_connection_event(token, event.is_readable(), event.is_writable())?,
                 }
@@ -611,11 +560,12 @@ impl Daemon {
     }
 
     /// A connection that has not completed its handshake in time holds a
-    /// slot for nothing.
-    fn close_stalled_handshakes(&mut self) {
+    /// slot for nothing, and so does a snapshot whose leader went quiet.
+    fn close_stalled_handshakes(&mut self) -> Result<(), DaemonError> {
         if self.handshakes_swept_at.elapsed() < HANDSHAKE_SWEEP_INTERVAL {
-            return;
+            return Ok(());
         }
+        self.receiver.drop_if_stalled(&mut self.storage)?;
         self.handshakes_swept_at = Instant::now();
         let stalled: Vec<Token> = self
             .connections
@@ -626,6 +576,7 @@ impl Daemon {
         for token in stalled {
             self.close_for_bad_input(token, &format!("no handshake within {HANDSHAKE_TIMEOUT:?}"));
         }
+        Ok(())
     }
 
     fn flush_connections(&mut self) {
@@ -827,26 +778,33 @@ impl Daemon {
             self.close_for_bad_input(token, &format!("message for unknown range {}", message.range_id));
             return Ok(());
         }
-        let envelope = match wire::peer_message_from_proto(message) {
-            Ok(envelope) => envelope,
+        let frame = match wire::peer_frame_from_proto(message) {
+            Ok(frame) => frame,
             Err(error) => {
                 self.close_for_bad_input(token, &error);
                 return Ok(());
             }
         };
-        if Some(envelope.from) != remote || envelope.to != self.membership.node_id {
-            let error =
-                format!("message from {} to {} on the connection of node {remote:?}", envelope.from, envelope.to);
+        let (from, to) = frame.from_to();
+        if Some(from) != remote || to != self.membership.node_id {
+            let error = format!("message from {from} to {to} on the connection of node {remote:?}");
             self.close_for_bad_input(token, &error);
             return Ok(());
         }
         if self.node.is_none() {
-            debug!(peer = envelope.from, "dropping a peer message while joining");
+            debug!(peer = from, "dropping a peer message while joining");
             return Ok(());
         }
         // From here on, a wiped `from` is known to have taken part.
-        self.storage.record_seen(envelope.from)?;
-        self.step(Input::Message(envelope))
+        self.storage.record_seen(from)?;
+        match frame {
+            wire::PeerFrame::Consensus(envelope) => self.step(Input::Message(envelope)),
+            wire::PeerFrame::Chunk { chunk, .. } => self.on_snapshot_chunk(token, from, chunk),
+            wire::PeerFrame::ChunkAck { ack, .. } => {
+                self.streams.on_ack(from, &ack);
+                Ok(())
+            }
+        }
     }
 
     fn on_client_frame(&mut self, token: Token, frame: bytes::Bytes) {
@@ -1081,15 +1039,15 @@ impl Daemon {
         let compacting = [Some(&self.written), self.sync_in_flight.as_ref(), Some(&self.synced)]
             .into_iter()
             .any(|stage| stage.is_some_and(|stage| stage.compaction.is_some()));
-        if compacting || self.snapshots.building {
-            // A snapshot being built will be at an index not known yet, at
+        if compacting || self.streams.opening() {
+            // A snapshot being opened will be at an index not known yet, at
             // least the compacted one: its follower needs the log after it.
             return Ok(());
         }
-        self.snapshots.forget_caught_up(node, &self.outbound);
+        self.streams.forget_caught_up(|peer| node.match_index(peer), |peer| self.outbound.get(&peer).copied());
         let (applied, _) = self.storage.applied();
         let mut index = applied.min(node.applied_index());
-        if let Some(floor) = self.snapshots.catch_up_floor() {
+        if let Some(floor) = self.streams.catch_up_floor() {
             index = index.min(floor);
         }
         let compacted = node.log().snapshot_index();
@@ -1104,11 +1062,9 @@ impl Daemon {
     }
 
     fn send_to_peer(&mut self, envelope: Envelope) {
-        if let Message::InstallSnapshot { term, snapshot, round } = &envelope.message {
-            if snapshot.data.is_empty() {
-                self.request_snapshot(envelope.to, *term, *round);
-                return;
-            }
+        if let Message::InstallSnapshot { term, round, .. } = envelope.message {
+            self.streams.request(envelope.to, term, round);
+            return;
         }
         let Some(token) = self.outbound.get(&envelope.to) else { return };
         let Some(connection) = self.connections.get_mut(token) else { return };
@@ -1117,57 +1073,77 @@ impl Daemon {
         }
     }
 
-    // ----- snapshots for followers -----
+    // ----- snapshots, streamed beside consensus (see `snapshot`) -----
 
-    /// Consensus wants `peer` to have a snapshot: build one off the loop,
-    /// unless one is being built or `peer` got one moments ago.
-    fn request_snapshot(&mut self, peer: NodeId, term: Term, round: u64) {
-        let snapshots = &mut self.snapshots;
-        if let Some(node) = &self.node {
-            snapshots.forget_caught_up(node, &self.outbound);
+    fn pump_snapshots(&mut self) {
+        let leader_term = self.node.as_ref().filter(|node| node.role() == Role::Leader).map(Node::term);
+        let (outbound, connections) = (&self.outbound, &self.connections);
+        self.streams.pump(leader_term, |peer| {
+            let token = *outbound.get(&peer)?;
+            let connection = connections.get(&token).filter(|connection| connection.greeted)?;
+            Some((token, connection.outgoing_bytes()))
+        });
+    }
+
+    fn on_snapshot_chunks_read(&mut self) -> Result<(), DaemonError> {
+        for (peer, chunk) in self.streams.on_answers()? {
+            self.send_stream_message(peer, proto::peer_message::Body::SnapshotChunk(chunk));
         }
-        if snapshots.sent.contains_key(&peer) {
-            debug!(peer, "not building another snapshot: the follower is still catching up from the last one");
-            return;
-        }
-        snapshots.waiting.insert(peer, (term, round));
-        if !snapshots.building && snapshots.requests.try_send(()).is_ok() {
-            snapshots.building = true;
-            info!(peer, "building a snapshot for a follower behind the log");
+        self.pump_snapshots();
+        Ok(())
+    }
+
+    fn send_stream_message(&mut self, peer: NodeId, body: proto::peer_message::Body) {
+        let Some(token) = self.outbound.get(&peer) else { return };
+        let Some(connection) = self.connections.get_mut(token) else { return };
+        if !connection.queue(&wire::stream_message_to_proto(self.membership.node_id, peer, body)) {
+            warn!(peer, "dropping a snapshot stream message: the peer is not keeping up");
         }
     }
 
-    fn on_snapshot_built(&mut self) -> Result<(), DaemonError> {
-        while let Ok(built) = self.snapshots.built.try_recv() {
-            self.snapshots.building = false;
-            let waiting = std::mem::take(&mut self.snapshots.waiting);
-            let snapshot = match built {
-                Ok(snapshot) => snapshot,
-                Err(StorageError::SnapshotTooLarge) => {
-                    error!(followers = ?waiting.keys().collect::<Vec<_>>(), "{}", StorageError::SnapshotTooLarge);
-                    for peer in waiting.keys() {
-                        let sent = SentSnapshot { at: Instant::now(), index: LogIndex::MAX, connection: None };
-                        self.snapshots.sent.insert(*peer, sent);
-                    }
-                    continue;
-                }
-                Err(error) => return Err(error.into()),
-            };
-            let current_term = self.node.as_ref().filter(|node| node.role() == Role::Leader).map(Node::term);
-            for (peer, (term, round)) in waiting {
-                if current_term != Some(term) {
-                    continue;
-                }
-                // With no connection to the follower, nothing is sent; consensus asks again.
-                let Some(&connection) = self.outbound.get(&peer) else { continue };
-                info!(peer, index = snapshot.last_index, bytes = snapshot.data.len(), "sending a snapshot");
-                let sent =
-                    SentSnapshot { at: Instant::now(), index: snapshot.last_index, connection: Some(connection) };
-                self.snapshots.sent.insert(peer, sent);
-                let message = Message::InstallSnapshot { term, snapshot: snapshot.clone(), round };
-                self.send_to_peer(Envelope { from: self.membership.node_id, to: peer, message });
+    /// A chunk of a snapshot from `leader`. One from a leader of an older
+    /// term is refused, so that its stream stops. The last chunk steps the
+    /// InstallSnapshot it stands for: consensus decides whether the staged
+    /// snapshot goes in, and what is staged and not installed goes.
+    fn on_snapshot_chunk(
+        &mut self,
+        token: Token,
+        leader: NodeId,
+        chunk: proto::SnapshotChunk,
+    ) -> Result<(), DaemonError> {
+        let term = self.node.as_ref().map_or(0, Node::term);
+        let received = if chunk.term < term {
+            ChunkOutcome::Ack(proto::SnapshotChunkAck {
+                transfer_id: chunk.transfer_id,
+                refused: true,
+                ..Default::default()
+            })
+        } else {
+            self.receiver.on_chunk(&mut self.storage, leader, &chunk)?
+        };
+        let (ack, complete) = match received {
+            ChunkOutcome::Ack(ack) => (ack, None),
+            ChunkOutcome::Bad { ack, error } => {
+                self.send_stream_message(leader, proto::peer_message::Body::SnapshotChunkAck(ack));
+                self.close_for_bad_input(token, &error);
+                return Ok(());
             }
-        }
+            ChunkOutcome::Complete { ack, staged, position } => (ack, Some((staged, position))),
+        };
+        self.send_stream_message(leader, proto::peer_message::Body::SnapshotChunkAck(ack));
+        let Some((staged, position)) = complete else { return Ok(()) };
+        let envelope = match wire::install_snapshot_message(leader, self.membership.node_id, &chunk, position) {
+            Ok(envelope) => envelope,
+            Err(error) => {
+                self.storage.clear_staging()?;
+                self.close_for_bad_input(token, &error);
+                return Ok(());
+            }
+        };
+        info!(leader, index = position.0, "received a snapshot in full");
+        self.storage.offer_staged(staged);
+        self.step(Input::Message(envelope))?;
+        self.storage.clear_staging()?;
         Ok(())
     }
 

@@ -6,6 +6,7 @@ mod clock;
 mod config;
 mod connection;
 mod daemon;
+mod snapshot;
 mod storage;
 
 pub use config::{Flags, Membership, PeerList, SNAPSHOT_EVERY_ENTRIES_DEFAULT};

@@ -13,25 +13,33 @@
 //!
 //! A snapshot is not a copy of the data. The state machine already lives in
 //! RocksDB, so compacting the log only makes the applied state durable (one
-//! synced write) and records its position. A snapshot's bytes are built only
-//! when a follower needs them, by `SnapshotSource` on another thread, from a
-//! RocksDB snapshot: a consistent view that the event loop keeps writing past.
+//! synced write) and records its position. A snapshot's bytes are read only
+//! when a follower needs them, a chunk at a time, by `SnapshotSource` on
+//! another thread, from a RocksDB snapshot: a consistent view that the
+//! event loop keeps writing past.
+//!
+//! A follower writes the chunks it receives, in key order, into an SST file
+//! (`IncomingSnapshot`), and installs it by ingesting the file: the old data
+//! goes with two range deletions, and nothing passes through the memtable
+//! or sits in memory. A marker (`m:installing`) written before the old data
+//! goes lets recovery finish an install that a crash interrupted.
 
 use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::path::Path;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, LazyLock};
 
 use bytes::Bytes;
-use rocksdb::{Direction, IteratorMode, Options, ReadOptions, WriteBatch, WriteOptions, DB};
+use rocksdb::{
+    Direction, IngestExternalFileOptions, IteratorMode, Options, ReadOptions, SstFileWriter, WriteBatch, WriteOptions,
+    DB,
+};
 use thiserror::Error;
 
 use rasputin_consensus::{LogIndex, NodeId, Snapshot, Term};
 use rasputin_kv::operation::{Entry, Persist, Recovered};
-use rasputin_kv::state_machine::{
-    self, Applied, Change, KvRead, Record, Response, Session, SessionCensus, SessionLimits, SnapshotDecodeError,
-    SnapshotReader, SnapshotWriter,
-};
+use rasputin_kv::snapshot::{ChunkReader, ChunkWriter, Record, SnapshotDecodeError};
+use rasputin_kv::state_machine::{self, Applied, Change, KvRead, Response, Session, SessionCensus, SessionLimits};
 use rasputin_kv::wire::{self, proto, WireError};
 
 const HARD_STATE_KEY: &[u8] = b"m:hard";
@@ -47,6 +55,10 @@ const SNAPSHOT_KEY: &[u8] = b"m:snapshot";
 /// Present while a replacement node must not vote: the (term, index) its
 /// log must reach first.
 const WITHHOLD_KEY: &[u8] = b"m:withhold";
+/// Present while a snapshot is being installed (see the module's comment).
+const INSTALLING_KEY: &[u8] = b"m:installing";
+/// Where a follower stages the snapshot it is receiving, under its directory.
+const STAGING_DIRECTORY: &str = "snapshot-in";
 /// `m:seen:` + big-endian node id: this node has had a consensus message from that peer.
 const SEEN_PREFIX: &[u8] = b"m:seen:";
 const LOG_FAMILY: &str = "log";
@@ -60,9 +72,14 @@ const SESSIONS_CACHED_COUNT_MAX: usize = 100_000;
 const BACKGROUND_SYNC_BYTES: u64 = 1 << 20;
 const VALUE_PREFIX: &[u8] = b"k:";
 const SESSION_PREFIX: &[u8] = b"s:";
-/// The largest snapshot that fits in one peer frame, with room for the
-/// message around it. Streamed snapshots will lift this bound.
-pub const SNAPSHOT_BYTES_MAX: usize = wire::PEER_FRAME_BYTES_MAX - (1 << 20);
+/// The state machine's prefixes, in the order a snapshot carries them.
+const STATE_PREFIXES: [&[u8]; 2] = [VALUE_PREFIX, SESSION_PREFIX];
+/// The longest storage key of the state machine: a prefix and the longest
+/// client key.
+pub const STATE_KEY_BYTES_MAX: usize = 2 + wire::KEY_BYTES_MAX;
+/// Options for the SST files a follower stages: RocksDB's defaults, as the
+/// database's own files have. The writer borrows them for its lifetime.
+static SST_OPTIONS: LazyLock<Options> = LazyLock::new(Options::default);
 
 #[derive(Debug, Error)]
 pub enum StorageError {
@@ -82,8 +99,8 @@ pub enum StorageError {
     WrongIdentity { stored_node: u64, stored_cluster: u64, node: u64, cluster: u64 },
     #[error("storage in {path} has layout version {found}, but this rasputind reads version {FORMAT_VERSION}; wipe the directory and let the node catch up from its peers (start it with --replace), or run the rasputind that wrote it")]
     UnknownFormat { path: String, found: u8 },
-    #[error("the state machine holds more than {SNAPSHOT_BYTES_MAX} bytes, more than one snapshot message carries; a follower this far behind cannot catch up until snapshots are streamed")]
-    SnapshotTooLarge,
+    #[error("cannot stage a snapshot in {path}: {source}; check the disk and the directory's permissions")]
+    Staging { path: String, source: std::io::Error },
     #[error("the sync thread stopped; the node stops rather than lose track of what is durable")]
     SyncThreadGone,
 }
@@ -94,6 +111,19 @@ impl StorageError {
     pub fn needs_an_operator(&self) -> bool {
         matches!(self, StorageError::Corrupt(_) | StorageError::Impossible(_) | StorageError::CorruptSnapshot(_))
     }
+}
+
+/// Why a chunk of a snapshot stream was not written. `Refused` and
+/// `OutOfOrder` are the sender's fault: the transfer is dropped and the
+/// leader starts another. `Storage` is this node's disk.
+#[derive(Debug, Error)]
+pub enum ChunkError {
+    #[error("snapshot chunk refused: {0}")]
+    Refused(#[from] SnapshotDecodeError),
+    #[error("snapshot record for key {0:?} is not after the one before it; the sender is misbehaving")]
+    OutOfOrder(Vec<u8>),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
 }
 
 fn log_key(index: LogIndex) -> [u8; 8] {
@@ -142,6 +172,9 @@ pub struct Storage {
     /// expired ones.
     sessions_expired_below: Cell<u64>,
     seen: BTreeSet<NodeId>,
+    directory: PathBuf,
+    /// A snapshot received whole, waiting for consensus to install it.
+    staged: Option<StagedSnapshot>,
 }
 
 /// Stamps a new database with the layout version, or checks an existing one's.
@@ -212,6 +245,10 @@ impl Storage {
                 }
             })?;
         check_format(&db, &path)?;
+        finish_interrupted_install(&db)?;
+        // A snapshot staged and not installed is of no use after a restart:
+        // its transfer is gone, and the leader starts another.
+        remove_staging(directory)?;
         let applied = match db.get(APPLIED_KEY)? {
             Some(bytes) => wire::decode::<proto::AppliedPosition>(bytes.into(), "AppliedPosition")?,
             None => proto::AppliedPosition::default(),
@@ -227,6 +264,8 @@ impl Storage {
             census,
             sessions_expired_below: Cell::new(0),
             seen,
+            directory: directory.to_path_buf(),
+            staged: None,
         })
     }
 
@@ -359,41 +398,60 @@ impl Storage {
         Ok(())
     }
 
-    /// Replaces the state machine with a snapshot received from the leader.
-    /// The wire checked its format and checksum before consensus saw it.
+    /// Replaces the state machine with the snapshot `offer_staged` holds,
+    /// which the daemon staged before it stepped the InstallSnapshot.
     fn stage_install(
         &mut self,
         batch: &mut WriteBatch,
         snapshot: &Snapshot,
         log_emptied: bool,
     ) -> Result<(), StorageError> {
-        let reader = SnapshotReader::new(&snapshot.data)?;
-        batch.delete_range(VALUE_PREFIX.to_vec(), prefix_end(VALUE_PREFIX));
-        batch.delete_range(SESSION_PREFIX.to_vec(), prefix_end(SESSION_PREFIX));
-        let mut census = SessionCensus::default();
-        for record in reader.records() {
-            match record? {
-                Record::Value { key, value } => batch.put(value_key(key), value),
-                Record::Session { client_id, session } => {
-                    census.count += 1;
-                    census.bytes += state_machine::decode_session(session)?.bytes();
-                    batch.put(session_key(client_id), session);
-                }
-            }
-        }
+        let position = (snapshot.last_index, snapshot.last_term);
+        let staged = self.staged.take();
+        let staged = staged.filter(|staged| staged.position == position).unwrap_or_else(|| {
+            panic!("consensus installs the snapshot at {position:?}, but none is staged at that position")
+        });
+        let install = proto::SnapshotInstall {
+            index: snapshot.last_index,
+            term: snapshot.last_term,
+            log_emptied,
+            file: staged.file.as_ref().map(|file| file.display().to_string()).unwrap_or_default(),
+        };
+        replace_state(&self.db, &install)?;
+        stage_finished_install(&self.db, batch, &install);
         if log_emptied {
-            batch.delete_range_cf(self.log_family(), &log_key(0)[..], &LOG_END[..]);
             self.log_last_index = snapshot.last_index;
-        } else {
-            batch.delete_range_cf(self.log_family(), log_key(0), log_key(snapshot.last_index + 1));
         }
         self.sessions.clear();
-        self.census = census;
+        self.census = staged.census;
         self.sessions_expired_below.set(0);
-        let position = proto::AppliedPosition { index: snapshot.last_index, term: snapshot.last_term };
-        batch.put(SNAPSHOT_KEY, wire::to_bytes(&position));
-        self.stage_applied(batch, snapshot.last_index, snapshot.last_term);
+        self.applied_index = snapshot.last_index;
+        self.applied_term = snapshot.last_term;
         Ok(())
+    }
+
+    /// Starts receiving a snapshot at `position`, dropping any staged before.
+    pub fn begin_incoming(&mut self, position: (LogIndex, Term)) -> Result<IncomingSnapshot, StorageError> {
+        self.clear_staging()?;
+        let directory = self.directory.join(STAGING_DIRECTORY);
+        std::fs::create_dir_all(&directory)
+            .map_err(|source| StorageError::Staging { path: directory.display().to_string(), source })?;
+        let path = directory.join(format!("{}-{}.sst", position.0, position.1));
+        let writer = SstFileWriter::create(&SST_OPTIONS);
+        writer.open(&path)?;
+        Ok(IncomingSnapshot { writer, path, position, census: SessionCensus::default(), records: 0, last_key: None })
+    }
+
+    /// Holds a snapshot received whole until consensus installs it.
+    pub fn offer_staged(&mut self, staged: StagedSnapshot) {
+        self.staged = Some(staged);
+    }
+
+    /// Removes what is staged and not installed, and the file of an install
+    /// that is durable now.
+    pub fn clear_staging(&mut self) -> Result<(), StorageError> {
+        self.staged = None;
+        remove_staging(&self.directory)
     }
 
     fn stage_applied(&mut self, batch: &mut WriteBatch, index: LogIndex, term: Term) {
@@ -460,7 +518,13 @@ impl Storage {
         state_machine::read_response(self, key, self.applied_term, self.applied_index)
     }
 
-    /// What another thread needs to build a snapshot of this state.
+    /// Every record of the state machine, as stored.
+    #[cfg(test)]
+    pub(crate) fn state_records(&self) -> Result<Vec<(Box<[u8]>, Box<[u8]>)>, StorageError> {
+        STATE_PREFIXES.iter().flat_map(|prefix| scan(&self.db, prefix)).collect()
+    }
+
+    /// What another thread needs to read snapshots of this state.
     pub fn snapshot_source(&self) -> SnapshotSource {
         SnapshotSource { db: self.db.clone() }
     }
@@ -527,42 +591,297 @@ impl SyncWorker {
     }
 }
 
-/// Builds snapshots of the state machine off the event loop.
+/// Reads snapshots of the state machine off the event loop.
 #[derive(Clone)]
 pub struct SnapshotSource {
     db: Arc<DB>,
 }
 
+/// One chunk read from a snapshot view.
+#[derive(Debug)]
+pub struct ReadChunk {
+    pub data: Bytes,
+    /// The storage key of the chunk's last record: the next chunk starts after it.
+    pub last_key: Option<Vec<u8>>,
+    pub last: bool,
+}
+
 impl SnapshotSource {
-    /// A snapshot of the state as it is now, at the applied position it has.
-    /// Reads a RocksDB snapshot, so the event loop may go on writing.
-    pub fn build(&self) -> Result<Snapshot, StorageError> {
-        let view = self.db.snapshot();
-        let applied = match view.get(APPLIED_KEY)? {
-            Some(bytes) => wire::decode::<proto::AppliedPosition>(bytes.into(), "AppliedPosition")?,
-            None => proto::AppliedPosition::default(),
-        };
-        let mut writer = SnapshotWriter::new(applied.index, applied.term);
-        for (prefix, is_value) in [(VALUE_PREFIX, true), (SESSION_PREFIX, false)] {
-            let mut options = ReadOptions::default();
-            options.set_iterate_upper_bound(prefix_end(prefix));
-            // A whole-state scan would only push hot blocks out of the cache.
-            options.fill_cache(false);
-            for item in view.iterator_opt(IteratorMode::From(prefix, Direction::Forward), options) {
-                let (key, value) = item?;
-                let key = &key[prefix.len()..];
-                if is_value {
-                    writer.value(key, &value);
-                } else {
-                    writer.session(client_id_of(key)?, &value);
+    /// Serves `requests` until the channel closes, keeping a RocksDB
+    /// snapshot (a consistent view the event loop writes past) per open
+    /// transfer. Every request gets one answer on `answers`, and `wake`
+    /// is called after each.
+    pub fn serve(
+        &self,
+        requests: std::sync::mpsc::Receiver<ViewRequest>,
+        answers: std::sync::mpsc::SyncSender<ViewAnswer>,
+        wake: impl Fn(),
+    ) {
+        let mut views = HashMap::new();
+        for request in requests {
+            let answer = match request {
+                ViewRequest::Open { transfer } => {
+                    let view = self.db.snapshot();
+                    let position = applied_position(&view);
+                    if position.is_ok() {
+                        views.insert(transfer, view);
+                    }
+                    ViewAnswer::Opened { transfer, position }
                 }
-                if writer.len() > SNAPSHOT_BYTES_MAX {
-                    return Err(StorageError::SnapshotTooLarge);
+                ViewRequest::Chunk { transfer, sequence, position, after } => {
+                    let chunk = match views.get(&transfer) {
+                        Some(view) => read_chunk(view, position, sequence, after.as_deref()),
+                        None => Err(StorageError::Impossible(format!("no view is open for transfer {transfer}"))),
+                    };
+                    ViewAnswer::Chunk { transfer, sequence, chunk }
                 }
+                ViewRequest::Close { transfer } => {
+                    views.remove(&transfer);
+                    ViewAnswer::Closed { transfer }
+                }
+            };
+            if answers.send(answer).is_err() {
+                return;
             }
+            wake();
         }
-        Ok(Snapshot { last_index: applied.index, last_term: applied.term, data: writer.finish().into() })
     }
+}
+
+/// What the event loop asks of the snapshot thread.
+#[derive(Debug)]
+pub enum ViewRequest {
+    /// Open a view of the state as it is now.
+    Open {
+        transfer: u64,
+    },
+    /// Read chunk `sequence`, from the first key after `after` (None: the start).
+    Chunk {
+        transfer: u64,
+        sequence: u64,
+        position: (LogIndex, Term),
+        after: Option<Vec<u8>>,
+    },
+    Close {
+        transfer: u64,
+    },
+}
+
+#[derive(Debug)]
+pub enum ViewAnswer {
+    /// The view is open at this applied position.
+    Opened {
+        transfer: u64,
+        position: Result<(LogIndex, Term), StorageError>,
+    },
+    Chunk {
+        transfer: u64,
+        sequence: u64,
+        chunk: Result<ReadChunk, StorageError>,
+    },
+    Closed {
+        transfer: u64,
+    },
+}
+
+fn applied_position(view: &rocksdb::Snapshot) -> Result<(LogIndex, Term), StorageError> {
+    let applied = match view.get(APPLIED_KEY)? {
+        Some(bytes) => wire::decode::<proto::AppliedPosition>(bytes.into(), "AppliedPosition")?,
+        None => proto::AppliedPosition::default(),
+    };
+    Ok((applied.index, applied.term))
+}
+
+/// Reads the records after `after` into one chunk, as many as fit: every
+/// value in key order, then every session.
+fn read_chunk(
+    view: &rocksdb::Snapshot,
+    position: (LogIndex, Term),
+    sequence: u64,
+    after: Option<&[u8]>,
+) -> Result<ReadChunk, StorageError> {
+    let mut writer = ChunkWriter::new(position.0, position.1, sequence);
+    let mut last_key = None;
+    for prefix in STATE_PREFIXES {
+        let start = match after {
+            Some(after) if after >= &prefix_end(prefix)[..] => continue,
+            Some(after) if after >= prefix => after,
+            _ => prefix,
+        };
+        let mut options = ReadOptions::default();
+        options.set_iterate_upper_bound(prefix_end(prefix));
+        // A whole-state scan would only push hot blocks out of the cache.
+        options.fill_cache(false);
+        for item in view.iterator_opt(IteratorMode::From(start, Direction::Forward), options) {
+            let (key, value) = item?;
+            if Some(&key[..]) == after {
+                continue;
+            }
+            let record = state_record(prefix, &key, &value)?;
+            if !writer.fits(&record) {
+                return Ok(ReadChunk { data: writer.finish(false).into(), last_key, last: false });
+            }
+            writer.push(&record);
+            last_key = Some(key.into_vec());
+        }
+    }
+    Ok(ReadChunk { data: writer.finish(true).into(), last_key, last: true })
+}
+
+fn state_record<'a>(prefix: &[u8], key: &'a [u8], value: &'a [u8]) -> Result<Record<'a>, StorageError> {
+    let key = &key[prefix.len()..];
+    Ok(if prefix == VALUE_PREFIX {
+        Record::Value { key, value }
+    } else {
+        Record::Session { client_id: client_id_of(key)?, session: value }
+    })
+}
+
+/// The storage key a record is kept under.
+fn record_key(record: &Record) -> Vec<u8> {
+    match record {
+        Record::Value { key, .. } => value_key(key),
+        Record::Session { client_id, .. } => session_key(*client_id),
+    }
+}
+
+/// A snapshot being received: its records go straight into an SST file,
+/// which must get them in key order.
+pub struct IncomingSnapshot {
+    writer: SstFileWriter<'static>,
+    path: PathBuf,
+    position: (LogIndex, Term),
+    census: SessionCensus,
+    records: u64,
+    last_key: Option<Vec<u8>>,
+}
+
+impl IncomingSnapshot {
+    /// Writes a chunk whose header and checksum the caller has checked.
+    pub fn write(&mut self, chunk: &ChunkReader) -> Result<(), ChunkError> {
+        for record in chunk.records() {
+            let record = record?;
+            let key = record_key(&record);
+            if self.last_key.as_ref().is_some_and(|last| &key <= last) {
+                return Err(ChunkError::OutOfOrder(key));
+            }
+            let value = match record {
+                Record::Value { value, .. } => value,
+                Record::Session { session, .. } => {
+                    self.census.count += 1;
+                    self.census.bytes += state_machine::decode_session(session)?.bytes();
+                    session
+                }
+            };
+            self.writer.put(&key, value).map_err(StorageError::from)?;
+            self.records += 1;
+            self.last_key = Some(key);
+        }
+        Ok(())
+    }
+
+    /// The storage key of the last record written.
+    pub fn last_key(&self) -> Option<&[u8]> {
+        self.last_key.as_deref()
+    }
+
+    /// Closes the file; the snapshot waits for consensus to install it.
+    pub fn finish(mut self) -> Result<StagedSnapshot, StorageError> {
+        let file = if self.records == 0 {
+            // RocksDB writes no SST file without a key: an empty state has none.
+            None
+        } else {
+            self.writer.finish()?;
+            Some(self.path.clone())
+        };
+        Ok(StagedSnapshot { position: self.position, file, census: self.census })
+    }
+}
+
+/// A snapshot received whole and written to an SST file.
+#[derive(Debug)]
+pub struct StagedSnapshot {
+    position: (LogIndex, Term),
+    file: Option<PathBuf>,
+    census: SessionCensus,
+}
+
+fn remove_staging(directory: &Path) -> Result<(), StorageError> {
+    let staging = directory.join(STAGING_DIRECTORY);
+    match std::fs::remove_dir_all(&staging) {
+        Err(source) if source.kind() != std::io::ErrorKind::NotFound => {
+            Err(StorageError::Staging { path: staging.display().to_string(), source })
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Drops the state machine and ingests the staged file in its place. The
+/// marker goes first, with the deletions, in one synced write: from then on
+/// recovery finishes the install (`finish_interrupted_install`), which is
+/// why this may run again on the same file.
+fn replace_state(db: &DB, install: &proto::SnapshotInstall) -> Result<(), StorageError> {
+    let mut batch = WriteBatch::default();
+    batch.put(INSTALLING_KEY, wire::to_bytes(install));
+    for prefix in STATE_PREFIXES {
+        batch.delete_range(prefix.to_vec(), prefix_end(prefix));
+    }
+    let mut options = WriteOptions::default();
+    options.set_sync(true);
+    db.write_opt(batch, &options)?;
+    if install.file.is_empty() {
+        return Ok(());
+    }
+    // RocksDB moves what it ingests; a hard link goes in, so that the staged
+    // name stays for a second attempt, without a copy of the data.
+    let staged = Path::new(&install.file);
+    let link = staged.with_extension("ingest");
+    let staging = |source| StorageError::Staging { path: install.file.clone(), source };
+    match std::fs::remove_file(&link) {
+        Err(error) if error.kind() != std::io::ErrorKind::NotFound => return Err(staging(error)),
+        _ => {}
+    }
+    std::fs::hard_link(staged, &link).map_err(staging)?;
+    let mut options = IngestExternalFileOptions::default();
+    options.set_move_files(true);
+    db.ingest_external_file_opts(&options, vec![link])?;
+    Ok(())
+}
+
+/// What completes an install once the data is in: the applied position,
+/// the snapshot's position, the log it covers gone, the marker gone.
+fn stage_finished_install(db: &DB, batch: &mut WriteBatch, install: &proto::SnapshotInstall) {
+    let log = db.cf_handle(LOG_FAMILY).expect("the database is opened with the log family");
+    if install.log_emptied {
+        batch.delete_range_cf(log, &log_key(0)[..], &LOG_END[..]);
+    } else {
+        batch.delete_range_cf(log, log_key(0), log_key(install.index + 1));
+    }
+    let position = proto::AppliedPosition { index: install.index, term: install.term };
+    batch.put(SNAPSHOT_KEY, wire::to_bytes(&position));
+    batch.put(APPLIED_KEY, wire::to_bytes(&position));
+    batch.delete(INSTALLING_KEY);
+}
+
+/// Finishes a snapshot install that a crash interrupted, from its staged
+/// file, before anything reads the state.
+fn finish_interrupted_install(db: &DB) -> Result<(), StorageError> {
+    let Some(bytes) = db.get(INSTALLING_KEY)? else { return Ok(()) };
+    let install: proto::SnapshotInstall = wire::decode(bytes.into(), "SnapshotInstall")?;
+    if !install.file.is_empty() && !Path::new(&install.file).exists() {
+        return Err(StorageError::Impossible(format!(
+            "a snapshot install at index {} was interrupted, and its staged file {} is gone",
+            install.index, install.file
+        )));
+    }
+    tracing::warn!(index = install.index, term = install.term, "finishing a snapshot install that was interrupted");
+    replace_state(db, &install)?;
+    let mut batch = WriteBatch::default();
+    stage_finished_install(db, &mut batch, &install);
+    let mut options = WriteOptions::default();
+    options.set_sync(true);
+    db.write_opt(batch, &options)?;
+    Ok(())
 }
 
 /// The state as a batch of applies leaves it: staged changes over the database.
@@ -765,27 +1084,43 @@ mod tests {
         std::fs::remove_dir_all(&directory).unwrap();
     }
 
-    /// A snapshot built off the loop installs into another store byte for
-    /// byte, sessions and their census included.
+    /// A snapshot read chunk by chunk from a view installs into another
+    /// store, and an install cut short after the old data went (a crash)
+    /// is finished when the store opens again: the state is the source's,
+    /// sessions and their census included.
     #[test]
-    fn a_built_snapshot_installs_elsewhere_with_the_same_state() {
+    fn an_install_interrupted_by_a_crash_is_finished_at_recovery() {
         let (from, to) = (temporary("source"), temporary("target"));
         let mut source = Storage::open(&from).unwrap();
         let mut entries = vec![open(1), open(2)];
         entries.extend((3..50).map(|index| command(index, 1 + index % 2, index, set(&index.to_be_bytes()))));
         source.apply(&entries).unwrap();
-        let snapshot = source.snapshot_source().build().unwrap();
-        assert_eq!((snapshot.last_index, snapshot.last_term), (49, 1));
-        wire::check_snapshot(&snapshot).unwrap();
         let mut target = Storage::open(&to).unwrap();
-        let mut batch = WriteBatch::default();
-        let persist = Persist { snapshot: Some(snapshot.clone()), ..Persist::default() };
-        target.stage(&mut batch, &persist, true).unwrap();
-        target.write(batch, true).unwrap();
+        target.apply(&[open(1), command(2, 1, 1, set(b"stale"))]).unwrap();
+        let view = source.db.snapshot();
+        let position = applied_position(&view).unwrap();
+        assert_eq!(position, (49, 1));
+        let mut incoming = target.begin_incoming(position).unwrap();
+        let chunk = read_chunk(&view, position, 0, None).unwrap();
+        assert!(chunk.last, "a small state fits in one chunk");
+        incoming.write(&ChunkReader::new(&chunk.data).unwrap()).unwrap();
+        let staged = incoming.finish().unwrap();
+        let install = proto::SnapshotInstall {
+            index: 49,
+            term: 1,
+            log_emptied: true,
+            file: staged.file.as_ref().unwrap().display().to_string(),
+        };
+        replace_state(&target.db, &install).unwrap();
+        drop(target);
+        let target = Storage::open(&to).unwrap();
+        assert_eq!(target.applied(), (49, 1));
         assert_eq!(target.census(), source.census());
         assert_eq!(target.value(b"k").unwrap(), source.value(b"k").unwrap());
-        assert_eq!(target.session(2).unwrap(), source.session(2).unwrap());
-        assert_eq!(target.snapshot_source().build().unwrap().data, snapshot.data, "the installed state is the same");
+        assert!(target.state_records().unwrap() == source.state_records().unwrap(), "the installed state is the same");
+        assert!(target.db.get(INSTALLING_KEY).unwrap().is_none(), "the marker is gone");
+        assert!(!to.join(STAGING_DIRECTORY).exists(), "the staged file is gone");
+        drop(view);
         drop((source, target));
         std::fs::remove_dir_all(&from).unwrap();
         std::fs::remove_dir_all(&to).unwrap();

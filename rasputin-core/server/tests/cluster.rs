@@ -167,11 +167,18 @@ fn acknowledged_writes_survive_a_full_restart() {
     assert_keys(&cluster.client(), 0..200, "durable");
 }
 
+/// Values that make the snapshot many chunks long (SNAPSHOT_CHUNK_BYTES_MAX).
+const LARGE_VALUES: u8 = 40;
+const LARGE_VALUE_BYTES: usize = 256 << 10;
+
 #[test]
 fn a_wiped_node_catches_up_through_a_snapshot() {
     let mut cluster = Cluster::start("wipe", 50);
     let client = cluster.client();
     write_keys(&client, 0..20, "first");
+    for n in 0..LARGE_VALUES {
+        client.set(format!("large-{n}").as_bytes(), &vec![n; LARGE_VALUE_BYTES]).unwrap();
+    }
     let leader = cluster.index_of(client.leader().unwrap());
     let victim = (leader + 1) % 3;
     cluster.kill(victim);
@@ -190,6 +197,10 @@ fn a_wiped_node_catches_up_through_a_snapshot() {
     let storage = rasputin_server::Storage::open(&cluster.members[victim].directory).unwrap();
     assert_eq!(storage.value(b"key-5").unwrap(), Some(b"first-5".to_vec()), "the snapshot carried old data");
     assert_eq!(storage.value(b"key-250").unwrap(), Some(b"second-250".to_vec()));
+    for n in 0..LARGE_VALUES {
+        let value = storage.value(format!("large-{n}").as_bytes()).unwrap();
+        assert!(value == Some(vec![n; LARGE_VALUE_BYTES]), "large-{n} did not come with the snapshot");
+    }
     drop(storage);
     for index in 0..3 {
         cluster.launch(index);
@@ -735,8 +746,8 @@ fn two_hundred_thousand_sessions_stay_bounded_and_late_retries_are_refused() {
     }
     let storage = rasputin_server::Storage::open(&cluster.members[0].directory).unwrap();
     assert_eq!(storage.census().count, rasputin_kv::state_machine::SESSIONS_COUNT_MAX);
-    let snapshot = storage.snapshot_source().build().unwrap();
-    assert!(snapshot.data.len() < 16 << 20, "the snapshot holds {} bytes", snapshot.data.len());
+    let bytes = storage.census().bytes;
+    assert!(bytes <= rasputin_kv::state_machine::SESSIONS_BYTES_MAX, "the sessions hold {bytes} bytes");
 }
 
 /// Member `target`'s node id and the cluster id, as its daemon derives them.
@@ -786,10 +797,11 @@ fn impossible_peer_messages_are_refused_and_the_cluster_survives_restarts() {
         proto::peer_message::Body::PreVote(proto::PreVote { term: u64::MAX - 1, ..Default::default() }),
         append(vec![noop(1, 1), noop(1, 3)]),
         append(vec![noop(1, 0)]),
-        proto::peer_message::Body::InstallSnapshot(proto::InstallSnapshot {
+        proto::peer_message::Body::SnapshotChunk(proto::SnapshotChunk {
+            transfer_id: 1,
             term: 1,
-            snapshot: Some(proto::Snapshot { last_index: 100, last_term: 1, data: vec![9u8; 64].into() }),
             round: 1,
+            data: vec![9u8; 64].into(),
         }),
     ];
     for target in 0..3 {
