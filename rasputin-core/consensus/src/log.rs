@@ -8,6 +8,12 @@ pub struct Log<C> {
     snapshot_index: LogIndex,
     snapshot_term: Term,
     entries: Vec<Entry<C>>,
+    /// The entries' `size_bytes`, summed: what the log holds in memory.
+    bytes: usize,
+}
+
+fn bytes_of<C: Command>(entries: &[Entry<C>]) -> usize {
+    entries.iter().map(Entry::size_bytes).sum()
 }
 
 impl<C: Command> Log<C> {
@@ -19,7 +25,13 @@ impl<C: Command> Log<C> {
                 "restored log has a gap or is out of order after snapshot index {snapshot_index}"
             );
         }
-        Log { snapshot_index, snapshot_term, entries }
+        let bytes = bytes_of(&entries);
+        Log { snapshot_index, snapshot_term, entries, bytes }
+    }
+
+    /// The bytes of the entries held, as `Command::size_bytes` counts them.
+    pub fn bytes(&self) -> usize {
+        self.bytes
     }
 
     pub fn snapshot_index(&self) -> LogIndex {
@@ -85,7 +97,10 @@ impl<C: Command> Log<C> {
             self.snapshot_index,
             self.last_index() + 1
         );
-        self.entries.truncate((entry.index - self.snapshot_index - 1) as usize);
+        let keep = (entry.index - self.snapshot_index - 1) as usize;
+        self.bytes -= bytes_of(&self.entries[keep..]);
+        self.entries.truncate(keep);
+        self.bytes += entry.size_bytes();
         self.entries.push(entry);
     }
 
@@ -110,6 +125,7 @@ impl<C: Command> Log<C> {
             return;
         }
         let keep_from = ((index - self.snapshot_index) as usize).min(self.entries.len());
+        self.bytes -= bytes_of(&self.entries[..keep_from]);
         self.entries.drain(..keep_from);
         self.snapshot_index = index;
         self.snapshot_term = term;
@@ -121,6 +137,7 @@ impl<C: Command> Log<C> {
             self.compact(snapshot.last_index, snapshot.last_term);
         } else {
             self.entries.clear();
+            self.bytes = 0;
             self.snapshot_index = snapshot.last_index;
             self.snapshot_term = snapshot.last_term;
         }
@@ -176,6 +193,19 @@ mod tests {
         assert_eq!(log.first_index_of_term_at(4), 2);
         assert_eq!(log.last_index_of_term(2), Some(4));
         assert_eq!(log.last_index_of_term(5), None);
+    }
+
+    #[test]
+    fn the_byte_count_follows_appends_truncations_and_compactions() {
+        let mut log = log_of_terms(&[1, 1, 1, 1]);
+        let each = entry(1, 1).size_bytes();
+        assert_eq!(log.bytes(), 4 * each);
+        log.truncate_and_append(entry(3, 2));
+        assert_eq!(log.bytes(), 3 * each);
+        log.compact(2, 1);
+        assert_eq!(log.bytes(), each);
+        log.install(&Snapshot { last_index: 9, last_term: 3, data: bytes::Bytes::new() });
+        assert_eq!(log.bytes(), 0);
     }
 
     #[test]

@@ -55,6 +55,9 @@ const HANDSHAKE_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 const PEER_RECONNECT_INTERVAL: Duration = Duration::from_millis(200);
 /// Events handled per poll.
 const EVENTS_PER_POLL_MAX: usize = 1024;
+/// The log is compacted once its entries hold this many bytes in memory,
+/// however few they are: 10,000 entries of 1 MiB values would be 10 GiB.
+const LOG_BYTES_COMPACT_AFTER: usize = 64 << 20;
 /// How often a node that is joining says what it waits for.
 const JOIN_REPORT_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -1030,7 +1033,7 @@ impl Daemon {
         }
     }
 
-    /// Compacts the log once enough entries have applied. Nothing is copied:
+    /// Compacts the log once enough entries have applied, or enough bytes. Nothing is copied:
     /// one synced write, on the sync thread, makes the applied state durable
     /// (see `Storage::compaction`). The log a follower catching up from a
     /// recent snapshot still needs is kept.
@@ -1051,7 +1054,8 @@ impl Daemon {
             index = index.min(floor);
         }
         let compacted = node.log().snapshot_index();
-        if index < compacted + self.snapshot_every_entries {
+        let log_is_large = node.log().bytes() > LOG_BYTES_COMPACT_AFTER && index > compacted;
+        if index < compacted + self.snapshot_every_entries && !log_is_large {
             return Ok(());
         }
         let term = node.log().term(index).expect("an applied index past the snapshot is in the log");

@@ -208,6 +208,20 @@ fn a_wiped_node_catches_up_through_a_snapshot() {
     assert_keys(&cluster.client(), 300..310, "third");
 }
 
+/// The log is compacted by the bytes it holds in memory, not only by its
+/// count of entries: 100 values of 1 MiB are far fewer than the entries
+/// between compactions, and without the byte bound every node held them all.
+#[test]
+fn a_log_of_few_large_entries_is_compacted_by_its_bytes() {
+    let cluster = Cluster::start("log-bytes", 1_000_000);
+    let client = cluster.client();
+    let value = vec![7u8; rasputin::VALUE_BYTES_MAX];
+    for n in 0..100 {
+        client.set(format!("large-{n}").as_bytes(), &value).unwrap();
+    }
+    eventually("every node compacts its log", || (0..3).all(|index| cluster.log(index).contains("compacted the log")));
+}
+
 /// Sends `bytes` on a fresh connection to `port` and reports whether the
 /// server closed the connection (within the deadline).
 fn server_closes_after(port: u16, bytes: &[u8]) -> bool {
