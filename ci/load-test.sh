@@ -50,7 +50,7 @@ elapsed=$(( $(date +%s) - started ))
 leaders=$(cat "$DIR"/node*.log | grep -c "role=Leader" || true)
 leader_changes=$(( leaders - 1 ))
 compactions=$(cat "$DIR"/node*.log | grep -c "compacted the log" || true)
-snapshots=$(cat "$DIR"/node*.log | grep -c "sending a snapshot" || true)
+snapshots=$(cat "$DIR"/node*.log | grep -c "streaming a snapshot" || true)
 dropped=$(cat "$DIR"/node*.log | grep -c "is not keeping up" || true)
 slow_turns=$(cat "$DIR"/node*.log | grep -c "a turn of the event loop was slow" || true)
 echo

@@ -385,7 +385,10 @@ mod tests {
         let checksum = crc32fast::hash(&bytes);
         bytes.extend_from_slice(&checksum.to_le_bytes());
         let chunk = ChunkReader::new(&bytes).unwrap();
-        assert_eq!(chunk.records().collect::<Vec<_>>(), vec![Err(SnapshotDecodeError::Malformed(HEADER_BYTES + 1 + 4))]);
+        assert_eq!(
+            chunk.records().collect::<Vec<_>>(),
+            vec![Err(SnapshotDecodeError::Malformed(HEADER_BYTES + 1 + 4))]
+        );
     }
 
     #[test]

@@ -30,8 +30,17 @@ pub const REQUEST_OVERHEAD_BYTES_MAX: usize = 4 << 10;
 /// The largest frame a client may send or receive: it holds the largest
 /// request, a cas with a key and two values each at their limits.
 pub const CLIENT_FRAME_BYTES_MAX: usize = KEY_BYTES_MAX + 2 * VALUE_BYTES_MAX + REQUEST_OVERHEAD_BYTES_MAX;
-/// The largest frame between peers; a snapshot travels in one frame.
-pub const PEER_FRAME_BYTES_MAX: usize = 512 << 20;
+/// The largest frame between peers. It holds the largest append (about
+/// APPEND_BYTES_MAX, plus one entry that may pass it, each entry with its
+/// overhead) and a snapshot chunk; snapshots stream, so no frame holds one.
+pub const PEER_FRAME_BYTES_MAX: usize = 16 << 20;
+const _: () = assert!(
+    PEER_FRAME_BYTES_MAX
+        >= consensus::APPEND_BYTES_MAX
+            + CLIENT_FRAME_BYTES_MAX
+            + consensus::APPEND_ENTRIES_COUNT_MAX * REQUEST_OVERHEAD_BYTES_MAX
+);
+const _: () = assert!(PEER_FRAME_BYTES_MAX >= crate::snapshot::SNAPSHOT_CHUNK_BYTES_MAX + REQUEST_OVERHEAD_BYTES_MAX);
 /// The largest frame before a handshake completes: a Hello or its reply.
 /// Bytes from an unknown sender never get more room than this.
 pub const HELLO_FRAME_BYTES_MAX: usize = 4 << 10;

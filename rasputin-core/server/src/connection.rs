@@ -20,8 +20,10 @@ pub const READ_BYTES_PER_TURN_MAX: usize = 1 << 20;
 pub const FRAMES_PER_TURN_MAX: usize = 256;
 /// Unsent bytes a client connection may hold before it is closed as too slow.
 pub const CLIENT_OUTGOING_BYTES_MAX: usize = 32 << 20;
-/// Unsent bytes a peer connection may hold before messages to it are dropped.
-pub const PEER_OUTGOING_BYTES_MAX: usize = 1 << 30;
+/// Unsent bytes a peer connection may hold before messages to it are
+/// dropped: appends in flight (APPENDS_IN_FLIGHT_MAX of about
+/// APPEND_BYTES_MAX) and a few snapshot chunks fit many times over.
+pub const PEER_OUTGOING_BYTES_MAX: usize = 64 << 20;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
