@@ -166,6 +166,10 @@ step "load: 4 KiB puts from 32 clients through ./run.sh's cluster; no leader cha
 # The short form of docs/performance.md's 1 GB run (ci/load-test.sh).
 LOAD_SECONDS=30 KEYS=25000 CHECK=1 ci/load-test.sh
 
+step "snapshot catch-up: a wiped follower of ./run.sh's cluster catches up from 128 MiB; no daemon over 300 MiB"
+# The short form of docs/performance.md's 2 GiB run (ci/snapshot-catch-up.sh).
+DATA_MIB=128 VALUE_BYTES=4096 CHECK=1 ci/snapshot-catch-up.sh
+
 step "simulator: 2000 seeds, every nemesis, harpoon, 3 nodes"
 # Each seed prints a line as it finishes; CI keeps the failures and the summary.
 ./target/release/rasputin-sim --seeds 2000 --nemesis all --election harpoon --nodes 3 | grep -v '^ok seed='
