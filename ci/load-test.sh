@@ -22,23 +22,9 @@ CHECK=${CHECK:-0}
 PEAK_RSS_MIB_MAX=${PEAK_RSS_MIB_MAX:-1024}
 DIR=_rasputin_test
 
-if [ -f "$DIR/pids" ]; then
-    echo "ci/load-test.sh: a cluster is recorded in $DIR/pids; run ./run.sh stop first" >&2
-    exit 1
-fi
-if [ -z "${BENCH:-}" ]; then
-    cargo build --release --locked -p rasputin-examples --bin rasputin-bench
-    BENCH=target/release/rasputin-bench
-fi
-rm -rf "$DIR"
-./run.sh
-trap './run.sh stop >/dev/null' EXIT
-mapfile -t pids < "$DIR/pids"
+. ci/local-cluster.sh
+start_local_cluster ci/load-test.sh
 
-# Peak resident memory is the kernel's high-water mark (VmHWM) per daemon.
-peak_rss_kib() {
-    awk '/^VmHWM:/ { print $2 }' "/proc/$1/status"
-}
 
 started=$(date +%s)
 # A run with failed puts still reports what the cluster did, then fails.
@@ -59,7 +45,7 @@ echo "leader changes: $leader_changes; compactions (all nodes): $compactions; sn
 worst=0
 for n in 1 2 3; do
     pid=${pids[$((n - 1))]}
-    peak=$(peak_rss_kib "$pid")
+    peak=$(rss_kib "$pid" VmHWM)  # the kernel's high-water mark
     peak_mib=$(( peak / 1024 ))
     [ "$peak_mib" -gt "$worst" ] && worst=$peak_mib
     echo "node$n: peak resident $peak_mib MiB, on disk $(du -sm "$DIR/node$n" | cut -f1) MiB"

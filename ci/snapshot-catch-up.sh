@@ -20,20 +20,8 @@ CATCH_UP_SECONDS_MAX=${CATCH_UP_SECONDS_MAX:-1800}
 DIR=_rasputin_test
 KEYS=$(( DATA_MIB * 1024 * 1024 / VALUE_BYTES ))
 
-if [ -f "$DIR/pids" ]; then
-    echo "ci/snapshot-catch-up.sh: a cluster is recorded in $DIR/pids; run ./run.sh stop first" >&2
-    exit 1
-fi
-if [ -z "${BENCH:-}" ]; then
-    cargo build --release --locked -p rasputin-examples --bin rasputin-bench
-    BENCH=target/release/rasputin-bench
-fi
-rm -rf "$DIR"
-./run.sh
-trap './run.sh stop >/dev/null' EXIT
-mapfile -t pids < "$DIR/pids"
-
-rss_kib() { awk -v field="$2:" '$1 == field { print $2 }' "/proc/$1/status"; }
+. ci/local-cluster.sh
+start_local_cluster ci/snapshot-catch-up.sh
 
 # Writes the highest VmRSS of process $1 seen so far to file $2, until it is stopped.
 sample_rss_peak() {
