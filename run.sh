@@ -17,10 +17,6 @@ DIR=_rasputin_test
 PIDS="$DIR/pids"
 PEERS="127.0.0.1:7777,127.0.0.1:7778,127.0.0.1:7779"
 
-if [ -x "$HOME/.cargo/bin/cargo" ]; then
-    PATH="$HOME/.cargo/bin:$PATH"
-    export PATH
-fi
 
 stop() {
     if [ ! -f "$PIDS" ]; then
@@ -68,6 +64,12 @@ if [ -f "$PIDS" ]; then
 fi
 
 if [ -z "${RASPUTIND:-}" ]; then
+    # ensure_rust and ensure_packages, shared with ci/test.sh.
+    . ci/prerequisites.sh
+    ensure_rust run.sh
+    ensure_packages run.sh build
+    # The first build compiles RocksDB from C++ source: 7-10 minutes on 2 cores.
+    echo "run.sh: building rasputind (the first build compiles RocksDB from source: about 10 minutes)"
     cargo build --release --bin rasputind
     RASPUTIND=target/release/rasputind
 fi

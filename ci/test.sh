@@ -6,42 +6,8 @@ cd "$(dirname "$0")/.."
 
 step() { printf '\n==> %s\n' "$*"; }
 
-ensure_rust() {
-    if ! command -v cargo >/dev/null 2>&1; then
-        if [ -x "$HOME/.cargo/bin/cargo" ]; then
-            export PATH="$HOME/.cargo/bin:$PATH"
-        else
-            # Debian's rustc is too old for this code, and rustup's installer
-            # cannot be fetched here; machines of this kind ship rustup's Rust.
-            echo "ci/test.sh: no cargo found (looked on PATH and in ~/.cargo/bin); install Rust 1.85 or newer with rustup" >&2
-            exit 1
-        fi
-    fi
-}
-
-ensure_build_packages() {
-    # The rocksdb crate compiles RocksDB and generates its bindings with libclang.
-    local missing=()
-    [ -e /usr/lib/llvm-14/lib/libclang.so ] || ls /usr/lib/llvm-*/lib/libclang.so >/dev/null 2>&1 || missing+=(libclang-dev)
-    command -v c++ >/dev/null 2>&1 || missing+=(g++)
-    command -v dash >/dev/null 2>&1 || missing+=(dash)
-    command -v valgrind >/dev/null 2>&1 || missing+=(valgrind)
-    command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
-    command -v make >/dev/null 2>&1 || missing+=(make)
-    command -v mvn >/dev/null 2>&1 || missing+=(maven)
-    command -v javac >/dev/null 2>&1 || missing+=(openjdk-17-jdk-headless)
-    # rasputin-nemesis: partitions by iptables in a network namespace, clock skew by libfaketime.
-    command -v iptables >/dev/null 2>&1 || missing+=(iptables)
-    command -v ip >/dev/null 2>&1 || missing+=(iproute2)
-    command -v unshare >/dev/null 2>&1 || missing+=(util-linux)
-    [ -e /usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1 ] || missing+=(faketime)
-    if [ "${#missing[@]}" -gt 0 ]; then
-        step "installing Debian packages: ${missing[*]}"
-        export DEBIAN_FRONTEND=noninteractive
-        apt-get update -q
-        apt-get install -y -q "${missing[@]}"
-    fi
-}
+# ensure_rust and ensure_packages, shared with ./run.sh.
+. ci/prerequisites.sh
 
 ensure_go() {
     if ! command -v go >/dev/null 2>&1 && [ -x /usr/local/go/bin/go ]; then
@@ -53,8 +19,8 @@ ensure_go() {
     fi
 }
 
-ensure_rust
-ensure_build_packages
+ensure_rust ci/test.sh
+ensure_packages ci/test.sh test
 ensure_go
 cargo --version
 
