@@ -38,6 +38,9 @@ step "Rust tests: consensus, state machine, checker, simulator, real daemons"
 # Release mode reuses the build above and runs the simulator seeds ~10x faster.
 cargo test --release --locked
 
+step "histogram: the cost of recording a value (the short form of cargo bench -p rasputin-histogram)"
+cargo bench --locked -p rasputin-histogram --bench record -- --warm-up-time 0.2 --measurement-time 1
+
 step "layers: the client crate needs no server code, and consensus no IO crate"
 # ARCHITECTURE.md's rules, as Cargo sees them: the package users depend on
 # (rasputin) pulls in neither RocksDB, nor the event loop, nor clap; the
@@ -50,6 +53,12 @@ fi
 consensus_deps=$(cargo tree -p rasputin-consensus -e normal --locked --prefix none | awk '{print $1}' | sort -u)
 if echo "$consensus_deps" | grep -Ex 'rocksdb|librocksdb-sys|mio|socket2|nix|signal-hook|tokio|tracing|rasputin-kv'; then
     echo "ci/test.sh: rasputin-consensus depends on IO or key-value crates (above)" >&2
+    exit 1
+fi
+# The histogram becomes a collection type: it stays free of dependencies.
+histogram_deps=$(cargo tree -p rasputin-histogram -e normal --locked --prefix none | awk '{print $1}' | sort -u)
+if [ "$histogram_deps" != rasputin-histogram ]; then
+    echo "ci/test.sh: rasputin-histogram has dependencies: $histogram_deps" >&2
     exit 1
 fi
 
