@@ -50,6 +50,9 @@ pub type OutgoingChunk = (NodeId, proto::SnapshotChunk);
 
 /// The leader's side: the transfers under way and those just finished.
 pub struct Streams {
+    /// Joined on drop, so that its handle on the database is gone before the
+    /// daemon closes it (see `Drop`).
+    thread: Option<std::thread::JoinHandle<()>>,
     requests: mpsc::SyncSender<ViewRequest>,
     answers: mpsc::Receiver<ViewAnswer>,
     /// Requests sent to the snapshot thread and not answered.
@@ -100,10 +103,11 @@ impl Streams {
     pub fn start(source: SnapshotSource, wake: impl Fn() + Send + 'static) -> std::io::Result<Streams> {
         let (requests, requested) = mpsc::sync_channel(VIEW_REQUESTS_COUNT_MAX);
         let (answer, answers) = mpsc::sync_channel(VIEW_REQUESTS_COUNT_MAX);
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("rasputin-snapshots".into())
             .spawn(move || source.serve(requested, answer, wake))?;
         Ok(Streams {
+            thread: Some(thread),
             requests,
             answers,
             outstanding: 0,
@@ -356,6 +360,23 @@ impl Streams {
     /// compacted index: its follower will need the log after it.
     pub fn opening(&self) -> bool {
         self.transfers.values().any(|transfer| transfer.position.is_none())
+    }
+}
+
+impl Drop for Streams {
+    /// Stops the snapshot thread and waits for it. A RocksDB view or handle
+    /// still open in another thread when the process exits makes RocksDB
+    /// abort ("pthread lock: Invalid argument") instead of exiting with the
+    /// daemon's code. Both channels close first: the thread may be waiting
+    /// to send an answer.
+    fn drop(&mut self) {
+        let (closed_requests, _) = mpsc::sync_channel(0);
+        let (_, closed_answers) = mpsc::sync_channel(0);
+        drop(std::mem::replace(&mut self.requests, closed_requests));
+        drop(std::mem::replace(&mut self.answers, closed_answers));
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
     }
 }
 

@@ -552,7 +552,7 @@ impl Storage {
         let (requests, requested) = std::sync::mpsc::sync_channel::<()>(1);
         let (finished, done) = std::sync::mpsc::sync_channel(1);
         let db = self.db.clone();
-        std::thread::Builder::new().name("rasputin-sync".into()).spawn(move || {
+        let thread = std::thread::Builder::new().name("rasputin-sync".into()).spawn(move || {
             for () in requested {
                 if finished.send(db.flush_wal(true).map_err(StorageError::from)).is_err() {
                     return;
@@ -560,12 +560,14 @@ impl Storage {
                 waker();
             }
         })?;
-        Ok(SyncWorker { requests, done })
+        Ok(SyncWorker { thread: Some(thread), requests, done })
     }
 }
 
 /// The sync thread: one sync is requested at a time, and its outcome comes back.
 pub struct SyncWorker {
+    /// Joined on drop, like the snapshot thread (see `Drop for Streams`).
+    thread: Option<std::thread::JoinHandle<()>>,
     requests: std::sync::mpsc::SyncSender<()>,
     done: std::sync::mpsc::Receiver<Result<(), StorageError>>,
 }
@@ -588,6 +590,20 @@ impl SyncWorker {
     /// Waits for the sync requested.
     pub fn wait(&self) -> Result<(), StorageError> {
         self.done.recv().map_err(|_| StorageError::SyncThreadGone)?
+    }
+}
+
+impl Drop for SyncWorker {
+    /// Stops the sync thread and waits for it, so that no thread holds the
+    /// database when the process exits.
+    fn drop(&mut self) {
+        let (closed_requests, _) = std::sync::mpsc::sync_channel(0);
+        let (_, closed_done) = std::sync::mpsc::sync_channel(0);
+        drop(std::mem::replace(&mut self.requests, closed_requests));
+        drop(std::mem::replace(&mut self.done, closed_done));
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
     }
 }
 
