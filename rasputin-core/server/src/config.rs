@@ -14,33 +14,33 @@ pub const SNAPSHOT_EVERY_ENTRIES_DEFAULT: u64 = 10_000;
     name = "rasputind",
     version,
     about = "The Rasputin DB server: one member of a linearizable, replicated key-value store",
-    after_help = "Example (a single-node cluster):\n  rasputind --peer-port=7777 --cli-port=8888 --seed-peers=127.0.0.1:7777 \\\n            --storage-dir=/var/lib/rasputin/ --logfile=/var/log/rasputin.log"
+    after_help = "Every flag can also be set from the environment, as RASPUTIN_<FLAG> (shown with each flag); a flag on the command line wins over the environment.\n\nExample (a single-node cluster):\n  rasputind --peer-port=7777 --cli-port=8888 --seed-peers=127.0.0.1:7777 \\\n            --storage-dir=/var/lib/rasputin/ --logfile=/var/log/rasputin.log"
 )]
 pub struct Flags {
     /// Port for replication traffic from the other members.
-    #[arg(long, value_name = "PORT")]
+    #[arg(long, env = "RASPUTIN_PEER_PORT", value_name = "PORT")]
     pub peer_port: u16,
     /// Port for clients.
-    #[arg(long, value_name = "PORT")]
+    #[arg(long, env = "RASPUTIN_CLI_PORT", value_name = "PORT")]
     pub cli_port: u16,
     /// Every member's peer address (host:port), this node's included, comma-separated.
     /// All members must be given the same list: it defines the cluster and each node's id.
-    #[arg(long, value_name = "HOST:PORT,...", value_parser = parse_peers)]
+    #[arg(long, env = "RASPUTIN_SEED_PEERS", value_name = "HOST:PORT,...", value_parser = parse_peers)]
     pub seed_peers: PeerList,
     /// Directory for this node's data (created if missing). One daemon per directory.
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, env = "RASPUTIN_STORAGE_DIR", value_name = "DIR")]
     pub storage_dir: PathBuf,
     /// Write logs here (appending) instead of to standard error. Set the level with RUST_LOG (default info).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, env = "RASPUTIN_LOGFILE", value_name = "FILE")]
     pub logfile: Option<PathBuf>,
     /// Address to listen on.
-    #[arg(long, value_name = "IP", default_value_t = IpAddr::V4(Ipv4Addr::LOCALHOST))]
+    #[arg(long, env = "RASPUTIN_BIND", value_name = "IP", default_value_t = IpAddr::V4(Ipv4Addr::LOCALHOST))]
     pub bind: IpAddr,
     /// This node's address as it appears in --seed-peers (defaults to --bind).
-    #[arg(long, value_name = "IP")]
+    #[arg(long, env = "RASPUTIN_ADVERTISE", value_name = "IP")]
     pub advertise: Option<IpAddr>,
     /// Take a snapshot and compact the log after this many applied entries.
-    #[arg(long, value_name = "ENTRIES", default_value_t = SNAPSHOT_EVERY_ENTRIES_DEFAULT, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, env = "RASPUTIN_SNAPSHOT_EVERY_ENTRIES", value_name = "ENTRIES", default_value_t = SNAPSHOT_EVERY_ENTRIES_DEFAULT, value_parser = clap::value_parser!(u64).range(1..))]
     pub snapshot_every_entries: u64,
     /// This node replaces one whose data was lost: start from an empty
     /// --storage-dir although the cluster has heard from this node before.
@@ -48,7 +48,7 @@ pub struct Flags {
     /// in a term it may have voted in, and votes only once it holds every
     /// entry committed before it started. Without it, such a node refuses
     /// to start, since a node that forgot its votes could vote twice.
-    #[arg(long)]
+    #[arg(long, env = "RASPUTIN_REPLACE")]
     pub replace: bool,
 }
 
@@ -100,6 +100,22 @@ impl Flags {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every flag has its variable, named after it, so that none is
+    /// forgotten when a flag is added.
+    #[test]
+    fn every_flag_can_come_from_a_rasputin_variable() {
+        use clap::CommandFactory;
+        let command = Flags::command();
+        let flags: Vec<_> = command.get_arguments().filter(|argument| argument.get_long().is_some()).collect();
+        assert!(flags.len() >= 9);
+        for flag in flags {
+            let long = flag.get_long().expect("filtered above");
+            let expected = format!("RASPUTIN_{}", long.to_uppercase().replace('-', "_"));
+            let env = flag.get_env().map(|env| env.to_string_lossy().into_owned());
+            assert_eq!(env.as_deref(), Some(expected.as_str()), "--{long}");
+        }
+    }
 
     fn flags(arguments: &[&str]) -> Result<Flags, clap::Error> {
         Flags::try_parse_from(std::iter::once("rasputind").chain(arguments.iter().copied()))

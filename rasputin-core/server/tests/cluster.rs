@@ -222,6 +222,36 @@ fn a_log_of_few_large_entries_is_compacted_by_its_bytes() {
     eventually("every node compacts its log", || (0..3).all(|index| cluster.log(index).contains("compacted the log")));
 }
 
+/// Issue 15: every flag can come from RASPUTIN_<FLAG>, and a flag on the
+/// command line wins. A member restarts with its flags in the environment
+/// only, except the client port, which the environment gets wrong.
+#[test]
+fn a_node_takes_its_flags_from_the_environment_and_the_command_line_wins() {
+    let mut cluster = Cluster::start("environment", 10_000);
+    write_keys(&cluster.client(), 0..5, "before");
+    cluster.kill(0);
+    let member = &cluster.members[0];
+    let child = Command::new(env!("CARGO_BIN_EXE_rasputind"))
+        .env("RASPUTIN_PEER_PORT", member.peer_port.to_string())
+        .env("RASPUTIN_CLI_PORT", free_port().to_string())
+        .env("RASPUTIN_SEED_PEERS", &cluster.peers)
+        .env("RASPUTIN_STORAGE_DIR", &member.directory)
+        .env("RASPUTIN_LOGFILE", &member.logfile)
+        .arg(format!("--cli-port={}", member.client_port))
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("start rasputind");
+    cluster.members[0].process = Some(child);
+    let listening = format!("client=127.0.0.1:{}", cluster.members[0].client_port);
+    eventually("the node listens on the port its flag gave", || {
+        cluster.log(0).matches("rasputind listening").count() == 2 && cluster.log(0).contains(&listening)
+    });
+    eventually("the node's client port answers", || {
+        TcpStream::connect(("127.0.0.1", cluster.members[0].client_port)).is_ok()
+    });
+    assert_keys(&cluster.client(), 0..5, "before");
+}
+
 /// Sends `bytes` on a fresh connection to `port` and reports whether the
 /// server closed the connection (within the deadline).
 fn server_closes_after(port: u16, bytes: &[u8]) -> bool {
