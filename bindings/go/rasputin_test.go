@@ -22,13 +22,28 @@ var peers []string
 // processes are its rasputind processes.
 var processes []*exec.Cmd
 
+// Daemon ports come from below Linux's ephemeral range (32768-60999): a port
+// that listening on port 0 picked and the test released could be taken as the
+// source port of a client connection before the daemon binds it.
+const (
+	testPortLow  = 20000
+	testPortHigh = 32000
+)
+
+var nextTestPort = os.Getpid() * 7919
+
 func freePort() int {
-	listener, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		panic(err)
+	span := testPortHigh - testPortLow
+	for attempt := 0; attempt < span; attempt++ {
+		port := testPortLow + nextTestPort%span
+		nextTestPort++
+		listener, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+		if err == nil {
+			listener.Close()
+			return port
+		}
 	}
-	defer listener.Close()
-	return listener.Addr().(*net.TCPAddr).Port
+	panic(fmt.Sprintf("no port in [%d, %d) is free on 127.0.0.1", testPortLow, testPortHigh))
 }
 
 // TestMain starts three real rasputind processes on free ports and stops them after the tests.

@@ -17,10 +17,24 @@ ROOT = pathlib.Path(__file__).resolve().parents[3]
 DEADLINE_SECONDS = 30
 
 
+# Daemon ports come from below Linux's ephemeral range (32768-60999): a port
+# that bind(0) picked and the test released could be taken as the source port
+# of a client connection before the daemon binds it.
+TEST_PORTS = range(20000, 32000)
+_next_port = [os.getpid() * 7919 % len(TEST_PORTS)]
+
+
 def free_port():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    for _ in TEST_PORTS:
+        port = TEST_PORTS[_next_port[0] % len(TEST_PORTS)]
+        _next_port[0] += 1
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    pytest.fail(f"no port in {TEST_PORTS} is free on 127.0.0.1")
 
 
 def rasputind_binary():

@@ -30,8 +30,41 @@ struct Cluster {
     snapshot_every_entries: u64,
 }
 
+/// Ports handed to daemons come from below Linux's ephemeral range
+/// (32768–60999 by default). A port the kernel picks for `bind(0)` and that
+/// the test then releases lies in that range, so a client connection of a
+/// test running beside it can take it as its source port before the daemon
+/// binds it. Nothing takes a port below the range unless asked to.
+const TEST_PORTS: std::ops::Range<u16> = 20_000..32_000;
+
+/// The next candidate port, shared by the tests of this process; each test
+/// binary starts at its own offset so that two of them rarely probe alike.
+static NEXT_TEST_PORT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port").local_addr().unwrap().port()
+    use std::sync::atomic::Ordering;
+    let span = u32::from(TEST_PORTS.end - TEST_PORTS.start);
+    let offset = std::process::id().wrapping_mul(7_919) % span;
+    for _ in 0..span {
+        let step = NEXT_TEST_PORT.fetch_add(1, Ordering::Relaxed);
+        let port = TEST_PORTS.start + u16::try_from((offset + step) % span).expect("below the span");
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no port in {TEST_PORTS:?} is free on 127.0.0.1");
+}
+
+#[test]
+fn test_ports_lie_below_the_ephemeral_range() {
+    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").expect("a Linux host");
+    let ephemeral_low: u16 = range.split_whitespace().next().unwrap().parse().unwrap();
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..50 {
+        let port = free_port();
+        assert!(port < ephemeral_low, "port {port} is in the ephemeral range from {ephemeral_low}: {range}");
+        assert!(seen.insert(port), "port {port} was handed out twice");
+    }
 }
 
 impl Cluster {

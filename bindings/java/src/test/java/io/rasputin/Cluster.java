@@ -1,6 +1,7 @@
 package io.rasputin;
 
 import java.io.IOException;
+import java.net.InetAddress;
 import java.net.ServerSocket;
 import java.nio.file.Files;
 import java.nio.file.Path;
@@ -49,10 +50,24 @@ final class Cluster implements AutoCloseable {
         }
     }
 
-    private static int freePort() throws IOException {
-        try (ServerSocket socket = new ServerSocket(0)) {
-            return socket.getLocalPort();
+    // Daemon ports come from below Linux's ephemeral range (32768-60999): a
+    // port that binding port 0 picked and the test released could be taken as
+    // the source port of a client connection before the daemon binds it.
+    private static final int TEST_PORT_LOW = 20000;
+    private static final int TEST_PORT_HIGH = 32000;
+    private static int nextTestPort = (int) (ProcessHandle.current().pid() * 7919 % (TEST_PORT_HIGH - TEST_PORT_LOW));
+
+    private static synchronized int freePort() throws IOException {
+        int span = TEST_PORT_HIGH - TEST_PORT_LOW;
+        for (int attempt = 0; attempt < span; attempt++) {
+            int port = TEST_PORT_LOW + nextTestPort++ % span;
+            try (ServerSocket socket = new ServerSocket(port, 1, InetAddress.getLoopbackAddress())) {
+                return port;
+            } catch (IOException taken) {
+                // in use: try the next one
+            }
         }
+        throw new IOException("no port in [" + TEST_PORT_LOW + ", " + TEST_PORT_HIGH + ") is free on 127.0.0.1");
     }
 
     private void waitUntilServing() throws InterruptedException {
