@@ -5,6 +5,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protoc = protoc_bin_vendored::protoc_bin_path()?;
     std::env::set_var("PROTOC", protoc);
     println!("cargo:rerun-if-changed=proto/rasputin.proto");
-    prost_build::Config::new().bytes(["."]).compile_protos(&["proto/rasputin.proto"], &["proto/"])?;
+    prost_build::Config::new()
+        .bytes(["."])
+        // The status is shown as JSON by the status server and the CLI.
+        .type_attribute("rasputin.wire.NodeStatus", "#[cfg_attr(feature = \"serde\", derive(serde::Serialize))]")
+        .compile_protos(&["proto/rasputin.proto"], &["proto/"])?;
     Ok(())
 }

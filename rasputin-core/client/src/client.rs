@@ -29,6 +29,8 @@ use rasputin_kv::wire::{self, proto, ErrorCode, WireError, CLIENT_FRAME_BYTES_MA
 
 pub use crate::builder::ClientBuilder;
 pub use rasputin_kv::state_machine::Response;
+/// A node's answer to `Client::node_status`.
+pub use rasputin_kv::wire::proto::NodeStatus;
 
 /// How long one attempt waits for its answer before trying another node.
 pub const ATTEMPT_TIMEOUT_DEFAULT: Duration = Duration::from_secs(2);
@@ -592,6 +594,40 @@ impl Client {
                     return Sent { outcome: Err(ClientError::Refused { code, message: response.message }), attempts }
                 }
             }
+        }
+    }
+
+    /// Asks the server at `address`, which need not be one of `peers`,
+    /// about itself: its role, term, leader, log and version. Any node
+    /// answers, leader or not, without consensus, so this works on a
+    /// cluster that has lost its quorum. One attempt, within the attempt
+    /// timeout: a status is for now, and a retry elsewhere would be another
+    /// node's.
+    pub fn node_status(&self, address: SocketAddr) -> Result<NodeStatus, ClientError> {
+        let timeout = self.timeouts.map_or_else(|| *lock(&self.inner.attempt_timeout), |(attempt, _)| attempt);
+        let request = proto::ClientRequest {
+            request_id: self.inner.next_request_id.fetch_add(1, Ordering::Relaxed),
+            status: Some(proto::StatusRequest {}),
+            ..Default::default()
+        };
+        let unavailable = |detail: String| ClientError::Unavailable { timeout, detail: format!("{address}: {detail}") };
+        let connection = self.connection(address, timeout).map_err(unavailable)?;
+        let response = connection.call(&request, timeout).map_err(|failure| match failure {
+            AttemptFailure::NotSent(problem) | AttemptFailure::Unanswered(problem) => {
+                self.forget(address, &connection);
+                unavailable(problem)
+            }
+        })?;
+        match (ErrorCode::try_from(response.error).unwrap_or(ErrorCode::Internal), response.status) {
+            (ErrorCode::Ok, Some(status)) => Ok(status),
+            (ErrorCode::Ok, None) => Err(ClientError::Refused {
+                code: ErrorCode::Internal,
+                message: format!("{address} answered a status request without a status"),
+            }),
+            (code, _) => Err(ClientError::Refused {
+                code,
+                message: format!("{address} refused a status request, so it predates them: {}", response.message),
+            }),
         }
     }
 

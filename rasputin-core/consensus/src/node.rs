@@ -362,6 +362,24 @@ impl<C: Command> Node<C> {
         self.config.mode == ElectionMode::Harpoon && self.leader.as_ref().is_some_and(|leader| now < leader.lease_end)
     }
 
+    /// While leading: the local time at which its lease runs out unless renewed.
+    pub fn lease_end(&self) -> Option<Nanos> {
+        self.leader.as_ref().map(|leader| leader.lease_end)
+    }
+
+    /// Whether this node sees a leader whose lease holds at local time
+    /// `now`: as leader, its own lease; otherwise, the promise it gave the
+    /// leader it follows. Health checks ask this.
+    pub fn sees_leased_leader(&self, now: Nanos) -> bool {
+        if self.role == Role::Leader {
+            return self.holds_lease(now);
+        }
+        match (self.leader_id, self.promise) {
+            (Some(leader), Some(promise)) => promise.holder == PromiseHolder::Node(leader) && now < promise.until,
+            _ => false,
+        }
+    }
+
     // ----- time -----
 
     fn on_time_passed(&mut self) {

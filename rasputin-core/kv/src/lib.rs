@@ -4,6 +4,7 @@
 //! snapshot format (`snapshot`). Shared by the client, the daemon and the simulator, so
 //! that none of them can disagree on what an operation means.
 
+pub mod health;
 pub mod operation;
 pub mod snapshot;
 pub mod state_machine;

@@ -172,6 +172,7 @@ pub fn client_request_to_proto(request_id: u64, request: &ClientRequest) -> prot
         range_id: DEFAULT_RANGE_ID,
         collection: DEFAULT_COLLECTION.to_string(),
         operation: Some(operation_to_proto(&request.operation)),
+        status: None,
     }
 }
 
@@ -501,6 +502,7 @@ mod tests {
                 expected: Bytes::from(vec![2; VALUE_BYTES_MAX]),
                 new: Bytes::from(vec![3; VALUE_BYTES_MAX]),
             })),
+            status: None,
         };
         assert_eq!(check_request_frame(&request), Ok(()));
         let mut buffer = BytesMut::new();
