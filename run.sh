@@ -69,8 +69,12 @@ if [ -z "${RASPUTIND:-}" ]; then
     ensure_rust run.sh
     ensure_packages run.sh build
     # The first build compiles RocksDB from C++ source: 7-10 minutes on 2 cores.
-    echo "run.sh: building rasputind (the first build compiles RocksDB from source: about 10 minutes)"
-    cargo build --release --bin rasputind
+    if [ -x target/release/rasputind ]; then
+        echo "run.sh: building rasputind and the rasputin CLI"
+    else
+        echo "run.sh: building rasputind and the rasputin CLI (the first build compiles RocksDB from source: about 10 minutes)"
+    fi
+    cargo build --release --bin rasputind --bin rasputin
     RASPUTIND=target/release/rasputind
 fi
 mkdir -p "$DIR"
@@ -96,9 +100,11 @@ leader_of_this_run() {
 for n in 1 2 3; do
     peer_port=$((7776 + n))
     cli_port=$((8887 + n))
+    status_port=$((9887 + n))
     "$RASPUTIND" \
         --peer-port="$peer_port" \
         --cli-port="$cli_port" \
+        --status-port="$status_port" \
         --seed-peers="$PEERS" \
         --storage-dir="$DIR/node$n" \
         --logfile="$DIR/node$n.log" \
@@ -128,4 +134,6 @@ until leader_of_this_run; do
     fi
     sleep 0.1
 done
-echo "run.sh: 3 nodes running (client ports 8888, 8889, 8890); logs in $DIR/node*.log; stop with ./run.sh stop"
+echo "run.sh: 3 nodes running (client ports 8888, 8889, 8890; status ports 9888, 9889, 9890); logs in $DIR/node*.log; stop with ./run.sh stop"
+echo "run.sh: try  target/release/rasputin --endpoints=127.0.0.1:8888,127.0.0.1:8889,127.0.0.1:8890 -w table status"
+echo "run.sh: and  curl -s 127.0.0.1:9888/health; curl -s 127.0.0.1:9888/metrics"

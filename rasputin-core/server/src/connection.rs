@@ -2,6 +2,8 @@
 
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
@@ -9,6 +11,8 @@ use mio::net::TcpStream;
 
 use rasputin_consensus::NodeId;
 use rasputin_kv::wire::{self, WireError};
+
+use crate::metrics::{Metrics, Port, Traffic};
 
 /// Bytes read from a socket in one call: the size of the daemon's scratch buffer.
 pub const READ_CHUNK_BYTES: usize = 64 << 10;
@@ -46,6 +50,8 @@ pub struct Connection {
     pub opened_at: Instant,
     incoming: BytesMut,
     outgoing: BytesMut,
+    /// Where this connection counts its bytes and frames, by port.
+    metrics: Arc<Metrics>,
 }
 
 enum ReadOutcome {
@@ -65,7 +71,8 @@ pub enum Received {
 }
 
 impl Connection {
-    pub fn new(stream: TcpStream, kind: Kind, address: SocketAddr) -> Connection {
+    pub fn new(stream: TcpStream, kind: Kind, address: SocketAddr, metrics: Arc<Metrics>) -> Connection {
+        metrics.traffic(port_of(kind)).connections_open.fetch_add(1, Ordering::Relaxed);
         let remote = match kind {
             Kind::PeerOutbound(peer) => Some(peer),
             _ => None,
@@ -79,7 +86,12 @@ impl Connection {
             opened_at: Instant::now(),
             incoming: BytesMut::new(),
             outgoing: BytesMut::new(),
+            metrics,
         }
+    }
+
+    fn traffic(&self) -> &Traffic {
+        self.metrics.traffic(port_of(self.kind))
     }
 
     /// Until the handshake completes, the other side is a stranger and gets
@@ -110,6 +122,15 @@ impl Connection {
     /// caller must handle it, which raises the frame limit, before asking for
     /// more.
     pub fn receive(&mut self, scratch: &mut [u8]) -> Received {
+        let received = self.receive_uncounted(scratch);
+        let frames = match &received {
+            Received::Frames(frames) | Received::More(frames) | Received::Closed(frames, _) => frames.len(),
+        };
+        self.traffic().frames_received.fetch_add(frames as u64, Ordering::Relaxed);
+        received
+    }
+
+    fn receive_uncounted(&mut self, scratch: &mut [u8]) -> Received {
         let mut frames = Vec::new();
         let mut bytes_read = 0;
         loop {
@@ -132,6 +153,7 @@ impl Connection {
             match outcome {
                 ReadOutcome::Data(read) => {
                     bytes_read += read;
+                    self.traffic().bytes_received.fetch_add(read as u64, Ordering::Relaxed);
                     self.incoming.extend_from_slice(&scratch[..read]);
                 }
                 ReadOutcome::Drained | ReadOutcome::Closed => {
@@ -170,6 +192,7 @@ impl Connection {
             return false;
         }
         wire::encode_frame(message, &mut self.outgoing);
+        self.traffic().frames_sent.fetch_add(1, Ordering::Relaxed);
         true
     }
 
@@ -180,6 +203,7 @@ impl Connection {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(written) => {
                     let _ = self.outgoing.split_to(written);
+                    self.traffic().bytes_sent.fetch_add(written as u64, Ordering::Relaxed);
                 }
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => return Ok(()),
                 Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
@@ -210,7 +234,8 @@ mod tests {
         let sender = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (accepted, address) = listener.accept().unwrap();
         accepted.set_nonblocking(true).unwrap();
-        let mut connection = Connection::new(TcpStream::from_std(accepted), Kind::PeerInbound, address);
+        let mut connection =
+            Connection::new(TcpStream::from_std(accepted), Kind::PeerInbound, address, Arc::new(Metrics::new()));
         connection.greeted = true;
         (connection, sender)
     }
@@ -244,6 +269,10 @@ mod tests {
             }
         }
         assert_eq!(received, frames_sent);
+        let traffic = connection.traffic();
+        assert_eq!(traffic.frames_received.load(Ordering::Relaxed), frames_sent as u64);
+        assert_eq!(traffic.bytes_received.load(Ordering::Relaxed), bytes.len() as u64);
+        assert_eq!(traffic.connections_open.load(Ordering::Relaxed), 1);
     }
 
     /// Before the handshake, a stranger's frame may be a few KiB at most.
@@ -261,5 +290,18 @@ mod tests {
                 break;
             }
         }
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.traffic().connections_open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+fn port_of(kind: Kind) -> Port {
+    match kind {
+        Kind::Client => Port::Client,
+        Kind::PeerInbound | Kind::PeerOutbound(_) => Port::Peer,
     }
 }

@@ -6,6 +6,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,7 +21,10 @@ use tracing::{debug, error, info, warn};
 use super::clock::BootClock;
 use super::config::{Flags, Membership};
 use super::connection::{Connection, Kind, Received, READ_CHUNK_BYTES};
+use super::metrics::{Metrics, OPERATIONS};
+use super::observer::{Identity, Observer, Turn};
 use super::snapshot::{ChunkOutcome, Receiver, Streams};
+use super::status::{StatusBoard, StatusServer};
 use super::storage::{Claim, Storage, StorageError, SyncWorker};
 use rasputin_consensus::{
     Config, LogIndex, MessageError, Nanos, NodeId, Rejection, Role, Snapshot, StartError, Term, LOG_INDEX_MAX, TERM_MAX,
@@ -92,8 +96,14 @@ impl DaemonError {
     }
 }
 
-/// A client request waiting for its answer: which connection, which request id.
-type Waiter = (Token, u64);
+/// A client request waiting for its answer.
+struct Waiter {
+    token: Token,
+    request_id: u64,
+    /// Its index in `metrics::OPERATIONS`, and when it arrived, for the metrics.
+    operation: usize,
+    arrived: Instant,
+}
 
 /// Persists on their way to disk, at one stage: staged in the batch,
 /// written unsynced, being synced, or synced.
@@ -185,6 +195,9 @@ struct Daemon {
     receiver: Receiver,
     withholding_votes: bool,
     handshakes_swept_at: Instant,
+    observer: Observer,
+    /// When the sync under way was asked for, for its latency.
+    sync_requested_at: Instant,
 }
 
 /// Runs the daemon until SIGTERM or SIGINT.
@@ -211,13 +224,32 @@ pub fn run(flags: Flags) -> Result<(), DaemonError> {
         let _ = waker.wake();
     })?;
     let advertise = flags.advertise.unwrap_or(flags.bind);
+    let client_address = SocketAddr::new(advertise, flags.cli_port).to_string();
+    let identity = Identity {
+        node_id: membership.node_id,
+        cluster_id: membership.cluster_id,
+        peer_address: SocketAddr::new(advertise, flags.peer_port).to_string(),
+        client_address: client_address.clone(),
+    };
+    let metrics = Arc::new(Metrics::new());
+    let board = Arc::new(StatusBoard::new(proto::NodeStatus::default()));
+    let status_server = match flags.status_port {
+        Some(port) => {
+            let address = SocketAddr::new(flags.bind, port);
+            let listener =
+                std::net::TcpListener::bind(address).map_err(|source| DaemonError::Listen { address, source })?;
+            info!(%address, "status server listening: /metrics, /health, /status");
+            Some(StatusServer::start(listener, board.clone(), metrics.clone())?)
+        }
+        None => None,
+    };
     let join = (claim == Claim::Fresh).then(|| Join {
         replace: flags.replace,
         answers: BTreeMap::new(),
         reported_at: Instant::now(),
     });
     let mut daemon = Daemon {
-        client_address: SocketAddr::new(advertise, flags.cli_port).to_string(),
+        client_address,
         bind: flags.bind,
         read_scratch: vec![0; READ_CHUNK_BYTES],
         proposals: Vec::new(),
@@ -250,6 +282,8 @@ pub fn run(flags: Flags) -> Result<(), DaemonError> {
         withholding_votes: false,
         handshakes_swept_at: Instant::now(),
         membership,
+        observer: Observer::new(identity, metrics, board, status_server),
+        sync_requested_at: Instant::now(),
     };
     info!(
         node = daemon.membership.node_id,
@@ -366,8 +400,10 @@ impl Daemon {
             self.flush_connections();
             self.flush_persist()?;
             self.maybe_finish_joining()?;
+            self.observe(false);
             self.warn_if_slow(turn_started.elapsed());
         }
+        self.observe(true);
         self.sync_now()?;
         self.report_synced()?;
         self.flush_connections();
@@ -380,6 +416,7 @@ impl Daemon {
             info!(signal, "received a termination signal; finishing writes and stopping");
             self.shutting_down = true;
         }
+        self.observe(true);
     }
 
     // ----- joining -----
@@ -449,7 +486,7 @@ impl Daemon {
         if kind == Kind::Client {
             self.client_connections += 1;
         }
-        self.connections.insert(token, Connection::new(stream, kind, address));
+        self.connections.insert(token, Connection::new(stream, kind, address, self.observer.metrics.clone()));
         Some(token)
     }
 
@@ -819,6 +856,13 @@ impl Daemon {
             }
         };
         let request_id = request.request_id;
+        if request.status.is_some() {
+            let status = self.observer.status(&self.turn());
+            let response = proto::ClientResponse { request_id, status: Some(status), ..Default::default() };
+            self.queue_to_client(token, &response);
+            return;
+        }
+        let operation = operation_index(&request);
         let request = match wire::client_request_from_proto(request) {
             Ok(request) => request,
             Err(error) => {
@@ -836,7 +880,8 @@ impl Daemon {
             self.respond_error(token, request_id, ErrorCode::Overloaded, message);
             return;
         }
-        self.waiting.entry((request.client_id, request.sequence)).or_default().push((token, request_id));
+        let waiter = Waiter { token, request_id, operation, arrived: Instant::now() };
+        self.waiting.entry((request.client_id, request.sequence)).or_default().push(waiter);
         self.proposals.push(request);
     }
 
@@ -847,6 +892,7 @@ impl Daemon {
             return Ok(());
         }
         let requests = std::mem::take(&mut self.proposals);
+        self.observer.metrics.proposals.fetch_add(requests.len() as u64, Ordering::Relaxed);
         self.step(Input::Clients(requests))
     }
 
@@ -910,6 +956,7 @@ impl Daemon {
                 self.staged.position = Some(position);
             }
             if let Some(snapshot) = &persist.snapshot {
+                self.observer.metrics.snapshot_installs.fetch_add(1, Ordering::Relaxed);
                 info!(index = snapshot.last_index, term = snapshot.last_term, "installing a snapshot from the leader");
                 // Entries applied next build on the snapshot, so it must be in place first.
                 self.sync_now()?;
@@ -919,6 +966,7 @@ impl Daemon {
         let persists_needed = self.staged.persists;
         self.held_messages.extend(send_after_persist.into_iter().map(|envelope| (persists_needed, envelope)));
         self.release_held_messages();
+        self.observer.metrics.commits.fetch_add(apply.len() as u64, Ordering::Relaxed);
         let started = Instant::now();
         let applied = self.storage.apply(&apply)?;
         self.turn_storage += started.elapsed();
@@ -953,6 +1001,7 @@ impl Daemon {
             let started = Instant::now();
             self.storage.write(std::mem::take(&mut self.batch), false)?;
             self.turn_storage += started.elapsed();
+            self.observer.metrics.log_written(started.elapsed());
             self.written.absorb(self.staged.take());
         }
         let unsynced = self.synced.persists < self.written.persists || self.written.compaction.is_some();
@@ -960,6 +1009,7 @@ impl Daemon {
             return Ok(());
         }
         self.syncs.request()?;
+        self.sync_requested_at = Instant::now();
         self.sync_in_flight = Some(self.written.take());
         Ok(())
     }
@@ -967,6 +1017,7 @@ impl Daemon {
     /// The sync under way is done: the messages that waited for it may leave.
     fn finish_sync(&mut self) {
         let job = self.sync_in_flight.take().expect("a sync finished, so one was under way");
+        self.observer.metrics.log_synced(self.sync_requested_at.elapsed());
         self.synced.absorb(job);
         self.release_held_messages();
     }
@@ -1060,6 +1111,7 @@ impl Daemon {
         }
         let term = node.log().term(index).expect("an applied index past the snapshot is in the log");
         let (batch, snapshot) = self.storage.compaction(index, term);
+        self.observer.metrics.compactions.fetch_add(1, Ordering::Relaxed);
         self.storage.write(batch, false)?;
         self.written.compaction = Some(snapshot);
         Ok(())
@@ -1151,6 +1203,40 @@ impl Daemon {
         Ok(())
     }
 
+    // ----- telling operators -----
+
+    /// The loop's state this turn, for the observer.
+    fn turn(&self) -> Turn<'_> {
+        Turn {
+            node: self.node.as_ref(),
+            now: self.now(),
+            storage: &self.storage,
+            leader_address: self.leader_client_address(),
+            shutting_down: self.shutting_down,
+            snapshot_sends: (self.streams.started_count, self.streams.finished_count),
+        }
+    }
+
+    fn leader_client_address(&self) -> Option<String> {
+        let leader = self.node.as_ref().and_then(Node::leader_id)?;
+        if leader == self.membership.node_id {
+            return Some(self.client_address.clone());
+        }
+        self.peer_client_addresses.get(&leader).cloned()
+    }
+
+    fn observe(&mut self, urgent: bool) {
+        let turn = Turn {
+            node: self.node.as_ref(),
+            now: self.clock.now_ns(),
+            storage: &self.storage,
+            leader_address: self.leader_client_address(),
+            shutting_down: self.shutting_down,
+            snapshot_sends: (self.streams.started_count, self.streams.finished_count),
+        };
+        self.observer.after_turn(&turn, urgent);
+    }
+
     // ----- answering clients -----
 
     fn answer_rejection(&mut self, request: &ClientRequest, rejection: Rejection) {
@@ -1169,7 +1255,9 @@ impl Daemon {
             .and_then(Node::leader_id)
             .and_then(|leader| self.peer_client_addresses.get(&leader))
             .cloned();
-        for (token, request_id) in waiters {
+        for Waiter { token, request_id, operation, arrived } in waiters {
+            let code = outcome.as_ref().map_or_else(|(code, _)| *code, |_| ErrorCode::Ok);
+            self.observer.metrics.request_answered(operation, code, arrived.elapsed());
             let response = match &outcome {
                 Ok(response) => proto::ClientResponse {
                     request_id,
@@ -1208,4 +1296,17 @@ impl Daemon {
             self.close(token, "client is not reading its responses");
         }
     }
+}
+
+/// The request's operation as an index into `metrics::OPERATIONS`.
+fn operation_index(request: &proto::ClientRequest) -> usize {
+    use proto::client_request::Operation as Wire;
+    let name = match request.operation {
+        Some(Wire::Set(_)) | None => "set",
+        Some(Wire::Get(_)) => "get",
+        Some(Wire::Cas(_)) => "cas",
+        Some(Wire::Del(_)) => "del",
+        Some(Wire::OpenSession(_)) => "open_session",
+    };
+    OPERATIONS.iter().position(|operation| *operation == name).expect("every operation is listed")
 }

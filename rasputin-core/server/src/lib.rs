@@ -3,10 +3,14 @@
 //! stores the log, the hard state and the key-value state machine.
 
 mod clock;
-mod config;
+pub mod config;
 mod connection;
 mod daemon;
+pub mod logging;
+mod metrics;
+mod observer;
 mod snapshot;
+mod status;
 mod storage;
 
 pub use config::{Flags, Membership, PeerList, SNAPSHOT_EVERY_ENTRIES_DEFAULT};

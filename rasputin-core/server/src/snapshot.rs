@@ -63,6 +63,9 @@ pub struct Streams {
     next_id: u64,
     /// Followers catching up from a snapshot that reached them.
     delivered: BTreeMap<NodeId, Delivered>,
+    /// Transfers begun and transfers a follower confirmed, for the metrics.
+    pub started_count: u64,
+    pub finished_count: u64,
 }
 
 /// A stream to one follower.
@@ -119,6 +122,8 @@ impl Streams {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(1, |since| since.as_nanos() as u64),
             delivered: BTreeMap::new(),
+            started_count: 0,
+            finished_count: 0,
         })
     }
 
@@ -145,6 +150,7 @@ impl Streams {
             return;
         }
         self.next_id += 1;
+        self.started_count += 1;
         info!(peer, transfer = id, "streaming a snapshot to a follower behind the log");
         let now = Instant::now();
         self.transfers.insert(
@@ -330,6 +336,7 @@ impl Streams {
             let seconds = transfer.started_at.elapsed().as_secs_f64();
             info!(peer, index, bytes = transfer.bytes_sent, seconds, "a snapshot reached a follower");
             self.closing.push(transfer.id);
+            self.finished_count += 1;
             self.delivered.insert(peer, Delivered { at: Instant::now(), index, connection: transfer.connection });
         }
     }

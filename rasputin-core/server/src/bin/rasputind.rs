@@ -2,16 +2,25 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
-use rasputin_server::{run, Flags};
+use rasputin_server::{config, logging, run};
 
 fn main() -> ExitCode {
-    let flags = Flags::parse();
-    if let Err(message) = init_logging(&flags) {
+    let configuration = match config::parse(std::env::args_os()) {
+        Ok(configuration) => configuration,
+        Err(error) => error.exit(),
+    };
+    let flags = &configuration.flags;
+    let node_id = flags.membership().ok().map(|membership| membership.node_id);
+    if let Err(message) = logging::init(flags, node_id) {
         eprintln!("rasputind: {message}");
         return ExitCode::from(2);
     }
-    match run(flags) {
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        config = %configuration.describe(),
+        "rasputind starting"
+    );
+    match run(configuration.flags) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!(%error, "rasputind stopped");
@@ -19,27 +28,4 @@ fn main() -> ExitCode {
             ExitCode::from(error.exit_code() as u8)
         }
     }
-}
-
-/// Structured logs to --logfile (appending) or standard error; RUST_LOG sets the level.
-fn init_logging(flags: &Flags) -> Result<(), String> {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(false);
-    match &flags.logfile {
-        Some(path) => {
-            if let Some(parent) = path.parent().filter(|parent| !parent.as_os_str().is_empty()) {
-                std::fs::create_dir_all(parent)
-                    .map_err(|error| format!("cannot create {}: {error}", parent.display()))?;
-            }
-            let file = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .map_err(|error| format!("cannot open --logfile {}: {error}", path.display()))?;
-            builder.with_writer(std::sync::Mutex::new(file)).init();
-        }
-        None => builder.with_writer(std::io::stderr).init(),
-    }
-    Ok(())
 }

@@ -1,0 +1,149 @@
+//! What the event loop tells operators: after each turn it reads consensus
+//! and storage into the metrics and the status board, which the status
+//! server and the client port's status request serve.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rasputin_consensus::{Nanos, NodeId, Role};
+use rasputin_kv::operation::Node;
+use rasputin_kv::wire::proto;
+
+use crate::metrics::Metrics;
+use crate::status::{StatusBoard, StatusServer};
+use crate::storage::Storage;
+
+/// The board is republished at most this often: a turn can be a few
+/// microseconds, and a status is a dozen fields and four strings.
+const PUBLISH_INTERVAL: Duration = Duration::from_millis(50);
+/// RocksDB's size is read this often.
+const STORAGE_SIZE_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Who this node is, for its status.
+pub struct Identity {
+    pub node_id: NodeId,
+    pub cluster_id: u64,
+    pub peer_address: String,
+    pub client_address: String,
+}
+
+/// What consensus and the loop look like this turn.
+pub struct Turn<'a> {
+    pub node: Option<&'a Node>,
+    pub now: Nanos,
+    pub storage: &'a Storage,
+    /// The leader's client address, when known.
+    pub leader_address: Option<String>,
+    pub shutting_down: bool,
+    pub snapshot_sends: (u64, u64),
+}
+
+pub struct Observer {
+    identity: Identity,
+    pub metrics: Arc<Metrics>,
+    board: Arc<StatusBoard>,
+    /// Serves the board and the metrics over HTTP while it lives.
+    _server: Option<StatusServer>,
+    started: Instant,
+    published_at: Option<Instant>,
+    sized_at: Option<Instant>,
+    leader_seen: Option<NodeId>,
+    lease_end_seen: Option<Nanos>,
+    lease_held_seen: bool,
+}
+
+impl Observer {
+    pub fn new(
+        identity: Identity,
+        metrics: Arc<Metrics>,
+        board: Arc<StatusBoard>,
+        server: Option<StatusServer>,
+    ) -> Observer {
+        Observer {
+            identity,
+            metrics,
+            board,
+            _server: server,
+            started: Instant::now(),
+            published_at: None,
+            sized_at: None,
+            leader_seen: None,
+            lease_end_seen: None,
+            lease_held_seen: false,
+        }
+    }
+
+    /// Counts what changed since the last turn, and republishes the status
+    /// when it is due or `urgent`.
+    pub fn after_turn(&mut self, turn: &Turn, urgent: bool) {
+        if let Some(node) = turn.node {
+            self.count_leadership(node, turn.now);
+        }
+        let (started, finished) = turn.snapshot_sends;
+        self.metrics.snapshot_sends_started.store(started, Ordering::Relaxed);
+        self.metrics.snapshot_sends_finished.store(finished, Ordering::Relaxed);
+        let now = Instant::now();
+        if self.sized_at.is_none_or(|at| now.duration_since(at) >= STORAGE_SIZE_INTERVAL) {
+            self.sized_at = Some(now);
+            self.metrics.storage_bytes.store(turn.storage.size_bytes(), Ordering::Relaxed);
+        }
+        if urgent || self.published_at.is_none_or(|at| now.duration_since(at) >= PUBLISH_INTERVAL) {
+            self.published_at = Some(now);
+            self.board.publish(self.status(turn));
+        }
+    }
+
+    fn count_leadership(&mut self, node: &Node, now: Nanos) {
+        let leader = node.leader_id();
+        if leader.is_some() && leader != self.leader_seen {
+            self.metrics.leader_changes.fetch_add(1, Ordering::Relaxed);
+        }
+        self.leader_seen = leader;
+        let lease_end = node.lease_end();
+        if let (Some(end), Some(seen)) = (lease_end, self.lease_end_seen) {
+            if end > seen {
+                self.metrics.lease_renewals.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.lease_end_seen = lease_end;
+        let held = node.holds_lease(now);
+        if self.lease_held_seen && !held && node.role() == Role::Leader {
+            self.metrics.lease_lapses.fetch_add(1, Ordering::Relaxed);
+        }
+        self.lease_held_seen = held;
+    }
+
+    /// This node's status as of `turn`.
+    pub fn status(&self, turn: &Turn) -> proto::NodeStatus {
+        let mut status = proto::NodeStatus {
+            node_id: self.identity.node_id,
+            cluster_id: self.identity.cluster_id,
+            peer_address: self.identity.peer_address.clone(),
+            client_address: self.identity.client_address.clone(),
+            role: "joining".to_string(),
+            uptime_seconds: self.started.elapsed().as_secs(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            shutting_down: turn.shutting_down,
+            applied_index: turn.storage.applied().0,
+            leader_address: turn.leader_address.clone().unwrap_or_default(),
+            ..Default::default()
+        };
+        if let Some(node) = turn.node {
+            status.role = match node.role() {
+                Role::Leader => "leader",
+                Role::Follower => "follower",
+                _ => "candidate",
+            }
+            .to_string();
+            status.term = node.term();
+            status.leader_id = node.leader_id().unwrap_or(0);
+            status.lease_held = node.sees_leased_leader(turn.now);
+            status.commit_index = node.commit_index();
+            status.log_entries = node.log().last_index() - node.log().snapshot_index();
+            status.log_bytes = node.log().bytes() as u64;
+            status.snapshot_index = node.log().snapshot_index();
+        }
+        status
+    }
+}
