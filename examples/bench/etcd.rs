@@ -4,7 +4,7 @@
 use etcd_client::{Client, Compare, CompareOp, Txn, TxnOp};
 use tokio::runtime::Runtime;
 
-use crate::store::Store;
+use rasputin_cli::load::Store;
 
 pub struct EtcdStore {
     runtime: Runtime,

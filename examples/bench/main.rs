@@ -5,36 +5,18 @@
 
 #[cfg(feature = "etcd")]
 mod etcd;
-mod store;
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
-use hdrhistogram::Histogram;
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
-
-use store::{RasputinStore, Store};
+use rasputin_cli::load::{self, Mix, RasputinStore, Settings, Store, Summary};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum System {
     Rasputin,
     Etcd,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-enum Mix {
-    /// Every operation writes.
-    Put,
-    /// Every operation is a linearizable read.
-    Get,
-    /// Half reads, half writes.
-    Mixed,
-    /// Every operation is a compare-and-swap that succeeds.
-    Cas,
 }
 
 #[derive(Parser, Debug)]
@@ -69,12 +51,6 @@ struct Arguments {
     operations_max: u64,
 }
 
-/// Connections that write every key before a read or cas workload, however
-/// few clients are measured.
-const PRELOAD_CLIENTS_COUNT: usize = 32;
-/// Latencies are recorded in microseconds, up to a minute, to 3 significant digits.
-const LATENCY_MICROSECONDS_MAX: u64 = 60_000_000;
-
 fn open(arguments: &Arguments, endpoints: &[String]) -> Result<Box<dyn Store>, String> {
     match arguments.system {
         System::Rasputin => {
@@ -82,7 +58,7 @@ fn open(arguments: &Arguments, endpoints: &[String]) -> Result<Box<dyn Store>, S
                 .iter()
                 .map(|endpoint| endpoint.parse().map_err(|error| format!("{endpoint:?}: {error}")))
                 .collect::<Result<_, _>>()?;
-            Ok(Box::new(RasputinStore::new(peers)))
+            Ok(Box::new(RasputinStore::new(rasputin::Client::new(peers, 1))))
         }
         #[cfg(feature = "etcd")]
         System::Etcd => Ok(Box::new(etcd::EtcdStore::connect(&endpoints[0])?)),
@@ -91,77 +67,6 @@ fn open(arguments: &Arguments, endpoints: &[String]) -> Result<Box<dyn Store>, S
             Err("this rasputin-bench was built without the etcd feature; build with --features etcd".into())
         }
     }
-}
-
-fn key(number: u64) -> Vec<u8> {
-    format!("bench/{number:08}").into_bytes()
-}
-
-/// Writes every key once, so that reads and swaps find a value.
-fn preload(stores: &mut [Box<dyn Store>], keys: u64, value: &[u8]) -> Result<(), String> {
-    let count = stores.len() as u64;
-    std::thread::scope(|scope| {
-        let workers: Vec<_> = stores
-            .iter_mut()
-            .enumerate()
-            .map(|(index, store)| {
-                scope.spawn(move || -> Result<(), String> {
-                    (index as u64..keys).step_by(count as usize).try_for_each(|number| store.put(&key(number), value))
-                })
-            })
-            .collect();
-        workers.into_iter().try_for_each(|worker| worker.join().expect("a preload thread panicked"))
-    })
-}
-
-struct Outcome {
-    latencies: Histogram<u64>,
-    errors: u64,
-    first_error: Option<String>,
-}
-
-struct Shared<'a> {
-    arguments: &'a Arguments,
-    value: Vec<u8>,
-    measuring: AtomicBool,
-    stop: AtomicBool,
-    measured: AtomicU64,
-}
-
-fn run_client(shared: &Shared, store: &mut dyn Store, seed: u64) -> Outcome {
-    let mut random = ChaCha8Rng::seed_from_u64(seed);
-    let mut latencies = Histogram::new_with_max(LATENCY_MICROSECONDS_MAX, 3).expect("valid histogram bounds");
-    let (mut errors, mut first_error) = (0, None);
-    while !shared.stop.load(Ordering::Relaxed) {
-        let key = key(random.gen_range(0..shared.arguments.keys));
-        let read = match shared.arguments.mix {
-            Mix::Put | Mix::Cas => false,
-            Mix::Get => true,
-            Mix::Mixed => random.gen_bool(0.5),
-        };
-        let started = Instant::now();
-        let result = match (shared.arguments.mix, read) {
-            (Mix::Cas, _) => store.cas(&key, &shared.value, &shared.value),
-            (_, true) => store.get(&key),
-            (_, false) => store.put(&key, &shared.value),
-        };
-        let elapsed = started.elapsed();
-        if !shared.measuring.load(Ordering::Relaxed) {
-            continue;
-        }
-        if shared.measured.fetch_add(1, Ordering::Relaxed) >= shared.arguments.operations_max {
-            shared.stop.store(true, Ordering::Relaxed);
-            break;
-        }
-        match result {
-            Ok(()) => latencies.saturating_record(elapsed.as_micros() as u64),
-            Err(error) => {
-                errors += 1;
-                first_error.get_or_insert(error);
-            }
-        }
-    }
-    Outcome { latencies, errors, first_error }
 }
 
 fn main() -> ExitCode {
@@ -177,70 +82,45 @@ fn main() -> ExitCode {
             }
         }
     }
-    let value = vec![b'v'; arguments.value_bytes];
+    let settings = Settings {
+        mix: arguments.mix,
+        value_bytes: arguments.value_bytes,
+        keys: arguments.keys,
+        warmup: Duration::from_secs_f64(arguments.warmup_seconds),
+        duration: Duration::from_secs_f64(arguments.seconds),
+        operations_max: arguments.operations_max,
+    };
     if arguments.mix != Mix::Put && !arguments.no_preload {
+        let value = vec![b'v'; arguments.value_bytes];
         let loaders: Result<Vec<Box<dyn Store>>, String> =
-            (0..PRELOAD_CLIENTS_COUNT).map(|_| open(&arguments, &endpoints)).collect();
-        if let Err(error) = loaders.and_then(|mut loaders| preload(&mut loaders, arguments.keys, &value)) {
+            (0..load::PRELOAD_CLIENTS_COUNT).map(|_| open(&arguments, &endpoints)).collect();
+        if let Err(error) = loaders.and_then(|mut loaders| load::preload(&mut loaders, arguments.keys, &value)) {
             eprintln!("rasputin-bench: preloading the keys failed: {error}");
             return ExitCode::from(1);
         }
     }
-    let shared = Shared {
-        arguments: &arguments,
-        value,
-        measuring: AtomicBool::new(false),
-        stop: AtomicBool::new(false),
-        measured: AtomicU64::new(0),
-    };
-    let (outcomes, seconds) = std::thread::scope(|scope| {
-        let workers: Vec<_> = stores
-            .iter_mut()
-            .enumerate()
-            .map(|(index, store)| {
-                let shared = &shared;
-                scope.spawn(move || run_client(shared, store.as_mut(), index as u64))
-            })
-            .collect();
-        std::thread::sleep(Duration::from_secs_f64(arguments.warmup_seconds));
-        shared.measuring.store(true, Ordering::SeqCst);
-        let started = Instant::now();
-        let deadline = started + Duration::from_secs_f64(arguments.seconds);
-        while Instant::now() < deadline && !shared.stop.load(Ordering::SeqCst) {
-            std::thread::sleep(Duration::from_millis(10).min(deadline.saturating_duration_since(Instant::now())));
-        }
-        shared.measuring.store(false, Ordering::SeqCst);
-        let seconds = started.elapsed().as_secs_f64();
-        shared.stop.store(true, Ordering::SeqCst);
-        let outcomes: Vec<Outcome> =
-            workers.into_iter().map(|worker| worker.join().expect("a client thread panicked")).collect();
-        (outcomes, seconds)
-    });
-    report(&arguments, &outcomes, seconds)
+    let summary = load::run(&mut stores, &settings, |_| {});
+    report(&arguments, &summary)
 }
 
-fn report(arguments: &Arguments, outcomes: &[Outcome], seconds: f64) -> ExitCode {
-    let mut latencies = Histogram::<u64>::new_with_max(LATENCY_MICROSECONDS_MAX, 3).expect("valid histogram bounds");
-    for outcome in outcomes {
-        latencies.add(&outcome.latencies).expect("histograms with the same bounds add");
-    }
-    let errors: u64 = outcomes.iter().map(|outcome| outcome.errors).sum();
-    let milliseconds = |quantile: f64| latencies.value_at_quantile(quantile) as f64 / 1000.0;
+fn report(arguments: &Arguments, summary: &Summary) -> ExitCode {
     println!(
-        "system={:?} mix={:?} clients={} value_bytes={} keys={} ops={} seconds={seconds:.2} ops_per_second={:.0} p50_ms={:.3} p99_ms={:.3} p999_ms={:.3} errors={errors}",
+        "system={:?} mix={:?} clients={} value_bytes={} keys={} ops={} seconds={:.2} ops_per_second={:.0} p50_ms={:.3} p99_ms={:.3} p999_ms={:.3} errors={}",
         arguments.system,
         arguments.mix,
         arguments.clients,
         arguments.value_bytes,
         arguments.keys,
-        latencies.len(),
-        latencies.len() as f64 / seconds,
-        milliseconds(0.5),
-        milliseconds(0.99),
-        milliseconds(0.999),
+        summary.operations(),
+        summary.seconds,
+        summary.operations_per_second(),
+        summary.milliseconds(0.5),
+        summary.milliseconds(0.99),
+        summary.milliseconds(0.999),
+        summary.errors,
     );
-    if let Some(error) = outcomes.iter().find_map(|outcome| outcome.first_error.as_ref()) {
-        eprintln!("rasputin-bench: {errors} operations failed; the first: {error}");
+    if let Some(error) = &summary.first_error {
+        eprintln!("rasputin-bench: {} operations failed; the first: {error}", summary.errors);
         return ExitCode::from(1);
     }
     ExitCode::SUCCESS
