@@ -100,8 +100,11 @@ if ! "$python" -m venv --clear "$venv" >/dev/null 2>&1; then
     python=/usr/bin/python3
     "$python" -m venv --clear "$venv"
 fi
-"$venv/bin/python" -m pip install --quiet --disable-pip-version-check ./bindings/python pytest
+"$venv/bin/python" -m pip install --quiet --disable-pip-version-check ./bindings/python pytest prometheus_client
 "$venv/bin/python" -m pytest -q bindings/python/tests
+
+step "operations: the rasputin CLI, /metrics (parsed by prometheus_client), /health, JSON logs, flags from the environment and a config file"
+"$venv/bin/python" -m pytest -q ci/operations
 
 step "JVM: mvn verify in bindings/java (cargo builds the JNI library into the jar; JUnit 5 against a real cluster)"
 (cd bindings/java && mvn -B -ntp verify)
