@@ -18,11 +18,21 @@ pub enum NemesisKind {
     Pause,
     /// Skew a node's clock rate to the edge of the allowed drift.
     Clock,
+    /// Both at once: the leader's clock at the edge of the drift bound while
+    /// two nodes lose each other. Single faults rarely reach the window
+    /// where lease margins matter; this one aims at it.
+    SkewedPartial,
 }
 
 impl NemesisKind {
-    pub const ALL: [NemesisKind; 5] =
-        [NemesisKind::Partition, NemesisKind::Partial, NemesisKind::Crash, NemesisKind::Pause, NemesisKind::Clock];
+    pub const ALL: [NemesisKind; 6] = [
+        NemesisKind::Partition,
+        NemesisKind::Partial,
+        NemesisKind::Crash,
+        NemesisKind::Pause,
+        NemesisKind::Clock,
+        NemesisKind::SkewedPartial,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -31,6 +41,7 @@ impl NemesisKind {
             NemesisKind::Crash => "crash",
             NemesisKind::Pause => "pause",
             NemesisKind::Clock => "clock",
+            NemesisKind::SkewedPartial => "skewed-partial",
         }
     }
 

@@ -322,3 +322,17 @@ fn sessions_that_expire_all_the_time_break_nothing() {
     }
     assert!(refusals > 100, "only {refusals} requests met an expired session");
 }
+
+/// Issue 16: a skewed clock at the drift bound together with a partial cut,
+/// the combination single faults rarely reach, breaks nothing.
+#[test]
+fn a_skewed_clock_during_a_partial_cut_breaks_nothing() {
+    let config = SimConfig::new(3, ElectionMode::Harpoon, vec![NemesisKind::SkewedPartial]);
+    for seed in 0..60 {
+        let report = run_seed(&config, seed);
+        assert_eq!(report.violation, None, "replay with rasputin-sim --seed {seed} --seeds 1 --nemesis skewed-partial");
+        let combined =
+            report.faults.iter().filter(|fault| fault.contains("clock rate") && fault.contains(" and ")).count();
+        assert!(combined > 0, "seed {seed} injected no combined fault: {:?}", report.faults);
+    }
+}

@@ -141,6 +141,8 @@ enum ActiveFault {
     Crashed(Vec<usize>),
     Paused(Vec<usize>),
     Clock(usize),
+    /// A skewed clock and a network fault, healed together.
+    SkewedNetwork(usize),
 }
 
 /// Runs one seed to completion, with every check. A panic inside consensus
@@ -755,13 +757,33 @@ impl<'a> World<'a> {
             }
             NemesisKind::Clock => {
                 let victim = leader.unwrap_or_else(|| self.rng.gen_range(0..nodes));
-                let epsilon = self.config.clock_epsilon;
-                let rate = if self.rng.gen_bool(0.5) { 1.0 + epsilon } else { 1.0 - epsilon };
-                self.servers[victim].clock.set_rate(self.now_ns, rate);
-                self.kick(victim)?;
-                (ActiveFault::Clock(victim), format!("clock rate of {} to {rate:.4}", victim + 1), duration_ns)
+                let description = self.skew_clock(victim)?;
+                (ActiveFault::Clock(victim), description, duration_ns)
+            }
+            NemesisKind::SkewedPartial => {
+                let victim = leader.unwrap_or_else(|| self.rng.gen_range(0..nodes));
+                let skew = self.skew_clock(victim)?;
+                let cut = nemesis::partial(&mut self.network, &mut self.rng, nodes, leader);
+                (ActiveFault::SkewedNetwork(victim), format!("{skew} and {cut}"), duration_ns)
             }
         })
+    }
+
+    /// Sets `victim`'s clock rate to one edge of the allowed drift.
+    fn skew_clock(&mut self, victim: usize) -> Result<String, Breach> {
+        let epsilon = self.config.clock_epsilon;
+        let rate = if self.rng.gen_bool(0.5) { 1.0 + epsilon } else { 1.0 - epsilon };
+        self.servers[victim].clock.set_rate(self.now_ns, rate);
+        self.kick(victim)?;
+        Ok(format!("clock rate of {} to {rate:.4}", victim + 1))
+    }
+
+    /// Gives `victim`'s clock a random rate within the allowed drift.
+    fn unskew_clock(&mut self, victim: usize) -> Result<(), Breach> {
+        let epsilon = self.config.clock_epsilon;
+        let rate = 1.0 + self.rng.gen_range(-epsilon..=epsilon);
+        self.servers[victim].clock.set_rate(self.now_ns, rate);
+        self.kick(victim)
     }
 
     fn victims(&mut self, leader: Option<usize>) -> Vec<usize> {
@@ -792,11 +814,10 @@ impl<'a> World<'a> {
                     self.resume(victim)?;
                 }
             }
-            ActiveFault::Clock(victim) => {
-                let epsilon = self.config.clock_epsilon;
-                let rate = 1.0 + self.rng.gen_range(-epsilon..=epsilon);
-                self.servers[victim].clock.set_rate(self.now_ns, rate);
-                self.kick(victim)?;
+            ActiveFault::Clock(victim) => self.unskew_clock(victim)?,
+            ActiveFault::SkewedNetwork(victim) => {
+                self.network.heal();
+                self.unskew_clock(victim)?;
             }
         }
         Ok(())

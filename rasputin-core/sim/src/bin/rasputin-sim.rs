@@ -23,7 +23,7 @@ struct Arguments {
     /// Cluster size.
     #[arg(long, default_value_t = 3, value_parser = parse_nodes)]
     nodes: usize,
-    /// Faults to inject: all, partition, partial, crash, pause, clock or none.
+    /// Faults to inject: all, partition, partial, crash, pause, clock, skewed-partial or none.
     #[arg(long, default_value = "all", value_parser = parse_nemesis)]
     nemesis: NemesisSet,
     /// Leader election: harpoon, raft or raft-pv-cq.
@@ -73,9 +73,9 @@ fn parse_nodes(text: &str) -> Result<usize, String> {
 struct NemesisSet(Vec<NemesisKind>);
 
 fn parse_nemesis(text: &str) -> Result<NemesisSet, String> {
-    NemesisKind::parse_set(text)
-        .map(NemesisSet)
-        .ok_or_else(|| format!("unknown nemesis {text}: use all, partition, partial, crash, pause, clock or none"))
+    NemesisKind::parse_set(text).map(NemesisSet).ok_or_else(|| {
+        format!("unknown nemesis {text}: use all, partition, partial, crash, pause, clock, skewed-partial or none")
+    })
 }
 
 fn parse_election(text: &str) -> Result<ElectionMode, String> {
