@@ -34,7 +34,7 @@ fi
 step "building the workspace (release)"
 cargo build --release --locked
 
-step "Rust tests: consensus, state machine, checker, simulator, real daemons"
+step "Rust tests: consensus, state machine, checker, simulator, the bounded model check, real daemons"
 # Release mode reuses the build above and runs the simulator seeds ~10x faster.
 cargo test --release --locked
 

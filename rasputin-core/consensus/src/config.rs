@@ -47,6 +47,10 @@ pub struct Faults {
     /// quorum round, and keep leading after the lease runs out: the classic
     /// stale read of a deposed leader that does not know it was deposed.
     pub reads_ignore_lease: bool,
+    /// Grant votes and pre-votes whatever the candidate's log holds: Raft
+    /// without its up-to-date check, so that a leader may lack committed
+    /// entries. The model checker must find the consequence.
+    pub votes_ignore_logs: bool,
 }
 
 #[derive(Clone, Debug)]

@@ -211,6 +211,7 @@ fn check_recovered<C>(recovered: &Recovered<C>) -> Result<(), String> {
     Ok(())
 }
 
+#[derive(Clone, Debug)]
 pub struct Node<C> {
     config: Config,
     rules: LeaderRules,
@@ -552,10 +553,14 @@ impl<C: Command> Node<C> {
         }
     }
 
+    /// Raft's up-to-date rule: a candidate whose log ends at
+    /// (`last_log_term`, `last_log_index`) may get this node's vote.
+    fn log_allows(&self, last_log_index: LogIndex, last_log_term: Term) -> bool {
+        self.config.faults.votes_ignore_logs || self.log.at_most_as_up_to_date_as(last_log_index, last_log_term)
+    }
+
     fn on_pre_vote(&mut self, from: NodeId, term: Term, last_log_index: LogIndex, last_log_term: Term) {
-        let granted = term > self.term()
-            && self.log.at_most_as_up_to_date_as(last_log_index, last_log_term)
-            && !self.bound_against(from);
+        let granted = term > self.term() && self.log_allows(last_log_index, last_log_term) && !self.bound_against(from);
         let term = if granted { term } else { self.term() };
         self.send(from, Message::PreVoteResponse { term, granted });
     }
@@ -584,7 +589,7 @@ impl<C: Command> Node<C> {
             self.become_follower(term, None);
         }
         let free = self.hard_state.voted_for.is_none_or(|voted| voted == from);
-        let granted = free && self.log.at_most_as_up_to_date_as(last_log_index, last_log_term);
+        let granted = free && self.log_allows(last_log_index, last_log_term);
         if granted {
             self.hard_state.voted_for = Some(from);
             self.hard_state_dirty = true;

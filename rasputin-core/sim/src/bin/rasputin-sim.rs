@@ -47,8 +47,8 @@ struct Arguments {
     /// daemon). A few make sessions expire all the time.
     #[arg(long)]
     sessions_max: Option<usize>,
-    /// Build in a deliberate bug, to see the checks catch it: lease-without-margin, read-before-noop or stale-reads.
-    #[arg(long, value_parser = ["lease-without-margin", "read-before-noop", "stale-reads"])]
+    /// Build in a deliberate bug, to see the checks catch it: lease-without-margin, read-before-noop, stale-reads or votes-ignore-logs.
+    #[arg(long, value_parser = ["lease-without-margin", "read-before-noop", "stale-reads", "votes-ignore-logs"])]
     bug: Option<String>,
     /// Write each seed's client history to DIR/seed-S.jsonl (format: docs/history.md).
     #[arg(long, value_name = "DIR")]
@@ -87,6 +87,7 @@ fn faults_for(bug: Option<&str>) -> Faults {
         lease_without_drift_margin: bug == Some("lease-without-margin"),
         read_before_noop_commits: bug == Some("read-before-noop"),
         reads_ignore_lease: bug == Some("stale-reads"),
+        votes_ignore_logs: bug == Some("votes-ignore-logs"),
     }
 }
 

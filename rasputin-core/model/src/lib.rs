@@ -1,0 +1,355 @@
+//! A bounded, exhaustive check of the real sans-IO consensus core.
+//!
+//! The state is a cluster of real `Node`s, the messages in flight, each
+//! node's disk, and what was committed. The checker (stateright) explores
+//! every order of these actions, to a depth bound:
+//! - deliver any message in flight, lose it, or deliver it and keep a copy
+//!   (duplication, within a budget);
+//! - let time pass to the next deadline any node has (every clock reads
+//!   true time: this model has no drift; the simulator covers drift);
+//! - hand a client write to any node (within a budget);
+//! - crash a node and restart it from its disk (within a budget).
+//!
+//! The driver here is the daemon's contract at its strictest: a Ready's
+//! persist is synced before its held messages leave, and `Persisted` comes
+//! back at once. After every step the properties the simulator checks are
+//! checked: one leader per term, at most one valid lease, log matching,
+//! leader completeness and state-machine safety.
+
+use std::collections::BTreeMap;
+use std::hash::{Hash, Hasher};
+
+use rasputin_consensus::{
+    Command, Config, ElectionMode, Entry, Envelope, Faults, HardState, Input, LogIndex, Nanos, Node, NodeId, Ready,
+    Recovered, Role, Term,
+};
+use stateright::{Model, Property};
+
+/// A client write; consensus sees only that it is not a read.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Write {
+    pub number: u64,
+}
+
+impl Command for Write {
+    fn is_read(&self) -> bool {
+        false
+    }
+
+    fn size_bytes(&self) -> usize {
+        8
+    }
+}
+
+/// What one checking run explores.
+#[derive(Clone, Debug)]
+pub struct Bounds {
+    pub nodes: usize,
+    pub mode: ElectionMode,
+    pub faults: Faults,
+    /// Client writes handed to nodes, over the whole run.
+    pub writes: u64,
+    pub crashes: u32,
+    pub duplicates: u32,
+    /// Messages in flight beyond which no more time passes: a bound on the
+    /// state space, not on the protocol.
+    pub messages_in_flight_max: usize,
+}
+
+/// One node's disk: what the driver has synced for it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Disk {
+    pub hard_state: HardState,
+    pub entries: Vec<Entry<Write>>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Cluster {
+    pub nodes: Vec<Node<Write>>,
+    pub disks: Vec<Disk>,
+    /// Messages in flight, kept sorted so that equal states compare equal.
+    pub network: Vec<Envelope<Write>>,
+    pub now: Nanos,
+    /// Each node's next deadline, from its last Ready.
+    pub deadlines: Vec<Nanos>,
+    pub writes_made: u64,
+    pub crashes_made: u32,
+    pub duplicates_made: u32,
+    /// The leader of each term seen.
+    pub leaders: BTreeMap<Term, NodeId>,
+    /// The first entry applied at each index, with the term of the node
+    /// that applied it: the entry was committed in that term or earlier, so
+    /// every leader of a later term must hold it.
+    pub committed: BTreeMap<LogIndex, (Entry<Write>, Term)>,
+    /// Broken properties, as found while stepping.
+    pub broken: Vec<String>,
+}
+
+impl Hash for Cluster {
+    fn hash<H: Hasher>(&self, hasher: &mut H) {
+        // Node holds maps and an RNG, none of them Hash; its Debug form
+        // names every field, so equal forms are equal states.
+        for node in &self.nodes {
+            format!("{node:?}").hash(hasher);
+        }
+        self.disks.hash(hasher);
+        self.network.hash(hasher);
+        self.deadlines.hash(hasher);
+        (self.now, self.writes_made, self.crashes_made, self.duplicates_made).hash(hasher);
+        self.broken.hash(hasher);
+    }
+}
+
+impl PartialEq for Cluster {
+    fn eq(&self, other: &Cluster) -> bool {
+        let forms = |cluster: &Cluster| cluster.nodes.iter().map(|node| format!("{node:?}")).collect::<Vec<_>>();
+        self.disks == other.disks
+            && self.network == other.network
+            && self.deadlines == other.deadlines
+            && (self.now, self.writes_made, self.crashes_made, self.duplicates_made)
+                == (other.now, other.writes_made, other.crashes_made, other.duplicates_made)
+            && self.broken == other.broken
+            && forms(self) == forms(other)
+    }
+}
+
+impl Eq for Cluster {}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Action {
+    Deliver(usize),
+    DeliverAndKeep(usize),
+    Lose(usize),
+    PassTime,
+    Write(usize),
+    CrashAndRestart(usize),
+}
+
+/// The model: `Bounds` and the real core.
+pub struct Harpoon {
+    pub bounds: Bounds,
+}
+
+const ELECTION_TIMEOUT_NS: Nanos = 1_000_000_000;
+
+impl Harpoon {
+    fn config(&self, id: NodeId) -> Config {
+        let mut config = Config::new(id, (1..=self.bounds.nodes as NodeId).collect());
+        config.mode = self.bounds.mode;
+        config.faults = self.bounds.faults;
+        config.election_timeout_ns = ELECTION_TIMEOUT_NS;
+        config
+    }
+
+    fn start(&self, id: NodeId, disk: &Disk, now: Nanos) -> Node<Write> {
+        let recovered =
+            Recovered { hard_state: disk.hard_state, entries: disk.entries.clone(), ..Recovered::default() };
+        // One seed per node: the election timeouts differ, and a state is
+        // a function of the actions that led to it.
+        Node::new(self.config(id), recovered, id, now).expect("a disk this driver wrote recovers")
+    }
+
+    /// Steps node `index` with `input` and carries out what it asks.
+    fn step(&self, cluster: &mut Cluster, index: usize, input: Input<Write>) {
+        let now = cluster.now;
+        let ready = cluster.nodes[index].step(now, input);
+        self.carry_out(cluster, index, ready);
+        check_node(cluster, index);
+    }
+
+    fn carry_out(&self, cluster: &mut Cluster, index: usize, ready: Ready<Write>) {
+        let Ready { persist, send, send_after_persist, apply, next_deadline, .. } = ready;
+        cluster.deadlines[index] = next_deadline;
+        cluster.network.extend(send);
+        let position = persist.last_position();
+        let disk = &mut cluster.disks[index];
+        if let Some(hard_state) = persist.hard_state {
+            disk.hard_state = hard_state;
+        }
+        if let Some(first) = persist.entries.first() {
+            disk.entries.retain(|entry| entry.index < first.index);
+            disk.entries.extend(persist.entries.iter().cloned());
+        }
+        // Synced: what waited for the disk may leave.
+        cluster.network.extend(send_after_persist);
+        cluster.network.sort_by_key(|envelope| format!("{envelope:?}"));
+        let term = cluster.nodes[index].term();
+        for entry in apply {
+            match cluster.committed.get(&entry.index) {
+                Some((first, _)) if *first != entry => cluster.broken.push(format!(
+                    "state-machine safety: node {} applied {entry:?} at {} where {first:?} was applied",
+                    index + 1,
+                    entry.index
+                )),
+                Some(_) => {}
+                None => {
+                    cluster.committed.insert(entry.index, (entry, term));
+                }
+            }
+        }
+        if let Some((index_synced, term)) = position {
+            self.step(cluster, index, Input::Persisted { index: index_synced, term });
+        }
+    }
+
+    /// Time jumps to the earliest deadline: nothing happens in between.
+    fn next_deadline(cluster: &Cluster) -> Nanos {
+        let earliest = cluster.deadlines.iter().copied().min().unwrap_or(cluster.now);
+        earliest.max(cluster.now + 1)
+    }
+}
+
+/// The checks that need one node's state after it stepped.
+fn check_node(cluster: &mut Cluster, index: usize) {
+    let node = &cluster.nodes[index];
+    if node.role() == Role::Leader {
+        let id = index as NodeId + 1;
+        let term = node.term();
+        match cluster.leaders.get(&term) {
+            Some(&other) if other != id => {
+                cluster.broken.push(format!("election safety: nodes {other} and {id} both led term {term}"))
+            }
+            _ => {
+                cluster.leaders.insert(term, id);
+            }
+        }
+        for (committed_index, (entry, committed_by)) in &cluster.committed {
+            let held = node.log().entry(*committed_index);
+            if term > *committed_by && *committed_index > node.log().snapshot_index() && held != Some(entry) {
+                cluster.broken.push(format!(
+                    "leader completeness: leader {id} of term {term} lacks committed {entry:?} (holds {held:?})"
+                ));
+            }
+        }
+    }
+}
+
+/// Log matching over every pair of nodes: an (index, term) pair names the
+/// same entry, and the same history before it, everywhere.
+fn logs_match(cluster: &Cluster) -> bool {
+    let logs: Vec<_> = cluster.nodes.iter().map(Node::log).collect();
+    for (first, a) in logs.iter().enumerate() {
+        for b in &logs[first + 1..] {
+            let last = a.last_index().min(b.last_index());
+            let floor = a.snapshot_index().max(b.snapshot_index());
+            let mut matched = false;
+            for index in (floor + 1..=last).rev() {
+                let (x, y) = (a.entry(index), b.entry(index));
+                if matched && x != y {
+                    return false;
+                }
+                if x.is_some() && x.map(|entry| entry.term) == y.map(|entry| entry.term) {
+                    if x != y {
+                        return false;
+                    }
+                    matched = true;
+                }
+            }
+        }
+    }
+    true
+}
+
+impl Model for Harpoon {
+    type State = Cluster;
+    type Action = Action;
+
+    fn init_states(&self) -> Vec<Cluster> {
+        let disks = vec![Disk::default(); self.bounds.nodes];
+        let nodes = (0..self.bounds.nodes).map(|index| self.start(index as NodeId + 1, &disks[index], 0)).collect();
+        vec![Cluster {
+            nodes,
+            disks,
+            network: Vec::new(),
+            now: 0,
+            deadlines: vec![0; self.bounds.nodes],
+            writes_made: 0,
+            crashes_made: 0,
+            duplicates_made: 0,
+            leaders: BTreeMap::new(),
+            committed: BTreeMap::new(),
+            broken: Vec::new(),
+        }]
+    }
+
+    fn actions(&self, cluster: &Cluster, actions: &mut Vec<Action>) {
+        if !cluster.broken.is_empty() {
+            return;
+        }
+        for index in 0..cluster.network.len() {
+            actions.push(Action::Deliver(index));
+            actions.push(Action::Lose(index));
+            if cluster.duplicates_made < self.bounds.duplicates {
+                actions.push(Action::DeliverAndKeep(index));
+            }
+        }
+        if cluster.network.len() < self.bounds.messages_in_flight_max {
+            actions.push(Action::PassTime);
+        }
+        for index in 0..self.bounds.nodes {
+            if cluster.writes_made < self.bounds.writes && cluster.nodes[index].role() == Role::Leader {
+                actions.push(Action::Write(index));
+            }
+            if cluster.crashes_made < self.bounds.crashes {
+                actions.push(Action::CrashAndRestart(index));
+            }
+        }
+    }
+
+    fn next_state(&self, last: &Cluster, action: Action) -> Option<Cluster> {
+        let mut cluster = last.clone();
+        match action {
+            Action::Deliver(index) | Action::DeliverAndKeep(index) => {
+                let envelope = if action == Action::Deliver(index) {
+                    cluster.network.remove(index)
+                } else {
+                    cluster.duplicates_made += 1;
+                    cluster.network[index].clone()
+                };
+                let to = envelope.to as usize - 1;
+                self.step(&mut cluster, to, Input::Message(envelope));
+            }
+            Action::Lose(index) => {
+                cluster.network.remove(index);
+            }
+            Action::PassTime => {
+                cluster.now = Harpoon::next_deadline(&cluster);
+                for index in 0..self.bounds.nodes {
+                    if cluster.deadlines[index] <= cluster.now {
+                        self.step(&mut cluster, index, Input::Tick);
+                    }
+                }
+            }
+            Action::Write(index) => {
+                cluster.writes_made += 1;
+                let write = Write { number: cluster.writes_made };
+                self.step(&mut cluster, index, Input::Client(write));
+            }
+            Action::CrashAndRestart(index) => {
+                cluster.crashes_made += 1;
+                let id = index as NodeId + 1;
+                cluster.nodes[index] = self.start(id, &cluster.disks[index], cluster.now);
+                self.step(&mut cluster, index, Input::Tick);
+            }
+        }
+        Some(cluster)
+    }
+
+    fn properties(&self) -> Vec<Property<Self>> {
+        vec![
+            Property::<Self>::always("no property broken while stepping", |_, cluster: &Cluster| {
+                cluster.broken.is_empty()
+            }),
+            Property::<Self>::always("at most one valid lease", |_, cluster: &Cluster| {
+                cluster.nodes.iter().filter(|node| node.holds_lease(cluster.now)).count() <= 1
+            }),
+            Property::<Self>::always("log matching", |_, cluster: &Cluster| logs_match(cluster)),
+            Property::<Self>::sometimes("a write commits", |_, cluster: &Cluster| {
+                cluster
+                    .committed
+                    .values()
+                    .any(|(entry, _)| matches!(entry.payload, rasputin_consensus::EntryPayload::Command(_)))
+            }),
+        ]
+    }
+}
