@@ -371,3 +371,16 @@ def test_health_turns_503_when_the_peers_pause_and_200_when_they_resume(cluster)
             cluster.signal(other, signal.SIGCONT)
     eventually("/health to turn 200 again", lambda: node.http("/health") == (200, '{"health":"true"}\n'))
     eventually("rasputin health to pass again", lambda: rasputin("health", endpoints=cluster.endpoints)[0] == 0)
+
+
+def test_status_rows_are_labelled_by_the_address_they_came_from(cluster):
+    # A repeated endpoint resolves to one address; the rows after it once
+    # carried the labels of the endpoints before them.
+    one, two = cluster.nodes[0], cluster.nodes[1]
+    endpoints = f"{one.endpoint},{one.endpoint},{two.endpoint}"
+    out = rasputin("-w", "json", "status", endpoints=endpoints, check=0)[1]
+    rows = [json.loads(line) for line in out.decode().splitlines()]
+    assert [row["endpoint"] for row in rows] == [one.endpoint, two.endpoint], rows
+    assert all(row["endpoint"] == row["client_address"] for row in rows), rows
+    health = [json.loads(line) for line in rasputin("-w", "json", "health", endpoints=endpoints, check=0)[1].splitlines()]
+    assert [row["endpoint"] for row in health] == [one.endpoint, two.endpoint], health

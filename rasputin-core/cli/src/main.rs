@@ -162,7 +162,7 @@ fn execute(arguments: &Arguments) -> Result<(Vec<Record>, u8), Failure> {
         arguments.endpoints.split(',').map(str::trim).filter(|part| !part.is_empty()).map(String::from).collect();
     let attempt = arguments.timeout.min(rasputin::client::ATTEMPT_TIMEOUT_DEFAULT);
     let client = Client::builder()
-        .peers(endpoints.clone())
+        .peers(endpoints)
         .connections_per_server(1)
         .timeouts(attempt, arguments.timeout)
         .build()
@@ -226,8 +226,8 @@ fn execute(arguments: &Arguments) -> Result<(Vec<Record>, u8), Failure> {
             let record = written(&key, &response, Some(("deleted", response.found)), simple);
             Ok((vec![Record { texts: key_text(&key), ..record }], 0))
         }
-        Command::Status => status(&client, &endpoints),
-        Command::Health => health(&client, &endpoints),
+        Command::Status => status(&client),
+        Command::Health => health(&client),
         Command::Bench { mix, clients, seconds, value_bytes, keys } => {
             let settings = Settings {
                 mix: *mix,
@@ -251,12 +251,15 @@ fn written(key: &[u8], response: &Response, outcome: Option<(&'static str, bool)
     Record { fields, simple, ..Record::default() }
 }
 
-fn status(client: &Client, endpoints: &[String]) -> Result<(Vec<Record>, u8), Failure> {
+/// Rows are labelled by resolved address, one per address: a host name may
+/// stand for several, and a repeated endpoint for one.
+fn status(client: &Client) -> Result<(Vec<Record>, u8), Failure> {
     let mut records = Vec::new();
     let mut code = 0;
-    for (endpoint, address) in client.peers().iter().enumerate().map(|(index, address)| (&endpoints[index], address)) {
+    for address in client.peers() {
+        let endpoint = address.to_string();
         match client.node_status(*address) {
-            Ok(status) => records.push(status_record(endpoint, &status)),
+            Ok(status) => records.push(status_record(&endpoint, &status)),
             Err(error) => {
                 code = 4;
                 let failure = Failure::client(&error);
@@ -318,12 +321,12 @@ const STATUS_FIELDS: [&str; 17] = [
     "shutting_down",
 ];
 
-fn health(client: &Client, endpoints: &[String]) -> Result<(Vec<Record>, u8), Failure> {
+fn health(client: &Client) -> Result<(Vec<Record>, u8), Failure> {
     let mut records = Vec::new();
     let mut leaders = std::collections::BTreeSet::new();
     let mut code = 0;
-    for (index, address) in client.peers().iter().enumerate() {
-        let endpoint = &endpoints[index];
+    for address in client.peers() {
+        let endpoint = address.to_string();
         let reason = match client.node_status(*address) {
             Ok(status) => {
                 leaders.insert(status.leader_id);
