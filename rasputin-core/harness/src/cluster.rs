@@ -73,16 +73,27 @@ pub fn plan_addresses(count: usize, proxied: bool) -> Result<Vec<NodeAddresses>,
         .collect())
 }
 
+/// Daemon ports come from below Linux's ephemeral range (32768–60999 by
+/// default). A port that bind(0) picked and the harness released lies in
+/// that range, where a daemon's outgoing connection (bound to its own
+/// address, port 0) could take it before the daemon meant to listen on it
+/// binds it. Nothing takes a port below the range unless asked to.
+const DAEMON_PORTS: std::ops::Range<u16> = 20_000..32_000;
+
 fn free_port_on_all(ips: &[Ipv4Addr]) -> Result<u16, HarnessError> {
-    const ATTEMPTS_MAX: usize = 100;
-    for _ in 0..ATTEMPTS_MAX {
-        let probe = TcpListener::bind((ips[0], 0)).map_err(|source| HarnessError::io("pick a free port", source))?;
-        let port = probe.local_addr().map_err(|source| HarnessError::io("pick a free port", source))?.port();
-        if ips[1..].iter().all(|ip| TcpListener::bind((*ip, port)).is_ok()) {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let span = u32::from(DAEMON_PORTS.end - DAEMON_PORTS.start);
+    // Another process running the harness starts elsewhere in the range.
+    let offset = std::process::id().wrapping_mul(7_919) % span;
+    for _ in 0..span {
+        let step = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = DAEMON_PORTS.start + u16::try_from((offset + step) % span).expect("below the span");
+        if ips.iter().all(|ip| TcpListener::bind((*ip, port)).is_ok()) {
             return Ok(port);
         }
     }
-    Err(HarnessError::Setup(format!("found no port free on all of {ips:?} in {ATTEMPTS_MAX} tries")))
+    Err(HarnessError::Setup(format!("found no port in {DAEMON_PORTS:?} free on all of {ips:?}")))
 }
 
 struct NodeProcess {
@@ -249,4 +260,22 @@ pub fn fresh_directory(directory: &Path) -> Result<(), HarnessError> {
         fs::remove_dir_all(directory).map_err(|source| HarnessError::io("empty the campaign directory", source))?;
     }
     fs::create_dir_all(directory).map_err(|source| HarnessError::io("create the campaign directory", source))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn daemon_ports_lie_below_the_ephemeral_range_and_are_not_repeated() {
+        let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").expect("a Linux host");
+        let ephemeral_low: u16 = range.split_whitespace().next().unwrap().parse().unwrap();
+        let ips = [Ipv4Addr::LOCALHOST];
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..20 {
+            let port = free_port_on_all(&ips).unwrap();
+            assert!(port < ephemeral_low, "port {port} is in the ephemeral range from {ephemeral_low}");
+            assert!(seen.insert(port), "port {port} was handed out twice");
+        }
+    }
 }
