@@ -1217,24 +1217,16 @@ impl Daemon {
         }
     }
 
-    fn leader_client_address(&self) -> Option<String> {
+    fn leader_client_address(&self) -> Option<&str> {
         let leader = self.node.as_ref().and_then(Node::leader_id)?;
         if leader == self.membership.node_id {
-            return Some(self.client_address.clone());
+            return Some(&self.client_address);
         }
-        self.peer_client_addresses.get(&leader).cloned()
+        self.peer_client_addresses.get(&leader).map(String::as_str)
     }
 
-    fn observe(&mut self, urgent: bool) {
-        let turn = Turn {
-            node: self.node.as_ref(),
-            now: self.clock.now_ns(),
-            storage: &self.storage,
-            leader_address: self.leader_client_address(),
-            shutting_down: self.shutting_down,
-            snapshot_sends: (self.streams.started_count, self.streams.finished_count),
-        };
-        self.observer.after_turn(&turn, urgent);
+    fn observe(&self, urgent: bool) {
+        self.observer.after_turn(&self.turn(), urgent);
     }
 
     // ----- answering clients -----

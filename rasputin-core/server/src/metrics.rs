@@ -110,8 +110,9 @@ impl Latency {
     }
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // A panic while recording leaves a histogram whole; keep serving it.
+/// Locks `mutex`, poisoned or not: a panic while recording leaves a
+/// histogram or a published status whole; keep serving it.
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 

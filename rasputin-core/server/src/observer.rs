@@ -2,6 +2,7 @@
 //! and storage into the metrics and the status board, which the status
 //! server and the client port's status request serve.
 
+use std::cell::Cell;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -34,7 +35,7 @@ pub struct Turn<'a> {
     pub now: Nanos,
     pub storage: &'a Storage,
     /// The leader's client address, when known.
-    pub leader_address: Option<String>,
+    pub leader_address: Option<&'a str>,
     pub shutting_down: bool,
     pub snapshot_sends: (u64, u64),
 }
@@ -46,11 +47,12 @@ pub struct Observer {
     /// Serves the board and the metrics over HTTP while it lives.
     _server: Option<StatusServer>,
     started: Instant,
-    published_at: Option<Instant>,
-    sized_at: Option<Instant>,
-    leader_seen: Option<NodeId>,
-    lease_end_seen: Option<Nanos>,
-    lease_held_seen: bool,
+    // Cells, so that the loop can observe itself through a shared borrow.
+    published_at: Cell<Option<Instant>>,
+    sized_at: Cell<Option<Instant>>,
+    leader_seen: Cell<Option<NodeId>>,
+    lease_end_seen: Cell<Option<Nanos>>,
+    lease_held_seen: Cell<bool>,
 }
 
 impl Observer {
@@ -66,17 +68,17 @@ impl Observer {
             board,
             _server: server,
             started: Instant::now(),
-            published_at: None,
-            sized_at: None,
-            leader_seen: None,
-            lease_end_seen: None,
-            lease_held_seen: false,
+            published_at: Cell::new(None),
+            sized_at: Cell::new(None),
+            leader_seen: Cell::new(None),
+            lease_end_seen: Cell::new(None),
+            lease_held_seen: Cell::new(false),
         }
     }
 
     /// Counts what changed since the last turn, and republishes the status
     /// when it is due or `urgent`.
-    pub fn after_turn(&mut self, turn: &Turn, urgent: bool) {
+    pub fn after_turn(&self, turn: &Turn, urgent: bool) {
         if let Some(node) = turn.node {
             self.count_leadership(node, turn.now);
         }
@@ -84,34 +86,31 @@ impl Observer {
         self.metrics.snapshot_sends_started.store(started, Ordering::Relaxed);
         self.metrics.snapshot_sends_finished.store(finished, Ordering::Relaxed);
         let now = Instant::now();
-        if self.sized_at.is_none_or(|at| now.duration_since(at) >= STORAGE_SIZE_INTERVAL) {
-            self.sized_at = Some(now);
+        if self.sized_at.get().is_none_or(|at| now.duration_since(at) >= STORAGE_SIZE_INTERVAL) {
+            self.sized_at.set(Some(now));
             self.metrics.storage_bytes.store(turn.storage.size_bytes(), Ordering::Relaxed);
         }
-        if urgent || self.published_at.is_none_or(|at| now.duration_since(at) >= PUBLISH_INTERVAL) {
-            self.published_at = Some(now);
+        if urgent || self.published_at.get().is_none_or(|at| now.duration_since(at) >= PUBLISH_INTERVAL) {
+            self.published_at.set(Some(now));
             self.board.publish(self.status(turn));
         }
     }
 
-    fn count_leadership(&mut self, node: &Node, now: Nanos) {
+    fn count_leadership(&self, node: &Node, now: Nanos) {
         let leader = node.leader_id();
-        if leader.is_some() && leader != self.leader_seen {
+        if leader.is_some() && leader != self.leader_seen.replace(leader) {
             self.metrics.leader_changes.fetch_add(1, Ordering::Relaxed);
         }
-        self.leader_seen = leader;
         let lease_end = node.lease_end();
-        if let (Some(end), Some(seen)) = (lease_end, self.lease_end_seen) {
+        if let (Some(end), Some(seen)) = (lease_end, self.lease_end_seen.replace(lease_end)) {
             if end > seen {
                 self.metrics.lease_renewals.fetch_add(1, Ordering::Relaxed);
             }
         }
-        self.lease_end_seen = lease_end;
         let held = node.holds_lease(now);
-        if self.lease_held_seen && !held && node.role() == Role::Leader {
+        if self.lease_held_seen.replace(held) && !held && node.role() == Role::Leader {
             self.metrics.lease_lapses.fetch_add(1, Ordering::Relaxed);
         }
-        self.lease_held_seen = held;
     }
 
     /// This node's status as of `turn`.
@@ -126,7 +125,7 @@ impl Observer {
             version: env!("CARGO_PKG_VERSION").to_string(),
             shutting_down: turn.shutting_down,
             applied_index: turn.storage.applied().0,
-            leader_address: turn.leader_address.clone().unwrap_or_default(),
+            leader_address: turn.leader_address.unwrap_or_default().to_string(),
             ..Default::default()
         };
         if let Some(node) = turn.node {

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use rasputin_kv::wire::proto;
 
-use crate::metrics::{Gauges, Metrics};
+use crate::metrics::{lock, Gauges, Metrics};
 
 /// A request head bigger than this is refused: the three paths need no more.
 pub const STATUS_REQUEST_BYTES_MAX: usize = 8 << 10;
@@ -58,10 +58,6 @@ impl StatusBoard {
         let published = lock(&self.published);
         (published.status.clone(), published.at.elapsed())
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Why this node is not healthy, or None when it is: its event loop is
@@ -134,13 +130,9 @@ impl Reply {
 }
 
 fn serve(mut stream: TcpStream, board: &StatusBoard, metrics: &Metrics) {
-    let head_only = std::cell::Cell::new(false);
-    let reply = match read_request(&mut stream) {
-        Ok((method, path)) => {
-            head_only.set(method == "HEAD");
-            route(&method, &path, board, metrics)
-        }
-        Err(reply) => reply,
+    let (reply, head_only) = match read_request(&mut stream) {
+        Ok((method, path)) => (route(&method, &path, board, metrics), method == "HEAD"),
+        Err(reply) => (reply, false),
     };
     let reason = match reply.code {
         200 => "OK",
@@ -160,7 +152,7 @@ fn serve(mut stream: TcpStream, board: &StatusBoard, metrics: &Metrics) {
     );
     let _ = stream.set_write_timeout(Some(STATUS_READ_TIMEOUT));
     let _ = stream.write_all(head.as_bytes());
-    if !head_only.get() {
+    if !head_only {
         let _ = stream.write_all(reply.body.as_bytes());
     }
 }
