@@ -43,6 +43,8 @@ pub enum MessageError {
     Gap { prev_index: LogIndex, position: usize, index: LogIndex },
     #[error("entry {index} has term {entry_term}, outside [{low}, {high}]; terms must rise along the log and stay within the message's")]
     EntryTerm { index: LogIndex, entry_term: Term, low: Term, high: Term },
+    #[error("a fetch response after index {prev_index} carries entries though the voter's log does not match there")]
+    EntriesWithoutMatch { prev_index: LogIndex },
     #[error("the peer acknowledges index {index}, beyond this leader's last index {last_index}")]
     BeyondLog { index: LogIndex, last_index: LogIndex },
 }
@@ -78,12 +80,29 @@ pub fn check_structure<C>(message: &Message<C>) -> Result<(), MessageError> {
             Ok(())
         }
         Message::Heartbeat { commit, .. } => bounded("commit", *commit, LOG_INDEX_MAX),
+        Message::PreVoteResponse { term, last_log_index, last_log_term, .. }
+        | Message::VoteResponse { term, last_log_index, last_log_term, .. } => {
+            bounded("last log index", *last_log_index, LOG_INDEX_MAX)?;
+            // A responder's log holds no term beyond the one it answers in.
+            bounded("last log term", *last_log_term, *term)
+        }
+        Message::Fetch { term, prev_index, prev_term } => {
+            bounded("prev index", *prev_index, LOG_INDEX_MAX)?;
+            bounded("prev term", *prev_term, *term)
+        }
+        Message::FetchResponse { term, prev_index, matched, entries } => {
+            bounded("prev index", *prev_index, LOG_INDEX_MAX - entries.len() as u64)?;
+            if !matched && !entries.is_empty() {
+                return Err(MessageError::EntriesWithoutMatch { prev_index: *prev_index });
+            }
+            check_entries(*term, *prev_index, 0, entries)
+        }
         Message::InstallSnapshot { term, snapshot, .. } => {
             bounded("snapshot index", snapshot.last_index, LOG_INDEX_MAX)?;
             bounded("snapshot term", snapshot.last_term, *term)
         }
         Message::InstallSnapshotResponse { last_index, .. } => bounded("last index", *last_index, LOG_INDEX_MAX),
-        Message::PreVoteResponse { .. } | Message::VoteResponse { .. } | Message::HeartbeatResponse { .. } => Ok(()),
+        Message::HeartbeatResponse { .. } => Ok(()),
     }
 }
 

@@ -47,10 +47,45 @@ pub struct Faults {
     /// quorum round, and keep leading after the lease runs out: the classic
     /// stale read of a deposed leader that does not know it was deposed.
     pub reads_ignore_lease: bool,
-    /// Grant votes and pre-votes whatever the candidate's log holds: Raft
-    /// without its up-to-date check, so that a leader may lack committed
-    /// entries. The model checker must find the consequence.
+    /// Raft modes: grant votes and pre-votes whatever the candidate's log
+    /// holds, so that a leader may lack committed entries. (Harpoon never
+    /// compares logs in a vote; its leader-elect fetches instead.) The
+    /// model checker must find the consequence.
     pub votes_ignore_logs: bool,
+    /// Harpoon: a leader-elect leads with its own log at once, skipping the
+    /// fetch from its most up-to-date voter.
+    pub leader_elect_skips_fetch: bool,
+    /// Harpoon: grant votes even while a promise to another node binds.
+    pub votes_ignore_promises: bool,
+}
+
+impl Faults {
+    /// The name of each planted bug, as the simulator's and the model
+    /// checker's `--bug` options take them.
+    pub const NAMES: [&'static str; 6] = [
+        "lease-without-margin",
+        "read-before-noop",
+        "stale-reads",
+        "votes-ignore-logs",
+        "skip-fetch",
+        "votes-ignore-promises",
+    ];
+
+    /// The faults for one planted bug's name, if it names one.
+    pub fn named(name: &str) -> Option<Faults> {
+        let mut faults = Faults::default();
+        let flag = match name {
+            "lease-without-margin" => &mut faults.lease_without_drift_margin,
+            "read-before-noop" => &mut faults.read_before_noop_commits,
+            "stale-reads" => &mut faults.reads_ignore_lease,
+            "votes-ignore-logs" => &mut faults.votes_ignore_logs,
+            "skip-fetch" => &mut faults.leader_elect_skips_fetch,
+            "votes-ignore-promises" => &mut faults.votes_ignore_promises,
+            _ => return None,
+        };
+        *flag = true;
+        Some(faults)
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -70,6 +105,10 @@ pub struct Config {
     pub lease_margin_ns: Nanos,
     /// A follower whose oldest unacknowledged append is older than this is probed again.
     pub retransmit_timeout_ns: Nanos,
+    /// Harpoon: a node that wins its pre-votes but hears of a more
+    /// up-to-date log waits once more before campaigning, so that the
+    /// better-placed node usually wins and no fetch is needed.
+    pub campaign_defers_to_better_logs: bool,
     pub faults: Faults,
 }
 
@@ -105,6 +144,7 @@ impl Config {
             drift_bound: 0.05,
             lease_margin_ns: 10_000_000,
             retransmit_timeout_ns: 300_000_000,
+            campaign_defers_to_better_logs: true,
             faults: Faults::default(),
         }
     }
@@ -197,6 +237,15 @@ mod tests {
     fn members_must_include_self_once() {
         assert!(matches!(Config::new(4, vec![1, 2, 3]).validate(), Err(ConfigError::NotAMember { .. })));
         assert_eq!(Config::new(1, vec![1, 2, 2]).validate(), Err(ConfigError::DuplicateMember(2)));
+    }
+
+    #[test]
+    fn every_planted_bug_has_a_name() {
+        for name in Faults::NAMES {
+            let faults = Faults::named(name).expect("a listed name parses");
+            assert_ne!(faults, Faults::default(), "{name} plants nothing");
+        }
+        assert_eq!(Faults::named("no-such-bug"), None);
     }
 
     #[test]

@@ -56,6 +56,9 @@ pub enum Role {
     /// Asking for pre-votes; its term is not raised yet.
     PreCandidate,
     Candidate,
+    /// Harpoon: won its election, and is making its log equal to the most
+    /// up-to-date log among its voters before it leads.
+    LeaderElect,
     Leader,
 }
 
@@ -146,6 +149,20 @@ struct Progress {
     snapshot_sent_at: Option<Nanos>,
 }
 
+/// A Harpoon leader-elect's fetch of the most up-to-date log in its vote quorum.
+#[derive(Clone, Copy, Debug)]
+struct Fetching {
+    /// The voter whose log is adopted.
+    source: NodeId,
+    /// The (term, index) the source's log ended at when it voted. Its log
+    /// cannot have changed since: only this term's leader, which is this
+    /// node, may append to a voter of this term.
+    target: (Term, LogIndex),
+    /// The last index fetched and agreed on; the next request asks for what follows it.
+    cursor: LogIndex,
+    sent_at: Nanos,
+}
+
 #[derive(Clone, Debug)]
 struct Round {
     number: u64,
@@ -232,7 +249,14 @@ pub struct Node<C> {
     election_deadline: Nanos,
     last_leader_contact: Option<Nanos>,
     promise: Option<Promise>,
-    votes: BTreeSet<NodeId>,
+    /// The grants of the pre-vote or vote under way, with each granter's
+    /// log position (last term, last index); this node's own included.
+    votes: BTreeMap<NodeId, (Term, LogIndex)>,
+    /// A pre-vote response showed a log more up to date than this node's.
+    better_log_seen: bool,
+    /// This node already let a better-placed node campaign first once since it last followed a leader.
+    campaign_deferred: bool,
+    fetching: Option<Fetching>,
     campaign_sent_at: Nanos,
     leader: Option<LeaderState<C>>,
     votes_withheld_until: Option<(Term, LogIndex)>,
@@ -272,7 +296,10 @@ impl<C: Command> Node<C> {
             election_deadline: 0,
             last_leader_contact: None,
             promise,
-            votes: BTreeSet::new(),
+            votes: BTreeMap::new(),
+            better_log_seen: false,
+            campaign_deferred: false,
+            fetching: None,
             campaign_sent_at: 0,
             leader: None,
             votes_withheld_until: recovered.votes_withheld_until,
@@ -363,6 +390,14 @@ impl<C: Command> Node<C> {
         self.config.mode == ElectionMode::Harpoon && self.leader.as_ref().is_some_and(|leader| now < leader.lease_end)
     }
 
+    /// The term in which this node may send snapshots, if any: as leader, to
+    /// its followers; as a voter, to the leader-elect it voted for, which
+    /// fetches from it. A transfer begun in another term must stop.
+    pub fn snapshot_sending_term(&self) -> Option<Term> {
+        let voter = self.hard_state.voted_for.is_some_and(|candidate| candidate != self.config.id);
+        (self.role == Role::Leader || voter).then_some(self.term())
+    }
+
     /// While leading: the local time at which its lease runs out unless renewed.
     pub fn lease_end(&self) -> Option<Nanos> {
         self.leader.as_ref().map(|leader| leader.lease_end)
@@ -388,6 +423,9 @@ impl<C: Command> Node<C> {
         if self.role != Role::Leader {
             if now >= self.election_deadline {
                 self.on_election_timeout();
+            } else if self.fetching.is_some_and(|fetching| now >= fetching.sent_at + self.config.retransmit_timeout_ns)
+            {
+                self.send_fetch();
             }
             return;
         }
@@ -486,7 +524,7 @@ impl<C: Command> Node<C> {
             return true;
         }
         match self.config.mode {
-            ElectionMode::Harpoon => self.promise_binds(candidate),
+            ElectionMode::Harpoon => self.promise_binds(candidate) && !self.config.faults.votes_ignore_promises,
             ElectionMode::RaftPreVoteCheckQuorum => self.hears_leader(),
             ElectionMode::Raft => false,
         }
@@ -499,10 +537,16 @@ impl<C: Command> Node<C> {
             self.reset_election_deadline();
             return;
         }
-        if let Some(promise) = self.promise.filter(|promise| promise.until > self.now) {
+        if let Some(promise) = self.promise.filter(|_| self.promise_binds(self.config.id)) {
             // Harpoon: still bound to a leader (or to the restart quiet period).
             self.election_deadline = promise.until;
             return;
+        }
+        if self.role == Role::LeaderElect {
+            // The voter with the best log did not answer in time. Settling
+            // for a lesser log could lose a committed entry: start over.
+            self.role = Role::Follower;
+            self.fetching = None;
         }
         self.reset_election_deadline();
         if self.config.mode.uses_pre_vote() {
@@ -512,10 +556,15 @@ impl<C: Command> Node<C> {
         }
     }
 
+    fn own_position(&self) -> (Term, LogIndex) {
+        (self.log.last_term(), self.log.last_index())
+    }
+
     fn start_pre_vote(&mut self) {
         self.role = Role::PreCandidate;
         self.leader_id = None;
-        self.votes = BTreeSet::from([self.config.id]);
+        self.votes = BTreeMap::from([(self.config.id, self.own_position())]);
+        self.better_log_seen = false;
         let message = Message::PreVote {
             term: self.term() + 1,
             last_log_index: self.log.last_index(),
@@ -523,8 +572,29 @@ impl<C: Command> Node<C> {
         };
         self.broadcast(message);
         if self.votes.len() >= self.config.quorum() {
-            self.start_election();
+            self.on_pre_vote_quorum();
         }
+    }
+
+    /// Harpoon's campaign preference: any node that wins its pre-votes hears
+    /// a quorum and may lead, but one that heard of a more up-to-date log
+    /// waits once, for about half an election timeout, so that the better
+    /// node (whose timer runs too) usually campaigns first and no fetch is
+    /// needed. If that node cannot win (it does not reach a quorum, as in
+    /// the constrained election), this one campaigns after the wait.
+    fn on_pre_vote_quorum(&mut self) {
+        let defers = self.config.mode == ElectionMode::Harpoon
+            && self.config.campaign_defers_to_better_logs
+            && self.better_log_seen
+            && !self.campaign_deferred;
+        if !defers {
+            self.start_election();
+            return;
+        }
+        self.campaign_deferred = true;
+        self.role = Role::Follower;
+        self.votes.clear();
+        self.election_deadline = self.now + self.random_election_timeout() / 2;
     }
 
     fn start_election(&mut self) {
@@ -539,7 +609,7 @@ impl<C: Command> Node<C> {
         self.leader_id = None;
         self.hard_state = HardState { term: self.term() + 1, voted_for: Some(self.config.id) };
         self.hard_state_dirty = true;
-        self.votes = BTreeSet::from([self.config.id]);
+        self.votes = BTreeMap::from([(self.config.id, self.own_position())]);
         self.campaign_sent_at = self.now;
         self.promise_to(self.config.id);
         let message = Message::Vote {
@@ -549,40 +619,55 @@ impl<C: Command> Node<C> {
         };
         self.broadcast(message);
         if self.votes.len() >= self.config.quorum() {
-            self.become_leader();
+            self.on_vote_quorum();
         }
     }
 
     /// Raft's up-to-date rule: a candidate whose log ends at
     /// (`last_log_term`, `last_log_index`) may get this node's vote.
+    /// Harpoon does not compare logs: its leader-elect fetches instead.
     fn log_allows(&self, last_log_index: LogIndex, last_log_term: Term) -> bool {
-        self.config.faults.votes_ignore_logs || self.log.at_most_as_up_to_date_as(last_log_index, last_log_term)
+        self.config.mode == ElectionMode::Harpoon
+            || self.config.faults.votes_ignore_logs
+            || self.log.at_most_as_up_to_date_as(last_log_index, last_log_term)
     }
 
     fn on_pre_vote(&mut self, from: NodeId, term: Term, last_log_index: LogIndex, last_log_term: Term) {
         let granted = term > self.term() && self.log_allows(last_log_index, last_log_term) && !self.bound_against(from);
         let term = if granted { term } else { self.term() };
-        self.send(from, Message::PreVoteResponse { term, granted });
+        let (last_log_term, last_log_index) = self.own_position();
+        self.send(from, Message::PreVoteResponse { term, granted, last_log_index, last_log_term });
     }
 
-    fn on_pre_vote_response(&mut self, from: NodeId, term: Term, granted: bool) {
+    fn on_pre_vote_response(&mut self, from: NodeId, term: Term, granted: bool, position: (Term, LogIndex)) {
         if !granted && term > self.term() {
             self.become_follower(term, None);
             return;
         }
-        if self.role != Role::PreCandidate || !granted || term != self.term() + 1 {
+        if self.role != Role::PreCandidate {
             return;
         }
-        self.votes.insert(from);
+        self.better_log_seen |= position > self.own_position();
+        if !granted || term != self.term() + 1 {
+            return;
+        }
+        self.votes.insert(from, position);
         if self.votes.len() >= self.config.quorum() {
-            self.start_election();
+            self.on_pre_vote_quorum();
         }
     }
 
     fn on_vote(&mut self, from: NodeId, term: Term, last_log_index: LogIndex, last_log_term: Term) {
+        let (own_term, own_index) = self.own_position();
         if term < self.term() || self.bound_against(from) {
             // Harpoon: a bound voter neither votes nor adopts the candidate's term.
-            self.send_after_persist(from, Message::VoteResponse { term: self.term(), granted: false });
+            let response = Message::VoteResponse {
+                term: self.term(),
+                granted: false,
+                last_log_index: own_index,
+                last_log_term: own_term,
+            };
+            self.send_after_persist(from, response);
             return;
         }
         if term > self.term() {
@@ -597,13 +682,19 @@ impl<C: Command> Node<C> {
             // still gathering grants must not go on to a campaign.
             self.role = Role::Follower;
             self.votes.clear();
+            self.campaign_deferred = false;
             self.reset_election_deadline();
             self.promise_to(from);
         }
-        self.send_after_persist(from, Message::VoteResponse { term: self.term(), granted });
+        // Sent after the vote is durable, and reporting a log that is: a
+        // Harpoon winner may adopt this log as it stands now, and from now
+        // on only that winner may change it.
+        let response =
+            Message::VoteResponse { term: self.term(), granted, last_log_index: own_index, last_log_term: own_term };
+        self.send_after_persist(from, response);
     }
 
-    fn on_vote_response(&mut self, from: NodeId, term: Term, granted: bool) {
+    fn on_vote_response(&mut self, from: NodeId, term: Term, granted: bool, position: (Term, LogIndex)) {
         if term > self.term() {
             self.become_follower(term, None);
             return;
@@ -611,10 +702,140 @@ impl<C: Command> Node<C> {
         if self.role != Role::Candidate || term != self.term() || !granted {
             return;
         }
-        self.votes.insert(from);
+        self.votes.insert(from, position);
         if self.votes.len() >= self.config.quorum() {
-            self.become_leader();
+            self.on_vote_quorum();
         }
+    }
+
+    /// Harpoon's leader completeness: every entry committed in an earlier
+    /// term is on a quorum, which meets the vote quorum, so the most
+    /// up-to-date log among the voters holds it (Raft's argument, with
+    /// "the candidate's log" replaced by that log). The winner adopts that
+    /// log before it leads; with its own log best, it leads at once.
+    fn on_vote_quorum(&mut self) {
+        let own = self.own_position();
+        let id = self.config.id;
+        let best = self.votes.iter().filter(|(&voter, _)| voter != id).max_by_key(|(&voter, &position)| {
+            // Ties go to the lower id, for a choice every replay repeats.
+            (position, std::cmp::Reverse(voter))
+        });
+        let skips = self.config.mode != ElectionMode::Harpoon || self.config.faults.leader_elect_skips_fetch;
+        match best {
+            Some((&source, &target)) if target > own && !skips => {
+                self.role = Role::LeaderElect;
+                self.fetching = Some(Fetching { source, target, cursor: self.commit_index, sent_at: self.now });
+                self.send_fetch();
+            }
+            _ => self.become_leader(),
+        }
+    }
+
+    fn send_fetch(&mut self) {
+        let fetching = self.fetching.as_mut().expect("a leader-elect fetches");
+        fetching.sent_at = self.now;
+        let (source, prev_index) = (fetching.source, fetching.cursor);
+        let prev_term = self.log.term(prev_index).unwrap_or_else(|| {
+            panic!(
+                "node {}: no term at the fetch cursor {prev_index} (snapshot {})",
+                self.config.id,
+                self.log.snapshot_index()
+            )
+        });
+        self.send(source, Message::Fetch { term: self.term(), prev_index, prev_term });
+    }
+
+    /// A voter answers its leader-elect from a log that nothing has changed
+    /// since it voted (see `Fetching::target`).
+    fn on_fetch(&mut self, from: NodeId, term: Term, prev_index: LogIndex, prev_term: Term) {
+        if term < self.term() {
+            let response =
+                Message::FetchResponse { term: self.term(), prev_index, matched: false, entries: Vec::new() };
+            self.send(from, response);
+            return;
+        }
+        if term > self.term() || self.hard_state.voted_for != Some(from) {
+            // No correct node asks a voter that did not vote for it.
+            return;
+        }
+        // The leader-elect is working towards leading this term: wait for it
+        // rather than campaign. (No promise is renewed: a restarted voter
+        // cannot know whom it promised before.)
+        self.reset_election_deadline();
+        if prev_index < self.log.snapshot_index() {
+            let snapshot = self.snapshot.clone().unwrap_or_else(|| {
+                panic!("node {}: log compacted to {} without a snapshot", self.config.id, self.log.snapshot_index())
+            });
+            self.send(from, Message::InstallSnapshot { term, snapshot, round: 0 });
+            return;
+        }
+        let matched = self.log.term(prev_index) == Some(prev_term);
+        let entries = if matched && prev_index < self.log.last_index() {
+            self.log.slice(prev_index + 1, APPEND_ENTRIES_COUNT_MAX, APPEND_BYTES_MAX)
+        } else {
+            Vec::new()
+        };
+        self.send(from, Message::FetchResponse { term, prev_index, matched, entries });
+    }
+
+    fn on_fetch_response(&mut self, from: NodeId, prev_index: LogIndex, matched: bool, entries: Vec<Entry<C>>) {
+        let Some(fetching) = self.fetching.filter(|fetching| fetching.source == from) else { return };
+        if self.role != Role::LeaderElect || prev_index != fetching.cursor {
+            return; // A duplicate, or the answer to a retransmitted request.
+        }
+        let (target_term, target_index) = fetching.target;
+        let beyond_target = entries.last().is_some_and(|entry| entry.index > target_index || entry.term > target_term);
+        if !matched || entries.is_empty() || beyond_target {
+            // The source's log is not the one it voted with: a broken peer.
+            // Leading with anything else could lose a committed entry.
+            self.give_up_election();
+            return;
+        }
+        let last = entries.last().map_or(prev_index, |entry| entry.index);
+        // The cursor starts at the commit index and only rises.
+        self.merge_entries(from, entries);
+        self.on_fetched(last);
+    }
+
+    /// A snapshot from the source, which had compacted past the cursor.
+    fn on_fetched_snapshot(&mut self, snapshot: Snapshot) {
+        let fetching = self.fetching.expect("a leader-elect fetches");
+        if snapshot.last_index <= fetching.cursor {
+            return; // A duplicate: the cursor has passed it.
+        }
+        let (target_term, target_index) = fetching.target;
+        if snapshot.last_index > target_index || snapshot.last_term > target_term {
+            self.give_up_election();
+            return;
+        }
+        let last_index = snapshot.last_index;
+        self.install(snapshot);
+        self.on_fetched(last_index);
+    }
+
+    fn on_fetched(&mut self, last: LogIndex) {
+        let fetching = self.fetching.as_mut().expect("a leader-elect fetches");
+        fetching.cursor = last;
+        let (target_term, target_index) = fetching.target;
+        // A fetch that moves may take as long as it needs.
+        self.election_deadline = self.now + self.config.election_timeout_ns;
+        if last < target_index {
+            self.send_fetch();
+            return;
+        }
+        if self.own_position() != (target_term, target_index) {
+            // The source's entries do not end where it said its log did.
+            self.give_up_election();
+            return;
+        }
+        self.fetching = None;
+        self.become_leader();
+    }
+
+    fn give_up_election(&mut self) {
+        self.fetching = None;
+        self.role = Role::Follower;
+        self.reset_election_deadline();
     }
 
     fn become_follower(&mut self, term: Term, leader: Option<NodeId>) {
@@ -624,6 +845,7 @@ impl<C: Command> Node<C> {
         }
         self.step_down_from_leading(leader);
         self.role = Role::Follower;
+        self.fetching = None;
         self.leader_id = leader;
         self.reset_election_deadline();
     }
@@ -918,6 +1140,7 @@ impl<C: Command> Node<C> {
             self.reset_election_deadline();
         }
         self.last_leader_contact = Some(self.now);
+        self.campaign_deferred = false;
         self.promise_to(from);
     }
 
@@ -944,15 +1167,27 @@ impl<C: Command> Node<C> {
             return;
         }
         let last_new = prev_index + entries.len() as u64;
+        // Entries start after prev_index, which is at least the commit index
+        // (checked above), and check_structure made them contiguous.
+        self.merge_entries(from, entries);
+        self.commit_index = self.commit_index.max(commit.min(last_new));
+        self.send_after_persist(
+            from,
+            Message::AppendResponse { term, success: true, index: last_new, hint: None, round },
+        );
+    }
+
+    /// Takes contiguous `entries` from `from` into the log, replacing the
+    /// suffix from the first that conflicts. The caller ensures they all
+    /// lie beyond the commit index.
+    fn merge_entries(&mut self, from: NodeId, entries: Vec<Entry<C>>) {
         for entry in entries {
             if self.log.term(entry.index) == Some(entry.term) {
                 continue;
             }
-            // Entries start after prev_index, which is at least the commit index
-            // (checked above), and check_structure made them contiguous.
             assert!(
                 entry.index > self.commit_index,
-                "node {}: leader {from} would overwrite committed index {} (commit {})",
+                "node {}: entries from {from} would overwrite committed index {} (commit {})",
                 self.config.id,
                 entry.index,
                 self.commit_index
@@ -960,11 +1195,6 @@ impl<C: Command> Node<C> {
             self.mark_unstable(entry.index);
             self.log.truncate_and_append(entry);
         }
-        self.commit_index = self.commit_index.max(commit.min(last_new));
-        self.send_after_persist(
-            from,
-            Message::AppendResponse { term, success: true, index: last_new, hint: None, round },
-        );
     }
 
     fn reject_hint(&self, prev_index: LogIndex) -> RejectHint {
@@ -999,6 +1229,13 @@ impl<C: Command> Node<C> {
             self.send_after_persist(from, response);
             return;
         }
+        self.install(snapshot);
+        self.send_after_persist(from, Message::InstallSnapshotResponse { term, last_index, round });
+    }
+
+    /// Replaces the state up to `snapshot.last_index`, which is committed.
+    fn install(&mut self, snapshot: Snapshot) {
+        let last_index = snapshot.last_index;
         self.log.install(&snapshot);
         self.unstable_from = self.unstable_from.map(|from| from.max(last_index + 1));
         if self.unstable_from.is_some_and(|from| from > self.log.last_index()) {
@@ -1009,7 +1246,6 @@ impl<C: Command> Node<C> {
         self.applied_index = last_index;
         self.snapshot = Some(snapshot.clone());
         self.snapshot_to_persist = Some(snapshot);
-        self.send_after_persist(from, Message::InstallSnapshotResponse { term, last_index, round });
     }
 
     // ----- inputs -----
@@ -1041,13 +1277,33 @@ impl<C: Command> Node<C> {
             Message::PreVote { term, last_log_index, last_log_term } => {
                 self.on_pre_vote(from, term, last_log_index, last_log_term)
             }
-            Message::PreVoteResponse { term, granted } => self.on_pre_vote_response(from, term, granted),
+            Message::PreVoteResponse { term, granted, last_log_index, last_log_term } => {
+                self.on_pre_vote_response(from, term, granted, (last_log_term, last_log_index))
+            }
             Message::Vote { term, last_log_index, last_log_term } => {
                 self.on_vote(from, term, last_log_index, last_log_term)
             }
-            Message::VoteResponse { term, granted } => self.on_vote_response(from, term, granted),
+            Message::VoteResponse { term, granted, last_log_index, last_log_term } => {
+                self.on_vote_response(from, term, granted, (last_log_term, last_log_index))
+            }
             append @ Message::Append { .. } => self.on_append(from, append),
             Message::Heartbeat { term, commit, round } => self.on_heartbeat(from, term, commit, round),
+            Message::Fetch { term, prev_index, prev_term } => self.on_fetch(from, term, prev_index, prev_term),
+            Message::FetchResponse { term, .. } if term > self.term() => self.become_follower(term, None),
+            Message::FetchResponse { term, prev_index, matched, entries } => {
+                if term == self.term() {
+                    self.on_fetch_response(from, prev_index, matched, entries);
+                }
+            }
+            // This term's only leader is this node, so a snapshot of this
+            // term is its source's answer to a fetch.
+            Message::InstallSnapshot { term, snapshot, .. }
+                if self.role == Role::LeaderElect && term == self.term() =>
+            {
+                if self.fetching.is_some_and(|fetching| fetching.source == from) {
+                    self.on_fetched_snapshot(snapshot);
+                }
+            }
             Message::InstallSnapshot { term, snapshot, round } => self.on_install_snapshot(from, term, snapshot, round),
             Message::AppendResponse { success, index, hint, round, .. } => {
                 self.on_round_ack(from, round);
@@ -1240,7 +1496,8 @@ impl<C: Command> Node<C> {
 
     fn next_deadline(&self) -> Nanos {
         let Some(leader) = &self.leader else {
-            return self.election_deadline;
+            let retransmit_at = self.fetching.map(|fetching| fetching.sent_at + self.config.retransmit_timeout_ns);
+            return retransmit_at.map_or(self.election_deadline, |at| at.min(self.election_deadline)).max(self.now);
         };
         let mut deadline = leader.heartbeat_due;
         match self.config.mode {

@@ -53,10 +53,20 @@ fn elect_node_one(mode: ElectionMode, now: Nanos) -> Node {
     let ready = leader.step(now, Input::Tick);
     let pre_vote = messages(&ready).iter().any(|message| matches!(message, Message::PreVote { .. }));
     if pre_vote {
-        let _ = deliver(&mut leader, now, 2, Message::PreVoteResponse { term: 1, granted: true });
+        let _ = deliver(
+            &mut leader,
+            now,
+            2,
+            Message::PreVoteResponse { term: 1, granted: true, last_log_index: 0, last_log_term: 0 },
+        );
     }
     assert_eq!(leader.role(), Role::Candidate, "node 1 campaigns once its timer fires at {now}");
-    let _ = deliver(&mut leader, now, 2, Message::VoteResponse { term: 1, granted: true });
+    let _ = deliver(
+        &mut leader,
+        now,
+        2,
+        Message::VoteResponse { term: 1, granted: true, last_log_index: 0, last_log_term: 0 },
+    );
     assert_eq!(leader.role(), Role::Leader);
     leader
 }
@@ -92,7 +102,7 @@ fn votes_wait_for_persistence_and_carry_the_hard_state() {
     let ready = deliver(&mut voter, MS, 1, Message::Vote { term: 4, last_log_index: 0, last_log_term: 0 });
     assert_eq!(ready.persist.hard_state, Some(HardState { term: 4, voted_for: Some(1) }));
     assert!(ready.send.is_empty(), "nothing may leave before the vote is durable");
-    assert!(matches!(ready.send_after_persist[0].message, Message::VoteResponse { term: 4, granted: true }));
+    assert!(matches!(ready.send_after_persist[0].message, Message::VoteResponse { term: 4, granted: true, .. }));
 }
 
 /// Data-driven: how a voter answers a Vote request in each mode and situation.
@@ -156,11 +166,12 @@ fn vote_rules_by_mode() {
             granted: true,
             adopts_term: true,
         },
+        // Harpoon v2 compares no logs: its leader-elect fetches what it lacks.
         Case {
             mode: ElectionMode::Harpoon,
             heard_leader_ago: Some(501 * MS),
             candidate_log: (0, 0),
-            granted: false,
+            granted: true,
             adopts_term: true,
         },
     ];
@@ -274,7 +285,12 @@ fn only_entries_of_the_current_term_commit_by_counting() {
     };
     let mut leader = Node::new(config(1, ElectionMode::Raft), recovered, 1, 0).unwrap();
     let _ = leader.step(LATE, Input::Tick);
-    let _ = deliver(&mut leader, LATE, 2, Message::VoteResponse { term: 3, granted: true });
+    let _ = deliver(
+        &mut leader,
+        LATE,
+        2,
+        Message::VoteResponse { term: 3, granted: true, last_log_index: 0, last_log_term: 0 },
+    );
     assert_eq!(leader.role(), Role::Leader);
     let _ = leader.step(LATE, Input::Persisted { index: 2, term: 3 });
     let ack_old = Message::AppendResponse { term: 3, success: true, index: 1, hint: None, round: 1 };
@@ -405,29 +421,31 @@ fn tick_until(node: &mut Node, mut now: Nanos, limit: Nanos, predicate: impl Fn(
     }
 }
 
-/// Issue 13, item 1. B and C campaign in term 2; A refuses B (A's log is
-/// ahead) and adopts term 2; A's timer fires and it asks pre-votes for
-/// term 3; C's late Vote(2) reaches A, which grants it and so promises C;
-/// then B's pre-vote grant arrives. A must not campaign while it is bound
-/// to C: C may be leading term 2 on a lease that counts A's promise.
+/// Issue 13, item 1. A knows term 2 but voted in it for nobody; A's timer
+/// fires and it asks pre-votes for term 3; C's late Vote(2) reaches A,
+/// which grants it and so promises C; then B's pre-vote grant arrives. A
+/// must not campaign while it is bound to C: C may be leading term 2 on a
+/// lease that counts A's promise.
 #[test]
 fn a_node_that_votes_while_asking_pre_votes_does_not_go_on_to_campaign() {
     let old = Entry { term: 1, index: 1, payload: EntryPayload::Noop };
     let recovered = Recovered {
-        hard_state: HardState { term: 1, voted_for: None },
+        hard_state: HardState { term: 2, voted_for: None },
         snapshot: None,
         entries: vec![old],
         votes_withheld_until: None,
     };
     let mut voter = Node::new(config(1, ElectionMode::Harpoon), recovered, 1, 0).unwrap();
-    let ready = deliver(&mut voter, LATE, 2, Message::Vote { term: 2, last_log_index: 0, last_log_term: 0 });
-    assert!(messages(&ready).iter().any(|message| matches!(message, Message::VoteResponse { granted: false, .. })));
-    assert_eq!(voter.term(), 2, "an unbound voter adopts the candidate's term even when it refuses");
     let asked_at = tick_until(&mut voter, LATE, LATE + 3_000 * MS, |node, _| node.role() == Role::PreCandidate);
     let ready = deliver(&mut voter, asked_at + MS, 3, Message::Vote { term: 2, last_log_index: 1, last_log_term: 1 });
     assert!(messages(&ready).iter().any(|message| matches!(message, Message::VoteResponse { granted: true, .. })));
     assert_eq!(voter.role(), Role::Follower, "a voter gives up its own pre-vote");
-    let ready = deliver(&mut voter, asked_at + 2 * MS, 2, Message::PreVoteResponse { term: 3, granted: true });
+    let ready = deliver(
+        &mut voter,
+        asked_at + 2 * MS,
+        2,
+        Message::PreVoteResponse { term: 3, granted: true, last_log_index: 0, last_log_term: 0 },
+    );
     assert_eq!((voter.role(), voter.term()), (Role::Follower, 2), "no campaign while promised to node 3");
     assert!(!messages(&ready).iter().any(|message| matches!(message, Message::Vote { .. })));
     // Once the promise to C has lapsed (C never led), A may campaign again.
@@ -445,9 +463,19 @@ fn elect_node_one_with_late_votes() -> (Node, u64) {
     let mut leader = node(1, ElectionMode::Harpoon);
     let ready = leader.step(LATE, Input::Tick);
     assert!(messages(&ready).iter().any(|message| matches!(message, Message::PreVote { .. })));
-    let _ = deliver(&mut leader, LATE, 2, Message::PreVoteResponse { term: 1, granted: true });
+    let _ = deliver(
+        &mut leader,
+        LATE,
+        2,
+        Message::PreVoteResponse { term: 1, granted: true, last_log_index: 0, last_log_term: 0 },
+    );
     assert_eq!(leader.role(), Role::Candidate);
-    let ready = deliver(&mut leader, LATE + 600 * MS, 2, Message::VoteResponse { term: 1, granted: true });
+    let ready = deliver(
+        &mut leader,
+        LATE + 600 * MS,
+        2,
+        Message::VoteResponse { term: 1, granted: true, last_log_index: 0, last_log_term: 0 },
+    );
     assert_eq!(leader.role(), Role::Leader);
     let round = heartbeat_round(&ready).expect("the new leader starts a round at once");
     (leader, round)
@@ -590,4 +618,152 @@ fn a_replacement_withholds_its_votes_until_its_log_catches_up() {
     let later = LATE + 5_001 * MS + replacement.config().lease_duration_ns + MS;
     let ready = deliver(&mut replacement, later, 3, Message::Vote { term: 4, last_log_index: 2, last_log_term: 3 });
     assert!(messages(&ready).iter().any(|message| matches!(message, Message::VoteResponse { granted: true, .. })));
+}
+
+// ----- Harpoon v2: the leader-elect's fetch, and the campaign preference -----
+
+fn entry(index: LogIndex, term: Term) -> Entry {
+    Entry { term, index, payload: EntryPayload::Command(set(9, index)) }
+}
+
+/// Node 1 restarted in term 2 with `entries`; it campaigns for term 3 once
+/// its quiet period is over, wins node 2's pre-vote and vote, and node 2
+/// says its log ends at `voter_log` (term, index). Returns the time.
+fn campaign_with_a_voter_at(node: &mut Node, voter_log: (Term, LogIndex)) -> (Nanos, Ready) {
+    let asked_at = tick_until(node, LATE, LATE + 3_000 * MS, |node, _| node.role() == Role::PreCandidate);
+    let (last_log_term, last_log_index) = voter_log;
+    let grant = Message::PreVoteResponse { term: 3, granted: true, last_log_index, last_log_term };
+    let _ = deliver(node, asked_at, 2, grant);
+    assert_eq!(node.role(), Role::Candidate);
+    let vote = Message::VoteResponse { term: 3, granted: true, last_log_index, last_log_term };
+    (asked_at, deliver(node, asked_at, 2, vote))
+}
+
+fn restarted_in_term_two(entries: Vec<Entry>) -> Node {
+    let mut config = config(1, ElectionMode::Harpoon);
+    config.campaign_defers_to_better_logs = false;
+    let recovered = Recovered { hard_state: HardState { term: 2, voted_for: None }, entries, ..Recovered::default() };
+    Node::new(config, recovered, 1, 0).expect("valid state")
+}
+
+/// Node 1 lags (its term-1 entry 2 was never committed), node 2 holds the
+/// term-2 log. Node 1 wins without a log comparison and must adopt node 2's
+/// log, cutting its own conflicting entry, before it serves or appends.
+#[test]
+fn a_leader_elect_adopts_its_best_voters_log_before_it_leads() {
+    let mut candidate = restarted_in_term_two(vec![entry(1, 1), entry(2, 1)]);
+    let (now, ready) = campaign_with_a_voter_at(&mut candidate, (2, 3));
+    assert_eq!(candidate.role(), Role::LeaderElect);
+    let fetch = Message::Fetch { term: 3, prev_index: 0, prev_term: 0 };
+    assert!(messages(&ready).contains(&&fetch), "asks node 2 for everything after its commit index");
+    let ready = candidate.step(now, Input::Client(set(1, 1)));
+    assert!(matches!(ready.rejected[..], [(_, Rejection::NotLeader { leader: None })]), "serves nothing yet");
+    let entries = vec![entry(1, 1), entry(2, 2), entry(3, 2)];
+    let ready =
+        deliver(&mut candidate, now, 2, Message::FetchResponse { term: 3, prev_index: 0, matched: true, entries });
+    assert_eq!(candidate.role(), Role::Leader);
+    let terms: Vec<Term> = (1..=4).map(|index| candidate.log().term(index).unwrap()).collect();
+    assert_eq!(terms, vec![1, 2, 2, 3], "node 2's log, then the no-op of term 3");
+    assert_eq!(ready.persist.entries.first().map(|entry| entry.index), Some(2), "the conflicting entry 2 is replaced");
+}
+
+/// The source of the best log never answers: the leader-elect retries,
+/// then gives up and campaigns in a higher term; it never leads term 3
+/// with its own lesser log.
+#[test]
+fn a_leader_elect_whose_best_voter_is_silent_campaigns_again() {
+    let mut candidate = restarted_in_term_two(vec![entry(1, 1)]);
+    let (now, _) = campaign_with_a_voter_at(&mut candidate, (2, 3));
+    let retransmit_at = now + candidate.config().retransmit_timeout_ns;
+    let ready = candidate.step(retransmit_at, Input::Tick);
+    assert!(messages(&ready).iter().any(|message| matches!(message, Message::Fetch { .. })), "asks again");
+    let given_up_at =
+        tick_until(&mut candidate, retransmit_at, now + 3_000 * MS, |node, _| node.role() != Role::LeaderElect);
+    assert_eq!((candidate.role(), candidate.term()), (Role::PreCandidate, 3), "gave up at {given_up_at}");
+    let late =
+        Message::FetchResponse { term: 3, prev_index: 0, matched: true, entries: vec![entry(1, 1), entry(2, 2)] };
+    let _ = deliver(&mut candidate, given_up_at, 2, late);
+    assert_ne!(candidate.role(), Role::Leader, "an answer after giving up changes nothing");
+}
+
+/// A source that answers with entries beyond the log it voted with is
+/// broken: the leader-elect gives up rather than lead with either log.
+#[test]
+fn a_leader_elect_gives_up_on_a_source_whose_log_is_not_what_it_reported() {
+    let mut candidate = restarted_in_term_two(vec![entry(1, 1)]);
+    let (now, _) = campaign_with_a_voter_at(&mut candidate, (2, 2));
+    let entries = vec![entry(1, 1), entry(2, 2), entry(3, 2)];
+    let _ = deliver(&mut candidate, now, 2, Message::FetchResponse { term: 3, prev_index: 0, matched: true, entries });
+    assert_eq!(candidate.role(), Role::Follower);
+    let _ = deliver(
+        &mut candidate,
+        now,
+        2,
+        Message::FetchResponse { term: 3, prev_index: 0, matched: false, entries: vec![] },
+    );
+    assert_eq!(candidate.role(), Role::Follower);
+}
+
+/// The voter's side: it answers only the candidate it voted for, with a
+/// snapshot when it compacted past the point asked for, and tells a
+/// leader-elect of an older term about the newer one.
+#[test]
+fn a_voter_answers_fetches_from_its_candidate_only() {
+    let snapshot = Snapshot { last_index: 5, last_term: 1, data: bytes::Bytes::from_static(b"image") };
+    let recovered = Recovered {
+        hard_state: HardState { term: 3, voted_for: Some(1) },
+        snapshot: Some(snapshot.clone()),
+        entries: vec![entry(6, 2), entry(7, 2)],
+        votes_withheld_until: None,
+    };
+    let mut voter = Node::new(config(2, ElectionMode::Harpoon), recovered, 2, 0).unwrap();
+    const SOON: Nanos = 100 * MS;
+    let ready = deliver(&mut voter, SOON, 1, Message::Fetch { term: 3, prev_index: 2, prev_term: 1 });
+    assert_eq!(messages(&ready), vec![&Message::InstallSnapshot { term: 3, snapshot, round: 0 }]);
+    let ready = deliver(&mut voter, SOON, 1, Message::Fetch { term: 3, prev_index: 5, prev_term: 1 });
+    let answer =
+        Message::FetchResponse { term: 3, prev_index: 5, matched: true, entries: vec![entry(6, 2), entry(7, 2)] };
+    assert_eq!(messages(&ready), vec![&answer]);
+    let ready = deliver(&mut voter, SOON, 1, Message::Fetch { term: 3, prev_index: 6, prev_term: 1 });
+    let mismatch = Message::FetchResponse { term: 3, prev_index: 6, matched: false, entries: vec![] };
+    assert_eq!(messages(&ready), vec![&mismatch]);
+    let ready = deliver(&mut voter, SOON, 3, Message::Fetch { term: 3, prev_index: 5, prev_term: 1 });
+    assert!(messages(&ready).is_empty(), "node 3 got no vote from this node");
+    let ready = deliver(&mut voter, SOON, 3, Message::Fetch { term: 2, prev_index: 5, prev_term: 1 });
+    assert!(matches!(messages(&ready)[..], [Message::FetchResponse { term: 3, matched: false, .. }]));
+}
+
+/// A snapshot from the source moves the fetch past the source's compaction point.
+#[test]
+fn a_leader_elect_installs_its_sources_snapshot_and_fetches_the_rest() {
+    let mut candidate = restarted_in_term_two(vec![entry(1, 1)]);
+    let (now, _) = campaign_with_a_voter_at(&mut candidate, (2, 7));
+    let snapshot = Snapshot { last_index: 5, last_term: 1, data: bytes::Bytes::from_static(b"image") };
+    let ready =
+        deliver(&mut candidate, now, 2, Message::InstallSnapshot { term: 3, snapshot: snapshot.clone(), round: 0 });
+    assert_eq!(ready.persist.snapshot, Some(snapshot));
+    assert!(messages(&ready).contains(&&Message::Fetch { term: 3, prev_index: 5, prev_term: 1 }));
+    assert_eq!((candidate.role(), candidate.commit_index()), (Role::LeaderElect, 5));
+    let entries = vec![entry(6, 2), entry(7, 2)];
+    let _ = deliver(&mut candidate, now, 2, Message::FetchResponse { term: 3, prev_index: 5, matched: true, entries });
+    assert_eq!((candidate.role(), candidate.log().last_index()), (Role::Leader, 8));
+}
+
+/// The campaign preference: a node that wins its pre-votes but hears of a
+/// better log waits once, then campaigns even if it is still behind.
+#[test]
+fn a_lagging_node_lets_a_better_one_campaign_first_once() {
+    let mut lagging = node(1, ElectionMode::Harpoon);
+    let asked_at = tick_until(&mut lagging, LATE, LATE + 3_000 * MS, |node, _| node.role() == Role::PreCandidate);
+    let better = Message::PreVoteResponse { term: 1, granted: true, last_log_index: 4, last_log_term: 1 };
+    let ready = deliver(&mut lagging, asked_at, 2, better.clone());
+    assert_eq!(lagging.role(), Role::Follower, "defers to node 2");
+    assert!(!messages(&ready).iter().any(|message| matches!(message, Message::Vote { .. })));
+    let election_timeout = lagging.config().election_timeout_ns;
+    assert!(ready.next_deadline < asked_at + election_timeout, "waits half a timeout at most");
+    let asked_again_at =
+        tick_until(&mut lagging, asked_at + 1, asked_at + 3_000 * MS, |node, _| node.role() == Role::PreCandidate);
+    let ready = deliver(&mut lagging, asked_again_at, 2, better);
+    assert_eq!(lagging.role(), Role::Candidate, "campaigns the second time");
+    assert!(messages(&ready).iter().any(|message| matches!(message, Message::Vote { term: 1, .. })));
 }

@@ -84,18 +84,27 @@ pub enum Message<C> {
         last_log_index: LogIndex,
         last_log_term: Term,
     },
+    /// Carries the responder's log position, so that a candidate behind
+    /// it can let it campaign first (Harpoon's campaign preference).
     PreVoteResponse {
         term: Term,
         granted: bool,
+        last_log_index: LogIndex,
+        last_log_term: Term,
     },
     Vote {
         term: Term,
         last_log_index: LogIndex,
         last_log_term: Term,
     },
+    /// Carries the voter's log position when it voted. Harpoon voters do
+    /// not compare logs; the winner adopts the most up-to-date log of its
+    /// vote quorum instead (see `Fetch`).
     VoteResponse {
         term: Term,
         granted: bool,
+        last_log_index: LogIndex,
+        last_log_term: Term,
     },
     Append {
         term: Term,
@@ -124,6 +133,23 @@ pub enum Message<C> {
         term: Term,
         round: u64,
     },
+    /// From a Harpoon leader-elect to the voter of its quorum with the most
+    /// up-to-date log: "send me what follows (`prev_index`, `prev_term`)".
+    /// The voter answers with a `FetchResponse`, or with an
+    /// `InstallSnapshot` if it compacted past `prev_index`.
+    Fetch {
+        term: Term,
+        prev_index: LogIndex,
+        prev_term: Term,
+    },
+    FetchResponse {
+        term: Term,
+        prev_index: LogIndex,
+        /// Whether the voter's log holds `prev_term` at `prev_index`; if not,
+        /// `entries` is empty and the leader-elect gives up its election.
+        matched: bool,
+        entries: Vec<Entry<C>>,
+    },
     InstallSnapshot {
         term: Term,
         snapshot: Snapshot,
@@ -147,6 +173,8 @@ impl<C> Message<C> {
             | Message::AppendResponse { term, .. }
             | Message::Heartbeat { term, .. }
             | Message::HeartbeatResponse { term, .. }
+            | Message::Fetch { term, .. }
+            | Message::FetchResponse { term, .. }
             | Message::InstallSnapshot { term, .. }
             | Message::InstallSnapshotResponse { term, .. } => *term,
         }
@@ -163,6 +191,8 @@ impl<C> Message<C> {
             Message::AppendResponse { .. } => "append-resp",
             Message::Heartbeat { .. } => "heartbeat",
             Message::HeartbeatResponse { .. } => "heartbeat-resp",
+            Message::Fetch { .. } => "fetch",
+            Message::FetchResponse { .. } => "fetch-resp",
             Message::InstallSnapshot { .. } => "snapshot",
             Message::InstallSnapshotResponse { .. } => "snapshot-resp",
         }

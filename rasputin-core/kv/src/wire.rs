@@ -289,15 +289,24 @@ pub fn peer_message_to_proto(envelope: &Envelope) -> proto::PeerMessage {
             last_log_index: *last_log_index,
             last_log_term: *last_log_term,
         }),
-        Message::PreVoteResponse { term, granted } => {
-            Body::PreVoteResponse(proto::VoteResponse { term: *term, granted: *granted })
+        Message::PreVoteResponse { term, granted, last_log_index, last_log_term } => {
+            Body::PreVoteResponse(vote_response_to_proto(*term, *granted, *last_log_index, *last_log_term))
         }
         Message::Vote { term, last_log_index, last_log_term } => {
             Body::Vote(proto::PreVote { term: *term, last_log_index: *last_log_index, last_log_term: *last_log_term })
         }
-        Message::VoteResponse { term, granted } => {
-            Body::VoteResponse(proto::VoteResponse { term: *term, granted: *granted })
+        Message::VoteResponse { term, granted, last_log_index, last_log_term } => {
+            Body::VoteResponse(vote_response_to_proto(*term, *granted, *last_log_index, *last_log_term))
         }
+        Message::Fetch { term, prev_index, prev_term } => {
+            Body::Fetch(proto::Fetch { term: *term, prev_index: *prev_index, prev_term: *prev_term })
+        }
+        Message::FetchResponse { term, prev_index, matched, entries } => Body::FetchResponse(proto::FetchResponse {
+            term: *term,
+            prev_index: *prev_index,
+            matched: *matched,
+            entries: entries.iter().map(entry_to_proto).collect(),
+        }),
         Message::Append { term, prev_index, prev_term, entries, commit, round } => Body::Append(proto::Append {
             term: *term,
             prev_index: *prev_index,
@@ -335,6 +344,15 @@ pub fn peer_message_to_proto(envelope: &Envelope) -> proto::PeerMessage {
         }
     };
     proto::PeerMessage { range_id: DEFAULT_RANGE_ID, from: envelope.from, to: envelope.to, body: Some(body) }
+}
+
+fn vote_response_to_proto(
+    term: Term,
+    granted: bool,
+    last_log_index: LogIndex,
+    last_log_term: Term,
+) -> proto::VoteResponse {
+    proto::VoteResponse { term, granted, last_log_index, last_log_term }
 }
 
 /// What a peer frame holds: a consensus message, or a part of a snapshot
@@ -402,11 +420,30 @@ fn peer_message_unchecked(message: proto::PeerMessage) -> Result<Envelope, WireE
         Body::PreVote(vote) => {
             Message::PreVote { term: vote.term, last_log_index: vote.last_log_index, last_log_term: vote.last_log_term }
         }
-        Body::PreVoteResponse(response) => Message::PreVoteResponse { term: response.term, granted: response.granted },
+        Body::PreVoteResponse(response) => Message::PreVoteResponse {
+            term: response.term,
+            granted: response.granted,
+            last_log_index: response.last_log_index,
+            last_log_term: response.last_log_term,
+        },
         Body::Vote(vote) => {
             Message::Vote { term: vote.term, last_log_index: vote.last_log_index, last_log_term: vote.last_log_term }
         }
-        Body::VoteResponse(response) => Message::VoteResponse { term: response.term, granted: response.granted },
+        Body::VoteResponse(response) => Message::VoteResponse {
+            term: response.term,
+            granted: response.granted,
+            last_log_index: response.last_log_index,
+            last_log_term: response.last_log_term,
+        },
+        Body::Fetch(fetch) => {
+            Message::Fetch { term: fetch.term, prev_index: fetch.prev_index, prev_term: fetch.prev_term }
+        }
+        Body::FetchResponse(response) => Message::FetchResponse {
+            term: response.term,
+            prev_index: response.prev_index,
+            matched: response.matched,
+            entries: response.entries.into_iter().map(entry_from_proto).collect::<Result<_, _>>()?,
+        },
         Body::Append(append) => Message::Append {
             term: append.term,
             prev_index: append.prev_index,
@@ -536,9 +573,12 @@ mod tests {
         ];
         let messages = vec![
             Message::PreVote { term: 3, last_log_index: 4, last_log_term: 2 },
-            Message::PreVoteResponse { term: 3, granted: true },
+            Message::PreVoteResponse { term: 3, granted: true, last_log_index: 4, last_log_term: 2 },
             Message::Vote { term: 3, last_log_index: 4, last_log_term: 2 },
-            Message::VoteResponse { term: 3, granted: false },
+            Message::VoteResponse { term: 3, granted: false, last_log_index: 7, last_log_term: 3 },
+            Message::Fetch { term: 3, prev_index: 4, prev_term: 2 },
+            Message::FetchResponse { term: 3, prev_index: 4, matched: true, entries: entries.clone() },
+            Message::FetchResponse { term: 3, prev_index: 5, matched: false, entries: Vec::new() },
             Message::Append { term: 2, prev_index: 4, prev_term: 1, entries, commit: 3, round: 7 },
             Message::AppendResponse {
                 term: 2,

@@ -54,6 +54,10 @@ pub struct Bounds {
     /// Messages in flight beyond which no more time passes: a bound on the
     /// state space, not on the protocol.
     pub messages_in_flight_max: usize,
+    /// Harpoon's campaign preference. It only delays campaigns, so safety
+    /// must hold without it too; without it, lagging nodes win sooner and
+    /// the fetch is reached in fewer steps.
+    pub campaign_defers_to_better_logs: bool,
 }
 
 /// One node's disk: what the driver has synced for it.
@@ -137,6 +141,7 @@ impl Harpoon {
         let mut config = Config::new(id, (1..=self.bounds.nodes as NodeId).collect());
         config.mode = self.bounds.mode;
         config.faults = self.bounds.faults;
+        config.campaign_defers_to_better_logs = self.bounds.campaign_defers_to_better_logs;
         config.election_timeout_ns = ELECTION_TIMEOUT_NS;
         config
     }

@@ -26,7 +26,16 @@ fn check(bounds: Bounds, depth: usize) -> impl Checker<Harpoon> {
 }
 
 fn quiet(mode: ElectionMode, writes: u64) -> Bounds {
-    Bounds { nodes: 3, mode, faults: Faults::default(), writes, crashes: 0, duplicates: 0, messages_in_flight_max: 4 }
+    Bounds {
+        nodes: 3,
+        mode,
+        faults: Faults::default(),
+        writes,
+        crashes: 0,
+        duplicates: 0,
+        messages_in_flight_max: 4,
+        campaign_defers_to_better_logs: true,
+    }
 }
 
 /// Deep enough for a write to commit, so that state-machine safety and

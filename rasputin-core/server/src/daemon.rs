@@ -1132,9 +1132,9 @@ impl Daemon {
     // ----- snapshots, streamed beside consensus (see `snapshot`) -----
 
     fn pump_snapshots(&mut self) {
-        let leader_term = self.node.as_ref().filter(|node| node.role() == Role::Leader).map(Node::term);
+        let sending_term = self.node.as_ref().and_then(Node::snapshot_sending_term);
         let (outbound, connections) = (&self.outbound, &self.connections);
-        self.streams.pump(leader_term, |peer| {
+        self.streams.pump(sending_term, |peer| {
             let token = *outbound.get(&peer)?;
             let connection = connections.get(&token).filter(|connection| connection.greeted)?;
             Some((token, connection.outgoing_bytes()))

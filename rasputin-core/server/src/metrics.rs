@@ -296,7 +296,7 @@ impl Metrics {
         );
         out.gauge("rasputin_term", "This node's current term.", gauges.term as f64);
         out.header("rasputin_role", "gauge", "1 for this node's role, 0 for the others.");
-        for role in ["leader", "follower", "candidate", "joining"] {
+        for role in ["leader", "leader-elect", "follower", "candidate", "joining"] {
             out.sample("rasputin_role", &format!("role=\"{role}\""), f64::from(u8::from(gauges.role == role)));
         }
         out.gauge("rasputin_leader_id", "The leader this node knows, 0 for none.", gauges.leader_id as f64);

@@ -132,7 +132,8 @@ impl Observer {
             status.role = match node.role() {
                 Role::Leader => "leader",
                 Role::Follower => "follower",
-                _ => "candidate",
+                Role::LeaderElect => "leader-elect",
+                Role::PreCandidate | Role::Candidate => "candidate",
             }
             .to_string();
             status.term = node.term();

@@ -255,12 +255,15 @@ impl Streams {
     /// stalled, rewinds those whose connection changed, and asks for the
     /// next chunk where the window and the connection have room.
     /// `connection` gives a peer's connection and the bytes it has queued.
-    pub fn pump(&mut self, leader_term: Option<Term>, connection: impl Fn(NodeId) -> Option<(Token, usize)>) {
+    /// `sending_term` is the term in which consensus may send snapshots now
+    /// (`Node::snapshot_sending_term`): a leader's, or a voter's answering
+    /// its leader-elect's fetch.
+    pub fn pump(&mut self, sending_term: Option<Term>, connection: impl Fn(NodeId) -> Option<(Token, usize)>) {
         let peers: Vec<NodeId> = self.transfers.keys().copied().collect();
         for peer in peers {
             let transfer = &self.transfers[&peer];
-            if leader_term != Some(transfer.term) {
-                self.abort(peer, "no longer the leader of its term");
+            if sending_term != Some(transfer.term) {
+                self.abort(peer, "the term it was sent in is over");
                 continue;
             }
             if transfer.progress_at.elapsed() > SNAPSHOT_TRANSFER_STALL_TIMEOUT {

@@ -41,6 +41,31 @@ impl Scenario {
     }
 }
 
+/// An election protocol under test: a mode, and for Harpoon whether a
+/// lagging node lets a better-placed one campaign first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Contender {
+    pub mode: ElectionMode,
+    pub campaign_defers_to_better_logs: bool,
+}
+
+impl Contender {
+    pub const ALL: [Contender; 4] = [
+        Contender { mode: ElectionMode::Harpoon, campaign_defers_to_better_logs: true },
+        Contender { mode: ElectionMode::Harpoon, campaign_defers_to_better_logs: false },
+        Contender { mode: ElectionMode::RaftPreVoteCheckQuorum, campaign_defers_to_better_logs: false },
+        Contender { mode: ElectionMode::Raft, campaign_defers_to_better_logs: false },
+    ];
+
+    pub fn label(self) -> &'static str {
+        match (self.mode, self.campaign_defers_to_better_logs) {
+            (ElectionMode::Harpoon, true) => "harpoon",
+            (ElectionMode::Harpoon, false) => "harpoon, no campaign preference",
+            (mode, _) => mode.name(),
+        }
+    }
+}
+
 /// One run of one scenario. Times are in election timeouts.
 #[derive(Clone, Debug, Default)]
 pub struct Outcome {
@@ -58,8 +83,9 @@ pub struct Outcome {
 const WARMUP_NS: u64 = 5 * SECOND_NS;
 const FAULT_ELECTION_TIMEOUTS: u64 = 20;
 
-pub fn run(scenario: Scenario, mode: ElectionMode, seed: u64) -> Outcome {
-    let mut config = SimConfig::new(scenario.nodes(), mode, Vec::<NemesisKind>::new());
+pub fn run(scenario: Scenario, contender: Contender, seed: u64) -> Outcome {
+    let mut config = SimConfig::new(scenario.nodes(), contender.mode, Vec::<NemesisKind>::new());
+    config.campaign_defers_to_better_logs = contender.campaign_defers_to_better_logs;
     config.network = NetworkConfig::default();
     config.clients = 4;
     config.client_think_ns = 5_000_000;

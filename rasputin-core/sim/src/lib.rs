@@ -56,6 +56,8 @@ pub struct SimConfig {
     pub session_limits: SessionLimits,
     /// Deliberate consensus bugs, for tests that show the checks catch them.
     pub faults: Faults,
+    /// Harpoon's campaign preference (`Config::campaign_defers_to_better_logs`).
+    pub campaign_defers_to_better_logs: bool,
     pub record_trace: bool,
     /// Keep the client history as JSON lines in the report.
     pub record_history: bool,
@@ -87,6 +89,7 @@ impl SimConfig {
             snapshot_every_entries: 200,
             session_limits: SessionLimits::PRODUCTION,
             faults: Faults::default(),
+            campaign_defers_to_better_logs: true,
             record_trace: false,
             record_history: false,
         }
@@ -97,6 +100,7 @@ impl SimConfig {
         let mut config = rasputin_consensus::Config::new(id, members);
         config.mode = self.mode;
         config.faults = self.faults;
+        config.campaign_defers_to_better_logs = self.campaign_defers_to_better_logs;
         config
     }
 }

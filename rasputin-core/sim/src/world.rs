@@ -94,6 +94,7 @@ struct Server {
     /// Client requests this server accepted: (client id, sequence) → (client, attempt).
     pending: BTreeMap<(u64, u64), (usize, u64)>,
     was_leader_in: Option<Term>,
+    was_leader_elect_in: Option<Term>,
 }
 
 /// What one seed's run produced.
@@ -105,6 +106,8 @@ pub struct SeedReport {
     pub trace: String,
     /// Leaders elected, as (true time, node, term).
     pub elections: Vec<(u64, NodeId, Term)>,
+    /// Elections whose winner had to fetch its best voter's log first.
+    pub fetching_elections: usize,
     /// True completion times of successful writes.
     pub write_completions_ns: Vec<u64>,
     /// The client history as JSON lines (docs/history.md), when asked for.
@@ -186,6 +189,7 @@ impl<'a> World<'a> {
                     timer_generation: 0,
                     pending: BTreeMap::new(),
                     was_leader_in: None,
+                    was_leader_elect_in: None,
                 }
             })
             .collect();
@@ -360,12 +364,17 @@ impl<'a> World<'a> {
     fn after_step(&mut self, index: usize, ready: Ready) -> Result<(), Breach> {
         let id = index as NodeId + 1;
         {
-            let node = self.servers[index].node.as_ref().expect("running");
+            let server = &mut self.servers[index];
+            let node = server.node.as_ref().expect("running");
             self.invariants.on_persisted_entries(node, &ready.persist.entries)?;
-            if node.role() == Role::Leader && self.servers[index].was_leader_in != Some(node.term()) {
+            if node.role() == Role::Leader && server.was_leader_in != Some(node.term()) {
                 self.invariants.on_leader(node)?;
                 self.report.elections.push((self.now_ns, id, node.term()));
-                self.servers[index].was_leader_in = Some(node.term());
+                server.was_leader_in = Some(node.term());
+            }
+            if node.role() == Role::LeaderElect && server.was_leader_elect_in != Some(node.term()) {
+                self.report.fetching_elections += 1;
+                server.was_leader_elect_in = Some(node.term());
             }
         }
         let Ready { persist, send, send_after_persist, apply, reads, rejected, refused, next_deadline } = ready;

@@ -2,21 +2,27 @@
 //! deeper than CI's. Prints the states explored, the depth, the time, and
 //! the first counterexample found, if any.
 //!
-//!     rasputin-model [harpoon|raft] DEPTH [votes-ignore-logs] [crashes=N] [duplicates=N] [writes=N]
+//!     rasputin-model harpoon|raft|raft-pv-cq DEPTH [BUG] [crashes=N] [duplicates=N] [writes=N]
+//!         [messages=N] [no-preference] [dfs]
+//!
+//! BUG is one of `Faults::NAMES` (skip-fetch, votes-ignore-promises, votes-ignore-logs, ...).
 
 use std::process::ExitCode;
 use std::time::Instant;
 
 use rasputin_consensus::{ElectionMode, Faults};
 use rasputin_model::{Bounds, Harpoon};
-use stateright::{Checker, Model};
+use stateright::{Checker, HasDiscoveries, Model};
 
 fn main() -> ExitCode {
     let arguments: Vec<String> = std::env::args().skip(1).collect();
     let mode = ElectionMode::parse(arguments.first().map_or("harpoon", String::as_str));
     let depth = arguments.get(1).and_then(|text| text.parse().ok());
     let (Some(mode), Some(depth)) = (mode, depth) else {
-        eprintln!("usage: rasputin-model harpoon|raft|raft-pv-cq DEPTH [votes-ignore-logs] [crashes=N] [duplicates=N] [writes=N]");
+        eprintln!(
+            "usage: rasputin-model harpoon|raft|raft-pv-cq DEPTH [BUG] [crashes=N] [duplicates=N] [writes=N] [messages=N] [no-preference] [dfs]; BUG: {}",
+            Faults::NAMES.join(", ")
+        );
         return ExitCode::from(2);
     };
     let count = |name: &str, default: u64| {
@@ -25,10 +31,7 @@ fn main() -> ExitCode {
             .find_map(|argument| argument.strip_prefix(&format!("{name}=")).and_then(|value| value.parse().ok()))
             .unwrap_or(default)
     };
-    let faults = Faults {
-        votes_ignore_logs: arguments.iter().any(|argument| argument == "votes-ignore-logs"),
-        ..Faults::default()
-    };
+    let faults = arguments.iter().skip(2).find_map(|argument| Faults::named(argument)).unwrap_or_default();
     let bounds = Bounds {
         nodes: 3,
         mode,
@@ -36,11 +39,23 @@ fn main() -> ExitCode {
         writes: count("writes", 1),
         crashes: count("crashes", 0) as u32,
         duplicates: count("duplicates", 0) as u32,
-        messages_in_flight_max: 4,
+        messages_in_flight_max: count("messages", 4) as usize,
+        campaign_defers_to_better_logs: !arguments.iter().any(|argument| argument == "no-preference"),
     };
     println!("{bounds:?}, depth {depth}");
     let started = Instant::now();
-    let checker = Harpoon { bounds }.checker().target_max_depth(depth).spawn_bfs().join();
+    // Stops at the first counterexample; with none, explores everything to the depth.
+    let builder = Harpoon { bounds }.checker().target_max_depth(depth).finish_when(HasDiscoveries::AnyFailures);
+    // Depth-first reaches a deep counterexample long before breadth-first
+    // has exhausted the levels above it; breadth-first finds the shortest.
+    if arguments.iter().any(|argument| argument == "dfs") {
+        report(builder.spawn_dfs().join(), started)
+    } else {
+        report(builder.spawn_bfs().join(), started)
+    }
+}
+
+fn report(checker: impl Checker<Harpoon>, started: Instant) -> ExitCode {
     println!(
         "states={} unique={} depth={} seconds={:.1}",
         checker.state_count(),

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use clap::Parser;
 use rasputin_consensus::{ElectionMode, Faults};
-use rasputin_sim::experiment::{self, Scenario};
+use rasputin_sim::experiment::{self, Contender, Scenario};
 use rasputin_sim::{run_seed, NemesisKind, SeedReport, SimConfig};
 
 #[derive(Parser, Debug)]
@@ -47,8 +47,9 @@ struct Arguments {
     /// daemon). A few make sessions expire all the time.
     #[arg(long)]
     sessions_max: Option<usize>,
-    /// Build in a deliberate bug, to see the checks catch it: lease-without-margin, read-before-noop, stale-reads or votes-ignore-logs.
-    #[arg(long, value_parser = ["lease-without-margin", "read-before-noop", "stale-reads", "votes-ignore-logs"])]
+    /// Build in a deliberate bug, to see the checks catch it: lease-without-margin, read-before-noop,
+    /// stale-reads, votes-ignore-logs (raft modes), skip-fetch or votes-ignore-promises (harpoon).
+    #[arg(long, value_parser = Faults::NAMES)]
     bug: Option<String>,
     /// Write each seed's client history to DIR/seed-S.jsonl (format: docs/history.md).
     #[arg(long, value_name = "DIR")]
@@ -59,6 +60,10 @@ struct Arguments {
     /// Stop at the first violation: seeds not yet started are not run.
     #[arg(long)]
     fail_fast: bool,
+    /// Harpoon: a lagging node campaigns at once instead of letting a
+    /// better-placed node go first (Config::campaign_defers_to_better_logs).
+    #[arg(long)]
+    no_campaign_preference: bool,
 }
 
 fn parse_nodes(text: &str) -> Result<usize, String> {
@@ -83,12 +88,7 @@ fn parse_election(text: &str) -> Result<ElectionMode, String> {
 }
 
 fn faults_for(bug: Option<&str>) -> Faults {
-    Faults {
-        lease_without_drift_margin: bug == Some("lease-without-margin"),
-        read_before_noop_commits: bug == Some("read-before-noop"),
-        reads_ignore_lease: bug == Some("stale-reads"),
-        votes_ignore_logs: bug == Some("votes-ignore-logs"),
-    }
+    bug.map_or_else(Faults::default, |name| Faults::named(name).expect("clap admits only listed names"))
 }
 
 fn main() -> ExitCode {
@@ -106,6 +106,7 @@ fn main() -> ExitCode {
         config.session_limits.count_max = count_max;
     }
     config.faults = faults_for(arguments.bug.as_deref());
+    config.campaign_defers_to_better_logs = !arguments.no_campaign_preference;
     config.record_history = arguments.history_dir.is_some();
     if let Some(directory) = &arguments.history_dir {
         if let Err(error) = std::fs::create_dir_all(directory) {
@@ -135,9 +136,10 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     let elapsed = started.elapsed().as_secs_f64();
-    let Totals { seeds: seeds_run, operations, violations, slowest_recovery_ns } = totals;
+    let Totals { seeds: seeds_run, operations, violations, slowest_recovery_ns, elections, fetching_elections } =
+        totals;
     println!(
-        "seeds={seeds_run} ops={operations} violations={violations} nodes={} election={} wall={elapsed:.1}s ops_per_wall_second={:.0} slowest_recovery_ms={}",
+        "seeds={seeds_run} ops={operations} violations={violations} nodes={} election={} wall={elapsed:.1}s ops_per_wall_second={:.0} slowest_recovery_ms={} elections={elections} fetching_elections={fetching_elections}",
         arguments.nodes,
         arguments.election.name(),
         operations as f64 / elapsed.max(1e-9),
@@ -157,6 +159,8 @@ struct Totals {
     operations: usize,
     violations: u64,
     slowest_recovery_ns: u64,
+    elections: usize,
+    fetching_elections: usize,
 }
 
 impl Totals {
@@ -165,6 +169,8 @@ impl Totals {
         self.operations += report.operations;
         self.violations += u64::from(report.violation.is_some());
         self.slowest_recovery_ns = self.slowest_recovery_ns.max(report.recovery_ns.unwrap_or(0));
+        self.elections += report.elections.len();
+        self.fetching_elections += report.fetching_elections;
     }
 }
 
@@ -211,6 +217,9 @@ fn replay_command(arguments: &Arguments, report: &SeedReport) -> String {
     if let Some(count_max) = arguments.sessions_max {
         command.push_str(&format!(" --sessions-max {count_max}"));
     }
+    if arguments.no_campaign_preference {
+        command.push_str(" --no-campaign-preference");
+    }
     command
 }
 
@@ -250,17 +259,16 @@ fn in_parallel<T: Sync, R: Send>(
 }
 
 fn run_experiment(arguments: &Arguments) {
-    let modes = [ElectionMode::Harpoon, ElectionMode::RaftPreVoteCheckQuorum, ElectionMode::Raft];
-    println!("| scenario | election | nodes | leader changes (mean, max) | write availability | longest outage (election timeouts) |");
+    println!("| scenario | election | nodes | leader changes (mean, max) | write availability | longest outage, election timeouts (mean, max) |");
     println!("|---|---|---|---|---|---|");
     for scenario in Scenario::ALL {
-        for mode in modes {
+        for contender in Contender::ALL {
             let seeds: Vec<u64> = (arguments.seed..arguments.seed + arguments.seeds).collect();
             let mut outcomes = Vec::with_capacity(seeds.len());
             in_parallel(
                 &seeds,
                 arguments.threads,
-                |&seed| experiment::run(scenario, mode, seed),
+                |&seed| experiment::run(scenario, contender, seed),
                 |outcome| {
                     outcomes.push(outcome);
                     true
@@ -268,18 +276,19 @@ fn run_experiment(arguments: &Arguments) {
             );
             let errors: Vec<&String> = outcomes.iter().filter_map(|outcome| outcome.error.as_ref()).collect();
             for error in &errors {
-                eprintln!("{} {}: {error}", scenario.label(), mode.name());
+                eprintln!("{} {}: {error}", scenario.label(), contender.label());
             }
             let count = outcomes.len() as f64;
             let changes: f64 = outcomes.iter().map(|outcome| outcome.leader_changes as f64).sum::<f64>() / count;
             let max_changes = outcomes.iter().map(|outcome| outcome.leader_changes).max().unwrap_or(0);
             let availability: f64 = outcomes.iter().map(|outcome| outcome.write_availability).sum::<f64>() / count;
-            let outage: f64 =
-                outcomes.iter().map(|outcome| outcome.longest_outage_election_timeouts).sum::<f64>() / count;
+            let outages = outcomes.iter().map(|outcome| outcome.longest_outage_election_timeouts);
+            let outage = outages.clone().sum::<f64>() / count;
+            let max_outage = outages.fold(0.0, f64::max);
             println!(
-                "| {} | {} | {} | {changes:.1}, {max_changes} | {:.0}% | {outage:.1} |",
+                "| {} | {} | {} | {changes:.1}, {max_changes} | {:.0}% | {outage:.1}, {max_outage:.1} |",
                 scenario.label(),
-                mode.name(),
+                contender.label(),
                 scenario.nodes(),
                 availability * 100.0
             );
