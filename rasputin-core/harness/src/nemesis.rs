@@ -35,10 +35,16 @@ pub enum FaultKind {
     /// One node restarted with its clocks running fast or slow (libfaketime),
     /// within the drift bound the lease assumes.
     ClockSkew,
+    /// The constrained election (docs/harpoon.md, scenario (c)): a follower
+    /// A (and with five nodes one more) stops hearing the leader for a
+    /// moment, so that the others hold entries A lacks; then the leader is
+    /// cut off entirely and every other link not touching A is cut, so A
+    /// is the only node that reaches a majority.
+    Constrained,
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 11] = [
+    pub const ALL: [FaultKind; 12] = [
         FaultKind::KillOne,
         FaultKind::KillLeader,
         FaultKind::KillAll,
@@ -50,6 +56,7 @@ impl FaultKind {
         FaultKind::Partial,
         FaultKind::OneWay,
         FaultKind::ClockSkew,
+        FaultKind::Constrained,
     ];
 
     pub fn name(self) -> &'static str {
@@ -65,6 +72,7 @@ impl FaultKind {
             FaultKind::Partial => "partial",
             FaultKind::OneWay => "one-way",
             FaultKind::ClockSkew => "clock-skew",
+            FaultKind::Constrained => "constrained",
         }
     }
 
@@ -107,6 +115,7 @@ impl FaultKind {
                 | FaultKind::Bridge
                 | FaultKind::Partial
                 | FaultKind::OneWay
+                | FaultKind::Constrained
         )
     }
 }
@@ -149,6 +158,11 @@ impl Planner {
         round
     }
 }
+
+/// How long the constrained election's future leader stops hearing the
+/// leader before the partition: long enough for the others to take
+/// entries it lacks, shorter than the 500 ms lease, so the leader leads on.
+const CONSTRAINED_LAG: Duration = Duration::from_millis(300);
 
 /// The clock rate of a skewed node: 1% to 4% fast or slow, inside the 5%
 /// drift bound the daemon's lease is computed for.
@@ -207,6 +221,43 @@ fn links_for(kind: FaultKind, count: usize, chosen: usize, random: &mut ChaCha8R
     }
 }
 
+/// The constrained election's partition: every link that does not touch
+/// `hub` is cut, and so are the hub's links to `isolated`.
+fn constrained_links(count: usize, hub: usize, isolated: usize) -> Vec<Link> {
+    let mut links = Vec::new();
+    for a in 0..count {
+        for b in (a + 1)..count {
+            let touches_hub = a == hub || b == hub;
+            if !touches_hub || a == isolated || b == isolated {
+                links.extend([(a, b), (b, a)]);
+            }
+        }
+    }
+    links
+}
+
+/// Lets the followers other than the hub (and, with five nodes or more,
+/// one more) get ahead of it, then cuts the links of `constrained_links`.
+fn constrain(cluster: &Cluster, network: &mut Network, random: &mut ChaCha8Rng) -> Result<String, HarnessError> {
+    let count = cluster.len();
+    let leader = cluster.leader().unwrap_or_else(|| random.gen_range(0..count));
+    let mut followers: Vec<usize> = (0..count).filter(|node| *node != leader).collect();
+    followers.shuffle(random);
+    let hub = followers[0];
+    let lagging: Vec<Link> =
+        followers.iter().take(if count >= 5 { 2 } else { 1 }).map(|&node| (leader, node)).collect();
+    network.apply(&lagging, LinkFault::Cut)?;
+    std::thread::sleep(CONSTRAINED_LAG);
+    network.heal()?;
+    network.apply(&constrained_links(count, hub, leader), LinkFault::Cut)?;
+    Ok(format!(
+        "constrained election: node {} lagged behind leader {}, which is now cut off; only node {} reaches a majority",
+        hub + 1,
+        leader + 1,
+        hub + 1
+    ))
+}
+
 fn link_fault(network: &Network, random: &mut ChaCha8Rng) -> LinkFault {
     match network.link_faults().choose(random).expect("every network can cut") {
         LinkFaultKind::Cut => LinkFault::Cut,
@@ -249,6 +300,7 @@ pub fn inject(
             cluster.launch(victim, Some(rate))?;
             (Active::Skewed(victim), format!("restarted {} with its clocks at {rate:.3}× speed", node_name(victim)))
         }
+        FaultKind::Constrained => (Active::Partitioned, constrain(cluster, network, random)?),
         network_kind => {
             let chosen = match network_kind {
                 FaultKind::IsolateLeader => cluster.leader().unwrap_or_else(|| random.gen_range(0..cluster.len())),
@@ -291,7 +343,7 @@ mod tests {
         assert_eq!(FaultKind::parse_set("all").unwrap(), FaultKind::ALL.to_vec());
         assert_eq!(FaultKind::parse_set("kill,kill-leader").unwrap().len(), 3);
         let partitions = FaultKind::parse_set("partition").unwrap();
-        assert!(partitions.iter().all(|kind| kind.is_network()) && partitions.len() == 6);
+        assert!(partitions.iter().all(|kind| kind.is_network()) && partitions.len() == 7);
         assert_eq!(FaultKind::parse_set("pause,clock").unwrap(), [FaultKind::PauseLeader, FaultKind::ClockSkew]);
         assert!(FaultKind::parse_set("meteor").unwrap_err().contains("unknown nemesis \"meteor\""));
     }
@@ -311,6 +363,23 @@ mod tests {
 
     fn cut_pairs(links: &[Link]) -> BTreeSet<(usize, usize)> {
         links.iter().map(|&(from, to)| (from.min(to), from.max(to))).collect()
+    }
+
+    #[test]
+    fn the_constrained_partition_leaves_only_the_hub_a_majority() {
+        let links = constrained_links(5, 1, 3);
+        let cut = cut_pairs(&links);
+        assert_eq!((links.len(), cut.len()), (14, 7));
+        for node in 0..5 {
+            let reaches = (0..5).filter(|other| *other != node && !cut.contains(&(node.min(*other), node.max(*other))));
+            let expected = match node {
+                1 => 3,
+                3 => 0,
+                _ => 1,
+            };
+            assert_eq!(reaches.count(), expected, "node {node}");
+        }
+        assert_eq!(cut_pairs(&constrained_links(3, 0, 2)), BTreeSet::from([(0, 2), (1, 2)]));
     }
 
     #[test]

@@ -5,8 +5,11 @@
 //! every order of these actions, to a depth bound:
 //! - deliver any message in flight, lose it, or deliver it and keep a copy
 //!   (duplication, within a budget);
-//! - let time pass to the next deadline any node has (every clock reads
-//!   true time: this model has no drift; the simulator covers drift);
+//! - let true time pass to the next deadline any node has, and tick every
+//!   node whose deadline has come (every clock reads true time: this model
+//!   has no drift; the simulator covers drift);
+//! - the same, but leave one due node unticked: a slow or paused process.
+//!   Time passes for it all the same, and it sees so when it next steps;
 //! - hand a client write to any node (within a budget);
 //! - crash a node and restart it from its disk (within a budget).
 //!
@@ -51,6 +54,8 @@ pub struct Bounds {
     pub writes: u64,
     pub crashes: u32,
     pub duplicates: u32,
+    /// Times time may pass while a due node is left unticked.
+    pub pauses: u32,
     /// Messages in flight beyond which no more time passes: a bound on the
     /// state space, not on the protocol.
     pub messages_in_flight_max: usize,
@@ -58,6 +63,19 @@ pub struct Bounds {
     /// must hold without it too; without it, lagging nodes win sooner and
     /// the fetch is reached in fewer steps.
     pub campaign_defers_to_better_logs: bool,
+    pub start: Start,
+}
+
+/// Where exploration begins.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Start {
+    /// Three empty nodes at time 0.
+    Empty,
+    /// Node 3 cut off while the others elect a leader and commit its
+    /// no-op; then every message in flight is lost. A reachable state from
+    /// which a lagging node's election, the case Harpoon v2 changes, is a
+    /// few steps away, so the checker can go deeper there.
+    LaggingThirdNode,
 }
 
 /// One node's disk: what the driver has synced for it.
@@ -79,6 +97,7 @@ pub struct Cluster {
     pub writes_made: u64,
     pub crashes_made: u32,
     pub duplicates_made: u32,
+    pub pauses_made: u32,
     /// The leader of each term seen.
     pub leaders: BTreeMap<Term, NodeId>,
     /// The first entry applied at each index, with the term of the node
@@ -87,6 +106,8 @@ pub struct Cluster {
     pub committed: BTreeMap<LogIndex, (Entry<Write>, Term)>,
     /// Broken properties, as found while stepping.
     pub broken: Vec<String>,
+    /// A leader-elect fetched its best voter's log and went on to lead.
+    pub led_after_a_fetch: bool,
 }
 
 impl Hash for Cluster {
@@ -99,8 +120,8 @@ impl Hash for Cluster {
         self.disks.hash(hasher);
         self.network.hash(hasher);
         self.deadlines.hash(hasher);
-        (self.now, self.writes_made, self.crashes_made, self.duplicates_made).hash(hasher);
-        self.broken.hash(hasher);
+        (self.now, self.writes_made, self.crashes_made, self.duplicates_made, self.pauses_made).hash(hasher);
+        (&self.broken, self.led_after_a_fetch).hash(hasher);
     }
 }
 
@@ -110,9 +131,9 @@ impl PartialEq for Cluster {
         self.disks == other.disks
             && self.network == other.network
             && self.deadlines == other.deadlines
-            && (self.now, self.writes_made, self.crashes_made, self.duplicates_made)
-                == (other.now, other.writes_made, other.crashes_made, other.duplicates_made)
-            && self.broken == other.broken
+            && (self.now, self.writes_made, self.crashes_made, self.duplicates_made, self.pauses_made)
+                == (other.now, other.writes_made, other.crashes_made, other.duplicates_made, other.pauses_made)
+            && (&self.broken, self.led_after_a_fetch) == (&other.broken, other.led_after_a_fetch)
             && forms(self) == forms(other)
     }
 }
@@ -125,6 +146,7 @@ pub enum Action {
     DeliverAndKeep(usize),
     Lose(usize),
     PassTime,
+    PassTimeWithout(usize),
     Write(usize),
     CrashAndRestart(usize),
 }
@@ -157,7 +179,9 @@ impl Harpoon {
     /// Steps node `index` with `input` and carries out what it asks.
     fn step(&self, cluster: &mut Cluster, index: usize, input: Input<Write>) {
         let now = cluster.now;
+        let fetching = cluster.nodes[index].role() == Role::LeaderElect;
         let ready = cluster.nodes[index].step(now, input);
+        cluster.led_after_a_fetch |= fetching && cluster.nodes[index].role() == Role::Leader;
         self.carry_out(cluster, index, ready);
         check_node(cluster, index);
     }
@@ -197,10 +221,67 @@ impl Harpoon {
         }
     }
 
-    /// Time jumps to the earliest deadline: nothing happens in between.
-    fn next_deadline(cluster: &Cluster) -> Nanos {
-        let earliest = cluster.deadlines.iter().copied().min().unwrap_or(cluster.now);
-        earliest.max(cluster.now + 1)
+    /// Time jumps to the earliest deadline still ahead (nothing happens in
+    /// between), or stays if only overdue nodes are left to tick.
+    fn next_time(cluster: &Cluster) -> Nanos {
+        cluster.deadlines.iter().copied().filter(|&deadline| deadline > cluster.now).min().unwrap_or(cluster.now)
+    }
+
+    /// Time passes to `next_time`, and every node then due but `slow` ticks.
+    fn pass_time(&self, cluster: &mut Cluster, slow: Option<usize>) {
+        cluster.now = Harpoon::next_time(cluster);
+        for index in 0..self.bounds.nodes {
+            if cluster.deadlines[index] <= cluster.now && Some(index) != slow {
+                self.step(cluster, index, Input::Tick);
+            }
+        }
+    }
+
+    fn empty_cluster(&self) -> Cluster {
+        let disks = vec![Disk::default(); self.bounds.nodes];
+        let nodes = (0..self.bounds.nodes).map(|index| self.start(index as NodeId + 1, &disks[index], 0)).collect();
+        let mut cluster = Cluster {
+            nodes,
+            disks,
+            network: Vec::new(),
+            now: 0,
+            deadlines: vec![0; self.bounds.nodes],
+            writes_made: 0,
+            crashes_made: 0,
+            duplicates_made: 0,
+            pauses_made: 0,
+            leaders: BTreeMap::new(),
+            committed: BTreeMap::new(),
+            broken: Vec::new(),
+            led_after_a_fetch: false,
+        };
+        // Learns each node's first deadline; nothing is due at time 0.
+        for index in 0..self.bounds.nodes {
+            self.step(&mut cluster, index, Input::Tick);
+        }
+        cluster
+    }
+
+    /// See `Start::LaggingThirdNode`. Delivers the oldest message between
+    /// the first two nodes, drops those to or from the last, and lets time
+    /// pass when none is left, until an entry commits.
+    fn lagging_third_node(&self) -> Cluster {
+        let mut cluster = self.empty_cluster();
+        let cut = self.bounds.nodes as NodeId;
+        for _ in 0..10_000 {
+            if !cluster.committed.is_empty() {
+                cluster.network.clear();
+                return cluster;
+            }
+            cluster.network.retain(|envelope| envelope.from != cut && envelope.to != cut);
+            if cluster.network.is_empty() {
+                self.pass_time(&mut cluster, None);
+                continue;
+            }
+            let envelope = cluster.network.remove(0);
+            self.step(&mut cluster, envelope.to as usize - 1, Input::Message(envelope));
+        }
+        panic!("two connected nodes of three committed nothing in 10,000 steps")
     }
 }
 
@@ -260,21 +341,10 @@ impl Model for Harpoon {
     type Action = Action;
 
     fn init_states(&self) -> Vec<Cluster> {
-        let disks = vec![Disk::default(); self.bounds.nodes];
-        let nodes = (0..self.bounds.nodes).map(|index| self.start(index as NodeId + 1, &disks[index], 0)).collect();
-        vec![Cluster {
-            nodes,
-            disks,
-            network: Vec::new(),
-            now: 0,
-            deadlines: vec![0; self.bounds.nodes],
-            writes_made: 0,
-            crashes_made: 0,
-            duplicates_made: 0,
-            leaders: BTreeMap::new(),
-            committed: BTreeMap::new(),
-            broken: Vec::new(),
-        }]
+        match self.bounds.start {
+            Start::Empty => vec![self.empty_cluster()],
+            Start::LaggingThirdNode => vec![self.lagging_third_node()],
+        }
     }
 
     fn actions(&self, cluster: &Cluster, actions: &mut Vec<Action>) {
@@ -288,10 +358,16 @@ impl Model for Harpoon {
                 actions.push(Action::DeliverAndKeep(index));
             }
         }
-        if cluster.network.len() < self.bounds.messages_in_flight_max {
+        let time_may_pass = cluster.network.len() < self.bounds.messages_in_flight_max;
+        if time_may_pass {
             actions.push(Action::PassTime);
         }
+        let next_time = Harpoon::next_time(cluster);
         for index in 0..self.bounds.nodes {
+            let pause_left = cluster.pauses_made < self.bounds.pauses;
+            if time_may_pass && pause_left && cluster.deadlines[index] <= next_time {
+                actions.push(Action::PassTimeWithout(index));
+            }
             if cluster.writes_made < self.bounds.writes && cluster.nodes[index].role() == Role::Leader {
                 actions.push(Action::Write(index));
             }
@@ -317,13 +393,10 @@ impl Model for Harpoon {
             Action::Lose(index) => {
                 cluster.network.remove(index);
             }
-            Action::PassTime => {
-                cluster.now = Harpoon::next_deadline(&cluster);
-                for index in 0..self.bounds.nodes {
-                    if cluster.deadlines[index] <= cluster.now {
-                        self.step(&mut cluster, index, Input::Tick);
-                    }
-                }
+            Action::PassTime => self.pass_time(&mut cluster, None),
+            Action::PassTimeWithout(slow) => {
+                cluster.pauses_made += 1;
+                self.pass_time(&mut cluster, Some(slow));
             }
             Action::Write(index) => {
                 cluster.writes_made += 1;
@@ -349,6 +422,9 @@ impl Model for Harpoon {
                 cluster.nodes.iter().filter(|node| node.holds_lease(cluster.now)).count() <= 1
             }),
             Property::<Self>::always("log matching", |_, cluster: &Cluster| logs_match(cluster)),
+            Property::<Self>::sometimes("a lagging node leads after fetching", |_, cluster: &Cluster| {
+                cluster.led_after_a_fetch
+            }),
             Property::<Self>::sometimes("a write commits", |_, cluster: &Cluster| {
                 cluster
                     .committed

@@ -5,15 +5,20 @@
 use std::time::Instant;
 
 use rasputin_consensus::{ElectionMode, Faults};
-use rasputin_model::{Bounds, Harpoon};
-use stateright::{Checker, Model};
+use rasputin_model::{Bounds, Harpoon, Start};
+use stateright::{Checker, HasDiscoveries, Model};
 
 const SAFETY: [&str; 3] = ["no property broken while stepping", "at most one valid lease", "log matching"];
 
 fn check(bounds: Bounds, depth: usize) -> impl Checker<Harpoon> {
     let started = Instant::now();
     let mode = bounds.mode;
-    let checker = Harpoon { bounds }.checker().target_max_depth(depth).spawn_bfs().join();
+    let checker = Harpoon { bounds }
+        .checker()
+        .target_max_depth(depth)
+        .finish_when(HasDiscoveries::AnyFailures)
+        .spawn_bfs()
+        .join();
     println!(
         "{}: {} states, {} unique, depth {}, {:.1}s",
         mode.name(),
@@ -33,45 +38,88 @@ fn quiet(mode: ElectionMode, writes: u64) -> Bounds {
         writes,
         crashes: 0,
         duplicates: 0,
+        pauses: 0,
         messages_in_flight_max: 4,
         campaign_defers_to_better_logs: true,
+        start: Start::Empty,
+    }
+}
+
+fn assert_safe(checker: &impl Checker<Harpoon>) {
+    for property in SAFETY {
+        checker.assert_no_discovery(property);
+    }
+}
+
+fn planted(bug: &str, bounds: Bounds) -> Bounds {
+    Bounds { faults: Faults::named(bug).expect("a planted bug's name"), ..bounds }
+}
+
+/// The state a lagging node's election starts from (`Start::LaggingThirdNode`),
+/// with the campaign preference off so that the lagging node may win at once.
+fn lagging(writes: u64, pauses: u32) -> Bounds {
+    Bounds {
+        start: Start::LaggingThirdNode,
+        pauses,
+        campaign_defers_to_better_logs: false,
+        messages_in_flight_max: 6,
+        ..quiet(ElectionMode::Harpoon, writes)
     }
 }
 
 /// Deep enough for a write to commit, so that state-machine safety and
 /// leader completeness have something to check; messages may be lost.
 #[test]
-fn harpoon_commits_a_write_and_breaks_nothing_in_every_interleaving_to_depth_14() {
-    let checker = check(quiet(ElectionMode::Harpoon, 1), 14);
-    checker.assert_properties();
+fn harpoon_commits_a_write_and_breaks_nothing_in_every_interleaving_to_depth_12() {
+    let checker = check(quiet(ElectionMode::Harpoon, 1), 12);
+    assert_safe(&checker);
+    checker.assert_any_discovery("a write commits");
+}
+
+/// Harpoon v2's new case: the lagging node wins, fetches the committed
+/// entry it lacks, leads and commits a write, while the old leader may be
+/// paused. Every interleaving to depth 12 from there.
+#[test]
+fn harpoon_v2_a_lagging_winner_fetches_and_breaks_nothing_to_depth_12() {
+    let bounds = Bounds { messages_in_flight_max: 4, campaign_defers_to_better_logs: true, ..lagging(1, 1) };
+    let checker = check(bounds, 12);
+    assert_safe(&checker);
+    checker.assert_any_discovery("a lagging node leads after fetching");
+    checker.assert_any_discovery("a write commits");
 }
 
 #[test]
 fn harpoon_breaks_nothing_with_a_crash_and_a_duplicate_to_depth_10() {
     let bounds = Bounds { crashes: 1, duplicates: 1, ..quiet(ElectionMode::Harpoon, 2) };
-    let checker = check(bounds, 10);
-    for property in SAFETY {
-        checker.assert_no_discovery(property);
-    }
+    assert_safe(&check(bounds, 10));
 }
 
 #[test]
-fn classic_raft_breaks_nothing_in_every_interleaving_to_depth_12() {
-    let checker = check(quiet(ElectionMode::Raft, 1), 12);
-    for property in SAFETY {
-        checker.assert_no_discovery(property);
-    }
+fn classic_raft_breaks_nothing_in_every_interleaving_to_depth_11() {
+    assert_safe(&check(quiet(ElectionMode::Raft, 1), 11));
 }
 
-/// A planted bug: voters that ignore the candidate's log. The checker must
-/// find the leader that lacks a committed entry (12 steps).
+fn counterexample(checker: &impl Checker<Harpoon>) -> (usize, String) {
+    let path = checker.discovery("no property broken while stepping").expect("the planted bug is found");
+    (path.clone().into_actions().len(), path.last_state().broken.join("; "))
+}
+
+/// A planted bug: Raft voters that ignore the candidate's log. The checker
+/// must find the leader that lacks a committed entry (9 steps).
 #[test]
-fn the_checker_finds_a_leader_without_a_committed_entry_when_votes_ignore_logs() {
-    let bounds =
-        Bounds { faults: Faults { votes_ignore_logs: true, ..Faults::default() }, ..quiet(ElectionMode::Raft, 1) };
-    let checker = check(bounds, 12);
-    let path =
-        checker.discovery("no property broken while stepping").expect("the planted bug is found within 12 steps");
-    let broken = path.last_state().broken.join("; ");
+fn the_checker_finds_a_leader_without_a_committed_entry_when_raft_votes_ignore_logs() {
+    let checker = check(planted("votes-ignore-logs", quiet(ElectionMode::Raft, 1)), 11);
+    let (steps, broken) = counterexample(&checker);
     assert!(broken.contains("leader completeness"), "{broken}");
+    println!("found in {steps} steps");
+}
+
+/// The planted bug Harpoon v2 must not have: a leader-elect that leads
+/// with its own log, skipping the fetch. Found from the lagging start (8 steps).
+#[test]
+fn the_checker_finds_a_leader_elect_that_skips_the_fetch() {
+    let checker = check(planted("skip-fetch", lagging(0, 2)), 10);
+    let (steps, broken) = counterexample(&checker);
+    assert!(broken.contains("leader completeness"), "{broken}");
+    println!("found in {steps} steps");
 }

@@ -901,10 +901,11 @@ impl Daemon {
     fn step(&mut self, input: Input) -> Result<(), DaemonError> {
         let now = self.now();
         let Some(node) = self.node.as_mut() else { return Ok(()) };
-        let was_leader = node.role() == Role::Leader;
+        let was = node.role();
         let ready = node.step(now, input);
-        let is_leader = node.role() == Role::Leader;
-        if was_leader != is_leader {
+        let (was_leader, is_leader) = (was == Role::Leader, node.role() == Role::Leader);
+        // Rare, and what an operator reads first after an outage (etcd logs the same).
+        if node.role() != was {
             info!(node = self.membership.node_id, term = node.term(), role = ?node.role(), "role changed");
         }
         self.carry_out(ready)?;

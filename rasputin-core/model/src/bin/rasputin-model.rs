@@ -3,7 +3,7 @@
 //! the first counterexample found, if any.
 //!
 //!     rasputin-model harpoon|raft|raft-pv-cq DEPTH [BUG] [crashes=N] [duplicates=N] [writes=N]
-//!         [messages=N] [no-preference] [dfs]
+//!         [pauses=N] [messages=N] [no-preference] [lagging] [dfs]
 //!
 //! BUG is one of `Faults::NAMES` (skip-fetch, votes-ignore-promises, votes-ignore-logs, ...).
 
@@ -11,7 +11,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use rasputin_consensus::{ElectionMode, Faults};
-use rasputin_model::{Bounds, Harpoon};
+use rasputin_model::{Bounds, Harpoon, Start};
 use stateright::{Checker, HasDiscoveries, Model};
 
 fn main() -> ExitCode {
@@ -20,7 +20,7 @@ fn main() -> ExitCode {
     let depth = arguments.get(1).and_then(|text| text.parse().ok());
     let (Some(mode), Some(depth)) = (mode, depth) else {
         eprintln!(
-            "usage: rasputin-model harpoon|raft|raft-pv-cq DEPTH [BUG] [crashes=N] [duplicates=N] [writes=N] [messages=N] [no-preference] [dfs]; BUG: {}",
+            "usage: rasputin-model harpoon|raft|raft-pv-cq DEPTH [BUG] [crashes=N] [duplicates=N] [writes=N] [pauses=N] [messages=N] [no-preference] [lagging] [dfs]; BUG: {}",
             Faults::NAMES.join(", ")
         );
         return ExitCode::from(2);
@@ -39,8 +39,14 @@ fn main() -> ExitCode {
         writes: count("writes", 1),
         crashes: count("crashes", 0) as u32,
         duplicates: count("duplicates", 0) as u32,
+        pauses: count("pauses", 0) as u32,
         messages_in_flight_max: count("messages", 4) as usize,
         campaign_defers_to_better_logs: !arguments.iter().any(|argument| argument == "no-preference"),
+        start: if arguments.iter().any(|argument| argument == "lagging") {
+            Start::LaggingThirdNode
+        } else {
+            Start::Empty
+        },
     };
     println!("{bounds:?}, depth {depth}");
     let started = Instant::now();
@@ -78,6 +84,8 @@ fn report(checker: impl Checker<Harpoon>, started: Instant) -> ExitCode {
     }
     let committed = checker.discovery("a write commits").is_some();
     println!("a write committed within the bound: {committed}");
+    let fetched = checker.discovery("a lagging node leads after fetching").is_some();
+    println!("a lagging node led after fetching within the bound: {fetched}");
     if broken {
         ExitCode::from(1)
     } else {
