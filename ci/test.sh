@@ -180,6 +180,12 @@ step "fault campaign: a real 3-node cluster under every kind of nemesis"
 ./target/release/rasputin-nemesis --nodes 3 --time-limit 55 --nemesis all --cover-every-kind \
     --fault-ms 1500,2500 --quiet-ms 1500 --porcupine target/porcupine-check --dir target/nemesis/all
 
+step "constrained election on a real 5-node cluster: the only majority-connected node lags, and must win"
+# Scenario (c) of docs/harpoon.md: the hub's fetch keeps the cluster
+# available though the other followers hold entries it lacks.
+./target/release/rasputin-nemesis --nodes 5 --time-limit 40 --nemesis constrained --cover-every-kind \
+    --fault-ms 6000,6000 --quiet-ms 3000 --porcupine target/porcupine-check --dir target/nemesis/constrained
+
 step "fault campaign through the TCP proxy: cut, stalled and delayed links"
 ./target/release/rasputin-nemesis --nodes 3 --time-limit 40 --network proxy --nemesis partition,pause-leader \
     --cover-every-kind --fault-ms 1500,2500 --quiet-ms 1500 --porcupine target/porcupine-check --dir target/nemesis/proxy
