@@ -10,33 +10,40 @@
 //!   has no drift; the simulator covers drift);
 //! - the same, but leave one due node unticked: a slow or paused process.
 //!   Time passes for it all the same, and it sees so when it next steps;
-//! - hand a client write to any node (within a budget);
+//! - hand a client write or read of one register to the leader (within budgets);
 //! - crash a node and restart it from its disk (within a budget).
 //!
 //! The driver here is the daemon's contract at its strictest: a Ready's
 //! persist is synced before its held messages leave, and `Persisted` comes
 //! back at once. After every step the properties the simulator checks are
 //! checked: one leader per term, at most one valid lease, log matching,
-//! leader completeness and state-machine safety.
+//! leader completeness, state-machine safety, and linearizability of the
+//! client history (stateright's `LinearizabilityTester`).
 
 use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
 
 use rasputin_consensus::{
-    Command, Config, ElectionMode, Entry, Envelope, Faults, HardState, Input, LogIndex, Nanos, Node, NodeId, Ready,
-    Recovered, Role, Term,
+    Command, Config, ElectionMode, Entry, EntryPayload, Envelope, Faults, HardState, Input, LogIndex, Nanos, Node,
+    NodeId, Ready, Recovered, Role, Term,
 };
+use stateright::semantics::register::{Register, RegisterOp, RegisterRet};
+use stateright::semantics::{ConsistencyTester, LinearizabilityTester};
 use stateright::{Model, Property};
 
-/// A client write; consensus sees only that it is not a read.
+/// A client request on one register: a write of its own number, or a read.
+/// Consensus sees only which of the two it is.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct Write {
+pub struct Request {
+    /// Unique over the run: the client (a history thread) and, for a
+    /// write, the value written.
     pub number: u64,
+    pub read: bool,
 }
 
-impl Command for Write {
+impl Command for Request {
     fn is_read(&self) -> bool {
-        false
+        self.read
     }
 
     fn size_bytes(&self) -> usize {
@@ -52,6 +59,8 @@ pub struct Bounds {
     pub faults: Faults,
     /// Client writes handed to nodes, over the whole run.
     pub writes: u64,
+    /// Client reads handed to nodes, over the whole run.
+    pub reads: u64,
     pub crashes: u32,
     pub duplicates: u32,
     /// Times time may pass while a due node is left unticked.
@@ -82,19 +91,27 @@ pub enum Start {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Disk {
     pub hard_state: HardState,
-    pub entries: Vec<Entry<Write>>,
+    pub entries: Vec<Entry<Request>>,
 }
 
 #[derive(Clone, Debug)]
 pub struct Cluster {
-    pub nodes: Vec<Node<Write>>,
+    pub nodes: Vec<Node<Request>>,
     pub disks: Vec<Disk>,
     /// Messages in flight, kept sorted so that equal states compare equal.
-    pub network: Vec<Envelope<Write>>,
+    pub network: Vec<Envelope<Request>>,
     pub now: Nanos,
     /// Each node's next deadline, from its last Ready.
     pub deadlines: Vec<Nanos>,
     pub writes_made: u64,
+    pub reads_made: u64,
+    /// The client history: each request is its own thread, invoked when
+    /// handed to a node and returned when that node answers it (a write
+    /// once it applies it, a read once it serves it). Rejected requests
+    /// stay in flight, as a client that never heard back sees them.
+    pub history: LinearizabilityTester<u64, Register<u64>>,
+    /// The node each request in flight was handed to, which answers it.
+    pub waiting: BTreeMap<u64, usize>,
     pub crashes_made: u32,
     pub duplicates_made: u32,
     pub pauses_made: u32,
@@ -103,7 +120,7 @@ pub struct Cluster {
     /// The first entry applied at each index, with the term of the node
     /// that applied it: the entry was committed in that term or earlier, so
     /// every leader of a later term must hold it.
-    pub committed: BTreeMap<LogIndex, (Entry<Write>, Term)>,
+    pub committed: BTreeMap<LogIndex, (Entry<Request>, Term)>,
     /// Broken properties, as found while stepping.
     pub broken: Vec<String>,
     /// A leader-elect fetched its best voter's log and went on to lead.
@@ -120,7 +137,10 @@ impl Hash for Cluster {
         self.disks.hash(hasher);
         self.network.hash(hasher);
         self.deadlines.hash(hasher);
-        (self.now, self.writes_made, self.crashes_made, self.duplicates_made, self.pauses_made).hash(hasher);
+        (self.now, self.writes_made, self.reads_made, self.crashes_made, self.duplicates_made, self.pauses_made)
+            .hash(hasher);
+        self.history.hash(hasher);
+        self.waiting.hash(hasher);
         (&self.broken, self.led_after_a_fetch).hash(hasher);
     }
 }
@@ -131,8 +151,17 @@ impl PartialEq for Cluster {
         self.disks == other.disks
             && self.network == other.network
             && self.deadlines == other.deadlines
-            && (self.now, self.writes_made, self.crashes_made, self.duplicates_made, self.pauses_made)
-                == (other.now, other.writes_made, other.crashes_made, other.duplicates_made, other.pauses_made)
+            && (self.now, self.writes_made, self.reads_made, self.crashes_made, self.duplicates_made, self.pauses_made)
+                == (
+                    other.now,
+                    other.writes_made,
+                    other.reads_made,
+                    other.crashes_made,
+                    other.duplicates_made,
+                    other.pauses_made,
+                )
+            && self.history == other.history
+            && self.waiting == other.waiting
             && (&self.broken, self.led_after_a_fetch) == (&other.broken, other.led_after_a_fetch)
             && forms(self) == forms(other)
     }
@@ -148,6 +177,7 @@ pub enum Action {
     PassTime,
     PassTimeWithout(usize),
     Write(usize),
+    Read(usize),
     CrashAndRestart(usize),
 }
 
@@ -168,7 +198,7 @@ impl Harpoon {
         config
     }
 
-    fn start(&self, id: NodeId, disk: &Disk, now: Nanos) -> Node<Write> {
+    fn start(&self, id: NodeId, disk: &Disk, now: Nanos) -> Node<Request> {
         let recovered =
             Recovered { hard_state: disk.hard_state, entries: disk.entries.clone(), ..Recovered::default() };
         // One seed per node: the election timeouts differ, and a state is
@@ -177,7 +207,7 @@ impl Harpoon {
     }
 
     /// Steps node `index` with `input` and carries out what it asks.
-    fn step(&self, cluster: &mut Cluster, index: usize, input: Input<Write>) {
+    fn step(&self, cluster: &mut Cluster, index: usize, input: Input<Request>) {
         let now = cluster.now;
         let fetching = cluster.nodes[index].role() == Role::LeaderElect;
         let ready = cluster.nodes[index].step(now, input);
@@ -186,8 +216,8 @@ impl Harpoon {
         check_node(cluster, index);
     }
 
-    fn carry_out(&self, cluster: &mut Cluster, index: usize, ready: Ready<Write>) {
-        let Ready { persist, send, send_after_persist, apply, next_deadline, .. } = ready;
+    fn carry_out(&self, cluster: &mut Cluster, index: usize, ready: Ready<Request>) {
+        let Ready { persist, send, send_after_persist, apply, reads, next_deadline, .. } = ready;
         cluster.deadlines[index] = next_deadline;
         cluster.network.extend(send);
         let position = persist.last_position();
@@ -212,9 +242,25 @@ impl Harpoon {
                 )),
                 Some(_) => {}
                 None => {
-                    cluster.committed.insert(entry.index, (entry, term));
+                    cluster.committed.insert(entry.index, (entry.clone(), term));
                 }
             }
+            if let EntryPayload::Command(request) = &entry.payload {
+                answer(cluster, index, request.number, RegisterRet::WriteOk);
+            }
+        }
+        for read in reads {
+            // Everything up to the read index is applied by the end of this Ready.
+            let value = cluster
+                .committed
+                .range(..=read.read_index)
+                .rev()
+                .find_map(|(_, (entry, _))| match &entry.payload {
+                    EntryPayload::Command(request) if !request.read => Some(request.number),
+                    _ => None,
+                })
+                .unwrap_or(0);
+            answer(cluster, index, read.request.number, RegisterRet::ReadOk(value));
         }
         if let Some((index_synced, term)) = position {
             self.step(cluster, index, Input::Persisted { index: index_synced, term });
@@ -247,6 +293,9 @@ impl Harpoon {
             now: 0,
             deadlines: vec![0; self.bounds.nodes],
             writes_made: 0,
+            reads_made: 0,
+            history: LinearizabilityTester::new(Register(0)),
+            waiting: BTreeMap::new(),
             crashes_made: 0,
             duplicates_made: 0,
             pauses_made: 0,
@@ -283,6 +332,26 @@ impl Harpoon {
         }
         panic!("two connected nodes of three committed nothing in 10,000 steps")
     }
+}
+
+/// Node `index` answers request `number`, if that request is waiting for it.
+fn answer(cluster: &mut Cluster, index: usize, number: u64, ret: RegisterRet<u64>) {
+    if cluster.waiting.get(&number) != Some(&index) {
+        return;
+    }
+    cluster.waiting.remove(&number);
+    if let Err(error) = cluster.history.on_return(number, ret) {
+        cluster.broken.push(format!("the client history is malformed: {error}"));
+    }
+}
+
+/// Hands a request to node `index`, recording its invocation.
+fn invoke(cluster: &mut Cluster, index: usize, request: &Request) {
+    let op = if request.read { RegisterOp::Read } else { RegisterOp::Write(request.number) };
+    if let Err(error) = cluster.history.on_invoke(request.number, op) {
+        cluster.broken.push(format!("the client history is malformed: {error}"));
+    }
+    cluster.waiting.insert(request.number, index);
 }
 
 /// The checks that need one node's state after it stepped.
@@ -368,8 +437,12 @@ impl Model for Harpoon {
             if time_may_pass && pause_left && cluster.deadlines[index] <= next_time {
                 actions.push(Action::PassTimeWithout(index));
             }
-            if cluster.writes_made < self.bounds.writes && cluster.nodes[index].role() == Role::Leader {
+            let leads = cluster.nodes[index].role() == Role::Leader;
+            if cluster.writes_made < self.bounds.writes && leads {
                 actions.push(Action::Write(index));
+            }
+            if cluster.reads_made < self.bounds.reads && leads {
+                actions.push(Action::Read(index));
             }
             if cluster.crashes_made < self.bounds.crashes {
                 actions.push(Action::CrashAndRestart(index));
@@ -398,13 +471,21 @@ impl Model for Harpoon {
                 cluster.pauses_made += 1;
                 self.pass_time(&mut cluster, Some(slow));
             }
-            Action::Write(index) => {
-                cluster.writes_made += 1;
-                let write = Write { number: cluster.writes_made };
-                self.step(&mut cluster, index, Input::Client(write));
+            Action::Write(index) | Action::Read(index) => {
+                let read = matches!(action, Action::Read(_));
+                if read {
+                    cluster.reads_made += 1;
+                } else {
+                    cluster.writes_made += 1;
+                }
+                let request = Request { number: cluster.writes_made + cluster.reads_made, read };
+                invoke(&mut cluster, index, &request);
+                self.step(&mut cluster, index, Input::Client(request));
             }
             Action::CrashAndRestart(index) => {
                 cluster.crashes_made += 1;
+                // Its clients never hear back: their requests stay in flight.
+                cluster.waiting.retain(|_, node| *node != index);
                 let id = index as NodeId + 1;
                 cluster.nodes[index] = self.start(id, &cluster.disks[index], cluster.now);
                 self.step(&mut cluster, index, Input::Tick);
@@ -422,14 +503,18 @@ impl Model for Harpoon {
                 cluster.nodes.iter().filter(|node| node.holds_lease(cluster.now)).count() <= 1
             }),
             Property::<Self>::always("log matching", |_, cluster: &Cluster| logs_match(cluster)),
+            Property::<Self>::always("the client history is linearizable", |_, cluster: &Cluster| {
+                cluster.history.is_consistent()
+            }),
             Property::<Self>::sometimes("a lagging node leads after fetching", |_, cluster: &Cluster| {
                 cluster.led_after_a_fetch
             }),
+            Property::<Self>::sometimes("a read is answered", |_, cluster: &Cluster| {
+                let answered = cluster.history.serialized_history().unwrap_or_default();
+                answered.iter().any(|(_, ret)| matches!(ret, RegisterRet::ReadOk(_)))
+            }),
             Property::<Self>::sometimes("a write commits", |_, cluster: &Cluster| {
-                cluster
-                    .committed
-                    .values()
-                    .any(|(entry, _)| matches!(entry.payload, rasputin_consensus::EntryPayload::Command(_)))
+                cluster.committed.values().any(|(entry, _)| matches!(entry.payload, EntryPayload::Command(_)))
             }),
         ]
     }

@@ -8,7 +8,12 @@ use rasputin_consensus::{ElectionMode, Faults};
 use rasputin_model::{Bounds, Harpoon, Start};
 use stateright::{Checker, HasDiscoveries, Model};
 
-const SAFETY: [&str; 3] = ["no property broken while stepping", "at most one valid lease", "log matching"];
+const SAFETY: [&str; 4] = [
+    "no property broken while stepping",
+    "at most one valid lease",
+    "log matching",
+    "the client history is linearizable",
+];
 
 fn check(bounds: Bounds, depth: usize) -> impl Checker<Harpoon> {
     let started = Instant::now();
@@ -36,6 +41,7 @@ fn quiet(mode: ElectionMode, writes: u64) -> Bounds {
         mode,
         faults: Faults::default(),
         writes,
+        reads: 0,
         crashes: 0,
         duplicates: 0,
         pauses: 0,
@@ -68,12 +74,14 @@ fn lagging(writes: u64, pauses: u32) -> Bounds {
 }
 
 /// Deep enough for a write to commit, so that state-machine safety and
-/// leader completeness have something to check; messages may be lost.
+/// leader completeness have something to check; messages may be lost; a
+/// read makes the history worth checking for linearizability.
 #[test]
 fn harpoon_commits_a_write_and_breaks_nothing_in_every_interleaving_to_depth_12() {
-    let checker = check(quiet(ElectionMode::Harpoon, 1), 12);
+    let checker = check(Bounds { reads: 1, ..quiet(ElectionMode::Harpoon, 1) }, 12);
     assert_safe(&checker);
     checker.assert_any_discovery("a write commits");
+    checker.assert_any_discovery("a read is answered");
 }
 
 /// Harpoon v2's new case: the lagging node wins, fetches the committed
@@ -90,7 +98,7 @@ fn harpoon_v2_a_lagging_winner_fetches_and_breaks_nothing_to_depth_12() {
 
 #[test]
 fn harpoon_breaks_nothing_with_a_crash_and_a_duplicate_to_depth_10() {
-    let bounds = Bounds { crashes: 1, duplicates: 1, ..quiet(ElectionMode::Harpoon, 2) };
+    let bounds = Bounds { crashes: 1, duplicates: 1, reads: 1, ..quiet(ElectionMode::Harpoon, 1) };
     assert_safe(&check(bounds, 10));
 }
 

@@ -3,7 +3,7 @@
 //! the first counterexample found, if any.
 //!
 //!     rasputin-model harpoon|raft|raft-pv-cq DEPTH [BUG] [crashes=N] [duplicates=N] [writes=N]
-//!         [pauses=N] [messages=N] [no-preference] [lagging] [dfs]
+//!         [reads=N] [pauses=N] [messages=N] [no-preference] [lagging] [dfs]
 //!
 //! BUG is one of `Faults::NAMES` (skip-fetch, votes-ignore-promises, votes-ignore-logs, ...).
 
@@ -20,7 +20,7 @@ fn main() -> ExitCode {
     let depth = arguments.get(1).and_then(|text| text.parse().ok());
     let (Some(mode), Some(depth)) = (mode, depth) else {
         eprintln!(
-            "usage: rasputin-model harpoon|raft|raft-pv-cq DEPTH [BUG] [crashes=N] [duplicates=N] [writes=N] [pauses=N] [messages=N] [no-preference] [lagging] [dfs]; BUG: {}",
+            "usage: rasputin-model harpoon|raft|raft-pv-cq DEPTH [BUG] [crashes=N] [duplicates=N] [writes=N] [reads=N] [pauses=N] [messages=N] [no-preference] [lagging] [dfs]; BUG: {}",
             Faults::NAMES.join(", ")
         );
         return ExitCode::from(2);
@@ -37,6 +37,7 @@ fn main() -> ExitCode {
         mode,
         faults,
         writes: count("writes", 1),
+        reads: count("reads", 0),
         crashes: count("crashes", 0) as u32,
         duplicates: count("duplicates", 0) as u32,
         pauses: count("pauses", 0) as u32,
@@ -70,7 +71,12 @@ fn report(checker: impl Checker<Harpoon>, started: Instant) -> ExitCode {
         started.elapsed().as_secs_f64()
     );
     let mut broken = false;
-    for property in ["no property broken while stepping", "at most one valid lease", "log matching"] {
+    for property in [
+        "no property broken while stepping",
+        "at most one valid lease",
+        "log matching",
+        "the client history is linearizable",
+    ] {
         if let Some(path) = checker.discovery(property) {
             broken = true;
             let state = path.last_state();
@@ -84,6 +90,8 @@ fn report(checker: impl Checker<Harpoon>, started: Instant) -> ExitCode {
     }
     let committed = checker.discovery("a write commits").is_some();
     println!("a write committed within the bound: {committed}");
+    let read = checker.discovery("a read is answered").is_some();
+    println!("a read was answered within the bound: {read}");
     let fetched = checker.discovery("a lagging node leads after fetching").is_some();
     println!("a lagging node led after fetching within the bound: {fetched}");
     if broken {
