@@ -1,6 +1,7 @@
 //! Simulator tests: determinism, safety over many seeds in every election
 //! mode, and proof that the checks catch deliberately broken variants.
 
+use super::experiment::{Contender, Scenario};
 use super::world::World;
 use super::*;
 use rasputin_consensus::Faults;
@@ -334,5 +335,23 @@ fn a_skewed_clock_during_a_partial_cut_breaks_nothing() {
         let combined =
             report.faults.iter().filter(|fault| fault.contains("clock rate") && fault.contains(" and ")).count();
         assert!(combined > 0, "seed {seed} injected no combined fault: {:?}", report.faults);
+    }
+}
+
+/// Harpoon v2's purpose (docs/harpoon.md, scenario (c)): the only node
+/// that reaches a majority lags behind the others, and must still win,
+/// fetch what it lacks and commit writes within four election timeouts.
+/// Raft with pre-vote and check-quorum stays down. So did Harpoon before v2.
+#[test]
+fn the_constrained_election_recovers_within_four_election_timeouts() {
+    let [harpoon, _, raft_pv_cq, _] = Contender::ALL;
+    for seed in 0..5 {
+        let outcome = experiment::run(Scenario::Constrained, harpoon, seed);
+        assert_eq!(outcome.error, None, "seed {seed}");
+        assert!(outcome.longest_outage_election_timeouts < 4.0, "seed {seed}: {outcome:?}");
+        let outcome = experiment::run(Scenario::Constrained, raft_pv_cq, seed);
+        // A write in flight at the fault may still land; nothing after it.
+        let down = outcome.longest_outage_election_timeouts > 19.0;
+        assert!(down, "seed {seed}: raft-pv-cq was expected to stay down: {outcome:?}");
     }
 }
