@@ -6,8 +6,8 @@
 //! - deliver any message in flight, lose it, or deliver it and keep a copy
 //!   (duplication, within a budget);
 //! - let true time pass to the next deadline any node has, and tick every
-//!   node whose deadline has come (every clock reads true time: this model
-//!   has no drift; the simulator covers drift);
+//!   node whose deadline has come. Each node's clock runs at its own fixed
+//!   rate (`Bounds::clock_skews_ppm`), within the drift bound;
 //! - the same, but leave one due node unticked: a slow or paused process.
 //!   Time passes for it all the same, and it sees so when it next steps;
 //! - hand a client write or read of one register to the leader (within budgets);
@@ -73,7 +73,17 @@ pub struct Bounds {
     /// the fetch is reached in fewer steps.
     pub campaign_defers_to_better_logs: bool,
     pub start: Start,
+    /// How fast each node's clock runs against true time, in parts per
+    /// million (+22,500 is 2.25% fast). Any two must stay within the drift
+    /// bound the lease assumes (5%: a rate ratio of at most 1 / 0.95).
+    pub clock_skews_ppm: Vec<i64>,
 }
+
+/// A clock rate error that keeps any two nodes within the 5% drift bound:
+/// the simulator's ε = 0.45 δ.
+pub const SKEW_AT_THE_EDGE_PPM: i64 = 22_500;
+
+const PPM: i128 = 1_000_000;
 
 /// Where exploration begins.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -101,7 +111,7 @@ pub struct Cluster {
     /// Messages in flight, kept sorted so that equal states compare equal.
     pub network: Vec<Envelope<Request>>,
     pub now: Nanos,
-    /// Each node's next deadline, from its last Ready.
+    /// Each node's next deadline, from its last Ready, in true time.
     pub deadlines: Vec<Nanos>,
     pub writes_made: u64,
     pub reads_made: u64,
@@ -198,6 +208,18 @@ impl Harpoon {
         config
     }
 
+    /// Node `index`'s clock at true time `now`.
+    fn local(&self, index: usize, now: Nanos) -> Nanos {
+        let rate = PPM + self.bounds.clock_skews_ppm[index] as i128;
+        (now as i128 * rate / PPM) as Nanos
+    }
+
+    /// The first true time at which node `index`'s clock reads `local`.
+    fn true_time(&self, index: usize, local: Nanos) -> Nanos {
+        let rate = PPM + self.bounds.clock_skews_ppm[index] as i128;
+        ((local as i128 * PPM + rate - 1) / rate) as Nanos
+    }
+
     fn start(&self, id: NodeId, disk: &Disk, now: Nanos) -> Node<Request> {
         let recovered =
             Recovered { hard_state: disk.hard_state, entries: disk.entries.clone(), ..Recovered::default() };
@@ -208,7 +230,7 @@ impl Harpoon {
 
     /// Steps node `index` with `input` and carries out what it asks.
     fn step(&self, cluster: &mut Cluster, index: usize, input: Input<Request>) {
-        let now = cluster.now;
+        let now = self.local(index, cluster.now);
         let fetching = cluster.nodes[index].role() == Role::LeaderElect;
         let ready = cluster.nodes[index].step(now, input);
         cluster.led_after_a_fetch |= fetching && cluster.nodes[index].role() == Role::Leader;
@@ -218,7 +240,7 @@ impl Harpoon {
 
     fn carry_out(&self, cluster: &mut Cluster, index: usize, ready: Ready<Request>) {
         let Ready { persist, send, send_after_persist, apply, reads, next_deadline, .. } = ready;
-        cluster.deadlines[index] = next_deadline;
+        cluster.deadlines[index] = self.true_time(index, next_deadline);
         cluster.network.extend(send);
         let position = persist.last_position();
         let disk = &mut cluster.disks[index];
@@ -487,7 +509,8 @@ impl Model for Harpoon {
                 // Its clients never hear back: their requests stay in flight.
                 cluster.waiting.retain(|_, node| *node != index);
                 let id = index as NodeId + 1;
-                cluster.nodes[index] = self.start(id, &cluster.disks[index], cluster.now);
+                let now = self.local(index, cluster.now);
+                cluster.nodes[index] = self.start(id, &cluster.disks[index], now);
                 self.step(&mut cluster, index, Input::Tick);
             }
         }
@@ -499,8 +522,9 @@ impl Model for Harpoon {
             Property::<Self>::always("no property broken while stepping", |_, cluster: &Cluster| {
                 cluster.broken.is_empty()
             }),
-            Property::<Self>::always("at most one valid lease", |_, cluster: &Cluster| {
-                cluster.nodes.iter().filter(|node| node.holds_lease(cluster.now)).count() <= 1
+            Property::<Self>::always("at most one valid lease", |model, cluster: &Cluster| {
+                let holds = |(index, node): (usize, &Node<Request>)| node.holds_lease(model.local(index, cluster.now));
+                cluster.nodes.iter().enumerate().filter(|&pair| holds(pair)).count() <= 1
             }),
             Property::<Self>::always("log matching", |_, cluster: &Cluster| logs_match(cluster)),
             Property::<Self>::always("the client history is linearizable", |_, cluster: &Cluster| {

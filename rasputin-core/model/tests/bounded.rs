@@ -5,7 +5,7 @@
 use std::time::Instant;
 
 use rasputin_consensus::{ElectionMode, Faults};
-use rasputin_model::{Bounds, Harpoon, Start};
+use rasputin_model::{Bounds, Harpoon, Start, SKEW_AT_THE_EDGE_PPM};
 use stateright::{Checker, HasDiscoveries, Model};
 
 const SAFETY: [&str; 4] = [
@@ -48,6 +48,7 @@ fn quiet(mode: ElectionMode, writes: u64) -> Bounds {
         messages_in_flight_max: 4,
         campaign_defers_to_better_logs: true,
         start: Start::Empty,
+        clock_skews_ppm: vec![0; 3],
     }
 }
 
@@ -94,6 +95,16 @@ fn harpoon_v2_a_lagging_winner_fetches_and_breaks_nothing_to_depth_12() {
     assert_safe(&checker);
     checker.assert_any_discovery("a lagging node leads after fetching");
     checker.assert_any_discovery("a write commits");
+}
+
+/// Clocks at both edges of the drift bound: node 1 fast, node 2 slow.
+#[test]
+fn harpoon_breaks_nothing_with_clocks_at_the_edge_of_the_drift_bound_to_depth_11() {
+    let skews = vec![SKEW_AT_THE_EDGE_PPM, -SKEW_AT_THE_EDGE_PPM, 0];
+    let bounds = Bounds { reads: 1, clock_skews_ppm: skews, ..quiet(ElectionMode::Harpoon, 1) };
+    let checker = check(bounds, 11);
+    assert_safe(&checker);
+    checker.assert_any_discovery("a read is answered");
 }
 
 #[test]

@@ -3,7 +3,7 @@
 //! the first counterexample found, if any.
 //!
 //!     rasputin-model harpoon|raft|raft-pv-cq DEPTH [BUG] [crashes=N] [duplicates=N] [writes=N]
-//!         [reads=N] [pauses=N] [messages=N] [no-preference] [lagging] [dfs]
+//!         [reads=N] [pauses=N] [messages=N] [no-preference] [lagging] [drift] [dfs]
 //!
 //! BUG is one of `Faults::NAMES` (skip-fetch, votes-ignore-promises, votes-ignore-logs, ...).
 
@@ -11,7 +11,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use rasputin_consensus::{ElectionMode, Faults};
-use rasputin_model::{Bounds, Harpoon, Start};
+use rasputin_model::{Bounds, Harpoon, Start, SKEW_AT_THE_EDGE_PPM};
 use stateright::{Checker, HasDiscoveries, Model};
 
 fn main() -> ExitCode {
@@ -20,7 +20,7 @@ fn main() -> ExitCode {
     let depth = arguments.get(1).and_then(|text| text.parse().ok());
     let (Some(mode), Some(depth)) = (mode, depth) else {
         eprintln!(
-            "usage: rasputin-model harpoon|raft|raft-pv-cq DEPTH [BUG] [crashes=N] [duplicates=N] [writes=N] [reads=N] [pauses=N] [messages=N] [no-preference] [lagging] [dfs]; BUG: {}",
+            "usage: rasputin-model harpoon|raft|raft-pv-cq DEPTH [BUG] [crashes=N] [duplicates=N] [writes=N] [reads=N] [pauses=N] [messages=N] [no-preference] [lagging] [drift] [dfs]; BUG: {}",
             Faults::NAMES.join(", ")
         );
         return ExitCode::from(2);
@@ -47,6 +47,12 @@ fn main() -> ExitCode {
             Start::LaggingThirdNode
         } else {
             Start::Empty
+        },
+        // drift: node 1's clock fast and node 2's slow, at the edge of the bound.
+        clock_skews_ppm: if arguments.iter().any(|argument| argument == "drift") {
+            vec![SKEW_AT_THE_EDGE_PPM, -SKEW_AT_THE_EDGE_PPM, 0]
+        } else {
+            vec![0; 3]
         },
     };
     println!("{bounds:?}, depth {depth}");
