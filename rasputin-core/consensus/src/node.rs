@@ -423,8 +423,7 @@ impl<C: Command> Node<C> {
         if self.role != Role::Leader {
             if now >= self.election_deadline {
                 self.on_election_timeout();
-            } else if self.fetching.is_some_and(|fetching| now >= fetching.sent_at + self.config.retransmit_timeout_ns)
-            {
+            } else if self.fetch_retransmit_at().is_some_and(|at| now >= at) {
                 self.send_fetch();
             }
             return;
@@ -731,6 +730,11 @@ impl<C: Command> Node<C> {
         }
     }
 
+    /// When a leader-elect asks its source again, unanswered.
+    fn fetch_retransmit_at(&self) -> Option<Nanos> {
+        self.fetching.map(|fetching| fetching.sent_at + self.config.retransmit_timeout_ns)
+    }
+
     fn send_fetch(&mut self) {
         let fetching = self.fetching.as_mut().expect("a leader-elect fetches");
         fetching.sent_at = self.now;
@@ -763,9 +767,7 @@ impl<C: Command> Node<C> {
         // cannot know whom it promised before.)
         self.reset_election_deadline();
         if prev_index < self.log.snapshot_index() {
-            let snapshot = self.snapshot.clone().unwrap_or_else(|| {
-                panic!("node {}: log compacted to {} without a snapshot", self.config.id, self.log.snapshot_index())
-            });
+            let snapshot = self.snapshot_covering_the_log();
             self.send(from, Message::InstallSnapshot { term, snapshot, round: 0 });
             return;
         }
@@ -1045,10 +1047,15 @@ impl<C: Command> Node<C> {
         self.send(peer, message);
     }
 
-    fn send_snapshot(&mut self, peer: NodeId) {
-        let snapshot = self.snapshot.clone().unwrap_or_else(|| {
+    /// The snapshot the log is compacted behind, which a node behind it needs.
+    fn snapshot_covering_the_log(&self) -> Snapshot {
+        self.snapshot.clone().unwrap_or_else(|| {
             panic!("node {}: log compacted to {} without a snapshot", self.config.id, self.log.snapshot_index())
-        });
+        })
+    }
+
+    fn send_snapshot(&mut self, peer: NodeId) {
+        let snapshot = self.snapshot_covering_the_log();
         let message = Message::InstallSnapshot { term: self.term(), snapshot, round: self.leader_ref().current_round };
         let now = self.now;
         let progress = self.progress_mut(peer);
@@ -1496,7 +1503,7 @@ impl<C: Command> Node<C> {
 
     fn next_deadline(&self) -> Nanos {
         let Some(leader) = &self.leader else {
-            let retransmit_at = self.fetching.map(|fetching| fetching.sent_at + self.config.retransmit_timeout_ns);
+            let retransmit_at = self.fetch_retransmit_at();
             return retransmit_at.map_or(self.election_deadline, |at| at.min(self.election_deadline)).max(self.now);
         };
         let mut deadline = leader.heartbeat_due;
