@@ -7,6 +7,8 @@ use bytes::Bytes;
 
 use rasputin_consensus as consensus;
 
+use crate::range::RangeId;
+
 /// What a client asks of the key-value state machine. Keys and values are
 /// `Bytes`: decoded without a copy from the request's frame, and shared,
 /// not copied, by the log, the appends to each follower, the persisted
@@ -30,6 +32,16 @@ pub enum Operation {
     },
     /// Opens a client session; the entry's index becomes its client id.
     OpenSession,
+    /// Cuts the range at `key`: the keys from `key` on become the new range
+    /// `right_range`, on the same replicas. Refused unless the range is
+    /// still at `version`, so that a split decided on an old picture of the
+    /// range never applies. Needs no session: a retry is refused by the
+    /// version the first attempt raised.
+    Split {
+        key: Bytes,
+        right_range: RangeId,
+        version: u64,
+    },
 }
 
 impl Operation {
@@ -43,7 +55,8 @@ impl Operation {
             Operation::Set { key, .. }
             | Operation::Get { key }
             | Operation::Cas { key, .. }
-            | Operation::Del { key } => key,
+            | Operation::Del { key }
+            | Operation::Split { key, .. } => key,
             Operation::OpenSession => &[],
         }
     }
@@ -53,6 +66,7 @@ impl Operation {
         match self {
             Operation::Set { key, value } => key.len() + value.len(),
             Operation::Get { key } | Operation::Del { key } => key.len(),
+            Operation::Split { key, .. } => key.len() + 16,
             Operation::Cas { key, expected, new } => key.len() + expected.len() + new.len(),
             Operation::OpenSession => 0,
         }

@@ -6,7 +6,9 @@
 //! applied index and term, the chunk's sequence number (from 0), a flags
 //! byte (bit 0: the last chunk), then records, then a CRC-32 of every byte
 //! before it. A record is a tag byte (1: a key and its value, 2: a client
-//! id and its protobuf-encoded session) and its fields; byte strings are
+//! id and its protobuf-encoded session, 3: the protobuf-encoded descriptor
+//! of the range, from a store that holds one range of many, before any
+//! other record) and its fields; byte strings are
 //! prefixed with a u32 length. Integers are little-endian. Records come in
 //! the order the daemon stores them: every value in key order, then every
 //! session in client-id order.
@@ -31,6 +33,7 @@ const CHECKSUM_BYTES: usize = 4;
 const FLAG_LAST: u8 = 1;
 const TAG_VALUE: u8 = 1;
 const TAG_SESSION: u8 = 2;
+const TAG_RANGE: u8 = 3;
 
 const _: () = assert!(
     HEADER_BYTES + 1 + 4 + KEY_BYTES_MAX + 4 + VALUE_BYTES_MAX + CHECKSUM_BYTES <= SNAPSHOT_CHUNK_BYTES_MAX,
@@ -53,6 +56,10 @@ pub enum SnapshotDecodeError {
     Malformed(usize),
     #[error("a session in the snapshot does not decode; the snapshot is corrupt, fetch it again")]
     BadSession,
+    #[error("the range descriptor in the snapshot does not decode; the snapshot is corrupt, fetch it again")]
+    BadRange,
+    #[error("the snapshot is of one range of many, and this server keeps every key in one range; upgrade every node to a version with ranges")]
+    RangesUnsupported,
     #[error("snapshot chunk {found} arrived where chunk {expected} belongs; the snapshot is incomplete")]
     OutOfOrder { expected: u64, found: u64 },
     #[error("snapshot chunk {sequence} is of the snapshot at {found:?} (index, term), not {expected:?}; the chunks are of two snapshots")]
@@ -64,8 +71,18 @@ pub enum SnapshotDecodeError {
 /// One record of a snapshot, borrowed from its chunk.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Record<'a> {
-    Value { key: &'a [u8], value: &'a [u8] },
-    Session { client_id: u64, session: &'a [u8] },
+    Value {
+        key: &'a [u8],
+        value: &'a [u8],
+    },
+    Session {
+        client_id: u64,
+        session: &'a [u8],
+    },
+    /// The protobuf-encoded descriptor of the range the snapshot is of.
+    Range {
+        descriptor: &'a [u8],
+    },
 }
 
 impl Record<'_> {
@@ -74,6 +91,7 @@ impl Record<'_> {
         match self {
             Record::Value { key, value } => 1 + 4 + key.len() + 4 + value.len(),
             Record::Session { session, .. } => 1 + 8 + 4 + session.len(),
+            Record::Range { descriptor } => 1 + 4 + descriptor.len(),
         }
     }
 }
@@ -118,6 +136,10 @@ impl ChunkWriter {
                 self.out.push(TAG_SESSION);
                 self.out.extend_from_slice(&client_id.to_le_bytes());
                 put_bytes(&mut self.out, session);
+            }
+            Record::Range { descriptor } => {
+                self.out.push(TAG_RANGE);
+                put_bytes(&mut self.out, descriptor);
             }
         }
     }
@@ -229,6 +251,7 @@ impl<'a> Records<'a> {
         match self.take(1)?[0] {
             TAG_VALUE => Ok(Record::Value { key: self.bytes()?, value: self.bytes()? }),
             TAG_SESSION => Ok(Record::Session { client_id: self.u64()?, session: self.bytes()? }),
+            TAG_RANGE => Ok(Record::Range { descriptor: self.bytes()? }),
             _ => Err(SnapshotDecodeError::Malformed(at)),
         }
     }
@@ -339,6 +362,7 @@ mod tests {
             .map(|record| match record.unwrap() {
                 Record::Value { key, value } => (key.to_vec(), value.to_vec()),
                 Record::Session { client_id, session } => (client_id.to_le_bytes().to_vec(), session.to_vec()),
+                Record::Range { descriptor } => (b"range".to_vec(), descriptor.to_vec()),
             })
             .collect()
     }

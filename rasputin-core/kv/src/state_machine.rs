@@ -18,6 +18,7 @@ use prost::Message as _;
 use thiserror::Error;
 
 use crate::operation::{ClientRequest, Entry, EntryPayload, Operation};
+use crate::range::{RangeDescriptor, RangeId, SplitError};
 use crate::snapshot::{self, Chunker, Record, SnapshotDecodeError};
 use crate::wire::proto;
 use rasputin_consensus::{LogIndex, Term};
@@ -123,6 +124,10 @@ pub enum Refusal {
     SequenceBelowSession { client_id: u64, sequence: u64, last: u64 },
     #[error("an OpenSession entry must carry client id 0 and a non-zero nonce")]
     MalformedOpen,
+    #[error("the key lies outside range {range}, which is what this replica holds now; the request was not applied, so look the key's range up again and send it there")]
+    RangeMismatch { range: RangeDescriptor },
+    #[error("the split was not made: {0}")]
+    Split(#[from] SplitError),
 }
 
 /// Read access to a key-value state, in memory or on disk.
@@ -133,15 +138,35 @@ pub trait KvRead {
     fn census(&self) -> SessionCensus;
     /// The session with the lowest id at or above `from`.
     fn oldest_session_from(&self, from: u64) -> Result<Option<(u64, Session)>, Self::Error>;
+    /// The range this state is, if it is one range of many; None: it holds
+    /// every key, and cannot split.
+    fn range(&self) -> Result<Option<RangeDescriptor>, Self::Error>;
 }
 
 /// One change an applied entry makes to the state.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Change {
-    Put { key: Vec<u8>, value: Vec<u8> },
-    Delete { key: Vec<u8> },
-    Session { client_id: u64, session: Session },
-    EndSession { client_id: u64 },
+    Put {
+        key: Vec<u8>,
+        value: Vec<u8>,
+    },
+    Delete {
+        key: Vec<u8>,
+    },
+    Session {
+        client_id: u64,
+        session: Session,
+    },
+    EndSession {
+        client_id: u64,
+    },
+    /// The range becomes `left`; `right` is a new range, made of the keys
+    /// from its start on and a copy of every session, so that a write
+    /// retried across the split is still applied exactly once.
+    Split {
+        left: RangeDescriptor,
+        right: RangeDescriptor,
+    },
 }
 
 /// What applying an entry produced for the client that sent it.
@@ -176,6 +201,17 @@ pub fn decide<S: KvRead>(state: &S, entry: &Entry, limits: SessionLimits) -> Res
             return Ok(refuse(Refusal::MalformedOpen));
         }
         return open_session(state, entry, request, limits);
+    }
+    if let Operation::Split { key, right_range, version } = &request.operation {
+        if request.client_id != 0 || request.sequence == 0 {
+            return Ok(refuse(Refusal::MalformedOpen));
+        }
+        return split(state, entry, request, key, *right_range, *version);
+    }
+    if let Some(range) = state.range()?.filter(|range| !range.contains(request.operation.key())) {
+        // Before the session: a write misrouted here is not applied, so its
+        // session must not remember it either.
+        return Ok(refuse(Refusal::RangeMismatch { range }));
     }
     let Some(session) = state.session(request.client_id)? else {
         return Ok(refuse(Refusal::SessionExpired { client_id: request.client_id }));
@@ -215,6 +251,30 @@ fn open_session<S: KvRead>(
     Ok(Decision { applied: Some(answer(request, Ok(response))), changes, census })
 }
 
+fn split<S: KvRead>(
+    state: &S,
+    entry: &Entry,
+    request: &ClientRequest,
+    key: &bytes::Bytes,
+    right_range: RangeId,
+    version: u64,
+) -> Result<Decision, S::Error> {
+    let census = state.census();
+    let halves = match state.range()? {
+        Some(range) => range.split_at(key, version, right_range),
+        None => Err(SplitError::Unsupported),
+    };
+    let (outcome, changes) = match halves {
+        Ok((left, right)) => {
+            let response =
+                Response { success: true, found: false, value: Vec::new(), term: entry.term, index: entry.index };
+            (Ok(response), vec![Change::Split { left, right }])
+        }
+        Err(error) => (Err(Refusal::Split(error)), Vec::new()),
+    };
+    Ok(Decision { applied: Some(answer(request, outcome)), changes, census })
+}
+
 fn apply_write<S: KvRead>(
     state: &S,
     entry: &Entry,
@@ -242,7 +302,7 @@ fn apply_write<S: KvRead>(
             let current = state.value(key)?;
             (current.is_some(), current.is_some(), current.unwrap_or_default(), None)
         }
-        Operation::OpenSession => unreachable!("decide handles OpenSession"),
+        Operation::OpenSession | Operation::Split { .. } => unreachable!("decide handles OpenSession and Split"),
     };
     let response = Response { success, found, value, term: entry.term, index: entry.index };
     let remembered = Session { sequence: request.sequence, last: Some(remember(&response, &request.operation)) };
@@ -259,7 +319,7 @@ fn remember(response: &Response, operation: &Operation) -> Remembered {
     let from_request = match operation {
         Operation::Set { .. } => true,
         Operation::Cas { .. } => response.success,
-        Operation::Del { .. } | Operation::Get { .. } | Operation::OpenSession => false,
+        Operation::Del { .. } | Operation::Get { .. } | Operation::OpenSession | Operation::Split { .. } => false,
     };
     Remembered {
         success: response.success,
@@ -349,12 +409,15 @@ pub fn decode_session(bytes: &[u8]) -> Result<Session, SnapshotDecodeError> {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KvStore {
+    range: RangeDescriptor,
     data: BTreeMap<Vec<u8>, Vec<u8>>,
     sessions: BTreeMap<u64, Session>,
     census: SessionCensus,
     limits: SessionLimits,
     applied_index: LogIndex,
     applied_term: Term,
+    /// The right half of a split just applied, for the driver to start as a new range.
+    split_off: Option<Box<KvStore>>,
 }
 
 impl Default for KvStore {
@@ -364,8 +427,16 @@ impl Default for KvStore {
 }
 
 impl KvStore {
+    /// The store of a new cluster's first range, which holds every key.
     pub fn new(limits: SessionLimits) -> KvStore {
+        KvStore::empty(limits, RangeDescriptor::first(Vec::new()))
+    }
+
+    /// An empty store of `range`.
+    pub fn empty(limits: SessionLimits, range: RangeDescriptor) -> KvStore {
         KvStore {
+            range,
+            split_off: None,
             data: BTreeMap::new(),
             sessions: BTreeMap::new(),
             census: SessionCensus::default(),
@@ -387,6 +458,16 @@ impl KvStore {
         self.sessions.len()
     }
 
+    pub fn descriptor(&self) -> &RangeDescriptor {
+        &self.range
+    }
+
+    /// After an entry whose split applied: the new range's store, at the
+    /// split's position. The caller starts the new range from it.
+    pub fn take_split_off(&mut self) -> Option<KvStore> {
+        self.split_off.take().map(|store| *store)
+    }
+
     /// Applies the next committed entry. Returns the client's answer, or
     /// None for a no-op.
     pub fn apply(&mut self, entry: &Entry) -> Option<Applied> {
@@ -399,7 +480,7 @@ impl KvStore {
         );
         let Ok(decision) = decide(self, entry, self.limits);
         for change in decision.changes {
-            self.make(change);
+            self.make(change, entry);
         }
         self.census = decision.census;
         self.applied_index = entry.index;
@@ -407,13 +488,16 @@ impl KvStore {
         decision.applied
     }
 
-    /// Serves a read at the current applied state.
-    pub fn read(&self, key: &[u8]) -> Response {
+    /// Serves a read at the current applied state, if this range holds the key.
+    pub fn read(&self, key: &[u8]) -> Result<Response, Refusal> {
+        if !self.range.contains(key) {
+            return Err(Refusal::RangeMismatch { range: self.range.clone() });
+        }
         let Ok(response) = read_response(self, key, self.applied_term, self.applied_index);
-        response
+        Ok(response)
     }
 
-    fn make(&mut self, change: Change) {
+    fn make(&mut self, change: Change, entry: &Entry) {
         match change {
             Change::Put { key, value } => {
                 self.data.insert(key, value);
@@ -427,6 +511,16 @@ impl KvStore {
             Change::EndSession { client_id } => {
                 self.sessions.remove(&client_id);
             }
+            Change::Split { left, right } => {
+                let moved = self.data.split_off(&right.start[..]);
+                let mut store = KvStore::empty(self.limits, right);
+                store.data = moved;
+                store.sessions = self.sessions.clone();
+                store.census = self.census;
+                (store.applied_index, store.applied_term) = (entry.index, entry.term);
+                self.range = left;
+                self.split_off = Some(Box::new(store));
+            }
         }
     }
 
@@ -434,6 +528,7 @@ impl KvStore {
     /// chunked format the daemon streams (see `snapshot`).
     pub fn snapshot(&self) -> Vec<u8> {
         let mut chunker = Chunker::new(self.applied_index, self.applied_term);
+        chunker.push(&Record::Range { descriptor: &self.range.to_proto().encode_to_vec() });
         for (key, value) in &self.data {
             chunker.push(&Record::Value { key, value });
         }
@@ -458,14 +553,34 @@ impl KvStore {
                     store.census.bytes += session.bytes();
                     store.sessions.insert(client_id, session);
                 }
+                Record::Range { descriptor } => store.range = decode_range(descriptor)?,
             }
         }
         Ok(store)
     }
 }
 
+/// The range a snapshot is of, read from its first chunk (None: a
+/// snapshot of a store that holds every key).
+pub fn snapshot_range(bytes: &[u8]) -> Result<Option<RangeDescriptor>, SnapshotDecodeError> {
+    let chunks = snapshot::split(bytes)?;
+    match chunks[0].records().next().transpose()? {
+        Some(Record::Range { descriptor }) => decode_range(descriptor).map(Some),
+        _ => Ok(None),
+    }
+}
+
+pub fn decode_range(bytes: &[u8]) -> Result<RangeDescriptor, SnapshotDecodeError> {
+    let stored = proto::RangeDescriptor::decode(bytes).map_err(|_| SnapshotDecodeError::BadRange)?;
+    RangeDescriptor::from_proto(stored).map_err(|_| SnapshotDecodeError::BadRange)
+}
+
 impl KvRead for KvStore {
     type Error = std::convert::Infallible;
+
+    fn range(&self) -> Result<Option<RangeDescriptor>, Self::Error> {
+        Ok(Some(self.range.clone()))
+    }
 
     fn value(&self, key: &[u8]) -> Result<Option<Vec<u8>>, Self::Error> {
         Ok(self.data.get(key).cloned())
@@ -527,14 +642,14 @@ mod tests {
     fn readme_semantics_hold() {
         let mut store = store_with_session();
         store.apply(&command(2, 1, 1, set(b"k1", b"v1")));
-        assert_eq!(store.read(b"k1").value, b"v1");
+        assert_eq!(store.read(b"k1").expect("the first range holds every key").value, b"v1");
         let ok = response(store.apply(&command(3, 1, 2, cas(b"k1", b"v1", b"v12"))));
         assert!(ok.success && ok.value == b"v12");
         let failed = response(store.apply(&command(4, 1, 3, cas(b"k1", b"vNever", b"vNever2"))));
         assert!(!failed.success && failed.value == b"v12");
         let deleted = response(store.apply(&command(5, 1, 4, Operation::Del { key: Bytes::from_static(b"k1") })));
         assert!(deleted.success && deleted.value == b"v12");
-        assert!(!store.read(b"k1").success);
+        assert!(!store.read(b"k1").expect("the first range holds every key").success);
     }
 
     /// Issue 13, item 12: a failed cas on an empty value says the key exists.
@@ -546,7 +661,10 @@ mod tests {
         assert_eq!((failed.success, failed.found, failed.value.as_slice()), (false, true, &b""[..]));
         let missing = response(store.apply(&command(4, 1, 3, cas(b"nothing", b"x", b"y"))));
         assert_eq!((missing.success, missing.found), (false, false));
-        assert!(store.read(b"k").found && !store.read(b"nothing").found);
+        assert!(
+            store.read(b"k").expect("the first range holds every key").found
+                && !store.read(b"nothing").expect("the first range holds every key").found
+        );
     }
 
     #[test]
@@ -557,7 +675,11 @@ mod tests {
         store.apply(&command(4, 2, 1, set(b"k", b"b")));
         let retry = response(store.apply(&command(5, 1, 1, set(b"k", b"a"))));
         assert_eq!((retry.index, retry.value.as_slice()), (3, &b"a"[..]), "the retry returns the original answer");
-        assert_eq!(store.read(b"k").value, b"b", "the retry did not write again");
+        assert_eq!(
+            store.read(b"k").expect("the first range holds every key").value,
+            b"b",
+            "the retry did not write again"
+        );
         let swap = response(store.apply(&command(6, 2, 2, cas(b"k", b"b", b"c"))));
         let swap_retry = response(store.apply(&command(7, 2, 2, cas(b"k", b"b", b"c"))));
         assert_eq!(swap, swap_retry);
@@ -574,7 +696,7 @@ mod tests {
         assert_eq!(unknown, Err(Refusal::SessionExpired { client_id: 77 }));
         let bad_open = store.apply(&command(5, 3, 1, Operation::OpenSession)).unwrap().outcome;
         assert_eq!(bad_open, Err(Refusal::MalformedOpen));
-        assert_eq!(store.read(b"k").value, b"a");
+        assert_eq!(store.read(b"k").expect("the first range holds every key").value, b"a");
     }
 
     /// Issue 13, item 9: sessions are bounded by count and by bytes, the
@@ -620,5 +742,96 @@ mod tests {
         let nonsense = b"\x2f\0\0\0nonsense, but long enough to be read as a chunk";
         assert!(matches!(KvStore::restore(nonsense, LIMITS), Err(SnapshotDecodeError::BadMagic)));
         assert_eq!(KvStore::restore(&[], LIMITS), Err(SnapshotDecodeError::Unfinished));
+    }
+
+    fn split(index: LogIndex, key: &[u8], right_range: RangeId, version: u64) -> Entry {
+        command(index, 0, 1_000 + index, Operation::Split { key: Bytes::copy_from_slice(key), right_range, version })
+    }
+
+    #[test]
+    fn a_split_moves_the_right_keys_and_copies_every_session() {
+        let mut store = store_with_session();
+        response(store.apply(&command(2, 1, 1, set(b"a", b"1"))));
+        response(store.apply(&command(3, 1, 2, set(b"x", b"2"))));
+        response(store.apply(&split(4, b"m", 2, 0)));
+        let mut right = store.take_split_off().expect("the split made a range");
+        assert_eq!((right.applied_index(), right.applied_term()), (4, 1));
+        assert_eq!(store.descriptor().end.as_deref(), Some(&b"m"[..]));
+        assert_eq!((right.descriptor().id, &right.descriptor().start[..]), (2, &b"m"[..]));
+        assert_eq!(store.read(b"a").map(|answer| answer.value), Ok(b"1".to_vec()));
+        assert_eq!(right.read(b"x").map(|answer| answer.value), Ok(b"2".to_vec()));
+        assert!(matches!(store.read(b"x"), Err(Refusal::RangeMismatch { .. })));
+        assert!(matches!(right.read(b"a"), Err(Refusal::RangeMismatch { .. })));
+        // A retry of the write applied before the split gets its answer from either half.
+        let retried = response(right.apply(&command(5, 1, 2, set(b"x", b"2"))));
+        assert_eq!((retried.index, retried.value), (3, b"2".to_vec()), "remembered, not applied again");
+        assert_eq!(right.session_count(), store.session_count());
+    }
+
+    #[test]
+    fn a_write_for_a_key_the_range_no_longer_holds_is_refused_and_not_remembered() {
+        let mut store = store_with_session();
+        response(store.apply(&split(2, b"m", 2, 0)));
+        let outcome = store.apply(&command(3, 1, 1, set(b"x", b"late"))).expect("an answer").outcome;
+        assert!(matches!(outcome, Err(Refusal::RangeMismatch { .. })), "{outcome:?}");
+        let mut right = store.take_split_off().expect("the split made a range");
+        // The same request, sent on to the right range, applies there once.
+        let applied = response(right.apply(&command(3, 1, 1, set(b"x", b"late"))));
+        assert_eq!(applied.index, 3);
+        assert_eq!(right.read(b"x").map(|answer| answer.value), Ok(b"late".to_vec()));
+        // Had the left remembered the refused sequence, this would be a retry of it.
+        let fresh = response(store.apply(&command(4, 1, 1, set(b"a", b"fine"))));
+        assert_eq!(fresh.index, 4, "the left's session did not remember the refused write");
+    }
+
+    #[test]
+    fn splits_of_an_old_version_at_a_bound_or_without_ranges_are_refused() {
+        let mut store = KvStore::default();
+        response(store.apply(&split(1, b"m", 2, 0)));
+        let _ = store.take_split_off();
+        for (index, entry) in [(2, split(2, b"c", 3, 0)), (3, split(3, b"m", 3, 1)), (4, split(4, b"x", 3, 1))] {
+            let outcome = store.apply(&entry).expect("an answer").outcome;
+            assert!(matches!(outcome, Err(Refusal::Split(_))), "entry {index}: {outcome:?}");
+            assert!(store.take_split_off().is_none());
+        }
+        let decided = decide(&WholeKeySpace, &split(1, b"m", 2, 0), LIMITS).expect("infallible");
+        let outcome = decided.applied.expect("an answer").outcome;
+        assert_eq!(outcome, Err(Refusal::Split(SplitError::Unsupported)));
+        assert!(decided.changes.is_empty());
+    }
+
+    #[test]
+    fn a_snapshot_carries_the_range_it_is_of() {
+        let mut store = store_with_session();
+        response(store.apply(&command(2, 1, 1, set(b"x", b"2"))));
+        response(store.apply(&split(3, b"m", 9, 0)));
+        let right = store.take_split_off().expect("the split made a range");
+        for half in [store, right] {
+            let restored = KvStore::restore(&half.snapshot(), LIMITS).expect("its own snapshot");
+            assert_eq!(snapshot_range(&half.snapshot()), Ok(Some(half.descriptor().clone())));
+            assert_eq!(restored, half);
+        }
+    }
+
+    /// A store that holds every key in one range, as the daemon's does.
+    struct WholeKeySpace;
+
+    impl KvRead for WholeKeySpace {
+        type Error = std::convert::Infallible;
+        fn value(&self, _key: &[u8]) -> Result<Option<Vec<u8>>, Self::Error> {
+            Ok(None)
+        }
+        fn session(&self, _client_id: u64) -> Result<Option<Session>, Self::Error> {
+            Ok(None)
+        }
+        fn census(&self) -> SessionCensus {
+            SessionCensus::default()
+        }
+        fn oldest_session_from(&self, _from: u64) -> Result<Option<(u64, Session)>, Self::Error> {
+            Ok(None)
+        }
+        fn range(&self) -> Result<Option<RangeDescriptor>, Self::Error> {
+            Ok(None)
+        }
     }
 }

@@ -114,6 +114,9 @@ fn operation_to_proto(operation: &Operation) -> proto::client_request::Operation
         }
         Operation::Del { key } => Wire::Del(proto::Del { key: key.clone() }),
         Operation::OpenSession => Wire::OpenSession(proto::OpenSession {}),
+        Operation::Split { key, right_range, version } => {
+            Wire::Split(proto::Split { key: key.clone(), right_range: *right_range, version: *version })
+        }
     }
 }
 
@@ -125,6 +128,9 @@ fn operation_from_proto(operation: proto::client_request::Operation) -> Operatio
         Wire::Cas(cas) => Operation::Cas { key: cas.key, expected: cas.expected, new: cas.new },
         Wire::Del(del) => Operation::Del { key: del.key },
         Wire::OpenSession(_) => Operation::OpenSession,
+        Wire::Split(split) => {
+            Operation::Split { key: split.key, right_range: split.right_range, version: split.version }
+        }
     }
 }
 
@@ -145,7 +151,7 @@ pub enum RequestError {
     RequestTooLarge(usize),
     #[error("a write needs a session's non-zero client_id and a non-zero sequence, a read a non-zero sequence (got {client_id}, {sequence}); open a session first and number its requests from 1")]
     NoSession { client_id: u64, sequence: u64 },
-    #[error("an OpenSession request must carry client_id 0 and a non-zero nonce as its sequence (got {client_id}, {sequence})")]
+    #[error("an OpenSession or Split request must carry client_id 0 and a non-zero nonce as its sequence (got {client_id}, {sequence})")]
     MalformedOpen { client_id: u64, sequence: u64 },
 }
 
@@ -187,10 +193,10 @@ pub fn client_request_from_proto(request: proto::ClientRequest) -> Result<Client
     let operation = operation_from_proto(request.operation.ok_or(RequestError::NoOperation)?);
     let (client_id, sequence) = (request.client_id, request.sequence);
     match operation {
-        Operation::OpenSession if client_id != 0 || sequence == 0 => {
+        Operation::OpenSession | Operation::Split { .. } if client_id != 0 || sequence == 0 => {
             return Err(RequestError::MalformedOpen { client_id, sequence })
         }
-        Operation::OpenSession => {}
+        Operation::OpenSession | Operation::Split { .. } => {}
         // A read needs no session, only an id for its answer: a random nonce will do.
         Operation::Get { .. } if sequence == 0 => return Err(RequestError::NoSession { client_id, sequence }),
         Operation::Get { .. } => {}
@@ -204,7 +210,7 @@ pub fn client_request_from_proto(request: proto::ClientRequest) -> Result<Client
     let value_bytes = match &operation {
         Operation::Set { value, .. } => value.len(),
         Operation::Cas { expected, new, .. } => expected.len().max(new.len()),
-        Operation::Get { .. } | Operation::Del { .. } | Operation::OpenSession => 0,
+        Operation::Get { .. } | Operation::Del { .. } | Operation::OpenSession | Operation::Split { .. } => 0,
     };
     if value_bytes > VALUE_BYTES_MAX {
         return Err(RequestError::ValueTooLarge(value_bytes));
@@ -248,6 +254,7 @@ fn command_operation(operation: proto::client_request::Operation) -> proto::comm
         From::Cas(cas) => To::Cas(cas),
         From::Del(del) => To::Del(del),
         From::OpenSession(open) => To::OpenSession(open),
+        From::Split(split) => To::Split(split),
     }
 }
 
@@ -260,6 +267,7 @@ fn request_operation(operation: proto::command::Operation) -> proto::client_requ
         From::Cas(cas) => To::Cas(cas),
         From::Del(del) => To::Del(del),
         From::OpenSession(open) => To::OpenSession(open),
+        From::Split(split) => To::Split(split),
     }
 }
 

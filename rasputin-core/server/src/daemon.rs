@@ -975,7 +975,11 @@ impl Daemon {
             let outcome = applied.outcome.map_err(|refusal| {
                 let code = match refusal {
                     Refusal::SessionExpired { .. } => ErrorCode::SessionExpired,
-                    Refusal::SequenceBelowSession { .. } | Refusal::MalformedOpen => ErrorCode::BadRequest,
+                    // A daemon's store holds every key and refuses splits (Refusal::Split).
+                    Refusal::SequenceBelowSession { .. }
+                    | Refusal::MalformedOpen
+                    | Refusal::RangeMismatch { .. }
+                    | Refusal::Split(_) => ErrorCode::BadRequest,
                 };
                 (code, refusal.to_string())
             });
@@ -1300,6 +1304,7 @@ fn operation_index(request: &proto::ClientRequest) -> usize {
         Some(Wire::Cas(_)) => "cas",
         Some(Wire::Del(_)) => "del",
         Some(Wire::OpenSession(_)) => "open_session",
+        Some(Wire::Split(_)) => "split",
     };
     OPERATIONS.iter().position(|operation| *operation == name).expect("every operation is listed")
 }

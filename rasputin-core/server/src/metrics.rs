@@ -17,7 +17,7 @@ use rasputin_histogram::Histogram;
 use rasputin_kv::wire::ErrorCode;
 
 /// The operations a client request can carry, as the `operation` label has them.
-pub const OPERATIONS: [&str; 5] = ["set", "get", "cas", "del", "open_session"];
+pub const OPERATIONS: [&str; 6] = ["set", "get", "cas", "del", "open_session", "split"];
 
 /// The answers a request can get: OK, or one of the wire's error codes, by number.
 const OUTCOME_COUNT: usize = 12;

@@ -38,6 +38,7 @@ use thiserror::Error;
 
 use rasputin_consensus::{LogIndex, NodeId, Snapshot, Term};
 use rasputin_kv::operation::{Entry, Persist, Recovered};
+use rasputin_kv::range::RangeDescriptor;
 use rasputin_kv::snapshot::{ChunkReader, ChunkWriter, Record, SnapshotDecodeError};
 use rasputin_kv::state_machine::{self, Applied, Change, KvRead, Response, Session, SessionCensus, SessionLimits};
 use rasputin_kv::wire::{self, proto, WireError};
@@ -770,10 +771,11 @@ fn state_record<'a>(prefix: &[u8], key: &'a [u8], value: &'a [u8]) -> Result<Rec
 }
 
 /// The storage key a record is kept under.
-fn record_key(record: &Record) -> Vec<u8> {
+fn record_key(record: &Record) -> Result<Vec<u8>, SnapshotDecodeError> {
     match record {
-        Record::Value { key, .. } => value_key(key),
-        Record::Session { client_id, .. } => session_key(*client_id),
+        Record::Value { key, .. } => Ok(value_key(key)),
+        Record::Session { client_id, .. } => Ok(session_key(*client_id)),
+        Record::Range { .. } => Err(SnapshotDecodeError::RangesUnsupported),
     }
 }
 
@@ -793,7 +795,7 @@ impl IncomingSnapshot {
     pub fn write(&mut self, chunk: &ChunkReader) -> Result<(), ChunkError> {
         for record in chunk.records() {
             let record = record?;
-            let key = record_key(&record);
+            let key = record_key(&record)?;
             if self.last_key.as_ref().is_some_and(|last| &key <= last) {
                 return Err(ChunkError::OutOfOrder(key));
             }
@@ -804,6 +806,7 @@ impl IncomingSnapshot {
                     self.census.bytes += state_machine::decode_session(session)?.bytes();
                     session
                 }
+                Record::Range { .. } => unreachable!("record_key refused the range record"),
             };
             self.writer.put(&key, value).map_err(StorageError::from)?;
             self.records += 1;
@@ -948,6 +951,9 @@ impl Overlay<'_> {
                 batch.delete(session_key(client_id));
                 self.sessions.insert(client_id, None);
             }
+            Change::Split { left, .. } => {
+                unreachable!("a split of {left} was decided on a daemon store, which holds no range and refuses splits")
+            }
         }
     }
 }
@@ -967,6 +973,11 @@ impl KvRead for Overlay<'_> {
             Some(staged) => Ok(staged.clone()),
             None => self.storage.session(client_id),
         }
+    }
+
+    fn range(&self) -> Result<Option<RangeDescriptor>, StorageError> {
+        // The daemon keeps every key in one range for now.
+        Ok(None)
     }
 
     fn census(&self) -> SessionCensus {
@@ -1020,6 +1031,11 @@ impl KvRead for Storage {
             Some(bytes) => Ok(Some(state_machine::decode_session(&bytes)?)),
             None => Ok(None),
         }
+    }
+
+    fn range(&self) -> Result<Option<RangeDescriptor>, StorageError> {
+        // The daemon keeps every key in one range for now.
+        Ok(None)
     }
 
     fn census(&self) -> SessionCensus {
