@@ -149,6 +149,21 @@ struct Progress {
     snapshot_sent_at: Option<Nanos>,
 }
 
+impl Progress {
+    /// A follower whose log position the leader has yet to learn.
+    fn probing_from(next_index: LogIndex, now: Nanos, last_ack_at: Nanos) -> Progress {
+        Progress {
+            next_index,
+            match_index: 0,
+            in_flight: VecDeque::new(),
+            probing: true,
+            last_progress_at: now,
+            last_ack_at,
+            snapshot_sent_at: None,
+        }
+    }
+}
+
 /// A Harpoon leader-elect's fetch of the most up-to-date log in its vote quorum.
 #[derive(Clone, Copy, Debug)]
 struct Fetching {
@@ -309,6 +324,86 @@ impl<C: Command> Node<C> {
         };
         node.reset_election_deadline();
         Ok(node)
+    }
+
+    /// Starts this node's replica of the range that a split creates, as the
+    /// split entry applies here. `snapshot` is the new range's state at the
+    /// split entry (its `last_index` and `last_term` are the entry's), the
+    /// same on every replica, so the new group's logs all begin alike.
+    ///
+    /// The new group starts where its parent stands on this node: the same
+    /// term, vote and promise, so a node never helps two leaders of one term
+    /// and a promise to the parent's leader binds for the new range too. If
+    /// this node leads the parent in the split entry's term, it leads the
+    /// new range from the first instant, with the parent's lease: only it
+    /// can lead the new range in that term, and every replica starts in that
+    /// term or a later one, so no other leader has written to it. A leader
+    /// of a later term cannot know what the new range's leader of the
+    /// split's term wrote, so it starts as a follower.
+    ///
+    /// The new range has the parent's replicas and configuration. The
+    /// driver persists the new node's `hard_state()` and the snapshot,
+    /// in the same write as the parent's applied index, before it steps the
+    /// new node.
+    pub fn split_off(&self, snapshot: Snapshot, seed: u64) -> Result<Node<C>, StartError> {
+        let (index, term) = (snapshot.last_index, snapshot.last_term);
+        if term > self.term() || index > self.applied_index {
+            return Err(StartError::Recovered(format!(
+                "a split at index {index}, term {term} lies beyond the parent's term {} or applied index {}",
+                self.term(),
+                self.applied_index
+            )));
+        }
+        let leads = self.role == Role::Leader && self.term() == term;
+        let leader = self.leader.as_ref().filter(|_| leads).map(|parent| LeaderState {
+            progress: parent
+                .progress
+                .iter()
+                .map(|(&peer, progress)| (peer, Progress::probing_from(index + 1, self.now, progress.last_ack_at)))
+                .collect(),
+            rounds: VecDeque::new(),
+            current_round: 0,
+            confirmed_round: 0,
+            lease_end: parent.lease_end,
+            first_round_grace_end: parent.first_round_grace_end,
+            // The split's state is committed: nothing of this term comes before it.
+            noop_index: index,
+            reads_waiting: VecDeque::new(),
+            heartbeat_due: self.now,
+            check_quorum_due: parent.check_quorum_due,
+        });
+        Ok(Node {
+            rules: self.rules,
+            rng: ChaCha8Rng::seed_from_u64(seed),
+            now: self.now,
+            hard_state: self.hard_state,
+            hard_state_dirty: false,
+            log: Log::restore(index, term, Vec::new()),
+            unstable_from: None,
+            snapshot: Some(snapshot),
+            snapshot_to_persist: None,
+            durable_index: index,
+            commit_index: index,
+            applied_index: index,
+            role: if leads { Role::Leader } else { Role::Follower },
+            leader_id: self.leader_id.filter(|_| self.term() == term),
+            election_deadline: self.election_deadline,
+            last_leader_contact: self.last_leader_contact,
+            promise: self.promise,
+            votes: BTreeMap::new(),
+            better_log_seen: false,
+            campaign_deferred: false,
+            fetching: None,
+            campaign_sent_at: self.campaign_sent_at,
+            leader,
+            // A replacement still catching up may have lost entries of this
+            // range too, if its lost disk had applied the split before.
+            votes_withheld_until: self.votes_withheld_until,
+            replication_due: false,
+            out: Ready::default(),
+            // The new range has the parent's replicas.
+            config: self.config.clone(),
+        })
     }
 
     /// Feeds one input at local time `now` and returns what the driver must do.
@@ -876,18 +971,7 @@ impl<C: Command> Node<C> {
             .members
             .iter()
             .filter(|&&member| member != self.config.id)
-            .map(|&peer| {
-                let progress = Progress {
-                    next_index,
-                    match_index: 0,
-                    in_flight: VecDeque::new(),
-                    probing: true,
-                    last_progress_at: now,
-                    last_ack_at: now,
-                    snapshot_sent_at: None,
-                };
-                (peer, progress)
-            })
+            .map(|&peer| (peer, Progress::probing_from(next_index, now, now)))
             .collect();
         // The votes were promises made no earlier than the campaign's send time,
         // so they give the first lease.

@@ -767,3 +767,58 @@ fn a_lagging_node_lets_a_better_one_campaign_first_once() {
     assert_eq!(lagging.role(), Role::Candidate, "campaigns the second time");
     assert!(messages(&ready).iter().any(|message| matches!(message, Message::Vote { term: 1, .. })));
 }
+
+fn split_snapshot(node: &Node) -> Snapshot {
+    let index = node.applied_index();
+    Snapshot { last_index: index, last_term: node.log().term(index).expect("applied"), data: Default::default() }
+}
+
+#[test]
+fn the_leader_of_the_splits_term_leads_the_new_range_at_once_with_its_lease() {
+    let mut leader = elect_node_one(ElectionMode::Harpoon, LATE);
+    let _ = leader.step(LATE, Input::Client(set(1, 1)));
+    let _ = acknowledge_all(&mut leader, LATE + MS);
+    assert_eq!(leader.applied_index(), 2, "the no-op and the write applied");
+    let now = LATE + 2 * MS;
+    let _ = leader.step(now, Input::Tick);
+    assert!(leader.holds_lease(now));
+    let mut right = leader.split_off(split_snapshot(&leader), 7).expect("a split at the applied index");
+    assert_eq!((right.role(), right.term(), right.commit_index()), (Role::Leader, 1, 2));
+    assert_eq!(right.lease_end(), leader.lease_end(), "the parent's lease carries over");
+    assert_eq!(right.hard_state(), leader.hard_state());
+    let ready = right.step(now, Input::Client(get(9, 1)));
+    assert_eq!(ready.reads.len(), 1, "a read is served at once, at the split: {ready:?}");
+    assert_eq!(ready.reads[0].read_index, 2);
+    assert!(heartbeat_round(&ready).is_some(), "the new leader's first round starts at once");
+    let _ = right.step(now, Input::Client(set(1, 2)));
+    let ready = acknowledge_all(&mut right, now);
+    assert_eq!(right.commit_index(), 3, "the new range commits its own entries: {ready:?}");
+}
+
+#[test]
+fn a_follower_splits_off_a_follower_bound_by_the_same_promise() {
+    let mut follower = node(2, ElectionMode::Harpoon);
+    let entries = vec![Entry { term: 1, index: 1, payload: EntryPayload::Noop }];
+    let append = Message::Append { term: 1, prev_index: 0, prev_term: 0, entries, commit: 1, round: 1 };
+    let _ = deliver(&mut follower, LATE, 1, append);
+    assert_eq!(follower.applied_index(), 1);
+    let right = follower.split_off(split_snapshot(&follower), 7).expect("a split at the applied index");
+    assert_eq!((right.role(), right.term(), right.leader_id()), (Role::Follower, 1, Some(1)));
+    assert!(right.promise_forbids(3, LATE + MS), "the promise to leader 1 binds for the new range");
+    assert!(!right.promise_forbids(1, LATE + MS));
+}
+
+#[test]
+fn a_node_in_a_later_term_starts_the_new_range_without_the_old_leader() {
+    let mut follower = node(1, ElectionMode::Harpoon);
+    let entries = vec![Entry { term: 1, index: 1, payload: EntryPayload::Noop }];
+    let append = Message::Append { term: 1, prev_index: 0, prev_term: 0, entries, commit: 1, round: 1 };
+    let _ = deliver(&mut follower, MS, 2, append);
+    let snapshot = split_snapshot(&follower);
+    // Node 1 later leads term 2 before it applies the split of term 1.
+    let _ = deliver(&mut follower, LATE, 3, Message::Heartbeat { term: 2, commit: 1, round: 1 });
+    let right = follower.split_off(snapshot.clone(), 7).expect("a split at the applied index");
+    assert_eq!((right.role(), right.term(), right.leader_id()), (Role::Follower, 2, None));
+    let beyond = Snapshot { last_index: 5, ..snapshot };
+    assert!(matches!(follower.split_off(beyond, 7), Err(StartError::Recovered(_))));
+}
