@@ -485,6 +485,14 @@ impl<C: Command> Node<C> {
         self.config.mode == ElectionMode::Harpoon && self.leader.as_ref().is_some_and(|leader| now < leader.lease_end)
     }
 
+    /// Whether this node would answer a lease read at local time `now`
+    /// from its applied state: it holds the lease, and its term's no-op
+    /// has committed (before that a read waits, and the state it will be
+    /// served from is not known yet).
+    pub fn serves_lease_reads(&self, now: Nanos) -> bool {
+        self.holds_lease(now) && self.leader.as_ref().is_some_and(|leader| self.commit_index >= leader.noop_index)
+    }
+
     /// The term in which this node may send snapshots, if any: as leader, to
     /// its followers; as a voter, to the leader-elect it voted for, which
     /// fetches from it. A transfer begun in another term must stop.

@@ -81,10 +81,18 @@ pub enum Submitted {
 pub struct Disk {
     pub stored: Stored,
     pending: VecDeque<Batch>,
+    /// The oldest pending batches already written by `write_pending_now`;
+    /// their syncs only release their messages.
+    written_early: usize,
     busy_until_ns: u64,
 }
 
 impl Disk {
+    /// A disk on which `stored` is already durable.
+    pub fn holding(stored: Stored) -> Disk {
+        Disk { stored, ..Disk::default() }
+    }
+
     /// Queues a batch behind earlier ones. A batch with nothing to write
     /// still waits for the syncs before it, since its messages may depend on them.
     pub fn submit(&mut self, batch: Batch, now_ns: u64, sync_ns: u64) -> Submitted {
@@ -105,7 +113,11 @@ impl Disk {
     pub fn complete_sync(&mut self) -> Vec<Batch> {
         let first = self.pending.pop_front().expect("a sync completed with nothing pending");
         assert!(!first.persist.is_empty(), "a sync completed for an empty batch");
-        self.stored.write(&first.persist);
+        if self.written_early > 0 {
+            self.written_early -= 1;
+        } else {
+            self.stored.write(&first.persist);
+        }
         let mut done = vec![first];
         while self.pending.front().is_some_and(|batch| batch.persist.is_empty()) {
             done.push(self.pending.pop_front().expect("front exists"));
@@ -113,8 +125,19 @@ impl Disk {
         done
     }
 
+    /// Makes every pending write durable now, as a sync that covers them
+    /// all would; their messages still leave when their own syncs complete.
+    pub fn write_pending_now(&mut self) {
+        let with_writes = self.pending.iter().filter(|batch| !batch.persist.is_empty());
+        for batch in with_writes.skip(self.written_early) {
+            self.stored.write(&batch.persist);
+        }
+        self.written_early = self.pending.iter().filter(|batch| !batch.persist.is_empty()).count();
+    }
+
     /// A crash: unsynced writes are lost, and so are the messages waiting on them.
     pub fn crash(&mut self) {
+        self.written_early = 0;
         self.pending.clear();
         self.busy_until_ns = 0;
     }

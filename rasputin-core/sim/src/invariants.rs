@@ -7,6 +7,7 @@ use std::hash::{Hash, Hasher};
 
 use rasputin_consensus::{LogIndex, NodeId, Term};
 use rasputin_kv::operation::{Entry, EntryPayload, Node};
+use rasputin_kv::range::{RangeDescriptor, RangeId};
 
 /// A stable fingerprint of an entry's payload.
 fn fingerprint(payload: &EntryPayload) -> u64 {
@@ -15,8 +16,12 @@ fn fingerprint(payload: &EntryPayload) -> u64 {
     hasher.finish()
 }
 
+/// The checks of one range's Harpoon group.
 #[derive(Default)]
 pub struct Invariants {
+    /// The log position the group starts from: 0 for the first range, the
+    /// split entry's index for a range a split made.
+    base: LogIndex,
     leaders: BTreeMap<Term, NodeId>,
     /// (index, term) → (payload fingerprint, term of the entry before it).
     entries: HashMap<(LogIndex, Term), (u64, Term)>,
@@ -29,6 +34,11 @@ pub struct Invariants {
 pub type Breach = String;
 
 impl Invariants {
+    /// The checks of a range whose log starts after `base`.
+    pub fn after(base: LogIndex) -> Invariants {
+        Invariants { base, ..Invariants::default() }
+    }
+
     /// At most one leader per term, and leader completeness: a leader holds
     /// every entry committed by the leader of an earlier term. (A late-elected
     /// leader of an older term may lack entries committed in newer ones.)
@@ -44,7 +54,7 @@ impl Invariants {
         self.leaders.insert(term, id);
         let log = node.log();
         for (offset, &(committed_term, print)) in self.committed.iter().enumerate() {
-            let index = offset as LogIndex + 1;
+            let index = self.base + offset as LogIndex + 1;
             if index <= log.snapshot_index() || self.committed_in_term[offset] >= term {
                 continue;
             }
@@ -80,7 +90,13 @@ impl Invariants {
     /// index. `leader_term` is the applying node's term if it leads.
     pub fn on_apply(&mut self, node_id: NodeId, entry: &Entry, leader_term: Option<Term>) -> Result<(), Breach> {
         let print = (entry.term, fingerprint(&entry.payload));
-        let offset = (entry.index - 1) as usize;
+        assert!(
+            entry.index > self.base,
+            "node {node_id} applied index {} of a range that starts after {}",
+            entry.index,
+            self.base
+        );
+        let offset = (entry.index - self.base - 1) as usize;
         let committing_term = leader_term.unwrap_or(Term::MAX);
         if offset == self.committed.len() {
             self.committed.push(print);
@@ -94,7 +110,7 @@ impl Invariants {
             return Err(format!(
                 "node {node_id} applied index {} before anyone applied {}",
                 entry.index,
-                self.committed.len() + 1
+                self.base + self.committed.len() as LogIndex + 1
             ));
         }
         if self.committed[offset] != print {
@@ -143,10 +159,42 @@ impl Invariants {
     }
 }
 
-/// At most one node holds a valid lease at an instant of true time.
-pub fn check_leases(holders: &[NodeId], true_ns: u64) -> Result<(), Breach> {
-    if holders.len() > 1 {
-        return Err(format!("at true time {true_ns} ns, nodes {holders:?} all hold a valid lease"));
+/// One valid lease: the node that holds it, the range, and the keys that
+/// replica believes the range holds.
+pub struct Lease<'a> {
+    pub node: NodeId,
+    pub range: RangeId,
+    pub descriptor: &'a RangeDescriptor,
+    /// The holder's term's no-op has committed, so it answers reads from
+    /// the state `descriptor` is of; before, it waits and applies first.
+    pub serving: bool,
+}
+
+/// At most one lease covers a key at an instant of true time: within a
+/// range, one holder; across ranges, no two serving holders whose
+/// replicas' descriptors share a key (a split must not leave the old
+/// leader serving the right half beside the right range's leader).
+pub fn check_leases(leases: &[Lease], true_ns: u64) -> Result<(), Breach> {
+    for (position, first) in leases.iter().enumerate() {
+        for second in &leases[position + 1..] {
+            let both_serve = first.serving && second.serving;
+            if first.range == second.range || (both_serve && first.descriptor.overlaps(second.descriptor)) {
+                return Err(format!(
+                    "at true time {true_ns} ns, node {} (range {}) and node {} (range {}) both hold a valid lease on keys of {} and {}",
+                    first.node, first.range, second.node, second.range, first.descriptor, second.descriptor
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A node's ranges cover each key at most once.
+pub fn check_tiling(node: NodeId, descriptors: &[&RangeDescriptor]) -> Result<(), Breach> {
+    for (position, first) in descriptors.iter().enumerate() {
+        if let Some(second) = descriptors[position + 1..].iter().find(|second| first.overlaps(second)) {
+            return Err(format!("node {node} holds ranges {first} and {second}, which share keys"));
+        }
     }
     Ok(())
 }

@@ -20,12 +20,15 @@ pub use network::{Hold, NetworkConfig};
 pub use world::{run_seed, SeedReport};
 
 use rasputin_consensus::{ElectionMode, Faults};
+use rasputin_kv::range::RangeDescriptor;
 use rasputin_kv::state_machine::SessionLimits;
 
 /// Simulated nanoseconds per second, for readable settings.
 pub const SECOND_NS: u64 = 1_000_000_000;
 /// Events one seed may process before the run counts as stuck.
 pub const EVENTS_PER_SEED_MAX: u64 = 20_000_000;
+/// Ranges the split nemesis may make in one run, the first included.
+pub const RANGES_MAX: usize = 64;
 
 #[derive(Clone, Debug)]
 pub struct SimConfig {
@@ -58,6 +61,9 @@ pub struct SimConfig {
     pub faults: Faults,
     /// Harpoon's campaign preference (`Config::campaign_defers_to_better_logs`).
     pub campaign_defers_to_better_logs: bool,
+    /// The split nemesis: now and then a range's leader is asked to split
+    /// it at a random key, during every other fault.
+    pub splits: bool,
     pub record_trace: bool,
     /// Keep the client history as JSON lines in the report.
     pub record_history: bool,
@@ -90,9 +96,15 @@ impl SimConfig {
             session_limits: SessionLimits::PRODUCTION,
             faults: Faults::default(),
             campaign_defers_to_better_logs: true,
+            splits: false,
             record_trace: false,
             record_history: false,
         }
+    }
+
+    /// The range a run starts with: every key, on every node.
+    pub fn first_range(&self) -> RangeDescriptor {
+        RangeDescriptor::first((1..=self.nodes as u64).collect())
     }
 
     pub fn consensus_config(&self, id: u64) -> rasputin_consensus::Config {

@@ -5,9 +5,12 @@
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
+use std::collections::BTreeMap;
+
 use bytes::Bytes;
 use rasputin_checker as checker;
 use rasputin_kv::operation::{ClientRequest, Operation};
+use rasputin_kv::range::{RangeDescriptor, RangeId};
 use rasputin_kv::state_machine::Response;
 
 pub fn key_bytes(key: u64) -> Bytes {
@@ -23,10 +26,10 @@ fn value_id(bytes: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(array))
 }
 
-/// What an operation is for: opening the client's session, or the workload.
+/// What an operation is for: opening the client's session in a range, or the workload.
 #[derive(Clone, Debug)]
 pub enum Purpose {
-    OpenSession,
+    OpenSession { range: RangeId },
     Workload { key: u64, input: checker::Input },
 }
 
@@ -41,38 +44,130 @@ pub struct PendingOperation {
     /// Some attempt may have reached a leader that proposed it.
     pub maybe_applied: bool,
     pub attempt: u64,
+    /// The range the latest attempt went to; 0 if it asked which range holds the key.
+    pub range: RangeId,
+    /// The node the latest attempt went to.
+    pub target: usize,
+}
+
+impl PendingOperation {
+    /// Whether the request carries its session's identity yet: a workload
+    /// operation drawn before its range was known gets it when first sent,
+    /// and keeps it for every retry.
+    pub fn is_bound(&self) -> bool {
+        self.request.client_id != 0 || matches!(self.purpose, Purpose::OpenSession { .. })
+    }
+}
+
+/// What a client believes of one range: its descriptor and the node to ask.
+#[derive(Clone, Debug)]
+pub struct Route {
+    pub descriptor: RangeDescriptor,
+    pub target: usize,
+}
+
+/// The client's picture of the ranges, filled from the answers of the nodes.
+#[derive(Clone, Debug)]
+pub struct RouteCache {
+    routes: Vec<Route>,
+}
+
+impl RouteCache {
+    pub fn new(first: RangeDescriptor, target: usize) -> RouteCache {
+        RouteCache { routes: vec![Route { descriptor: first, target }] }
+    }
+
+    pub fn for_key(&self, key: &[u8]) -> Option<&Route> {
+        self.routes.iter().find(|route| route.descriptor.contains(key))
+    }
+
+    pub fn for_range(&mut self, range: RangeId) -> Option<&mut Route> {
+        self.routes.iter_mut().find(|route| route.descriptor.id == range)
+    }
+
+    pub fn ranges(&self) -> impl Iterator<Item = RangeId> + '_ {
+        self.routes.iter().map(|route| route.descriptor.id)
+    }
+
+    /// Takes in a descriptor a node reported. Splits only narrow ranges and
+    /// raise versions, so of two overlapping descriptors the one with the
+    /// higher version is the newer; the older goes.
+    /// Returns whether the descriptor was news.
+    pub fn learn(&mut self, descriptor: RangeDescriptor, target: usize) -> bool {
+        let newer_known = self.routes.iter().any(|route| {
+            route.descriptor.overlaps(&descriptor) && route.descriptor.epoch.version >= descriptor.epoch.version
+        });
+        if newer_known {
+            return false;
+        }
+        let inherited = self.routes.iter().find(|route| route.descriptor.id == descriptor.id).map(|route| route.target);
+        self.routes.retain(|route| !route.descriptor.overlaps(&descriptor) && route.descriptor.id != descriptor.id);
+        self.routes.push(Route { descriptor, target: inherited.unwrap_or(target) });
+        true
+    }
 }
 
 #[derive(Clone, Debug)]
 pub struct Client {
     pub index: usize,
-    /// The session's client id, once opened.
-    pub session: Option<u64>,
+    /// Each range's session client id, once opened. Sessions are per range;
+    /// a split copies the parent's to the new range.
+    pub sessions: BTreeMap<RangeId, u64>,
     pub sequence: u64,
     /// Sessions this client has asked to open, for unique nonces.
     opens: u64,
-    /// The node index this client sends to next.
-    pub target: usize,
+    pub routes: RouteCache,
+    /// Where the client asks which range holds a key it has no route for.
+    pub lookup_target: usize,
     pub pending: Option<PendingOperation>,
     /// The last value this client saw per key, to aim its cas at.
     last_seen: Vec<Option<u64>>,
 }
 
 impl Client {
-    pub fn new(index: usize, keys: u64, target: usize) -> Client {
+    pub fn new(index: usize, keys: u64, target: usize, first: RangeDescriptor) -> Client {
         Client {
             index,
-            session: None,
+            sessions: BTreeMap::new(),
             sequence: 0,
             opens: 0,
-            target,
+            routes: RouteCache::new(first, target),
+            lookup_target: target,
             pending: None,
             last_seen: vec![None; keys as usize],
         }
     }
 
-    /// Draws the next operation: opening a session if the client has none.
-    /// `next_value` hands out unique values.
+    /// Binds a workload request to the session of `range`, if the client has one.
+    pub fn bind(&mut self, operation: &mut PendingOperation, range: RangeId) -> bool {
+        let Some(&client_id) = self.sessions.get(&range) else { return false };
+        self.sequence += 1;
+        operation.request.client_id = client_id;
+        operation.request.sequence = self.sequence;
+        true
+    }
+
+    /// An operation that opens a session in `range`.
+    pub fn open_session(&mut self, range: RangeId, now_ns: u64, timeout_ns: u64) -> PendingOperation {
+        self.opens += 1;
+        let nonce = ((self.index as u64 + 1) << 32) | self.opens;
+        let request = ClientRequest { client_id: 0, sequence: nonce, operation: Operation::OpenSession };
+        PendingOperation {
+            request,
+            purpose: Purpose::OpenSession { range },
+            invoked_at_ns: now_ns,
+            deadline_ns: now_ns + timeout_ns,
+            maybe_applied: false,
+            attempt: 0,
+            range,
+            target: 0,
+        }
+    }
+
+    /// Draws the next operation: opening a session first in a range it
+    /// knows and has none for. `next_value` hands out unique values. A
+    /// workload operation whose key has no known range, or whose range has
+    /// no session yet, is drawn unbound (client id 0).
     pub fn next_operation(
         &mut self,
         rng: &mut ChaCha8Rng,
@@ -80,20 +175,10 @@ impl Client {
         now_ns: u64,
         timeout_ns: u64,
     ) -> PendingOperation {
-        let pending = |request, purpose| PendingOperation {
-            request,
-            purpose,
-            invoked_at_ns: now_ns,
-            deadline_ns: now_ns + timeout_ns,
-            maybe_applied: false,
-            attempt: 0,
-        };
-        let Some(client_id) = self.session else {
-            self.opens += 1;
-            let nonce = ((self.index as u64 + 1) << 32) | self.opens;
-            let request = ClientRequest { client_id: 0, sequence: nonce, operation: Operation::OpenSession };
-            return pending(request, Purpose::OpenSession);
-        };
+        let sessionless = self.routes.ranges().find(|range| !self.sessions.contains_key(range));
+        if let Some(range) = sessionless {
+            return self.open_session(range, now_ns, timeout_ns);
+        }
         let key = rng.gen_range(0..self.last_seen.len() as u64);
         let key_name = key_bytes(key);
         let mut fresh = || {
@@ -114,9 +199,22 @@ impl Client {
         } else {
             (Operation::Del { key: key_name }, checker::Input::Delete)
         };
-        self.sequence += 1;
-        let request = ClientRequest { client_id, sequence: self.sequence, operation };
-        pending(request, Purpose::Workload { key, input })
+        let range = self.routes.for_key(&key_bytes(key)).map(|route| route.descriptor.id);
+        let request = ClientRequest { client_id: 0, sequence: 0, operation };
+        let mut operation = PendingOperation {
+            request,
+            purpose: Purpose::Workload { key, input },
+            invoked_at_ns: now_ns,
+            deadline_ns: now_ns + timeout_ns,
+            maybe_applied: false,
+            attempt: 0,
+            range: range.unwrap_or_default(),
+            target: 0,
+        };
+        if let Some(range) = range {
+            self.bind(&mut operation, range);
+        }
+        operation
     }
 
     /// Records what a completed workload operation observed, and converts it for the checker.

@@ -8,16 +8,21 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use super::clock::Clock;
+use super::disk::Stored;
 use super::disk::{Batch, Disk, Submitted};
-use super::invariants::{check_leases, Breach, Invariants, PromiseView};
+use super::invariants::{check_leases, check_tiling, Breach, Invariants, Lease, PromiseView};
 use super::nemesis::{self, NemesisKind, Target};
 use super::network::{exponential, Network};
-use super::workload::{Client, PendingOperation, Purpose};
-use super::{SimConfig, EVENTS_PER_SEED_MAX, SECOND_NS};
+use super::workload::{key_bytes, Client, PendingOperation, Purpose};
+use super::{SimConfig, EVENTS_PER_SEED_MAX, RANGES_MAX, SECOND_NS};
+use bytes::Bytes;
 use rasputin_checker as checker;
-use rasputin_consensus::{ElectionMode, NodeId, Rejection, Role, Snapshot, Term};
-use rasputin_kv::operation::{ClientRequest, EntryPayload, Envelope, Input, Node, ReadReady, Ready};
-use rasputin_kv::state_machine::{KvStore, Refusal, Response};
+use rasputin_consensus::{ElectionMode, LogIndex, NodeId, Rejection, Role, Snapshot, Term};
+use rasputin_kv::operation::{
+    ClientRequest, Entry, EntryPayload, Envelope, Input, Message, Node, Operation, ReadReady, Ready,
+};
+use rasputin_kv::range::{RangeDescriptor, RangeId, FIRST_RANGE_ID};
+use rasputin_kv::state_machine::{self, KvStore, Refusal, Response};
 
 /// One-way latency between a client and a node.
 const CLIENT_LATENCY_NS: u64 = 300_000;
@@ -26,32 +31,57 @@ const CHECKER_STATES_PER_KEY_MAX: u64 = 10_000_000;
 /// How long a client waits before retrying after a "not leader" answer.
 const REDIRECT_BACKOFF_NS: u64 = 2_000_000;
 
+/// How often the split nemesis acts, at most, and at least.
+const SPLIT_GAP_NS: std::ops::Range<u64> = 300_000_000..2_000_000_000;
+
 #[derive(Clone, Debug)]
 enum Reply {
     Done(Response),
     Refused(Refusal),
     NotLeader(Option<NodeId>),
     Overloaded,
+    /// The range asked for does not hold the key (or is not here, or has
+    /// another epoch); these are the descriptors the node knows for the key.
+    RangeMismatch(Vec<RangeDescriptor>),
+}
+
+/// A consensus message of one range, with the sender's picture of that
+/// range, so that a node that has no replica of it can tell whether one of
+/// its own ranges still covers those keys (a split it has yet to apply).
+#[derive(Clone, Debug)]
+struct RangeEnvelope {
+    range: RangeId,
+    span: RangeDescriptor,
+    envelope: Envelope,
+}
+
+/// Where a client sends a request: a range it believes holds the key, at
+/// the version it knows; or, with no route, it asks which range holds it.
+#[derive(Clone, Debug)]
+enum Destination {
+    Range { range: RangeId, version: u64 },
+    Lookup,
 }
 
 #[derive(Clone, Debug)]
 enum Event {
-    Deliver(Envelope),
-    Timer { node: usize, generation: u64 },
-    DiskSynced { node: usize, incarnation: u64 },
-    Request { node: usize, client: usize, request: ClientRequest, attempt: u64 },
+    Deliver(RangeEnvelope),
+    Timer { node: usize, range: RangeId, generation: u64 },
+    DiskSynced { node: usize, range: RangeId, incarnation: u64 },
+    Request { node: usize, client: usize, destination: Destination, request: ClientRequest, attempt: u64 },
     Reply { client: usize, sequence: u64, attempt: u64, reply: Reply },
     AttemptTimeout { client: usize, sequence: u64, attempt: u64 },
     Retry { client: usize, sequence: u64 },
     ClientStart { client: usize },
     Nemesis,
+    SplitNemesis,
 }
 
 impl Event {
     /// The node an event happens at, if it is one; such events wait while that node is paused.
     fn node(&self) -> Option<usize> {
         match self {
-            Event::Deliver(envelope) => Some(envelope.to as usize - 1),
+            Event::Deliver(delivery) => Some(delivery.envelope.to as usize - 1),
             Event::Timer { node, .. } | Event::DiskSynced { node, .. } | Event::Request { node, .. } => Some(*node),
             _ => None,
         }
@@ -82,19 +112,112 @@ impl Ord for Scheduled {
     }
 }
 
-struct Server {
+/// A client request a replica accepted, to answer when it applies or is served.
+struct Accepted {
+    client: usize,
+    attempt: u64,
+    key: Bytes,
+}
+
+/// One node's replica of one range: its Harpoon group member, state machine and disk.
+struct Replica {
     node: Option<Node>,
     kv: KvStore,
     disk: Disk,
+    /// What the node knew of the range when a message made it create this
+    /// replica empty, before any state arrived; kept across restarts.
+    created_as: RangeDescriptor,
+    /// The state machine as the latest split left it. A split's apply is
+    /// made durable at once, with the new range's first state, so that a
+    /// restart never finds the new range beside a parent that still holds
+    /// its keys (the daemon syncs a split's write batch before going on).
+    split_state: Option<KvStore>,
+    /// A split applied in the step under way: its log is synced at the end
+    /// of the step with its apply, as the daemon's one WAL would.
+    split_applied: bool,
+    timer_generation: u64,
+    /// Client requests accepted: (client id, sequence) → who asked.
+    pending: BTreeMap<(u64, u64), Accepted>,
+    was_leader_in: Option<Term>,
+    was_leader_elect_in: Option<Term>,
+}
+
+impl Replica {
+    fn new(kv: KvStore, disk: Disk) -> Replica {
+        Replica {
+            node: None,
+            created_as: kv.descriptor().clone(),
+            split_state: None,
+            split_applied: false,
+            kv,
+            disk,
+            timer_generation: 0,
+            pending: BTreeMap::new(),
+            was_leader_in: None,
+            was_leader_elect_in: None,
+        }
+    }
+
+    /// Created empty by a message, and given no state yet: it serves nothing.
+    fn is_empty(&self) -> bool {
+        self.kv.descriptor().id != FIRST_RANGE_ID && self.kv.applied_index() == 0
+    }
+
+    fn node(&self) -> &Node {
+        self.node.as_ref().expect("the replica's server is running")
+    }
+
+    /// Whether this replica holds keys of `span`, now or as it would
+    /// restart from its disk (an install not yet synced may have narrowed
+    /// it in memory only).
+    fn covers_any(&self, span: &RangeDescriptor) -> bool {
+        if self.is_empty() {
+            return self.kv.descriptor().overlaps(span);
+        }
+        self.kv.descriptor().overlaps(span) || self.durable_descriptor().overlaps(span)
+    }
+
+    /// The descriptor this replica would restart with.
+    fn durable_descriptor(&self) -> RangeDescriptor {
+        let snapshot = self.disk.stored.snapshot.as_ref();
+        let stored = snapshot.map(|snapshot| {
+            let range = state_machine::snapshot_range(&snapshot.data).expect("the simulator wrote this snapshot");
+            (snapshot.last_index, range.expect("the simulator's snapshots name their range"))
+        });
+        let split = self.split_state.as_ref().map(|state| (state.applied_index(), state.descriptor().clone()));
+        match (stored, split) {
+            (Some(stored), Some(split)) => std::cmp::max_by_key(stored, split, |(index, _)| *index).1,
+            (Some((_, range)), None) | (None, Some((_, range))) => range,
+            (None, None) => self.created_as.clone(),
+        }
+    }
+}
+
+struct Server {
+    replicas: BTreeMap<RangeId, Replica>,
+    running: bool,
     clock: Clock,
     incarnation: u64,
     paused: bool,
     stashed: Vec<Event>,
-    timer_generation: u64,
-    /// Client requests this server accepted: (client id, sequence) → (client, attempt).
-    pending: BTreeMap<(u64, u64), (usize, u64)>,
-    was_leader_in: Option<Term>,
-    was_leader_elect_in: Option<Term>,
+}
+
+impl Server {
+    fn replica(&mut self, range: RangeId) -> &mut Replica {
+        self.replicas.get_mut(&range).expect("the simulator only addresses replicas it made")
+    }
+
+    /// What a RANGE_MISMATCH carries: the descriptor of the range asked
+    /// for, if this server has it, and of the range that holds `key`.
+    fn descriptors_for(&self, asked: Option<RangeId>, key: &[u8]) -> Vec<RangeDescriptor> {
+        self.replicas
+            .iter()
+            .filter(|(&range, replica)| {
+                !replica.is_empty() && (Some(range) == asked || replica.kv.descriptor().contains(key))
+            })
+            .map(|(_, replica)| replica.kv.descriptor().clone())
+            .collect()
+    }
 }
 
 /// What one seed's run produced.
@@ -117,6 +240,8 @@ pub struct SeedReport {
     /// Requests the state machine refused (expired sessions, above all).
     pub refusals: usize,
     pub faults: Vec<String>,
+    /// Splits applied, each counted once however many replicas applied it.
+    pub splits: usize,
 }
 
 pub(super) struct World<'a> {
@@ -131,7 +256,10 @@ pub(super) struct World<'a> {
     clients: Vec<Client>,
     next_value: u64,
     history: Vec<checker::Operation>,
-    invariants: Invariants,
+    /// Each range's checks.
+    invariants: BTreeMap<RangeId, Invariants>,
+    /// The id the split nemesis gives the next range.
+    next_range_id: RangeId,
     active_fault: Option<ActiveFault>,
     fault_phase_over: bool,
     healed_at_ns: u64,
@@ -158,6 +286,9 @@ pub fn run_seed(config: &SimConfig, seed: u64) -> SeedReport {
         if !config.nemeses.is_empty() {
             world.schedule(SECOND_NS, Event::Nemesis);
         }
+        if config.splits {
+            world.schedule(SECOND_NS, Event::SplitNemesis);
+        }
         world.end_ns = config.fault_phase_ns + config.recovery_phase_ns;
         world.run_and_check()
     }));
@@ -178,22 +309,20 @@ impl<'a> World<'a> {
             .map(|_| {
                 let rate = 1.0 + rng.gen_range(-config.clock_epsilon..=config.clock_epsilon);
                 let offset = rng.gen_range(0..1_000 * SECOND_NS);
+                let first = Replica::new(KvStore::empty(config.session_limits, config.first_range()), Disk::default());
                 Server {
-                    node: None,
-                    kv: KvStore::default(),
-                    disk: Disk::default(),
+                    replicas: BTreeMap::from([(FIRST_RANGE_ID, first)]),
+                    running: false,
                     clock: Clock::new(offset, rate),
                     incarnation: 0,
                     paused: false,
                     stashed: Vec::new(),
-                    timer_generation: 0,
-                    pending: BTreeMap::new(),
-                    was_leader_in: None,
-                    was_leader_elect_in: None,
                 }
             })
             .collect();
-        let clients = (0..config.clients).map(|index| Client::new(index, config.keys, index % config.nodes)).collect();
+        let clients = (0..config.clients)
+            .map(|index| Client::new(index, config.keys, index % config.nodes, config.first_range()))
+            .collect();
         World {
             config,
             rng,
@@ -206,7 +335,8 @@ impl<'a> World<'a> {
             clients,
             next_value: 0,
             history: Vec::new(),
-            invariants: Invariants::default(),
+            invariants: BTreeMap::from([(FIRST_RANGE_ID, Invariants::default())]),
+            next_range_id: FIRST_RANGE_ID + 1,
             active_fault: None,
             fault_phase_over: false,
             healed_at_ns: config.fault_phase_ns,
@@ -272,7 +402,7 @@ impl<'a> World<'a> {
     fn handle(&mut self, event: Event) -> Result<(), Breach> {
         if let Some(node) = event.node() {
             let server = &mut self.servers[node];
-            if server.node.is_none() {
+            if !server.running {
                 return Ok(());
             }
             if server.paused {
@@ -281,21 +411,17 @@ impl<'a> World<'a> {
             }
         }
         match event {
-            Event::Deliver(envelope) => {
-                let node = envelope.to as usize - 1;
-                if self.network.is_cut(envelope.from as usize - 1, node) {
+            Event::Deliver(delivery) => self.on_deliver(delivery),
+            Event::Timer { node, range, generation } => {
+                if generation != self.servers[node].replica(range).timer_generation {
                     return Ok(());
                 }
-                self.step(node, Input::Message(envelope))
+                self.step(node, range, Input::Tick)
             }
-            Event::Timer { node, generation } => {
-                if generation != self.servers[node].timer_generation {
-                    return Ok(());
-                }
-                self.step(node, Input::Tick)
+            Event::DiskSynced { node, range, incarnation } => self.on_disk_synced(node, range, incarnation),
+            Event::Request { node, client, destination, request, attempt } => {
+                self.on_request(node, client, destination, request, attempt)
             }
-            Event::DiskSynced { node, incarnation } => self.on_disk_synced(node, incarnation),
-            Event::Request { node, client, request, attempt } => self.on_request(node, client, request, attempt),
             Event::Reply { client, sequence, attempt, reply } => {
                 self.on_reply(client, sequence, attempt, reply);
                 Ok(())
@@ -315,197 +441,328 @@ impl<'a> World<'a> {
                 Ok(())
             }
             Event::Nemesis => self.on_nemesis(),
+            Event::SplitNemesis => self.on_split_nemesis(),
         }
     }
 
     // ----- servers -----
 
+    /// Starts every replica the server's disks hold, the first range first.
     fn start_node(&mut self, index: usize) {
+        self.servers[index].running = true;
+        self.servers[index].incarnation += 1;
+        let ranges: Vec<RangeId> = self.servers[index].replicas.keys().copied().collect();
+        for range in ranges {
+            self.start_replica(index, range);
+        }
+    }
+
+    fn start_replica(&mut self, index: usize, range: RangeId) {
         let seed = self.rng.gen();
         let config = self.config.consensus_config(index as u64 + 1);
-        let server = &mut self.servers[index];
-        let recovered = server.disk.stored.recover();
         let limits = self.config.session_limits;
-        server.kv = match &recovered.snapshot {
+        let local = self.servers[index].clock.local(self.now_ns);
+        let replica = self.servers[index].replica(range);
+        let mut recovered = replica.disk.stored.recover();
+        replica.kv = match &recovered.snapshot {
             Some(snapshot) => KvStore::restore(&snapshot.data, limits).expect("the simulator wrote this snapshot"),
-            None => KvStore::new(limits),
+            None => KvStore::empty(limits, replica.created_as.clone()),
         };
-        let local = server.clock.local(self.now_ns);
-        let node = Node::new(config, recovered, seed, local).expect("simulator config is valid");
-        server.node = Some(node);
-        server.incarnation += 1;
-        server.was_leader_in = None;
-        self.step(index, Input::Tick).expect("a fresh node breaks no invariant");
+        if let Some(split_state) =
+            replica.split_state.as_ref().filter(|split| split.applied_index() > replica.kv.applied_index())
+        {
+            replica.kv = split_state.clone();
+        }
+        if replica.is_empty() {
+            // It knows nothing of the range yet: it must not vote or
+            // campaign until a leader has sent it the range's state.
+            recovered.votes_withheld_until = Some((0, 1));
+        }
+        replica.node = Some(Node::new(config, recovered, seed, local).expect("simulator config is valid"));
+        replica.was_leader_in = None;
+        self.step(index, range, Input::Tick).expect("a fresh node breaks no invariant");
     }
 
     fn crash(&mut self, index: usize) {
         let server = &mut self.servers[index];
-        server.node = None;
-        server.disk.crash();
+        server.running = false;
+        for replica in server.replicas.values_mut() {
+            replica.node = None;
+            replica.disk.crash();
+            replica.pending.clear();
+            replica.timer_generation += 1;
+        }
         if server.paused && self.config.pause_freezes_clock {
             server.clock.thaw(self.now_ns);
         }
         server.paused = false;
         server.stashed.clear();
-        server.pending.clear();
-        server.timer_generation += 1;
     }
 
-    fn step(&mut self, index: usize, input: Input) -> Result<(), Breach> {
+    fn on_deliver(&mut self, delivery: RangeEnvelope) -> Result<(), Breach> {
+        let RangeEnvelope { range, span, envelope } = delivery;
+        let node = envelope.to as usize - 1;
+        if self.network.is_cut(envelope.from as usize - 1, node) {
+            return Ok(());
+        }
+        if self.would_overlap(node, range, &envelope) {
+            // The node holds those keys in another range: installing this
+            // snapshot would cover them twice. A later one, taken after the
+            // split that separates the two, will do.
+            return Ok(());
+        }
+        if !self.servers[node].replicas.contains_key(&range) {
+            let server = &self.servers[node];
+            if server.replicas.values().any(|replica| replica.covers_any(&span)) {
+                // One of this node's ranges still holds those keys: the split
+                // that made this range has yet to apply here, and will make it.
+                return Ok(());
+            }
+            let kv = KvStore::empty(self.config.session_limits, span);
+            self.servers[node].replicas.insert(range, Replica::new(kv, Disk::default()));
+            self.start_replica(node, range);
+        }
+        self.step(node, range, Input::Message(envelope))
+    }
+
+    /// Whether `envelope` is a snapshot of `range` whose keys one of the
+    /// node's other ranges already holds.
+    fn would_overlap(&self, node: usize, range: RangeId, envelope: &Envelope) -> bool {
+        let Message::InstallSnapshot { snapshot, .. } = &envelope.message else { return false };
+        let Ok(Some(incoming)) = state_machine::snapshot_range(&snapshot.data) else { return false };
+        self.servers[node].replicas.iter().any(|(&other, replica)| other != range && replica.covers_any(&incoming))
+    }
+
+    fn step(&mut self, index: usize, range: RangeId, input: Input) -> Result<(), Breach> {
         let server = &mut self.servers[index];
         let local = server.clock.local(self.now_ns);
-        let node = server.node.as_mut().expect("stepping a running node");
+        let replica = server.replicas.get_mut(&range).expect("stepping a replica the simulator made");
+        let node = replica.node.as_mut().expect("stepping a running node");
         let before = PromiseView::of(node, local);
         let ready = node.step(local, input);
-        self.invariants.on_step(&before, node)?;
-        self.after_step(index, ready)
+        let invariants = self.invariants.get_mut(&range).expect("a range's checks exist from its split on");
+        invariants.on_step(&before, node)?;
+        self.after_step(index, range, ready)
     }
 
-    fn after_step(&mut self, index: usize, ready: Ready) -> Result<(), Breach> {
+    fn range_invariants(&mut self, range: RangeId) -> &mut Invariants {
+        self.invariants.get_mut(&range).expect("a range's checks exist from its split on")
+    }
+
+    fn after_step(&mut self, index: usize, range: RangeId, ready: Ready) -> Result<(), Breach> {
+        self.observe_roles(index, range, &ready)?;
         let id = index as NodeId + 1;
-        {
-            let server = &mut self.servers[index];
-            let node = server.node.as_ref().expect("running");
-            self.invariants.on_persisted_entries(node, &ready.persist.entries)?;
-            if node.role() == Role::Leader && server.was_leader_in != Some(node.term()) {
-                self.invariants.on_leader(node)?;
-                self.report.elections.push((self.now_ns, id, node.term()));
-                server.was_leader_in = Some(node.term());
-            }
-            if node.role() == Role::LeaderElect && server.was_leader_elect_in != Some(node.term()) {
-                self.report.fetching_elections += 1;
-                server.was_leader_elect_in = Some(node.term());
-            }
-        }
         let Ready { persist, send, send_after_persist, apply, reads, rejected, refused, next_deadline } = ready;
         if let Some((from, error)) = refused.first() {
             return Err(format!(
-                "node {id} refused a message from node {from}, which a correct node never sends: {error}"
+                "node {id} refused a message of range {range} from node {from}, which a correct node never sends: {error}"
             ));
         }
         if let Some(snapshot) = &persist.snapshot {
             let limits = self.config.session_limits;
-            self.servers[index].kv =
+            self.servers[index].replica(range).kv =
                 KvStore::restore(&snapshot.data, limits).expect("snapshots come from peers' stores");
         }
-        let leader_term = self.servers[index].node.as_ref().filter(|node| node.role() == Role::Leader).map(Node::term);
+        let replica = self.servers[index].replica(range);
+        let leader_term = replica.node.as_ref().filter(|node| node.role() == Role::Leader).map(Node::term);
         for entry in &apply {
-            self.invariants.on_apply(id, entry, leader_term)?;
-            self.apply(index, entry);
+            self.range_invariants(range).on_apply(id, entry, leader_term)?;
+            self.apply(index, range, entry)?;
         }
-        self.serve_reads(index, reads)?;
+        self.serve_reads(index, range, reads)?;
         for (request, rejection) in rejected {
-            self.reject(index, request, rejection);
+            self.reject(index, range, request, rejection);
         }
         for envelope in send {
-            self.transmit(envelope);
+            self.transmit(range, envelope);
         }
         let sync_ns = self.config.sync_ns;
         let incarnation = self.servers[index].incarnation;
-        match self.servers[index].disk.submit(Batch { persist, send_after: send_after_persist }, self.now_ns, sync_ns) {
-            Submitted::SendNow(envelopes) => envelopes.into_iter().for_each(|envelope| self.transmit(envelope)),
+        let batch = Batch { persist, send_after: send_after_persist };
+        match self.servers[index].replica(range).disk.submit(batch, self.now_ns, sync_ns) {
+            Submitted::SendNow(envelopes) => envelopes.into_iter().for_each(|envelope| self.transmit(range, envelope)),
             Submitted::SyncAt(at_ns) => {
-                self.schedule(at_ns - self.now_ns, Event::DiskSynced { node: index, incarnation })
+                self.schedule(at_ns - self.now_ns, Event::DiskSynced { node: index, range, incarnation })
             }
             Submitted::Queued => {}
         }
-        self.set_timer(index, next_deadline);
-        self.maybe_compact(index)
+        let replica = self.servers[index].replica(range);
+        if std::mem::take(&mut replica.split_applied) {
+            replica.disk.write_pending_now();
+        }
+        self.set_timer(index, range, next_deadline);
+        self.maybe_compact(index, range)
     }
 
-    fn set_timer(&mut self, index: usize, deadline: u64) {
+    /// Checks a new leader, counts elections, and checks that the node's
+    /// ranges still cover each key at most once.
+    fn observe_roles(&mut self, index: usize, range: RangeId, ready: &Ready) -> Result<(), Breach> {
+        let id = index as NodeId + 1;
+        let replica = self.servers[index].replica(range);
+        let node = replica.node.as_ref().expect("running");
+        let (role, term) = (node.role(), node.term());
+        let new_leader = role == Role::Leader && replica.was_leader_in != Some(term);
+        let new_leader_elect = role == Role::LeaderElect && replica.was_leader_elect_in != Some(term);
+        if new_leader {
+            replica.was_leader_in = Some(term);
+        }
+        if new_leader_elect {
+            replica.was_leader_elect_in = Some(term);
+        }
+        let node = self.servers[index].replica(range).node.as_ref().expect("running");
+        let invariants = self.invariants.get_mut(&range).expect("a range's checks exist from its split on");
+        invariants.on_persisted_entries(node, &ready.persist.entries)?;
+        if new_leader {
+            invariants.on_leader(node)?;
+            if range == FIRST_RANGE_ID {
+                self.report.elections.push((self.now_ns, id, term));
+            }
+        }
+        if new_leader_elect && range == FIRST_RANGE_ID {
+            self.report.fetching_elections += 1;
+        }
+        let server = &self.servers[index];
+        let descriptors: Vec<&RangeDescriptor> = server
+            .replicas
+            .values()
+            .filter(|replica| !replica.is_empty())
+            .map(|replica| replica.kv.descriptor())
+            .collect();
+        check_tiling(id, &descriptors)
+    }
+
+    fn set_timer(&mut self, index: usize, range: RangeId, deadline: u64) {
         let server = &mut self.servers[index];
-        server.timer_generation += 1;
-        let generation = server.timer_generation;
         let at_ns = server.clock.true_at(deadline, self.now_ns).max(self.now_ns + 1);
-        self.schedule(at_ns - self.now_ns, Event::Timer { node: index, generation });
+        let replica = server.replica(range);
+        replica.timer_generation += 1;
+        let generation = replica.timer_generation;
+        self.schedule(at_ns - self.now_ns, Event::Timer { node: index, range, generation });
     }
 
-    fn on_disk_synced(&mut self, index: usize, incarnation: u64) -> Result<(), Breach> {
+    fn on_disk_synced(&mut self, index: usize, range: RangeId, incarnation: u64) -> Result<(), Breach> {
         if self.servers[index].incarnation != incarnation {
             return Ok(());
         }
-        let batches = self.servers[index].disk.complete_sync();
+        let batches = self.servers[index].replica(range).disk.complete_sync();
         let mut position = None;
         for batch in batches {
             position = batch.persist.last_position().or(position);
             for envelope in batch.send_after {
-                self.transmit(envelope);
+                self.transmit(range, envelope);
             }
         }
         match position {
-            Some((index_synced, term)) => self.step(index, Input::Persisted { index: index_synced, term }),
+            Some((index_synced, term)) => self.step(index, range, Input::Persisted { index: index_synced, term }),
             None => Ok(()),
         }
     }
 
-    fn maybe_compact(&mut self, index: usize) -> Result<(), Breach> {
-        let server = &mut self.servers[index];
-        let node = server.node.as_ref().expect("running");
-        let applied = server.kv.applied_index();
-        if applied < node.log().snapshot_index() + self.config.snapshot_every_entries {
+    fn maybe_compact(&mut self, index: usize, range: RangeId) -> Result<(), Breach> {
+        let (now_ns, sync_ns, every) = (self.now_ns, self.config.sync_ns, self.config.snapshot_every_entries);
+        let incarnation = self.servers[index].incarnation;
+        let replica = self.servers[index].replica(range);
+        let applied = replica.kv.applied_index();
+        // After a restart the state may run ahead of what consensus has applied again.
+        let behind = replica.node().applied_index() < applied;
+        if behind || applied < replica.node().log().snapshot_index() + every {
             return Ok(());
         }
         let snapshot =
-            Snapshot { last_index: applied, last_term: server.kv.applied_term(), data: server.kv.snapshot().into() };
+            Snapshot { last_index: applied, last_term: replica.kv.applied_term(), data: replica.kv.snapshot().into() };
         let persist = rasputin_kv::operation::Persist { snapshot: Some(snapshot.clone()), ..Default::default() };
-        let incarnation = server.incarnation;
         if let Submitted::SyncAt(at_ns) =
-            server.disk.submit(Batch { persist, send_after: Vec::new() }, self.now_ns, self.config.sync_ns)
+            replica.disk.submit(Batch { persist, send_after: Vec::new() }, now_ns, sync_ns)
         {
-            self.schedule(at_ns - self.now_ns, Event::DiskSynced { node: index, incarnation });
+            self.schedule(at_ns - now_ns, Event::DiskSynced { node: index, range, incarnation });
         }
-        self.step(index, Input::Compact(snapshot))
+        self.step(index, range, Input::Compact(snapshot))
     }
 
-    fn apply(&mut self, index: usize, entry: &rasputin_kv::operation::Entry) {
-        let server = &mut self.servers[index];
-        if entry.index <= server.kv.applied_index() {
+    fn apply(&mut self, index: usize, range: RangeId, entry: &Entry) -> Result<(), Breach> {
+        let replica = self.servers[index].replica(range);
+        if entry.index <= replica.kv.applied_index() {
             // Already covered by a snapshot this server restored.
-            return;
+            return Ok(());
         }
-        let applied = server.kv.apply(entry);
-        if let (Some(applied), EntryPayload::Command(_)) = (applied, &entry.payload) {
-            let key = (applied.client_id, applied.sequence);
-            if let Some((client, attempt)) = server.pending.remove(&key) {
-                let reply = match applied.outcome {
-                    Ok(response) => Reply::Done(response),
-                    Err(refusal) => Reply::Refused(refusal),
-                };
-                self.reply(client, applied.sequence, attempt, reply);
+        let applied = replica.kv.apply(entry);
+        if let Some(right) = replica.kv.take_split_off() {
+            replica.split_state = Some(replica.kv.clone());
+            replica.split_applied = true;
+            self.start_split_off(index, range, right)?;
+        }
+        let (Some(applied), EntryPayload::Command(_)) = (applied, &entry.payload) else { return Ok(()) };
+        let replica = self.servers[index].replica(range);
+        let Some(accepted) = replica.pending.remove(&(applied.client_id, applied.sequence)) else { return Ok(()) };
+        let reply = match applied.outcome {
+            Ok(response) => Reply::Done(response),
+            Err(Refusal::RangeMismatch { .. }) => {
+                Reply::RangeMismatch(self.servers[index].descriptors_for(Some(range), &accepted.key))
             }
+            Err(refusal) => Reply::Refused(refusal),
+        };
+        self.reply(accepted.client, applied.sequence, accepted.attempt, reply);
+        Ok(())
+    }
+
+    /// A split applied on this replica of `parent`: starts this node's
+    /// replica of the new range, unless it has one already (restarted, it
+    /// replays splits it made before).
+    fn start_split_off(&mut self, index: usize, parent: RangeId, right: KvStore) -> Result<(), Breach> {
+        let range = right.descriptor().id;
+        let base: LogIndex = right.applied_index();
+        if !self.invariants.contains_key(&range) {
+            self.invariants.insert(range, Invariants::after(base));
+            self.report.splits += 1;
         }
+        if self.servers[index].replicas.contains_key(&range) {
+            return Ok(());
+        }
+        let seed = self.rng.gen();
+        let snapshot = Snapshot { last_index: base, last_term: right.applied_term(), data: right.snapshot().into() };
+        let parent_node = self.servers[index].replica(parent).node();
+        let node = parent_node.split_off(snapshot.clone(), seed).map_err(|error| error.to_string())?;
+        // Made durable with the parent's applied index, as the daemon writes both in one batch.
+        let stored = Stored { hard_state: node.hard_state(), snapshot: Some(snapshot), entries: Vec::new() };
+        let mut replica = Replica::new(right, Disk::holding(stored));
+        replica.node = Some(node);
+        self.servers[index].replicas.insert(range, replica);
+        self.step(index, range, Input::Tick)
     }
 
     /// Answers reads whose index the same Ready's entries have just applied.
-    fn serve_reads(&mut self, index: usize, reads: Vec<ReadReady>) -> Result<(), Breach> {
-        let applied = self.servers[index].kv.applied_index();
+    fn serve_reads(&mut self, index: usize, range: RangeId, reads: Vec<ReadReady>) -> Result<(), Breach> {
         for read in reads {
+            let server = &mut self.servers[index];
+            let replica = server.replica(range);
+            let applied = replica.kv.applied_index();
             if read.read_index > applied {
                 return Err(format!(
-                    "node {} released a read at {} before applying it ({applied})",
+                    "node {} released a read of range {range} at {} before applying it ({applied})",
                     index + 1,
                     read.read_index
                 ));
             }
-            let server = &mut self.servers[index];
-            let response = server.kv.read(read.request.operation.key());
             let key = (read.request.client_id, read.request.sequence);
-            if let Some((client, attempt)) = server.pending.remove(&key) {
-                self.reply(client, read.request.sequence, attempt, Reply::Done(response));
-            }
+            let answer = replica.kv.read(read.request.operation.key());
+            let Some(accepted) = replica.pending.remove(&key) else { continue };
+            let reply = match answer {
+                Ok(response) => Reply::Done(response),
+                Err(_) => Reply::RangeMismatch(server.descriptors_for(Some(range), &accepted.key)),
+            };
+            self.reply(accepted.client, read.request.sequence, accepted.attempt, reply);
         }
         Ok(())
     }
 
-    fn reject(&mut self, index: usize, request: ClientRequest, rejection: Rejection) {
+    fn reject(&mut self, index: usize, range: RangeId, request: ClientRequest, rejection: Rejection) {
         let key = (request.client_id, request.sequence);
-        if let Some((client, attempt)) = self.servers[index].pending.remove(&key) {
+        if let Some(accepted) = self.servers[index].replica(range).pending.remove(&key) {
             let reply = match rejection {
                 Rejection::NotLeader { leader } => Reply::NotLeader(leader),
                 Rejection::Overloaded => Reply::Overloaded,
             };
-            self.reply(client, request.sequence, attempt, reply);
+            self.reply(accepted.client, request.sequence, accepted.attempt, reply);
         }
     }
 
@@ -513,48 +770,126 @@ impl<'a> World<'a> {
         self.schedule(CLIENT_LATENCY_NS, Event::Reply { client, sequence, attempt, reply });
     }
 
-    fn transmit(&mut self, envelope: Envelope) {
+    fn transmit(&mut self, range: RangeId, mut envelope: Envelope) {
         let (from, to) = (envelope.from as usize - 1, envelope.to as usize - 1);
+        let kv = &self.servers[from].replica(range).kv;
+        if let Message::InstallSnapshot { snapshot, .. } = &mut envelope.message {
+            // As the daemon does, a snapshot is sent of the state now, not
+            // of the last compaction: an old one could name bounds that
+            // later splits have narrowed, and be refused for overlapping them.
+            *snapshot =
+                Snapshot { last_index: kv.applied_index(), last_term: kv.applied_term(), data: kv.snapshot().into() };
+        }
+        let span = kv.descriptor().clone();
         let copies = if self.network.duplicate(&mut self.rng) { 2 } else { 1 };
         let held_ns = self.network.hold(&mut self.rng, from, to, envelope.message.kind());
         for _ in 0..copies {
             if let Some(delay) = self.network.delay(&mut self.rng, from, to) {
-                self.schedule(delay + held_ns, Event::Deliver(envelope.clone()));
+                let delivery = RangeEnvelope { range, span: span.clone(), envelope: envelope.clone() };
+                self.schedule(delay + held_ns, Event::Deliver(delivery));
             }
         }
     }
 
-    fn on_request(&mut self, index: usize, client: usize, request: ClientRequest, attempt: u64) -> Result<(), Breach> {
-        let key = (request.client_id, request.sequence);
-        self.servers[index].pending.insert(key, (client, attempt));
-        self.step(index, Input::Client(request))
+    fn on_request(
+        &mut self,
+        index: usize,
+        client: usize,
+        destination: Destination,
+        request: ClientRequest,
+        attempt: u64,
+    ) -> Result<(), Breach> {
+        let server = &mut self.servers[index];
+        let key = Bytes::copy_from_slice(request.operation.key());
+        let Destination::Range { range, version } = destination else {
+            let known = server.descriptors_for(None, &key);
+            self.reply(client, request.sequence, attempt, Reply::RangeMismatch(known));
+            return Ok(());
+        };
+        let keyless = matches!(request.operation, Operation::OpenSession);
+        let holds = server.replicas.get(&range).is_some_and(|replica| {
+            let descriptor = replica.kv.descriptor();
+            !replica.is_empty() && descriptor.epoch.version == version && (keyless || descriptor.contains(&key))
+        });
+        if !holds {
+            let known = server.descriptors_for(Some(range), &key);
+            self.reply(client, request.sequence, attempt, Reply::RangeMismatch(known));
+            return Ok(());
+        }
+        let accepted = Accepted { client, attempt, key };
+        server.replica(range).pending.insert((request.client_id, request.sequence), accepted);
+        self.step(index, range, Input::Client(request))
     }
 
+    /// At most one valid lease covers any key, checked at true time.
     fn check_leases(&self) -> Result<(), Breach> {
         if self.config.mode != ElectionMode::Harpoon {
             return Ok(());
         }
-        let holders: Vec<NodeId> = self
-            .servers
-            .iter()
-            .filter_map(|server| {
-                let node = server.node.as_ref()?;
-                node.holds_lease(server.clock.local(self.now_ns)).then_some(node.id())
-            })
-            .collect();
-        check_leases(&holders, self.now_ns)
+        let mut leases = Vec::new();
+        for server in self.servers.iter().filter(|server| server.running) {
+            let local = server.clock.local(self.now_ns);
+            for (&range, replica) in &server.replicas {
+                let node = replica.node();
+                if node.holds_lease(local) {
+                    let serving = node.serves_lease_reads(local);
+                    leases.push(Lease { node: node.id(), range, descriptor: replica.kv.descriptor(), serving });
+                }
+            }
+        }
+        check_leases(&leases, self.now_ns)
     }
 
+    /// The leader of the first range, which the nemesis aims its faults at.
     pub(super) fn leader(&self) -> Option<usize> {
         self.servers
             .iter()
             .enumerate()
             .filter_map(|(index, server)| {
-                let node = server.node.as_ref()?;
+                let node = server.replicas[&FIRST_RANGE_ID].node.as_ref()?;
                 (node.role() == Role::Leader && !server.paused).then_some((node.term(), index))
             })
             .max()
             .map(|(_, index)| index)
+    }
+
+    /// The running, unpaused leader of the range that holds `key`, with that range.
+    fn leader_for(&self, key: &[u8]) -> Option<(usize, RangeDescriptor)> {
+        let mut best: Option<(Term, usize, &RangeDescriptor)> = None;
+        for (index, server) in self.servers.iter().enumerate().filter(|(_, server)| server.running && !server.paused) {
+            for replica in server.replicas.values().filter(|replica| replica.kv.descriptor().contains(key)) {
+                let node = replica.node();
+                if node.role() == Role::Leader && best.is_none_or(|(term, _, _)| node.term() > term) {
+                    best = Some((node.term(), index, replica.kv.descriptor()));
+                }
+            }
+        }
+        best.map(|(_, index, descriptor)| (index, descriptor.clone()))
+    }
+
+    // ----- the split nemesis -----
+
+    /// Now and then asks the leader of a random key's range to split it
+    /// there, during whatever other fault is under way.
+    fn on_split_nemesis(&mut self) -> Result<(), Breach> {
+        if self.now_ns >= self.config.fault_phase_ns {
+            return Ok(());
+        }
+        let gap = self.rng.gen_range(SPLIT_GAP_NS);
+        self.schedule(gap, Event::SplitNemesis);
+        let key = key_bytes(self.rng.gen_range(0..self.config.keys));
+        let ranges = self.invariants.len();
+        let Some((index, descriptor)) = self.leader_for(&key) else { return Ok(()) };
+        if ranges >= RANGES_MAX || key == descriptor.start {
+            return Ok(());
+        }
+        let right_range = self.next_range_id;
+        self.next_range_id += 1;
+        let version = descriptor.epoch.version;
+        let operation = Operation::Split { key: key.clone(), right_range, version };
+        let request = ClientRequest { client_id: 0, sequence: u64::MAX - right_range, operation };
+        self.report.faults.push(format!("{} split range {} at {key:?} into {right_range}", self.now_ns, descriptor.id));
+        self.step(index, descriptor.id, Input::Client(request))
     }
 
     // ----- clients -----
@@ -573,13 +908,59 @@ impl<'a> World<'a> {
         self.send_attempt(client);
     }
 
+    /// Sends the pending operation's next attempt to the range its key lies
+    /// in by the client's routes; with no route, asks a node which range
+    /// holds the key. A workload operation takes its session identity at its
+    /// first send to a range and keeps it for every retry. If the client has
+    /// no session in that range, it drops the operation, which went nowhere,
+    /// and opens one.
     fn send_attempt(&mut self, client: usize) {
-        let target = self.clients[client].target;
-        let operation = self.clients[client].pending.as_mut().expect("an operation is pending");
+        let (now_ns, timeout_ns) = (self.now_ns, self.config.operation_timeout_ns);
+        let state = &mut self.clients[client];
+        let mut operation = state.pending.take().expect("an operation is pending");
+        let (node, destination) = match &operation.purpose {
+            Purpose::OpenSession { range } => {
+                let Some(route) = state.routes.for_range(*range) else {
+                    // The range has split since: open sessions in what the client learns next.
+                    self.schedule_next_operation(client);
+                    return;
+                };
+                (route.target, Destination::Range { range: *range, version: route.descriptor.epoch.version })
+            }
+            Purpose::Workload { key, .. } => match state.routes.for_key(&key_bytes(*key)) {
+                None => (state.lookup_target, Destination::Lookup),
+                Some(route) => {
+                    let (range, target, version) = (route.descriptor.id, route.target, route.descriptor.epoch.version);
+                    if !operation.is_bound() && !state.bind(&mut operation, range) {
+                        state.pending = Some(state.open_session(range, now_ns, timeout_ns));
+                        return self.send_attempt(client);
+                    }
+                    (target, Destination::Range { range, version })
+                }
+            },
+        };
+        operation.range = match destination {
+            Destination::Range { range, .. } => range,
+            Destination::Lookup => 0,
+        };
+        operation.target = node;
         operation.attempt += 1;
         let (request, attempt, sequence) = (operation.request.clone(), operation.attempt, operation.request.sequence);
-        self.schedule(CLIENT_LATENCY_NS, Event::Request { node: target, client, request, attempt });
+        state.pending = Some(operation);
+        self.schedule(CLIENT_LATENCY_NS, Event::Request { node, client, destination, request, attempt });
         self.schedule(self.config.attempt_timeout_ns, Event::AttemptTimeout { client, sequence, attempt });
+    }
+
+    /// Points the route of the operation's range (or the lookups) at another node.
+    fn redirect(&mut self, client: usize, leader: Option<NodeId>) {
+        let nodes = self.config.nodes;
+        let state = &mut self.clients[client];
+        let range = state.pending.as_ref().expect("pending").range;
+        let next = |target: usize| leader.map_or((target + 1) % nodes, |leader| leader as usize - 1);
+        match state.routes.for_range(range) {
+            Some(route) if range != 0 => route.target = next(route.target),
+            _ => state.lookup_target = next(state.lookup_target),
+        }
     }
 
     fn on_reply(&mut self, client: usize, sequence: u64, attempt: u64, reply: Reply) {
@@ -591,15 +972,36 @@ impl<'a> World<'a> {
         match reply {
             Reply::Done(response) => self.complete(client, response),
             Reply::Refused(refusal) => self.on_refused(client, refusal),
+            Reply::RangeMismatch(descriptors) => {
+                self.on_range_mismatch(client, attempt == current_attempt, descriptors)
+            }
             Reply::NotLeader(_) | Reply::Overloaded if attempt != current_attempt => {}
             Reply::NotLeader(leader) => {
-                let nodes = self.config.nodes;
-                let target = &mut self.clients[client].target;
-                *target = leader.map_or((*target + 1) % nodes, |leader| leader as usize - 1);
+                self.redirect(client, leader);
                 self.retry_later(client, REDIRECT_BACKOFF_NS);
             }
             Reply::Overloaded => self.retry_later(client, 10 * REDIRECT_BACKOFF_NS),
         }
+    }
+
+    /// The attempt went to a range that does not hold the key (any more),
+    /// or asked which one does: the client learns what the node knew and
+    /// tries again. The attempt was not applied.
+    fn on_range_mismatch(&mut self, client: usize, current: bool, descriptors: Vec<RangeDescriptor>) {
+        let state = &mut self.clients[client];
+        let target = state.pending.as_ref().expect("pending").target;
+        let mut news = false;
+        for descriptor in descriptors {
+            news |= state.routes.learn(descriptor, target);
+        }
+        if !current {
+            return;
+        }
+        if !news {
+            // The node knows less than the client: it lags, so ask another.
+            self.redirect(client, None);
+        }
+        self.retry_later(client, REDIRECT_BACKOFF_NS);
     }
 
     fn retry_later(&mut self, client: usize, backoff_ns: u64) {
@@ -613,16 +1015,16 @@ impl<'a> World<'a> {
     }
 
     fn on_attempt_timeout(&mut self, client: usize, sequence: u64, attempt: u64) {
-        let nodes = self.config.nodes;
         let state = &mut self.clients[client];
         let Some(operation) = state.pending.as_mut() else { return };
         if operation.request.sequence != sequence || operation.attempt != attempt {
             return;
         }
-        // The attempt may have reached a leader that appended it.
-        operation.maybe_applied |= !operation.request.operation.is_read();
-        state.target = (state.target + 1) % nodes;
-        if self.now_ns >= operation.deadline_ns {
+        // An attempt sent to a range may have reached a leader that appended it.
+        operation.maybe_applied |= !operation.request.operation.is_read() && operation.range != 0;
+        let deadline_ns = operation.deadline_ns;
+        self.redirect(client, None);
+        if self.now_ns >= deadline_ns {
             self.give_up(client);
         } else {
             self.send_attempt(client);
@@ -633,8 +1035,9 @@ impl<'a> World<'a> {
         let operation = self.clients[client].pending.take().expect("pending");
         let Purpose::Workload { key, input } = &operation.purpose else {
             // The answer's index is the new session's id.
-            let state = &mut self.clients[client];
-            (state.session, state.sequence) = (Some(response.index), 0);
+            if let Purpose::OpenSession { range } = operation.purpose {
+                self.clients[client].sessions.insert(range, response.index);
+            }
             self.schedule_next_operation(client);
             return;
         };
@@ -664,8 +1067,8 @@ impl<'a> World<'a> {
     fn on_refused(&mut self, client: usize, refusal: Refusal) {
         let operation = self.clients[client].pending.take().expect("pending");
         self.report.refusals += 1;
-        if let Refusal::SessionExpired { .. } = refusal {
-            self.clients[client].session = None;
+        if let Refusal::SessionExpired { client_id } = refusal {
+            self.clients[client].sessions.retain(|_, session| *session != client_id);
         }
         self.record_unknown(client, operation);
         self.schedule_next_operation(client);
@@ -751,7 +1154,7 @@ impl<'a> World<'a> {
                 let victims: Vec<usize> = self.victims(leader).into_iter().take(1).collect();
                 for &victim in &victims {
                     let server = &mut self.servers[victim];
-                    server.paused = server.node.is_some();
+                    server.paused = server.running;
                     if server.paused && self.config.pause_freezes_clock {
                         server.clock.freeze(self.now_ns);
                     }
@@ -813,7 +1216,7 @@ impl<'a> World<'a> {
             ActiveFault::Network => self.network.heal(),
             ActiveFault::Crashed(victims) => {
                 for victim in victims {
-                    if self.servers[victim].node.is_none() {
+                    if !self.servers[victim].running {
                         self.start_node(victim);
                     }
                 }
@@ -846,8 +1249,11 @@ impl<'a> World<'a> {
 
     /// Re-arms a node's timer after its clock changed.
     fn kick(&mut self, index: usize) -> Result<(), Breach> {
-        if self.servers[index].node.is_some() && !self.servers[index].paused {
-            self.step(index, Input::Tick)?;
+        if self.servers[index].running && !self.servers[index].paused {
+            let ranges: Vec<RangeId> = self.servers[index].replicas.keys().copied().collect();
+            for range in ranges {
+                self.step(index, range, Input::Tick)?;
+            }
         }
         Ok(())
     }
@@ -857,7 +1263,7 @@ impl<'a> World<'a> {
     fn finish(mut self) -> SeedReport {
         for client in 0..self.clients.len() {
             if let Some(mut operation) = self.clients[client].pending.take() {
-                operation.maybe_applied |= !operation.request.operation.is_read();
+                operation.maybe_applied |= !operation.request.operation.is_read() && operation.is_bound();
                 self.record_unknown(client, operation);
             }
         }

@@ -11,6 +11,9 @@ use rasputin_consensus::{ElectionMode, Faults};
 use rasputin_sim::experiment::{self, Contender, Scenario};
 use rasputin_sim::{run_seed, NemesisKind, SeedReport, SimConfig};
 
+/// Keys of the workload under the split nemesis, so that splits leave several ranges busy.
+const SPLIT_WORKLOAD_KEYS: u64 = 8;
+
 #[derive(Parser, Debug)]
 #[command(name = "rasputin-sim", about = "Deterministic simulation of a Rasputin cluster under faults")]
 struct Arguments {
@@ -64,6 +67,14 @@ struct Arguments {
     /// better-placed node go first (Config::campaign_defers_to_better_logs).
     #[arg(long)]
     no_campaign_preference: bool,
+    /// The split nemesis too: a range's leader is asked now and then to
+    /// split it at a random key, during every other fault, and the workload
+    /// spans the ranges (at least 8 keys).
+    #[arg(long)]
+    splits: bool,
+    /// Keys the clients use (default 3; 8 with --splits).
+    #[arg(long)]
+    keys: Option<u64>,
 }
 
 fn parse_nodes(text: &str) -> Result<usize, String> {
@@ -107,6 +118,8 @@ fn main() -> ExitCode {
     }
     config.faults = faults_for(arguments.bug.as_deref());
     config.campaign_defers_to_better_logs = !arguments.no_campaign_preference;
+    config.splits = arguments.splits;
+    config.keys = arguments.keys.unwrap_or(if arguments.splits { SPLIT_WORKLOAD_KEYS } else { config.keys });
     config.record_history = arguments.history_dir.is_some();
     if let Some(directory) = &arguments.history_dir {
         if let Err(error) = std::fs::create_dir_all(directory) {
@@ -136,10 +149,10 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     let elapsed = started.elapsed().as_secs_f64();
-    let Totals { seeds: seeds_run, operations, violations, slowest_recovery_ns, elections, fetching_elections } =
+    let Totals { seeds: seeds_run, operations, violations, slowest_recovery_ns, elections, fetching_elections, splits } =
         totals;
     println!(
-        "seeds={seeds_run} ops={operations} violations={violations} nodes={} election={} wall={elapsed:.1}s ops_per_wall_second={:.0} slowest_recovery_ms={} elections={elections} fetching_elections={fetching_elections}",
+        "seeds={seeds_run} ops={operations} violations={violations} nodes={} election={} wall={elapsed:.1}s ops_per_wall_second={:.0} slowest_recovery_ms={} elections={elections} fetching_elections={fetching_elections} splits={splits}",
         arguments.nodes,
         arguments.election.name(),
         operations as f64 / elapsed.max(1e-9),
@@ -161,6 +174,7 @@ struct Totals {
     slowest_recovery_ns: u64,
     elections: usize,
     fetching_elections: usize,
+    splits: usize,
 }
 
 impl Totals {
@@ -171,6 +185,7 @@ impl Totals {
         self.slowest_recovery_ns = self.slowest_recovery_ns.max(report.recovery_ns.unwrap_or(0));
         self.elections += report.elections.len();
         self.fetching_elections += report.fetching_elections;
+        self.splits += report.splits;
     }
 }
 
@@ -219,6 +234,12 @@ fn replay_command(arguments: &Arguments, report: &SeedReport) -> String {
     }
     if arguments.no_campaign_preference {
         command.push_str(" --no-campaign-preference");
+    }
+    if arguments.splits {
+        command.push_str(" --splits");
+    }
+    if let Some(keys) = arguments.keys {
+        command.push_str(&format!(" --keys {keys}"));
     }
     command
 }
