@@ -155,6 +155,10 @@ step "simulator: 2000 seeds, every nemesis, harpoon, 3 nodes"
 step "simulator: 2000 seeds, every nemesis, harpoon, 5 nodes"
 ./target/release/rasputin-sim --seeds 2000 --nemesis all --election harpoon --nodes 5 | grep -v '^ok seed='
 
+step "simulator: ranges split at random keys during every nemesis, 2000 seeds on 3 nodes and on 5 (docs/ranges.md)"
+./target/release/rasputin-sim --seeds 2000 --nemesis all --splits --election harpoon --nodes 3 | grep -v '^ok seed='
+./target/release/rasputin-sim --seeds 2000 --nemesis all --splits --election harpoon --nodes 5 | grep -v '^ok seed='
+
 step "Porcupine, an independent checker, judges simulator histories as ours does"
 (cd ci/porcupine && test -z "$(gofmt -l .)" && go vet ./... && go test -count=1 ./... && go build -o ../../target/porcupine-check .)
 rm -rf target/histories
