@@ -57,18 +57,24 @@ pub struct Faults {
     pub leader_elect_skips_fetch: bool,
     /// Harpoon: grant votes even while a promise to another node binds.
     pub votes_ignore_promises: bool,
+    /// A node that applies a split while it leads the parent in a later
+    /// term than the split's still leads the new range at once, with only
+    /// the split's state: the new range's leader of the split's term may
+    /// have written more, so writes are lost and two leases overlap.
+    pub split_leads_in_any_term: bool,
 }
 
 impl Faults {
     /// The name of each planted bug, as the simulator's and the model
     /// checker's `--bug` options take them.
-    pub const NAMES: [&'static str; 6] = [
+    pub const NAMES: [&'static str; 7] = [
         "lease-without-margin",
         "read-before-noop",
         "stale-reads",
         "votes-ignore-logs",
         "skip-fetch",
         "votes-ignore-promises",
+        "split-leads-in-any-term",
     ];
 
     /// The faults for one planted bug's name, if it names one.
@@ -81,6 +87,7 @@ impl Faults {
             "votes-ignore-logs" => &mut faults.votes_ignore_logs,
             "skip-fetch" => &mut faults.leader_elect_skips_fetch,
             "votes-ignore-promises" => &mut faults.votes_ignore_promises,
+            "split-leads-in-any-term" => &mut faults.split_leads_in_any_term,
             _ => return None,
         };
         *flag = true;

@@ -123,6 +123,8 @@ struct LeaderRules {
     reads_need_the_lease: bool,
     /// Reads wait for the no-op of the leader's term to commit.
     reads_need_the_noop: bool,
+    /// A split's new range is led at once only by the parent's leader of the split's own term.
+    splits_lead_only_in_their_term: bool,
 }
 
 impl LeaderRules {
@@ -132,6 +134,7 @@ impl LeaderRules {
             abdicates_when_the_lease_lapses: !faults.reads_ignore_lease,
             reads_need_the_lease: !faults.reads_ignore_lease,
             reads_need_the_noop: !(faults.reads_ignore_lease || faults.read_before_noop_commits),
+            splits_lead_only_in_their_term: !faults.split_leads_in_any_term,
         }
     }
 }
@@ -354,7 +357,8 @@ impl<C: Command> Node<C> {
                 self.applied_index
             )));
         }
-        let leads = self.role == Role::Leader && self.term() == term;
+        let in_term = self.term() == term || !self.rules.splits_lead_only_in_their_term;
+        let leads = self.role == Role::Leader && in_term;
         let leader = self.leader.as_ref().filter(|_| leads).map(|parent| LeaderState {
             progress: parent
                 .progress

@@ -51,7 +51,8 @@ struct Arguments {
     #[arg(long)]
     sessions_max: Option<usize>,
     /// Build in a deliberate bug, to see the checks catch it: lease-without-margin, read-before-noop,
-    /// stale-reads, votes-ignore-logs (raft modes), skip-fetch or votes-ignore-promises (harpoon).
+    /// stale-reads, votes-ignore-logs (raft modes), skip-fetch or votes-ignore-promises (harpoon),
+    /// split-leads-in-any-term (with --splits).
     #[arg(long, value_parser = Faults::NAMES)]
     bug: Option<String>,
     /// Write each seed's client history to DIR/seed-S.jsonl (format: docs/history.md).
