@@ -768,6 +768,13 @@ fn a_lagging_node_lets_a_better_one_campaign_first_once() {
     assert!(messages(&ready).iter().any(|message| matches!(message, Message::Vote { term: 1, .. })));
 }
 
+/// Delivers and commits leader `from`'s no-op of term 1 at `follower`.
+fn apply_the_noop_of_term_one(follower: &mut Node, now: Nanos, from: NodeId) {
+    let entries = vec![Entry { term: 1, index: 1, payload: EntryPayload::Noop }];
+    let append = Message::Append { term: 1, prev_index: 0, prev_term: 0, entries, commit: 1, round: 1 };
+    let _ = deliver(follower, now, from, append);
+}
+
 fn split_snapshot(node: &Node) -> Snapshot {
     let index = node.applied_index();
     Snapshot { last_index: index, last_term: node.log().term(index).expect("applied"), data: Default::default() }
@@ -798,9 +805,7 @@ fn the_leader_of_the_splits_term_leads_the_new_range_at_once_with_its_lease() {
 #[test]
 fn a_follower_splits_off_a_follower_bound_by_the_same_promise() {
     let mut follower = node(2, ElectionMode::Harpoon);
-    let entries = vec![Entry { term: 1, index: 1, payload: EntryPayload::Noop }];
-    let append = Message::Append { term: 1, prev_index: 0, prev_term: 0, entries, commit: 1, round: 1 };
-    let _ = deliver(&mut follower, LATE, 1, append);
+    apply_the_noop_of_term_one(&mut follower, LATE, 1);
     assert_eq!(follower.applied_index(), 1);
     let right = follower.split_off(split_snapshot(&follower), 7).expect("a split at the applied index");
     assert_eq!((right.role(), right.term(), right.leader_id()), (Role::Follower, 1, Some(1)));
@@ -811,11 +816,9 @@ fn a_follower_splits_off_a_follower_bound_by_the_same_promise() {
 #[test]
 fn a_node_in_a_later_term_starts_the_new_range_without_the_old_leader() {
     let mut follower = node(1, ElectionMode::Harpoon);
-    let entries = vec![Entry { term: 1, index: 1, payload: EntryPayload::Noop }];
-    let append = Message::Append { term: 1, prev_index: 0, prev_term: 0, entries, commit: 1, round: 1 };
-    let _ = deliver(&mut follower, MS, 2, append);
+    apply_the_noop_of_term_one(&mut follower, MS, 2);
     let snapshot = split_snapshot(&follower);
-    // Node 1 later leads term 2 before it applies the split of term 1.
+    // Node 1 moves on to term 2, following node 3, before it applies the split of term 1.
     let _ = deliver(&mut follower, LATE, 3, Message::Heartbeat { term: 2, commit: 1, round: 1 });
     let right = follower.split_off(snapshot.clone(), 7).expect("a split at the applied index");
     assert_eq!((right.role(), right.term(), right.leader_id()), (Role::Follower, 2, None));

@@ -171,10 +171,7 @@ impl Replica {
     /// restart from its disk (an install not yet synced may have narrowed
     /// it in memory only).
     fn covers_any(&self, span: &RangeDescriptor) -> bool {
-        if self.is_empty() {
-            return self.kv.descriptor().overlaps(span);
-        }
-        self.kv.descriptor().overlaps(span) || self.durable_descriptor().overlaps(span)
+        self.kv.descriptor().overlaps(span) || (!self.is_empty() && self.durable_descriptor().overlaps(span))
     }
 
     /// The descriptor this replica would restart with.
