@@ -7,6 +7,7 @@
 pub mod health;
 pub mod operation;
 pub mod range;
+pub mod scan;
 pub mod snapshot;
 pub mod state_machine;
 pub mod wire;

@@ -42,12 +42,19 @@ pub enum Operation {
         right_range: RangeId,
         version: u64,
     },
+    /// Reads up to `limit` keys from `start` (inclusive) to `end` (exclusive;
+    /// None: no end) in key order: one page of a scan (see `scan`).
+    Scan {
+        start: Bytes,
+        end: Option<Bytes>,
+        limit: u32,
+    },
 }
 
 impl Operation {
     /// Reads do not enter the log; they are served at a confirmed read index.
     pub fn is_read(&self) -> bool {
-        matches!(self, Operation::Get { .. })
+        matches!(self, Operation::Get { .. } | Operation::Scan { .. })
     }
 
     pub fn key(&self) -> &[u8] {
@@ -57,6 +64,7 @@ impl Operation {
             | Operation::Cas { key, .. }
             | Operation::Del { key }
             | Operation::Split { key, .. } => key,
+            Operation::Scan { start, .. } => start,
             Operation::OpenSession => &[],
         }
     }
@@ -67,6 +75,7 @@ impl Operation {
             Operation::Set { key, value } => key.len() + value.len(),
             Operation::Get { key } | Operation::Del { key } => key.len(),
             Operation::Split { key, .. } => key.len() + 16,
+            Operation::Scan { start, end, .. } => start.len() + end.as_ref().map_or(0, Bytes::len) + 4,
             Operation::Cas { key, expected, new } => key.len() + expected.len() + new.len(),
             Operation::OpenSession => 0,
         }

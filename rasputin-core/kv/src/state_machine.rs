@@ -13,12 +13,15 @@
 //! never applied as if new: that is what makes a late retry safe.
 
 use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::ops::Bound;
 
 use prost::Message as _;
 use thiserror::Error;
 
 use crate::operation::{ClientRequest, Entry, EntryPayload, Operation};
 use crate::range::{RangeDescriptor, RangeId, SplitError};
+use crate::scan::{self, ScanPage};
 use crate::snapshot::{self, Chunker, Record, SnapshotDecodeError};
 use crate::wire::proto;
 use rasputin_consensus::{LogIndex, Term};
@@ -302,6 +305,9 @@ fn apply_write<S: KvRead>(
             let current = state.value(key)?;
             (current.is_some(), current.is_some(), current.unwrap_or_default(), None)
         }
+        // A scan's pages never enter the log either, and a page does not fit
+        // in a session's answer: a logged one changes nothing and finds nothing.
+        Operation::Scan { .. } => (false, false, Vec::new(), None),
         Operation::OpenSession | Operation::Split { .. } => unreachable!("decide handles OpenSession and Split"),
     };
     let response = Response { success, found, value, term: entry.term, index: entry.index };
@@ -319,7 +325,11 @@ fn remember(response: &Response, operation: &Operation) -> Remembered {
     let from_request = match operation {
         Operation::Set { .. } => true,
         Operation::Cas { .. } => response.success,
-        Operation::Del { .. } | Operation::Get { .. } | Operation::OpenSession | Operation::Split { .. } => false,
+        Operation::Del { .. }
+        | Operation::Get { .. }
+        | Operation::Scan { .. }
+        | Operation::OpenSession
+        | Operation::Split { .. } => false,
     };
     Remembered {
         success: response.success,
@@ -495,6 +505,34 @@ impl KvStore {
         }
         let Ok(response) = read_response(self, key, self.applied_term, self.applied_index);
         Ok(response)
+    }
+
+    /// Serves one page of a scan at the current applied state, if this
+    /// range holds `start`; the page stops at the range's end.
+    pub fn scan(&self, start: &[u8], end: Option<&[u8]>, limit: u32) -> Result<ScanPage, Refusal> {
+        if !self.range.contains(start) {
+            return Err(Refusal::RangeMismatch { range: self.range.clone() });
+        }
+        let range_end = self.range.end.as_deref();
+        let stop = match (end, range_end) {
+            (Some(end), Some(range_end)) => Some(end.min(range_end)),
+            (end, range_end) => end.or(range_end),
+        };
+        let boundary = scan::reaches_past(end, range_end).then(|| range_end.unwrap_or_default().to_vec());
+        if stop.is_some_and(|stop| stop <= start) {
+            // BTreeMap::range panics on an empty span; the page is empty.
+            return Ok(ScanPage {
+                pairs: Vec::new(),
+                resume: None,
+                term: self.applied_term,
+                index: self.applied_index,
+            });
+        }
+        let upper = stop.map_or(Bound::Unbounded, Bound::Excluded);
+        let within = self.data.range::<[u8], _>((Bound::Included(start), upper));
+        let pairs = within.map(|(key, value)| Ok::<_, Infallible>((key.clone(), value.clone())));
+        let Ok((pairs, resume)) = scan::fill_page(pairs, limit, boundary);
+        Ok(ScanPage { pairs, resume, term: self.applied_term, index: self.applied_index })
     }
 
     fn make(&mut self, change: Change, entry: &Entry) {
@@ -766,6 +804,31 @@ mod tests {
         let retried = response(right.apply(&command(5, 1, 2, set(b"x", b"2"))));
         assert_eq!((retried.index, retried.value), (3, b"2".to_vec()), "remembered, not applied again");
         assert_eq!(right.session_count(), store.session_count());
+    }
+
+    fn scanned(page: &ScanPage) -> Vec<&[u8]> {
+        page.pairs.iter().map(|pair| &pair.key[..]).collect()
+    }
+
+    #[test]
+    fn a_scan_pages_in_key_order_and_stops_at_its_range() {
+        let mut store = store_with_session();
+        for (index, key) in [(2, &b"c"[..]), (3, b"a"), (4, b"x"), (5, b"b")] {
+            response(store.apply(&command(index, 1, index - 1, set(key, b"v"))));
+        }
+        let first = store.scan(b"", None, 2).expect("the first range holds every key");
+        assert_eq!((scanned(&first), first.resume.as_deref()), (vec![&b"a"[..], b"b"], Some(&b"c"[..])));
+        let rest = store.scan(b"c", None, 0).expect("the first range holds every key");
+        assert_eq!((scanned(&rest), rest.resume.as_deref()), (vec![&b"c"[..], b"x"], None));
+        assert_eq!(scanned(&store.scan(b"b", Some(b"x"), 0).expect("held")), [b"b", b"c"]);
+        assert!(store.scan(b"x", Some(b"b"), 0).expect("held").pairs.is_empty(), "an empty span is an empty page");
+        response(store.apply(&split(6, b"m", 2, 0)));
+        let left = store.scan(b"", None, 0).expect("the left holds the start");
+        assert_eq!((scanned(&left), left.resume.as_deref()), (vec![&b"a"[..], b"b", b"c"], Some(&b"m"[..])));
+        assert_eq!(store.scan(b"b", Some(b"c"), 0).expect("held").resume, None, "the span ends inside the range");
+        assert!(matches!(store.scan(b"n", None, 0), Err(Refusal::RangeMismatch { .. })));
+        let right = store.take_split_off().expect("the split made a range");
+        assert_eq!(scanned(&right.scan(b"m", None, 0).expect("the right holds m")), [b"x"]);
     }
 
     #[test]

@@ -6,6 +6,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use thiserror::Error;
 
 use crate::operation::{ClientRequest, Entry, EntryPayload, Envelope, Message, Operation};
+use crate::scan::{KeyValue, ScanPage, SCAN_PAGE_BYTES_MAX, SCAN_PAIR_OVERHEAD_BYTES};
 use rasputin_consensus as consensus;
 use rasputin_consensus::{LogIndex, MessageError, NodeId, RejectHint, Term};
 
@@ -41,6 +42,21 @@ const _: () = assert!(
             + consensus::APPEND_ENTRIES_COUNT_MAX * REQUEST_OVERHEAD_BYTES_MAX
 );
 const _: () = assert!(PEER_FRAME_BYTES_MAX >= crate::snapshot::SNAPSHOT_CHUNK_BYTES_MAX + REQUEST_OVERHEAD_BYTES_MAX);
+// A scan's page, with the largest pair it may hold alone and its resume key, fits in a client frame.
+const _: () = assert!(
+    max(SCAN_PAGE_BYTES_MAX, KEY_BYTES_MAX + VALUE_BYTES_MAX + SCAN_PAIR_OVERHEAD_BYTES)
+        + KEY_BYTES_MAX
+        + REQUEST_OVERHEAD_BYTES_MAX
+        <= CLIENT_FRAME_BYTES_MAX
+);
+
+const fn max(a: usize, b: usize) -> usize {
+    if a > b {
+        a
+    } else {
+        b
+    }
+}
 /// The largest frame before a handshake completes: a Hello or its reply.
 /// Bytes from an unknown sender never get more room than this.
 pub const HELLO_FRAME_BYTES_MAX: usize = 4 << 10;
@@ -117,6 +133,12 @@ fn operation_to_proto(operation: &Operation) -> proto::client_request::Operation
         Operation::Split { key, right_range, version } => {
             Wire::Split(proto::Split { key: key.clone(), right_range: *right_range, version: *version })
         }
+        Operation::Scan { start, end, limit } => Wire::Scan(proto::Scan {
+            start: start.clone(),
+            has_end: end.is_some(),
+            end: end.clone().unwrap_or_default(),
+            limit: *limit,
+        }),
     }
 }
 
@@ -130,6 +152,9 @@ fn operation_from_proto(operation: proto::client_request::Operation) -> Operatio
         Wire::OpenSession(_) => Operation::OpenSession,
         Wire::Split(split) => {
             Operation::Split { key: split.key, right_range: split.right_range, version: split.version }
+        }
+        Wire::Scan(scan) => {
+            Operation::Scan { start: scan.start, end: scan.has_end.then_some(scan.end), limit: scan.limit }
         }
     }
 }
@@ -198,19 +223,28 @@ pub fn client_request_from_proto(request: proto::ClientRequest) -> Result<Client
         }
         Operation::OpenSession | Operation::Split { .. } => {}
         // A read needs no session, only an id for its answer: a random nonce will do.
-        Operation::Get { .. } if sequence == 0 => return Err(RequestError::NoSession { client_id, sequence }),
-        Operation::Get { .. } => {}
+        Operation::Get { .. } | Operation::Scan { .. } if sequence == 0 => {
+            return Err(RequestError::NoSession { client_id, sequence })
+        }
+        Operation::Get { .. } | Operation::Scan { .. } => {}
         _ if client_id == 0 || sequence == 0 => return Err(RequestError::NoSession { client_id, sequence }),
         _ => {}
     }
-    let key_bytes = operation.key().len();
+    let key_bytes = match &operation {
+        Operation::Scan { start, end, .. } => start.len().max(end.as_ref().map_or(0, Bytes::len)),
+        operation => operation.key().len(),
+    };
     if key_bytes > KEY_BYTES_MAX {
         return Err(RequestError::KeyTooLarge(key_bytes));
     }
     let value_bytes = match &operation {
         Operation::Set { value, .. } => value.len(),
         Operation::Cas { expected, new, .. } => expected.len().max(new.len()),
-        Operation::Get { .. } | Operation::Del { .. } | Operation::OpenSession | Operation::Split { .. } => 0,
+        Operation::Get { .. }
+        | Operation::Del { .. }
+        | Operation::OpenSession
+        | Operation::Split { .. }
+        | Operation::Scan { .. } => 0,
     };
     if value_bytes > VALUE_BYTES_MAX {
         return Err(RequestError::ValueTooLarge(value_bytes));
@@ -226,6 +260,33 @@ pub fn check_request_frame(request: &proto::ClientRequest) -> Result<(), Request
         return Err(RequestError::RequestTooLarge(bytes));
     }
     Ok(())
+}
+
+/// A scan page's answer to the request `request_id`.
+pub fn scan_page_to_proto(request_id: u64, page: ScanPage) -> proto::ClientResponse {
+    let pairs = page.pairs.into_iter().map(|pair| proto::KeyValue { key: pair.key.into(), value: pair.value.into() });
+    proto::ClientResponse {
+        request_id,
+        error: ErrorCode::Ok as i32,
+        success: true,
+        term: page.term,
+        index: page.index,
+        pairs: pairs.collect(),
+        has_resume: page.resume.is_some(),
+        resume_key: page.resume.unwrap_or_default().into(),
+        ..Default::default()
+    }
+}
+
+/// The page an OK answer to a scan carries.
+pub fn scan_page_from_proto(response: proto::ClientResponse) -> ScanPage {
+    let pairs = response.pairs.into_iter().map(|pair| KeyValue { key: pair.key.into(), value: pair.value.into() });
+    ScanPage {
+        pairs: pairs.collect(),
+        resume: response.has_resume.then(|| response.resume_key.into()),
+        term: response.term,
+        index: response.index,
+    }
 }
 
 // ----- log entries and snapshots -----
@@ -255,6 +316,7 @@ fn command_operation(operation: proto::client_request::Operation) -> proto::comm
         From::Del(del) => To::Del(del),
         From::OpenSession(open) => To::OpenSession(open),
         From::Split(split) => To::Split(split),
+        From::Scan(scan) => To::Scan(scan),
     }
 }
 
@@ -268,6 +330,7 @@ fn request_operation(operation: proto::command::Operation) -> proto::client_requ
         From::Del(del) => To::Del(del),
         From::OpenSession(open) => To::OpenSession(open),
         From::Split(split) => To::Split(split),
+        From::Scan(scan) => To::Scan(scan),
     }
 }
 
@@ -608,6 +671,47 @@ mod tests {
             let decoded = peer_frame_from_proto(decode(frame, "PeerMessage").unwrap()).unwrap();
             assert!(matches!(decoded, PeerFrame::Consensus(decoded) if decoded == envelope));
         }
+    }
+
+    #[test]
+    fn scans_round_trip_need_a_nonce_and_keys_within_the_limit() {
+        let scan = |sequence: u64, end_bytes: usize| {
+            let operation = Operation::Scan {
+                start: Bytes::from_static(b"a"),
+                end: Some(Bytes::from(vec![b'z'; end_bytes])),
+                limit: 5,
+            };
+            client_request_to_proto(1, &ClientRequest { client_id: 0, sequence, operation })
+        };
+        let decoded = client_request_from_proto(scan(9, 1)).expect("a scan with a nonce");
+        assert_eq!(decoded.operation.key(), b"a");
+        assert!(matches!(decoded.operation, Operation::Scan { end: Some(_), limit: 5, .. }));
+        assert_eq!(client_request_from_proto(scan(0, 1)), Err(RequestError::NoSession { client_id: 0, sequence: 0 }));
+        assert_eq!(
+            client_request_from_proto(scan(9, KEY_BYTES_MAX + 1)),
+            Err(RequestError::KeyTooLarge(KEY_BYTES_MAX + 1))
+        );
+        let unbounded = ClientRequest {
+            client_id: 0,
+            sequence: 3,
+            operation: Operation::Scan { start: Bytes::new(), end: None, limit: 0 },
+        };
+        assert_eq!(client_request_from_proto(client_request_to_proto(1, &unbounded)), Ok(unbounded));
+    }
+
+    #[test]
+    fn scan_pages_round_trip() {
+        let page = ScanPage {
+            pairs: vec![KeyValue { key: b"k".to_vec(), value: Vec::new() }],
+            resume: Some(b"l".to_vec()),
+            term: 2,
+            index: 9,
+        };
+        let response = scan_page_to_proto(4, page.clone());
+        assert_eq!(response.request_id, 4);
+        assert_eq!(scan_page_from_proto(response), page);
+        let last = ScanPage { resume: None, ..page };
+        assert_eq!(scan_page_from_proto(scan_page_to_proto(4, last.clone())), last);
     }
 
     #[test]

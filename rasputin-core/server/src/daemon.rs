@@ -29,7 +29,8 @@ use super::storage::{Claim, Storage, StorageError, SyncWorker};
 use rasputin_consensus::{
     Config, LogIndex, MessageError, Nanos, NodeId, Rejection, Role, Snapshot, StartError, Term, LOG_INDEX_MAX, TERM_MAX,
 };
-use rasputin_kv::operation::{ClientRequest, Envelope, Input, Message, Node, Ready};
+use rasputin_kv::operation::{ClientRequest, Envelope, Input, Message, Node, Operation, Ready};
+use rasputin_kv::scan::ScanPage;
 use rasputin_kv::state_machine::{Refusal, Response};
 use rasputin_kv::wire::{self, proto, ErrorCode, PROTOCOL_VERSION};
 
@@ -976,10 +977,10 @@ impl Daemon {
                 let code = match refusal {
                     Refusal::SessionExpired { .. } => ErrorCode::SessionExpired,
                     // A daemon's store holds every key and refuses splits (Refusal::Split).
-                    Refusal::SequenceBelowSession { .. }
-                    | Refusal::MalformedOpen
-                    | Refusal::RangeMismatch { .. }
-                    | Refusal::Split(_) => ErrorCode::BadRequest,
+                    Refusal::RangeMismatch { .. } => ErrorCode::RangeMismatch,
+                    Refusal::SequenceBelowSession { .. } | Refusal::MalformedOpen | Refusal::Split(_) => {
+                        ErrorCode::BadRequest
+                    }
                 };
                 (code, refusal.to_string())
             });
@@ -989,8 +990,17 @@ impl Daemon {
         for read in reads {
             // Committed entries of this Ready were applied just above.
             assert!(read.read_index <= applied, "read at {} before applying it ({applied})", read.read_index);
-            let response = self.storage.read(read.request.operation.key())?;
-            self.answer((read.request.client_id, read.request.sequence), Ok(response));
+            let key = (read.request.client_id, read.request.sequence);
+            match &read.request.operation {
+                Operation::Scan { start, end, limit } => {
+                    let page = self.storage.scan(start, end.as_deref(), *limit)?;
+                    self.answer_page(key, page);
+                }
+                operation => {
+                    let response = self.storage.read(operation.key())?;
+                    self.answer(key, Ok(response));
+                }
+            }
         }
         for (request, rejection) in rejected {
             self.answer_rejection(&request, rejection);
@@ -1282,6 +1292,16 @@ impl Daemon {
         }
     }
 
+    /// Answers the scan waiting under `key` with one page.
+    fn answer_page(&mut self, key: (u64, u64), page: ScanPage) {
+        let Some(waiters) = self.waiting.remove(&key) else { return };
+        for Waiter { token, request_id, operation, arrived } in waiters {
+            self.observer.metrics.request_answered(operation, ErrorCode::Ok, arrived.elapsed());
+            let response = wire::scan_page_to_proto(request_id, page.clone());
+            self.queue_to_client(token, &response);
+        }
+    }
+
     fn respond_error(&mut self, token: Token, request_id: u64, code: ErrorCode, message: String) {
         let response = proto::ClientResponse { request_id, error: code as i32, message, ..Default::default() };
         self.queue_to_client(token, &response);
@@ -1305,6 +1325,7 @@ fn operation_index(request: &proto::ClientRequest) -> usize {
         Some(Wire::Del(_)) => "del",
         Some(Wire::OpenSession(_)) => "open_session",
         Some(Wire::Split(_)) => "split",
+        Some(Wire::Scan(_)) => "scan",
     };
     OPERATIONS.iter().position(|operation| *operation == name).expect("every operation is listed")
 }

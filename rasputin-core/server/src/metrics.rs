@@ -17,10 +17,10 @@ use rasputin_histogram::Histogram;
 use rasputin_kv::wire::ErrorCode;
 
 /// The operations a client request can carry, as the `operation` label has them.
-pub const OPERATIONS: [&str; 6] = ["set", "get", "cas", "del", "open_session", "split"];
+pub const OPERATIONS: [&str; 7] = ["set", "get", "cas", "del", "open_session", "split", "scan"];
 
 /// The answers a request can get: OK, or one of the wire's error codes, by number.
-const OUTCOME_COUNT: usize = 12;
+const OUTCOME_COUNT: usize = 13;
 
 /// The percentile gauges cover this much recent time...
 pub const LATENCY_WINDOW: Duration = Duration::from_secs(60);

@@ -39,6 +39,7 @@ use thiserror::Error;
 use rasputin_consensus::{LogIndex, NodeId, Snapshot, Term};
 use rasputin_kv::operation::{Entry, Persist, Recovered};
 use rasputin_kv::range::RangeDescriptor;
+use rasputin_kv::scan::{self, ScanPage};
 use rasputin_kv::snapshot::{ChunkReader, ChunkWriter, Record, SnapshotDecodeError};
 use rasputin_kv::state_machine::{self, Applied, Change, KvRead, Response, Session, SessionCensus, SessionLimits};
 use rasputin_kv::wire::{self, proto, WireError};
@@ -533,6 +534,24 @@ impl Storage {
 
     pub fn read(&self, key: &[u8]) -> Result<Response, StorageError> {
         state_machine::read_response(self, key, self.applied_term, self.applied_index)
+    }
+
+    /// One page of a scan at the applied state: the store holds every key,
+    /// so the page stops only at its limit or the scan's end.
+    pub fn scan(&self, start: &[u8], end: Option<&[u8]>, limit: u32) -> Result<ScanPage, StorageError> {
+        let (term, index) = (self.applied_term, self.applied_index);
+        if end.is_some_and(|end| end <= start) {
+            return Ok(ScanPage { pairs: Vec::new(), resume: None, term, index });
+        }
+        let mut options = ReadOptions::default();
+        options.set_iterate_upper_bound(end.map_or_else(|| prefix_end(VALUE_PREFIX), value_key));
+        let from = value_key(start);
+        let pairs = self.db.iterator_opt(IteratorMode::From(&from, Direction::Forward), options).map(|item| {
+            let (key, value) = item?;
+            Ok::<_, StorageError>((key[VALUE_PREFIX.len()..].to_vec(), value.into_vec()))
+        });
+        let (pairs, resume) = scan::fill_page(pairs, limit, None)?;
+        Ok(ScanPage { pairs, resume, term, index })
     }
 
     /// Every record of the state machine, as stored.
@@ -1081,6 +1100,28 @@ mod tests {
         let directory = std::env::temp_dir().join(format!("rasputin-storage-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&directory);
         directory
+    }
+
+    #[test]
+    fn a_scan_reads_values_only_in_key_order_and_resumes_where_it_stopped() {
+        let directory = temporary("scan");
+        let mut storage = Storage::open(&directory).unwrap();
+        let put = |index, key: &'static [u8]| {
+            let value = bytes::Bytes::from_static(b"v");
+            command(index, 1, index - 1, Operation::Set { key: bytes::Bytes::from_static(key), value })
+        };
+        let entries = [open(1), put(2, b"b"), put(3, b"\xff"), put(4, b"a"), put(5, b""), put(6, b"c")];
+        storage.apply(&entries).unwrap();
+        let keys = |page: &ScanPage| page.pairs.iter().map(|pair| pair.key.clone()).collect::<Vec<_>>();
+        let all = storage.scan(b"", None, 0).unwrap();
+        assert_eq!(keys(&all), [&b""[..], b"a", b"b", b"c", b"\xff"], "sessions and metadata are not values");
+        assert_eq!((all.resume, all.index), (None, 6));
+        let first = storage.scan(b"a", None, 2).unwrap();
+        assert_eq!((keys(&first), first.resume.as_deref()), (vec![b"a".to_vec(), b"b".to_vec()], Some(&b"c"[..])));
+        assert_eq!(keys(&storage.scan(b"a", Some(b"c"), 0).unwrap()), [b"a", b"b"]);
+        assert!(storage.scan(b"c", Some(b"a"), 0).unwrap().pairs.is_empty());
+        drop(storage);
+        let _ = std::fs::remove_dir_all(&directory);
     }
 
     #[test]
