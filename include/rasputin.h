@@ -52,7 +52,7 @@
 /**
  * The library's minor version: compatible additions bump it.
  */
-#define RASPUTIN_VERSION_MINOR 2
+#define RASPUTIN_VERSION_MINOR 3
 
 /**
  * The library's patch version.
@@ -127,6 +127,49 @@ typedef struct rasputin_client rasputin_client;
  * Why a call failed. Owned by the caller; free with rasputin_error_free.
  */
 typedef struct rasputin_error rasputin_error;
+
+/**
+ * One key and its value in a scan page. Both belong to the page.
+ */
+typedef struct rasputin_pair {
+  /**
+   * The key's bytes; NULL when key_len is 0.
+   */
+  uint8_t *key;
+  size_t key_len;
+  /**
+   * The value's bytes; NULL when value_len is 0.
+   */
+  uint8_t *value;
+  size_t value_len;
+} rasputin_pair;
+
+/**
+ * One page of a scan, in key order (since 0.3). Owned by the caller; free
+ * with rasputin_scan_page_free, which frees every pair with it.
+ */
+typedef struct rasputin_scan_page {
+  /**
+   * `count` pairs; NULL when count is 0.
+   */
+  struct rasputin_pair *pairs;
+  size_t count;
+  /**
+   * Whether the scan goes on: pass `resume` as the next call's start (with
+   * the same end) for the next page. False: the scan reached its end.
+   */
+  bool has_resume;
+  /**
+   * NULL when resume_len is 0 (the empty key, or has_resume is false).
+   */
+  uint8_t *resume;
+  size_t resume_len;
+  /**
+   * The log position (term, index) the page was read at.
+   */
+  uint64_t term;
+  uint64_t index;
+} rasputin_scan_page;
 
 /**
  * The outcome of an operation. Owned by the caller; free with rasputin_result_free.
@@ -231,6 +274,42 @@ enum rasputin_status rasputin_client_with_timeout(const struct rasputin_client *
                                                   uint64_t operation_ms,
                                                   struct rasputin_client **client_out,
                                                   struct rasputin_error **error_out);
+
+/**
+ * Reads one page of the keys from `start` (inclusive) to `end` (exclusive)
+ * in key order, linearizably: at most `limit` pairs, and at most what a
+ * page holds (10,000 pairs, about 1 MiB; `limit` 0: that much). A NULL or
+ * empty `end` means no end. When page->has_resume is true the scan goes on:
+ * call again with page->resume as `start` and the same `end`. Pages read
+ * one after another are each linearizable, not one snapshot: a key written
+ * between two calls may or may not appear.
+ *
+ * Ownership: on RASPUTIN_OK *page_out receives a page the caller frees with
+ * rasputin_scan_page_free. `start` and `end` are only read during the call.
+ * Thread safety: may be called from many threads on one client at once.
+ * Returns: RASPUTIN_OK; RASPUTIN_ERROR_NULL_ARGUMENT; RASPUTIN_ERROR_KEY_TOO_LARGE
+ * (start or end); RASPUTIN_ERROR_UNAVAILABLE; RASPUTIN_ERROR_TIMEOUT;
+ * RASPUTIN_ERROR_REFUSED; RASPUTIN_ERROR_INTERNAL.
+ *
+ * # Safety
+ * Buffers must hold their stated lengths; out-pointers must be NULL or writable.
+ */
+enum rasputin_status rasputin_scan(const struct rasputin_client *client,
+                                   const uint8_t *start,
+                                   size_t start_len,
+                                   const uint8_t *end,
+                                   size_t end_len,
+                                   size_t limit,
+                                   struct rasputin_scan_page **page_out,
+                                   struct rasputin_error **error_out);
+
+/**
+ * Frees a scan page and every pair in it. NULL is ignored.
+ *
+ * # Safety
+ * `page` must be NULL or a page from rasputin_scan, not yet freed.
+ */
+void rasputin_scan_page_free(struct rasputin_scan_page *page);
 
 /**
  * Sets `key` to `value`.

@@ -200,40 +200,55 @@ type result struct {
 
 type operation func(*C.rasputin_client, **C.rasputin_result, **C.rasputin_error) uint32
 
-type outcome struct {
-	result result
-	err    error
+type outcome[T any] struct {
+	value T
+	err   error
 }
 
-// call runs one librasputin call with ctx's deadline as its timeout. A
+// call runs one librasputin call that answers a rasputin_result.
+func (c *Client) call(ctx context.Context, run operation) (result, error) {
+	return callWith(c, ctx, func(handle *C.rasputin_client, failure **C.rasputin_error) (result, uint32) {
+		var answer *C.rasputin_result
+		status := run(handle, &answer, failure)
+		if status != C.RASPUTIN_OK {
+			return result{}, status
+		}
+		defer C.rasputin_result_free(answer)
+		value := C.GoBytes(unsafe.Pointer(answer.value), C.int(answer.value_len))
+		return result{success: bool(answer.success), found: bool(answer.found), value: value}, status
+	})
+}
+
+// callWith runs one librasputin call with ctx's deadline as its timeout. A
 // context that can be cancelled is watched: cancellation returns at once,
 // while the C call finishes in the background (Close waits for it).
-func (c *Client) call(ctx context.Context, run operation) (result, error) {
+func callWith[T any](c *Client, ctx context.Context, run func(*C.rasputin_client, **C.rasputin_error) (T, uint32)) (T, error) {
+	var nothing T
 	if err := ctx.Err(); err != nil {
-		return result{}, contextError(err, "the context was done before the call")
+		return nothing, contextError(err, "the context was done before the call")
 	}
 	c.mu.RLock()
 	if c.handle == nil {
 		c.mu.RUnlock()
-		return result{}, ErrClosed
+		return nothing, ErrClosed
 	}
 	if ctx.Done() == nil {
 		defer c.mu.RUnlock()
-		return c.callLocked(ctx, run)
+		return callLocked(c, ctx, run)
 	}
-	finished := make(chan outcome, 1)
+	finished := make(chan outcome[T], 1)
 	go func() {
 		defer c.mu.RUnlock()
-		got, err := c.callLocked(ctx, run)
-		finished <- outcome{got, err}
+		got, err := callLocked(c, ctx, run)
+		finished <- outcome[T]{got, err}
 	}()
 	select {
 	case done := <-finished:
-		return done.result, done.err
+		return done.value, done.err
 	case <-ctx.Done():
 	}
 	if ctx.Err() == context.Canceled {
-		return result{}, contextError(ctx.Err(), "the call was cancelled; the operation may or may not take effect")
+		return nothing, contextError(ctx.Err(), "the call was cancelled; the operation may or may not take effect")
 	}
 	// The deadline is also the C call's timeout, so its answer (with a
 	// RetryToken for a write) is due now: wait for it.
@@ -242,7 +257,7 @@ func (c *Client) call(ctx context.Context, run operation) (result, error) {
 	if errors.As(done.err, &failure) && failure.Code == StatusTimeout {
 		failure.cause = ctx.Err()
 	}
-	return done.result, done.err
+	return done.value, done.err
 }
 
 func contextError(err error, message string) *Error {
@@ -250,28 +265,27 @@ func contextError(err error, message string) *Error {
 }
 
 // callLocked runs one librasputin call; the caller holds the read lock.
-func (c *Client) callLocked(ctx context.Context, run operation) (result, error) {
+func callLocked[T any](c *Client, ctx context.Context, run func(*C.rasputin_client, **C.rasputin_error) (T, uint32)) (T, error) {
+	var nothing T
 	handle := c.handle
 	var failure *C.rasputin_error
 	if deadline, ok := ctx.Deadline(); ok {
 		remaining := time.Until(deadline)
 		if remaining < time.Millisecond {
-			return result{}, contextError(context.DeadlineExceeded, "the context deadline has passed")
+			return nothing, contextError(context.DeadlineExceeded, "the context deadline has passed")
 		}
 		var view *C.rasputin_client
 		if status := C.rasputin_client_with_timeout(handle, C.uint64_t(remaining/time.Millisecond), &view, &failure); status != C.RASPUTIN_OK {
-			return result{}, takeError(Status(status), failure)
+			return nothing, takeError(Status(status), failure)
 		}
 		defer C.rasputin_client_free(view)
 		handle = view
 	}
-	var answer *C.rasputin_result
-	if status := run(handle, &answer, &failure); status != C.RASPUTIN_OK {
-		return result{}, takeError(Status(status), failure)
+	got, status := run(handle, &failure)
+	if status != C.RASPUTIN_OK {
+		return nothing, takeError(Status(status), failure)
 	}
-	defer C.rasputin_result_free(answer)
-	value := C.GoBytes(unsafe.Pointer(answer.value), C.int(answer.value_len))
-	return result{success: bool(answer.success), found: bool(answer.found), value: value}, nil
+	return got, nil
 }
 
 // owned is data itself, or a copy when ctx can be cancelled: a cancelled
@@ -387,4 +401,105 @@ func (c *Client) Retry(ctx context.Context, token []byte) (Result, error) {
 		return Result{Success: got.success}, nil
 	}
 	return Result{Success: got.success, Found: true, Value: got.value}, nil
+}
+
+// KeyValue is one key and its value, as a scan returns them.
+type KeyValue struct {
+	Key   []byte
+	Value []byte
+}
+
+// scanPage is one page of a scan; resume is nil once the scan reached its end.
+type scanPage struct {
+	pairs  []KeyValue
+	resume []byte
+}
+
+// Scan calls fn with each key from start (inclusive) to end (exclusive; nil
+// or empty: no end) and its value, in key order, at most limit of them
+// (0 or less: all), until fn returns false. The pairs come a page at a time
+// (up to 10,000 pairs or about 1 MiB); each page is linearizable, but a key
+// written while the scan runs may or may not appear. fn may keep the slices.
+func (c *Client) Scan(start, end []byte, limit int, fn func(key, value []byte) bool) error {
+	return c.ScanContext(context.Background(), start, end, limit, fn)
+}
+
+// ScanContext is Scan with ctx's deadline as the deadline of each page.
+func (c *Client) ScanContext(ctx context.Context, start, end []byte, limit int, fn func(key, value []byte) bool) error {
+	next := append([]byte{}, start...)
+	for remaining := limit; next != nil; {
+		wanted := 0
+		if limit > 0 {
+			wanted = remaining
+		}
+		page, err := c.scanPage(ctx, next, end, wanted)
+		if err != nil {
+			return err
+		}
+		for _, pair := range page.pairs {
+			if !fn(pair.Key, pair.Value) {
+				return nil
+			}
+			if remaining--; limit > 0 && remaining == 0 {
+				return nil
+			}
+		}
+		next = page.resume
+	}
+	return nil
+}
+
+// ScanPrefix is Scan of the keys that start with prefix.
+func (c *Client) ScanPrefix(prefix []byte, fn func(key, value []byte) bool) error {
+	return c.Scan(prefix, PrefixEnd(prefix), 0, fn)
+}
+
+// PrefixEnd is the first key after every key that starts with prefix, or
+// nil when there is none (an empty prefix, or one of only 0xff bytes).
+func PrefixEnd(prefix []byte) []byte {
+	for last := len(prefix) - 1; last >= 0; last-- {
+		if prefix[last] != 0xff {
+			end := append([]byte{}, prefix[:last+1]...)
+			end[last]++
+			return end
+		}
+	}
+	return nil
+}
+
+func (c *Client) scanPage(ctx context.Context, start, end []byte, limit int) (scanPage, error) {
+	start, end = owned(ctx, start), owned(ctx, end)
+	startPointer, startLength := cBytes(start)
+	endPointer, endLength := cBytes(end)
+	page, err := callWith(c, ctx, func(h *C.rasputin_client, failure **C.rasputin_error) (scanPage, uint32) {
+		var answer *C.rasputin_scan_page
+		status := C.rasputin_scan(h, startPointer, startLength, endPointer, endLength, C.size_t(limit), &answer, failure)
+		if status != C.RASPUTIN_OK {
+			return scanPage{}, status
+		}
+		defer C.rasputin_scan_page_free(answer)
+		return copyPage(answer), status
+	})
+	runtime.KeepAlive(start)
+	runtime.KeepAlive(end)
+	return page, err
+}
+
+// copyPage copies a C page into Go memory before it is freed.
+func copyPage(answer *C.rasputin_scan_page) scanPage {
+	var page scanPage
+	if answer.count > 0 {
+		pairs := unsafe.Slice(answer.pairs, answer.count)
+		page.pairs = make([]KeyValue, len(pairs))
+		for index, pair := range pairs {
+			page.pairs[index] = KeyValue{
+				Key:   C.GoBytes(unsafe.Pointer(pair.key), C.int(pair.key_len)),
+				Value: C.GoBytes(unsafe.Pointer(pair.value), C.int(pair.value_len)),
+			}
+		}
+	}
+	if answer.has_resume {
+		page.resume = C.GoBytes(unsafe.Pointer(answer.resume), C.int(answer.resume_len))
+	}
+	return page
 }

@@ -372,3 +372,63 @@ func TestATimedOutWriteIsRetriedUnderItsIdentity(t *testing.T) {
 		t.Fatalf("a bad token: %v", err)
 	}
 }
+
+func TestScanWalksPagesInKeyOrder(t *testing.T) {
+	client := connect(t)
+	const count = 10_050
+	keys := make([]string, count)
+	for index := range keys {
+		keys[index] = fmt.Sprintf("scan-go/%05d", index)
+	}
+	var writers sync.WaitGroup
+	failures := make(chan error, 8)
+	for part := 0; part < 8; part++ {
+		writers.Add(1)
+		go func(part int) {
+			defer writers.Done()
+			for index := part; index < count; index += 8 {
+				if err := client.Set([]byte(keys[index]), []byte(keys[index])); err != nil {
+					failures <- err
+					return
+				}
+			}
+		}(part)
+	}
+	writers.Wait()
+	close(failures)
+	for err := range failures {
+		t.Fatal(err)
+	}
+	var scanned []string
+	err := client.ScanPrefix([]byte("scan-go/"), func(key, value []byte) bool {
+		if !bytes.Equal(key, value) {
+			t.Errorf("%q holds %q", key, value)
+		}
+		scanned = append(scanned, string(key))
+		return true
+	})
+	if err != nil || strings.Join(scanned, ",") != strings.Join(keys, ",") {
+		t.Fatalf("scanned %d keys (want %d, each once, in order): %v", len(scanned), count, err)
+	}
+	var window []string
+	collect := func(key, _ []byte) bool { window = append(window, string(key)); return true }
+	if err := client.Scan([]byte("scan-go/00003"), []byte("scan-go/00006"), 0, collect); err != nil || len(window) != 3 {
+		t.Fatalf("a window: %q %v", window, err)
+	}
+	window = nil
+	if err := client.Scan([]byte("scan-go/"), nil, 4, collect); err != nil || len(window) != 4 {
+		t.Fatalf("a limit of 4: %q %v", window, err)
+	}
+	seen := 0
+	stop := func(_, _ []byte) bool { seen++; return seen < 2 }
+	if err := client.ScanPrefix([]byte("scan-go/"), stop); err != nil || seen != 2 {
+		t.Fatalf("fn returned false after 2 pairs, the scan saw %d: %v", seen, err)
+	}
+	err = client.Scan(bytes.Repeat([]byte("k"), 70_000), nil, 0, collect)
+	if !errors.Is(err, ErrKeyTooLarge) {
+		t.Fatalf("an oversized start: %v", err)
+	}
+	if end := PrefixEnd([]byte{'a', 0xff}); !bytes.Equal(end, []byte("b")) || PrefixEnd([]byte{0xff}) != nil {
+		t.Fatalf("PrefixEnd: %q", end)
+	}
+}

@@ -194,6 +194,24 @@ def test_put_get_cas_del_and_their_exit_codes(cluster):
     assert "key not found" in err
 
 
+def test_get_with_a_prefix_or_a_range_end_lists_keys_in_order(cluster):
+    e = cluster.endpoints
+    for key in ["ls/b", "ls/a", "ls/c", "lt"]:
+        rasputin("put", key, "v-" + key, endpoints=e, check=0)
+    out = rasputin("get", "ls/", "--prefix", endpoints=e, check=0)[1]
+    assert out == b"ls/a\nv-ls/a\nls/b\nv-ls/b\nls/c\nv-ls/c\n"
+    out = rasputin("get", "ls/b", "--range-end", "lt", endpoints=e, check=0)[1]
+    assert out == b"ls/b\nv-ls/b\nls/c\nv-ls/c\n"
+    out = rasputin("-w", "json", "get", "ls/", "--prefix", "--limit", "2", endpoints=e, check=0)[1]
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert [base64.b64decode(row["key"]) for row in rows] == [b"ls/a", b"ls/b"]
+    assert base64.b64decode(rows[0]["value"]) == b"v-ls/a"
+    assert rasputin("get", "none/", "--prefix", endpoints=e, check=0)[1] == b""
+    code, _, err = rasputin("get", "ls/", "--limit", "2", endpoints=e)
+    assert code == 2 and "--limit needs --prefix or --range-end" in err, err
+    assert rasputin("get", "ls/", "--prefix", "--range-end", "z", endpoints=e)[0] == 2
+
+
 def test_usage_errors_exit_two_and_cluster_failures_four(cluster):
     assert rasputin("frobnicate")[0] == 2
     assert rasputin("put", "only-a-key", endpoints=cluster.endpoints)[0] == 2

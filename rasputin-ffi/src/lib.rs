@@ -17,7 +17,7 @@ use rasputin_core::{CLIENT_FRAME_BYTES_MAX, KEY_BYTES_MAX, VALUE_BYTES_MAX};
 /// The library's major version: incompatible ABI changes bump it (and the soname).
 pub const RASPUTIN_VERSION_MAJOR: u32 = 0;
 /// The library's minor version: compatible additions bump it.
-pub const RASPUTIN_VERSION_MINOR: u32 = 2;
+pub const RASPUTIN_VERSION_MINOR: u32 = 3;
 /// The library's patch version.
 pub const RASPUTIN_VERSION_PATCH: u32 = 0;
 /// The largest key, in bytes, the cluster accepts.
@@ -98,6 +98,35 @@ pub struct rasputin_result {
     pub found: bool,
 }
 
+/// One key and its value in a scan page. Both belong to the page.
+#[repr(C)]
+pub struct rasputin_pair {
+    /// The key's bytes; NULL when key_len is 0.
+    pub key: *mut u8,
+    pub key_len: usize,
+    /// The value's bytes; NULL when value_len is 0.
+    pub value: *mut u8,
+    pub value_len: usize,
+}
+
+/// One page of a scan, in key order (since 0.3). Owned by the caller; free
+/// with rasputin_scan_page_free, which frees every pair with it.
+#[repr(C)]
+pub struct rasputin_scan_page {
+    /// `count` pairs; NULL when count is 0.
+    pub pairs: *mut rasputin_pair,
+    pub count: usize,
+    /// Whether the scan goes on: pass `resume` as the next call's start (with
+    /// the same end) for the next page. False: the scan reached its end.
+    pub has_resume: bool,
+    /// NULL when resume_len is 0 (the empty key, or has_resume is false).
+    pub resume: *mut u8,
+    pub resume_len: usize,
+    /// The log position (term, index) the page was read at.
+    pub term: u64,
+    pub index: u64,
+}
+
 struct Failure {
     status: rasputin_status,
     server_code: i32,
@@ -155,7 +184,7 @@ fn guard(error_out: *mut *mut rasputin_error, body: impl FnOnce() -> Result<(), 
 /// If `pointer` is non-NULL it must point to `length` readable bytes.
 unsafe fn borrow<'a>(pointer: *const u8, length: usize, name: &str, max: usize) -> Result<&'a [u8], Failure> {
     if length > max {
-        let status = if name == "key" { RASPUTIN_ERROR_KEY_TOO_LARGE } else { RASPUTIN_ERROR_VALUE_TOO_LARGE };
+        let status = if max == KEY_BYTES_MAX { RASPUTIN_ERROR_KEY_TOO_LARGE } else { RASPUTIN_ERROR_VALUE_TOO_LARGE };
         return Err(Failure::new(status, format!("{name} of {length} bytes exceeds the limit of {max} bytes")));
     }
     if pointer.is_null() {
@@ -299,9 +328,7 @@ pub unsafe extern "C" fn rasputin_client_with_timeout(
 }
 
 fn finish(result_out: *mut *mut rasputin_result, response: Response) {
-    let value_len = response.value.len();
-    let value =
-        if value_len == 0 { std::ptr::null_mut() } else { Box::into_raw(response.value.into_boxed_slice()) as *mut u8 };
+    let (value, value_len) = hand_over(response.value);
     let result = rasputin_result {
         success: response.success,
         value,
@@ -312,6 +339,108 @@ fn finish(result_out: *mut *mut rasputin_result, response: Response) {
     };
     // SAFETY: the callers checked result_out is non-NULL.
     unsafe { *result_out = Box::into_raw(Box::new(result)) };
+}
+
+/// Moves `bytes` to the heap for a C caller; NULL for none. Freed by `give_back`.
+fn hand_over(bytes: Vec<u8>) -> (*mut u8, usize) {
+    let length = bytes.len();
+    if length == 0 {
+        return (std::ptr::null_mut(), 0);
+    }
+    (Box::into_raw(bytes.into_boxed_slice()) as *mut u8, length)
+}
+
+/// Frees what `hand_over` made.
+///
+/// # Safety
+/// `pointer` must be NULL or come from `hand_over` with this `length`, not yet freed.
+unsafe fn give_back(pointer: *mut u8, length: usize) {
+    if !pointer.is_null() {
+        // SAFETY: per the contract, a boxed slice of exactly `length` bytes.
+        drop(unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(pointer, length)) });
+    }
+}
+
+/// Reads one page of the keys from `start` (inclusive) to `end` (exclusive)
+/// in key order, linearizably: at most `limit` pairs, and at most what a
+/// page holds (10,000 pairs, about 1 MiB; `limit` 0: that much). A NULL or
+/// empty `end` means no end. When page->has_resume is true the scan goes on:
+/// call again with page->resume as `start` and the same `end`. Pages read
+/// one after another are each linearizable, not one snapshot: a key written
+/// between two calls may or may not appear.
+///
+/// Ownership: on RASPUTIN_OK *page_out receives a page the caller frees with
+/// rasputin_scan_page_free. `start` and `end` are only read during the call.
+/// Thread safety: may be called from many threads on one client at once.
+/// Returns: RASPUTIN_OK; RASPUTIN_ERROR_NULL_ARGUMENT; RASPUTIN_ERROR_KEY_TOO_LARGE
+/// (start or end); RASPUTIN_ERROR_UNAVAILABLE; RASPUTIN_ERROR_TIMEOUT;
+/// RASPUTIN_ERROR_REFUSED; RASPUTIN_ERROR_INTERNAL.
+///
+/// # Safety
+/// Buffers must hold their stated lengths; out-pointers must be NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn rasputin_scan(
+    client: *const rasputin_client,
+    start: *const u8,
+    start_len: usize,
+    end: *const u8,
+    end_len: usize,
+    limit: usize,
+    page_out: *mut *mut rasputin_scan_page,
+    error_out: *mut *mut rasputin_error,
+) -> rasputin_status {
+    guard(error_out, || {
+        let client = client_ref(client)?;
+        check_out(page_out, "page_out")?;
+        // SAFETY: the caller's buffers hold their stated lengths.
+        let (start, end) =
+            unsafe { (borrow(start, start_len, "start", KEY_BYTES_MAX)?, borrow(end, end_len, "end", KEY_BYTES_MAX)?) };
+        let end = (!end.is_empty()).then_some(end);
+        let page = client.client.scan_page(start, end, limit)?;
+        let pairs: Vec<rasputin_pair> = page
+            .pairs
+            .into_iter()
+            .map(|pair| {
+                let ((key, key_len), (value, value_len)) = (hand_over(pair.key), hand_over(pair.value));
+                rasputin_pair { key, key_len, value, value_len }
+            })
+            .collect();
+        let count = pairs.len();
+        let pairs = if count == 0 { std::ptr::null_mut() } else { Box::into_raw(pairs.into_boxed_slice()) as *mut _ };
+        let has_resume = page.resume.is_some();
+        let (resume, resume_len) = hand_over(page.resume.unwrap_or_default());
+        let page =
+            rasputin_scan_page { pairs, count, has_resume, resume, resume_len, term: page.term, index: page.index };
+        // SAFETY: checked non-NULL above.
+        unsafe { *page_out = Box::into_raw(Box::new(page)) };
+        Ok(())
+    })
+}
+
+/// Frees a scan page and every pair in it. NULL is ignored.
+///
+/// # Safety
+/// `page` must be NULL or a page from rasputin_scan, not yet freed.
+#[no_mangle]
+pub unsafe extern "C" fn rasputin_scan_page_free(page: *mut rasputin_scan_page) {
+    if page.is_null() {
+        return;
+    }
+    // SAFETY: per the contract, a live page made by rasputin_scan.
+    let page = unsafe { Box::from_raw(page) };
+    if !page.pairs.is_null() {
+        // SAFETY: rasputin_scan made `pairs` from a boxed slice of exactly `count` pairs.
+        let pairs = unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(page.pairs, page.count)) };
+        for pair in pairs.iter() {
+            // SAFETY: each buffer came from hand_over with its length.
+            unsafe {
+                give_back(pair.key, pair.key_len);
+                give_back(pair.value, pair.value_len);
+            }
+        }
+    }
+    // SAFETY: as above.
+    unsafe { give_back(page.resume, page.resume_len) };
 }
 
 /// Sets `key` to `value`.
@@ -518,11 +647,8 @@ pub unsafe extern "C" fn rasputin_result_free(result: *mut rasputin_result) {
     }
     // SAFETY: per the contract, a live result made by `finish`.
     let result = unsafe { Box::from_raw(result) };
-    if !result.value.is_null() {
-        let slice = std::ptr::slice_from_raw_parts_mut(result.value, result.value_len);
-        // SAFETY: `finish` made this pointer from a boxed slice of exactly value_len bytes.
-        drop(unsafe { Box::from_raw(slice) });
-    }
+    // SAFETY: `finish` made the value with hand_over.
+    unsafe { give_back(result.value, result.value_len) };
 }
 
 /// The error's status (never RASPUTIN_OK). NULL gives RASPUTIN_ERROR_NULL_ARGUMENT.
@@ -572,5 +698,5 @@ pub unsafe extern "C" fn rasputin_error_free(error: *mut rasputin_error) {
 /// The library's version, "MAJOR.MINOR.PATCH". A static string: do not free it.
 #[no_mangle]
 pub extern "C" fn rasputin_version() -> *const c_char {
-    c"0.2.0".as_ptr()
+    c"0.3.0".as_ptr()
 }

@@ -11,7 +11,7 @@ use rasputin::client::{
     RetryToken, STATUS_CLOSED, STATUS_INVALID_ARGUMENT, STATUS_KEY_TOO_LARGE, STATUS_REFUSED, STATUS_TIMEOUT,
     STATUS_UNAVAILABLE, STATUS_VALUE_TOO_LARGE,
 };
-use rasputin::{Client as CoreClient, ClientError, Response};
+use rasputin::{Client as CoreClient, ClientError, Response, ScanIter};
 
 create_exception!(
     _rasputin,
@@ -135,6 +135,32 @@ impl CasResult {
     }
 }
 
+/// The pairs of a scan as `(key, value)` tuples of bytes, in key order,
+/// fetched a page at a time without the GIL. Each page is linearizable; a
+/// key written while the scan runs may or may not appear. It keeps its own
+/// handle on the client's connections, so it runs to its end even if the
+/// client is closed.
+#[pyclass(module = "rasputin")]
+struct Scan {
+    pairs: ScanIter,
+}
+
+#[pymethods]
+impl Scan {
+    fn __iter__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
+        slf
+    }
+
+    fn __next__(&mut self, py: Python<'_>) -> PyResult<Option<(Py<PyBytes>, Py<PyBytes>)>> {
+        let pairs = &mut self.pairs;
+        match py.allow_threads(|| pairs.next()) {
+            None => Ok(None),
+            Some(Err(error)) => Err(to_python_error(error)),
+            Some(Ok(pair)) => Ok(Some((PyBytes::new(py, &pair.key).unbind(), PyBytes::new(py, &pair.value).unbind()))),
+        }
+    }
+}
+
 /// A client of a Rasputin cluster. Thread-safe: share one between threads.
 #[pyclass(module = "rasputin")]
 struct Client {
@@ -242,6 +268,29 @@ impl Client {
         Ok(value_or_none(py, &response))
     }
 
+    /// Iterates over the keys from `start` (inclusive) to `end` (exclusive;
+    /// None or b"": no end), in key order, as `(key, value)` tuples; at
+    /// most `limit` of them (None: all). `prefix=True` scans the keys that
+    /// start with `start` instead, and takes no `end`.
+    #[pyo3(signature = (start = None, end = None, *, limit = None, prefix = false))]
+    fn scan(
+        &self,
+        start: Option<&Bound<'_, PyAny>>,
+        end: Option<&Bound<'_, PyAny>>,
+        limit: Option<usize>,
+        prefix: bool,
+    ) -> PyResult<Scan> {
+        let start = start.map(|start| bytes_argument(start, "start")).transpose()?.unwrap_or_default();
+        let end = end.map(|end| bytes_argument(end, "end")).transpose()?.filter(|end| !end.is_empty());
+        if prefix && end.is_some() {
+            return Err(PyValueError::new_err("a prefix scan takes no end; pass either prefix=True or end"));
+        }
+        let end = if prefix { rasputin::prefix_end(start) } else { end.map(<[u8]>::to_vec) };
+        let guard = self.inner.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let client = guard.as_ref().ok_or_else(closed_error)?;
+        Ok(Scan { pairs: client.scan_iter(start, end.as_deref(), limit) })
+    }
+
     /// Closes the client's connections. Further calls raise ClientClosed. Idempotent.
     fn close(&self, py: Python<'_>) {
         let client = self.inner.write().unwrap_or_else(|poisoned| poisoned.into_inner()).take();
@@ -265,6 +314,7 @@ fn _rasputin(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<Client>()?;
     module.add_class::<CasResult>()?;
     module.add_class::<RetryResult>()?;
+    module.add_class::<Scan>()?;
     module.add("RasputinError", py.get_type::<RasputinError>())?;
     module.add("ConnectionError", py.get_type::<ConnectionError>())?;
     module.add("ClusterUnavailable", py.get_type::<ClusterUnavailable>())?;

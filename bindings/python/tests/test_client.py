@@ -176,5 +176,33 @@ def test_calls_release_the_gil(cluster):
 
 
 def test_public_calls_have_docstrings():
-    for name in ["set", "get", "cas", "delete", "retry", "close"]:
+    for name in ["set", "get", "cas", "delete", "retry", "scan", "close"]:
         assert getattr(rasputin.Client, name).__doc__
+
+
+def test_a_scan_iterates_in_key_order_across_pages(client):
+    keys = [b"scan-py/%05d" % index for index in range(12_500)]
+    for key in reversed(keys[:20]):
+        client.set(key, key)
+    assert list(client.scan(b"scan-py/", prefix=True)) == [(key, key) for key in keys[:20]]
+    assert [key for key, _ in client.scan(b"scan-py/00003", b"scan-py/00006")] == keys[3:6]
+    assert len(list(client.scan(b"scan-py/", prefix=True, limit=7))) == 7
+    assert list(client.scan(b"scan-py/00005", b"scan-py/00005")) == []
+    # More keys than one page holds (10,000): the iterator walks the pages.
+    threads = [threading.Thread(target=lambda part=part: [client.set(key, b"") for key in part])
+               for part in (keys[20 + offset::8] for offset in range(8))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    scanned = [key for key, _ in client.scan(b"scan-py/", prefix=True)]
+    assert scanned == keys
+
+
+def test_scan_arguments_are_checked(client):
+    with pytest.raises(TypeError):
+        client.scan("text")
+    with pytest.raises(ValueError):
+        client.scan(b"a", b"b", prefix=True)
+    with pytest.raises(rasputin.ValueTooLarge):
+        next(client.scan(b"k" * (rasputin.KEY_BYTES_MAX + 1)))

@@ -8,7 +8,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use rasputin::client::{ClientError, STATUSES};
-use rasputin::{Client, NodeStatus, Response};
+use rasputin::{Client, KeyValue, NodeStatus, Response};
 use rasputin_cli::load::{self, Mix, RasputinStore, Settings, Store};
 use serde_json::{json, Value};
 
@@ -25,7 +25,7 @@ Exit codes:
 Output (-w): simple prints values as they are and one line per result; table
 aligns columns under a header; json prints one object per line, with keys and
 values in base64. The JSON fields: put {key, term, index}; get {key, found,
-value, term, index}; cas {key, swapped, term, index}; del {key, deleted,
+value, term, index} (with --prefix or --range-end: {key, value} per key); cas {key, swapped, term, index}; del {key, deleted,
 term, index}; status {endpoint, node_id, cluster_id, peer_address,
 client_address, role, term, leader_id, leader_address, lease_held,
 commit_index, applied_index, log_entries, log_bytes, snapshot_index,
@@ -76,8 +76,21 @@ enum Command {
         #[arg(long, conflicts_with = "value")]
         file: Option<PathBuf>,
     },
-    /// Prints KEY's value; exits 1 when there is none.
-    Get { key: String },
+    /// Prints KEY's value; exits 1 when there is none. With --prefix or
+    /// --range-end, prints each key and its value on lines of their own, in
+    /// key order (exit 0 even when there are none).
+    Get {
+        key: String,
+        /// Every key that starts with KEY.
+        #[arg(long, conflicts_with = "range_end")]
+        prefix: bool,
+        /// Every key from KEY (inclusive) to this one (exclusive).
+        #[arg(long)]
+        range_end: Option<String>,
+        /// With --prefix or --range-end: at most this many keys.
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+        limit: Option<u64>,
+    },
     /// Sets KEY to NEW if its value is EXPECTED; exits 3 when it is not.
     Cas { key: String, expected: String, new: String },
     /// Deletes KEY.
@@ -182,7 +195,18 @@ fn execute(arguments: &Arguments) -> Result<(Vec<Record>, u8), Failure> {
             let response = client.set(&key, &value).map_err(|error| Failure::client(&error))?;
             Ok((vec![Record { texts: key_text(&key), ..written(&key, &response, None, b"OK".to_vec()) }], 0))
         }
-        Command::Get { key } => {
+        Command::Get { key, prefix, range_end, limit } if *prefix || range_end.is_some() => {
+            let start = text(key)?;
+            let end = match range_end {
+                Some(end) => Some(text(end)?),
+                None => rasputin::prefix_end(&start),
+            };
+            let limit = limit.map(|limit| usize::try_from(limit).unwrap_or(usize::MAX));
+            let pairs = client.scan(&start, end.as_deref(), limit).map_err(|error| Failure::client(&error))?;
+            Ok((pairs.iter().map(|pair| scanned(pair, arguments.hex)).collect(), 0))
+        }
+        Command::Get { limit: Some(_), .. } => Err(Failure::usage("--limit needs --prefix or --range-end")),
+        Command::Get { key, .. } => {
             let key = text(key)?;
             let response = client.get(&key).map_err(|error| Failure::client(&error))?;
             if !response.found {
@@ -240,6 +264,18 @@ fn execute(arguments: &Arguments) -> Result<(Vec<Record>, u8), Failure> {
             };
             bench(&client, &settings, *clients)
         }
+    }
+}
+
+/// The record of one pair of a scan: etcdctl's two lines, key then value, in simple output.
+fn scanned(pair: &KeyValue, hex_output: bool) -> Record {
+    let show = |bytes: &[u8]| shown(bytes, hex_output);
+    let raw = |bytes: &[u8]| if hex_output { hex(bytes).into_bytes() } else { bytes.to_vec() };
+    let simple = [raw(&pair.key), b"\n".to_vec(), raw(&pair.value)].concat();
+    Record {
+        fields: vec![("key", base64(&pair.key)), ("value", base64(&pair.value))],
+        texts: vec![("key", show(&pair.key)), ("value", show(&pair.value))],
+        simple,
     }
 }
 

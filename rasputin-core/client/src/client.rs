@@ -13,7 +13,7 @@
 //! newest `SESSIONS_COUNT_MAX`), the retry is refused with `SESSION_EXPIRED`
 //! and the outcome stays unknown.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -28,6 +28,7 @@ use rasputin_kv::operation::{ClientRequest, Operation};
 use rasputin_kv::wire::{self, proto, ErrorCode, WireError, CLIENT_FRAME_BYTES_MAX, KEY_BYTES_MAX, VALUE_BYTES_MAX};
 
 pub use crate::builder::ClientBuilder;
+pub use rasputin_kv::scan::{KeyValue, ScanPage, SCAN_PAIRS_MAX};
 pub use rasputin_kv::state_machine::Response;
 /// A node's answer to `Client::node_status`.
 pub use rasputin_kv::wire::proto::NodeStatus;
@@ -328,7 +329,8 @@ struct Session {
 
 /// How a request fared across its attempts.
 struct Sent {
-    outcome: Result<Response, ClientError>,
+    /// The server's OK answer, or why there was none.
+    outcome: Result<proto::ClientResponse, ClientError>,
     /// Attempts that reached a socket: with more than one, an earlier may
     /// have taken effect.
     attempts: usize,
@@ -433,7 +435,48 @@ impl Client {
         if self.inner.peers.is_empty() {
             return Err(ClientError::NoPeers);
         }
-        self.send(&token.request).outcome
+        self.send(&token.request).outcome.map(response_of)
+    }
+
+    /// One page of a scan: up to `limit` pairs (at most `SCAN_PAIRS_MAX`;
+    /// 0: as many as a page holds) of the keys in [`start`, `end`) (None: no
+    /// end), in key order, read linearizably. `resume` says where the next
+    /// page starts, if the scan did not reach its end.
+    pub fn scan_page(&self, start: &[u8], end: Option<&[u8]>, limit: usize) -> Result<ScanPage, ClientError> {
+        check_sizes(start, &[])?;
+        check_sizes(end.unwrap_or_default(), &[])?;
+        let operation = Operation::Scan {
+            start: Bytes::copy_from_slice(start),
+            end: end.map(Bytes::copy_from_slice),
+            limit: u32::try_from(limit.min(SCAN_PAIRS_MAX)).expect("SCAN_PAIRS_MAX fits in a u32"),
+        };
+        if self.inner.peers.is_empty() {
+            return Err(ClientError::NoPeers);
+        }
+        let request = ClientRequest { client_id: 0, sequence: nonce(), operation };
+        self.send(&request).outcome.map(wire::scan_page_from_proto)
+    }
+
+    /// Every key in [`start`, `end`) (None: no end) with its value, in key
+    /// order, at most `limit` of them (None: all). Each page is
+    /// linearizable; the scan as a whole is not one snapshot: a key written
+    /// while it runs may or may not appear (see `scan_iter`).
+    pub fn scan(&self, start: &[u8], end: Option<&[u8]>, limit: Option<usize>) -> Result<Vec<KeyValue>, ClientError> {
+        self.scan_iter(start, end, limit).collect()
+    }
+
+    /// The pairs of `scan`, fetched a page at a time as the iterator is
+    /// read. A page goes on from the first key the last one did not return,
+    /// so every key present throughout the scan comes exactly once, in
+    /// order; after an error the iterator ends.
+    pub fn scan_iter(&self, start: &[u8], end: Option<&[u8]>, limit: Option<usize>) -> ScanIter {
+        ScanIter {
+            client: self.clone(),
+            next: Some(start.to_vec()),
+            end: end.map(<[u8]>::to_vec),
+            remaining: limit,
+            page: VecDeque::new(),
+        }
     }
 
     /// The server this client last found leading, if any.
@@ -450,7 +493,7 @@ impl Client {
             // A read changes nothing, so it needs no session: a nonce names
             // its answer, and a client cut off from the majority can still read.
             let request = ClientRequest { client_id: 0, sequence: nonce(), operation };
-            return self.send(&request).outcome;
+            return self.send(&request).outcome.map(response_of);
         }
         let mut session = self.take_session()?;
         let mut fresh_session_tried = false;
@@ -484,7 +527,7 @@ impl Client {
                 outcome => {
                     session.next_sequence += 1;
                     lock(&self.inner.idle_sessions).push(session);
-                    return outcome;
+                    return outcome.map(response_of);
                 }
             }
         }
@@ -566,14 +609,7 @@ impl Client {
             match ErrorCode::try_from(response.error).unwrap_or(ErrorCode::Internal) {
                 ErrorCode::Ok => {
                     *lock(&self.inner.leader) = Some(target);
-                    let outcome = Ok(Response {
-                        success: response.success,
-                        found: response.found,
-                        value: response.value.to_vec(),
-                        term: response.term,
-                        index: response.index,
-                    });
-                    return Sent { outcome, attempts };
+                    return Sent { outcome: Ok(response), attempts };
                 }
                 ErrorCode::NotLeader => {
                     last_problem = format!("{target} is not the leader");
@@ -664,6 +700,69 @@ impl Drop for Inner {
             }
         }
     }
+}
+
+/// A single key's answer, from the server's.
+fn response_of(response: proto::ClientResponse) -> Response {
+    Response {
+        success: response.success,
+        found: response.found,
+        value: response.value.into(),
+        term: response.term,
+        index: response.index,
+    }
+}
+
+/// The pairs of a scan, a page at a time (see `Client::scan_iter`).
+pub struct ScanIter {
+    client: Client,
+    /// Where the next page starts; None once the scan is over.
+    next: Option<Vec<u8>>,
+    end: Option<Vec<u8>>,
+    remaining: Option<usize>,
+    page: VecDeque<KeyValue>,
+}
+
+impl ScanIter {
+    fn fetch(&mut self) -> Result<(), ClientError> {
+        let Some(start) = self.next.take() else { return Ok(()) };
+        let limit = self.remaining.unwrap_or(0);
+        let page = self.client.scan_page(&start, self.end.as_deref(), limit)?;
+        self.next = page.resume;
+        self.page.extend(page.pairs);
+        Ok(())
+    }
+}
+
+impl Iterator for ScanIter {
+    type Item = Result<KeyValue, ClientError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.remaining == Some(0) {
+            return None;
+        }
+        // An empty page with a resume key is possible (a range with no keys in the span).
+        while self.page.is_empty() && self.next.is_some() {
+            if let Err(error) = self.fetch() {
+                self.next = None;
+                return Some(Err(error));
+            }
+        }
+        let pair = self.page.pop_front()?;
+        if let Some(remaining) = &mut self.remaining {
+            *remaining -= 1;
+        }
+        Some(Ok(pair))
+    }
+}
+
+/// The first key after every key that starts with `prefix`, the end of a
+/// prefix scan; None when no key is (the prefix is empty or all 0xff bytes).
+pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let last = prefix.iter().rposition(|byte| *byte != 0xff)?;
+    let mut end = prefix[..=last].to_vec();
+    end[last] += 1;
+    Some(end)
 }
 
 /// A random, non-zero number that tells a request without a session apart
@@ -805,6 +904,47 @@ mod tests {
         client.get(b"fast").unwrap();
         assert!(gets > 0);
         assert_eq!(accepted.load(Ordering::SeqCst), 1, "a timed-out attempt reconnected the shared connection");
+    }
+
+    /// Serves scans of the keys "k00".."k09" two pairs a page, as a server
+    /// whose pages are full (or a range that ends) would.
+    fn paging_server() -> SocketAddr {
+        let keys: Vec<Vec<u8>> = (0..10).map(|index| format!("k{index:02}").into_bytes()).collect();
+        let (address, _) = fake_server(move |request| {
+            let Some(proto::client_request::Operation::Scan(scan)) = &request.operation else { return None };
+            let within =
+                keys.iter().filter(|key| key[..] >= scan.start[..] && (!scan.has_end || key[..] < scan.end[..]));
+            let mut within = within.cloned();
+            let limit = if scan.limit == 0 { 2 } else { scan.limit.min(2) as usize };
+            let pairs = within.by_ref().take(limit).map(|key| KeyValue { value: key.clone(), key }).collect();
+            let page = ScanPage { pairs, resume: within.next(), term: 1, index: 1 };
+            Some(wire::scan_page_to_proto(request.request_id, page))
+        });
+        address
+    }
+
+    #[test]
+    fn a_scan_walks_the_pages_in_order_and_stops_at_its_limit() {
+        let client = Client::new(vec![paging_server()], 1);
+        let keys = |pairs: Vec<KeyValue>| {
+            pairs.into_iter().map(|pair| String::from_utf8(pair.key).unwrap()).collect::<Vec<_>>()
+        };
+        let all = client.scan(b"", None, None).expect("a scan of everything");
+        assert_eq!(keys(all), (0..10).map(|index| format!("k{index:02}")).collect::<Vec<_>>());
+        assert_eq!(keys(client.scan(b"k03", Some(b"k06"), None).unwrap()), ["k03", "k04", "k05"]);
+        assert_eq!(keys(client.scan(b"k01", None, Some(3)).unwrap()), ["k01", "k02", "k03"]);
+        assert!(client.scan(b"k05", Some(b"k05"), None).unwrap().is_empty());
+        let page = client.scan_page(b"k08", None, 0).unwrap();
+        assert_eq!((page.pairs.len(), page.resume), (2, None));
+        assert!(matches!(client.scan(&vec![0; KEY_BYTES_MAX + 1], None, None), Err(ClientError::KeyTooLarge(_))));
+    }
+
+    #[test]
+    fn a_prefix_ends_after_its_last_byte_that_can_grow() {
+        assert_eq!(prefix_end(b"user/"), Some(b"user0".to_vec()));
+        assert_eq!(prefix_end(b"a\xff\xff"), Some(b"b".to_vec()));
+        assert_eq!(prefix_end(b"\xff"), None);
+        assert_eq!(prefix_end(b""), None);
     }
 
     /// Opens sessions from id 100 up and refuses, as expired, every write

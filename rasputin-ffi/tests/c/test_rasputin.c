@@ -301,6 +301,59 @@ static void *work(void *argument) {
     return NULL;
 }
 
+/* Pages through a prefix two pairs at a time: every key once, in order. */
+static void test_scan_pages(rasputin_client *client) {
+    const char *keys[] = {"scan-c/0", "scan-c/1", "scan-c/2", "scan-c/3", "scan-c/4"};
+    for (int index = 4; index >= 0; index--) {
+        rasputin_result *result = NULL;
+        CHECK(rasputin_set(client, BYTES(keys[index]), BYTES(keys[index]), &result, NULL) == RASPUTIN_OK);
+        rasputin_result_free(result);
+    }
+    uint8_t start[64] = "scan-c/";
+    size_t start_len = strlen("scan-c/");
+    int seen = 0, pages = 0;
+    for (;;) {
+        rasputin_scan_page *page = NULL;
+        CHECK(rasputin_scan(client, start, start_len, BYTES("scan-c0"), 2, &page, NULL) == RASPUTIN_OK);
+        if (page == NULL) {
+            break;
+        }
+        pages++;
+        CHECK(page->count <= 2);
+        for (size_t index = 0; index < page->count && seen < 5; index++, seen++) {
+            const rasputin_pair *pair = &page->pairs[index];
+            CHECK(pair->key_len == strlen(keys[seen]) && memcmp(pair->key, keys[seen], pair->key_len) == 0);
+            CHECK(pair->value_len == pair->key_len && memcmp(pair->value, pair->key, pair->key_len) == 0);
+        }
+        int more = page->has_resume && page->resume_len < sizeof start;
+        if (more) {
+            memcpy(start, page->resume, page->resume_len);
+            start_len = page->resume_len;
+        }
+        rasputin_scan_page_free(page);
+        if (!more) {
+            break;
+        }
+    }
+    CHECK(seen == 5);
+    CHECK(pages == 3);
+    /* No end (NULL) reaches past the prefix; an empty span is an empty page. */
+    rasputin_scan_page *page = NULL;
+    CHECK(rasputin_scan(client, BYTES("scan-c/4"), NULL, 0, 1, &page, NULL) == RASPUTIN_OK);
+    CHECK(page != NULL && page->count == 1 && page->pairs[0].key_len == strlen(keys[4]));
+    rasputin_scan_page_free(page);
+    page = NULL;
+    CHECK(rasputin_scan(client, BYTES("scan-c/3"), BYTES("scan-c/3"), 0, &page, NULL) == RASPUTIN_OK);
+    CHECK(page != NULL && page->count == 0 && page->pairs == NULL && !page->has_resume);
+    rasputin_scan_page_free(page);
+    rasputin_scan_page_free(NULL);
+    EXPECT_ERROR(RASPUTIN_ERROR_NULL_ARGUMENT, rasputin_scan(client, BYTES("a"), NULL, 0, 0, NULL, &error));
+    EXPECT_ERROR(RASPUTIN_ERROR_NULL_ARGUMENT, rasputin_scan(client, NULL, 3, NULL, 0, 0, &page, &error));
+    static uint8_t long_key[RASPUTIN_KEY_BYTES_MAX + 1];
+    EXPECT_ERROR(RASPUTIN_ERROR_KEY_TOO_LARGE,
+                 rasputin_scan(client, BYTES("a"), long_key, sizeof long_key, 0, &page, &error));
+}
+
 static void test_threads_share_one_client(rasputin_client *client) {
     pthread_t threads[THREADS];
     struct worker workers[THREADS];
@@ -333,6 +386,7 @@ int main(void) {
     test_argument_errors(client);
     test_per_call_timeout_handles(client);
     test_threads_share_one_client(client);
+    test_scan_pages(client);
     rasputin_client_free(client);
     printf("%d passed, %d failed\n", passes, failures);
     return failures == 0 ? 0 : 1;

@@ -239,3 +239,37 @@ pub extern "system" fn Java_io_rasputin_RasputinClient_nativeRetry(
         Ok(result.into_raw())
     })
 }
+
+#[no_mangle]
+pub extern "system" fn Java_io_rasputin_RasputinClient_nativeScanPage(
+    mut env: JNIEnv,
+    _class: JClass,
+    handle: jlong,
+    start: JByteArray,
+    end: JByteArray,
+    limit: jlong,
+) -> jobject {
+    guard(&mut env, std::ptr::null_mut(), |env| {
+        let start = bytes(env, &start, "start")?;
+        // Null: no end (the Java side passes null for an empty end too).
+        let end = if end.is_null() { None } else { Some(bytes(env, &end, "end")?) };
+        let limit = usize::try_from(limit.max(0)).unwrap_or(usize::MAX);
+        let page = client(handle)?.scan_page(&start, end.as_deref(), limit)?;
+        let keys = env.new_object_array(page.pairs.len() as i32, "[B", JObject::null())?;
+        let values = env.new_object_array(page.pairs.len() as i32, "[B", JObject::null())?;
+        for (index, pair) in page.pairs.iter().enumerate() {
+            let key = env.byte_array_from_slice(&pair.key)?;
+            env.set_object_array_element(&keys, index as i32, &key)?;
+            env.delete_local_ref(key)?;
+            let value = env.byte_array_from_slice(&pair.value)?;
+            env.set_object_array_element(&values, index as i32, &value)?;
+            env.delete_local_ref(value)?;
+        }
+        let resume = match &page.resume {
+            Some(resume) => JObject::from(env.byte_array_from_slice(resume)?),
+            None => JObject::null(),
+        };
+        let arguments = [JValue::Object(&keys), JValue::Object(&values), JValue::Object(&resume)];
+        Ok(env.new_object("io/rasputin/ScanPage", "([[B[[B[B)V", &arguments)?.into_raw())
+    })
+}

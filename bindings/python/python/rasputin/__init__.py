@@ -22,6 +22,7 @@ from ._rasputin import (
     RasputinError,
     Refused,
     RetryResult,
+    Scan,
     TimeoutError,
     ValueTooLarge,
 )
@@ -38,6 +39,7 @@ __all__ = [
     "RasputinError",
     "Refused",
     "RetryResult",
+    "Scan",
     "TimeoutError",
     "ValueTooLarge",
 ]

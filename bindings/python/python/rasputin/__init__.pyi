@@ -1,5 +1,5 @@
 from types import TracebackType
-from typing import List, Optional, Type, Union
+from typing import Iterator, List, Optional, Tuple, Type, Union
 
 KEY_BYTES_MAX: int
 VALUE_BYTES_MAX: int
@@ -64,6 +64,16 @@ class RetryResult:
     def value(self) -> Optional[bytes]:
         """The operation's value, or None exactly when the key is missing."""
 
+class Scan(Iterator[Tuple[bytes, bytes]]):
+    """The (key, value) pairs of a scan in key order, fetched a page at a time.
+
+    Each page is linearizable; a key written while the scan runs may or may
+    not appear.
+    """
+
+    def __iter__(self) -> "Scan": ...
+    def __next__(self) -> Tuple[bytes, bytes]: ...
+
 class Client:
     """A client of a Rasputin cluster. Thread-safe; a context manager."""
 
@@ -81,6 +91,19 @@ class Client:
         """Set `key` to `new` if it holds `expected`."""
     def delete(self, key: bytes) -> Optional[bytes]:
         """Delete `key`; return its previous value, or None if it was missing."""
+    def scan(
+        self,
+        start: Optional[bytes] = None,
+        end: Optional[bytes] = None,
+        *,
+        limit: Optional[int] = None,
+        prefix: bool = False,
+    ) -> Scan:
+        """Iterate over the keys from `start` to `end` (exclusive; None: no end) in key order.
+
+        At most `limit` pairs (None: all). `prefix=True` scans the keys that
+        start with `start`, and takes no `end`.
+        """
     def retry(self, error: Union[TimeoutError, bytes]) -> RetryResult:
         """Send an operation that raised TimeoutError again under its original identity."""
     def close(self) -> None:

@@ -92,6 +92,51 @@ public final class RasputinClient implements AutoCloseable {
         return withHandle(handle -> nativeRetry(handle, token));
     }
 
+    /**
+     * The keys from {@code start} (inclusive) to {@code end} (exclusive;
+     * {@code null} or empty: no end) with their values, in key order. The
+     * scan runs when iterated, a page at a time; see {@link Scan}.
+     */
+    public Scan scan(byte[] start, byte[] end) {
+        return scan(start, end, -1);
+    }
+
+    /** As {@link #scan(byte[], byte[])}, with at most {@code limit} pairs (negative: no limit). */
+    public Scan scan(byte[] start, byte[] end, long limit) {
+        requireArgument(start, "start");
+        byte[] bound = end == null || end.length == 0 ? null : end.clone();
+        return new Scan(
+                (from, wanted) -> withHandle(handle -> nativeScanPage(handle, from, bound, wanted)), start.clone(), limit);
+    }
+
+    /** The keys that start with {@code prefix}, with their values, in key order. */
+    public Scan scanPrefix(byte[] prefix) {
+        requireArgument(prefix, "prefix");
+        return scan(prefix, prefixEnd(prefix));
+    }
+
+    /** The status number of {@link InvalidArgumentException}. */
+    private static final int STATUS_INVALID_ARGUMENT = 2;
+
+    /** Throws as the native calls do for a null array, before a scan is made. */
+    private static void requireArgument(byte[] argument, String name) {
+        if (argument == null) {
+            throw new InvalidArgumentException(name + " must not be null", STATUS_INVALID_ARGUMENT, 0);
+        }
+    }
+
+    /** The first key after every key that starts with {@code prefix}; {@code null} if none is. */
+    static byte[] prefixEnd(byte[] prefix) {
+        for (int last = prefix.length - 1; last >= 0; last--) {
+            if (prefix[last] != (byte) 0xff) {
+                byte[] end = java.util.Arrays.copyOf(prefix, last + 1);
+                end[last]++;
+                return end;
+            }
+        }
+        return null;
+    }
+
     /** Closes the connections. Idempotent; waits for calls in progress. */
     @Override
     public void close() {
@@ -132,4 +177,6 @@ public final class RasputinClient implements AutoCloseable {
     private static native byte[] nativeDelete(long handle, byte[] key);
 
     private static native RetryResult nativeRetry(long handle, byte[] token);
+
+    private static native ScanPage nativeScanPage(long handle, byte[] start, byte[] end, long limit);
 }

@@ -2,6 +2,7 @@ package io.rasputin;
 
 import static java.nio.charset.StandardCharsets.UTF_8;
 import static org.junit.jupiter.api.Assertions.assertArrayEquals;
+import static org.junit.jupiter.api.Assertions.assertDoesNotThrow;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertFalse;
 import static org.junit.jupiter.api.Assertions.assertInstanceOf;
@@ -141,6 +142,45 @@ class RasputinClientTest {
             assertEquals(3, key.code());
             client.set(bytes("largest"), new byte[1024 * 1024]);
             assertEquals(1024 * 1024, client.get(bytes("largest")).length);
+        }
+    }
+
+    @Test
+    void aScanWalksItsPagesInKeyOrder() {
+        try (RasputinClient client = client()) {
+            List<String> keys = new ArrayList<>();
+            for (int index = 0; index < 10_050; index++) {
+                keys.add(String.format("scan-java/%05d", index));
+            }
+            ExecutorService writers = Executors.newFixedThreadPool(8);
+            List<Future<?>> writes = new ArrayList<>();
+            for (int part = 0; part < 8; part++) {
+                int offset = part;
+                writes.add(writers.submit(() -> {
+                    for (int index = offset; index < keys.size(); index += 8) {
+                        client.set(bytes(keys.get(index)), bytes("v" + index));
+                    }
+                }));
+            }
+            for (Future<?> write : writes) {
+                assertDoesNotThrow(() -> write.get());
+            }
+            writers.shutdown();
+            List<String> scanned = new ArrayList<>();
+            for (KeyValue pair : client.scanPrefix(bytes("scan-java/"))) {
+                scanned.add(new String(pair.key(), UTF_8));
+            }
+            assertEquals(keys, scanned, "more keys than one page holds, each once, in order");
+            Scan window = client.scan(bytes("scan-java/00003"), bytes("scan-java/00006"));
+            assertEquals(3, window.stream().count());
+            assertEquals(3, window.stream().count(), "each iteration runs the scan afresh");
+            KeyValue first = client.scan(bytes("scan-java/00007"), null, 1).iterator().next();
+            assertArrayEquals(bytes("v7"), first.value());
+            assertEquals(5, client.scan(bytes("scan-java/"), null, 5).stream().count());
+            assertFalse(client.scan(bytes("scan-java/00005"), bytes("scan-java/00005")).iterator().hasNext());
+            assertThrows(InvalidArgumentException.class, () -> client.scan(null, null));
+            byte[] longKey = new byte[70_000];
+            assertThrows(ValueTooLargeException.class, () -> client.scan(longKey, null).iterator().hasNext());
         }
     }
 
