@@ -45,6 +45,8 @@ pub enum MessageError {
     EntryTerm { index: LogIndex, entry_term: Term, low: Term, high: Term },
     #[error("a fetch response after index {prev_index} carries entries though the voter's log does not match there")]
     EntriesWithoutMatch { prev_index: LogIndex },
+    #[error("a release names node {successor} as the next leader, which is not a member or is the releasing node")]
+    BadSuccessor { successor: NodeId },
     #[error("the peer acknowledges index {index}, beyond this leader's last index {last_index}")]
     BeyondLog { index: LogIndex, last_index: LogIndex },
 }
@@ -102,7 +104,8 @@ pub fn check_structure<C>(message: &Message<C>) -> Result<(), MessageError> {
             bounded("snapshot term", snapshot.last_term, *term)
         }
         Message::InstallSnapshotResponse { last_index, .. } => bounded("last index", *last_index, LOG_INDEX_MAX),
-        Message::HeartbeatResponse { .. } => Ok(()),
+        // The successor's membership needs the receiver's config: `Node::check_message`.
+        Message::HeartbeatResponse { .. } | Message::Release { .. } => Ok(()),
     }
 }
 

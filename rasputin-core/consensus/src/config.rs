@@ -62,12 +62,17 @@ pub struct Faults {
     /// the split's state: the new range's leader of the split's term may
     /// have written more, so writes are lost and two leases overlap.
     pub split_leads_in_any_term: bool,
+    /// Harpoon: a leader that hands its leadership over keeps leading, and
+    /// serving reads from its lease, until the lease runs out, instead of
+    /// stepping down as it releases its promises: its successor's lease
+    /// then overlaps its own, and its reads go stale.
+    pub transfer_keeps_serving: bool,
 }
 
 impl Faults {
     /// The name of each planted bug, as the simulator's and the model
     /// checker's `--bug` options take them.
-    pub const NAMES: [&'static str; 7] = [
+    pub const NAMES: [&'static str; 8] = [
         "lease-without-margin",
         "read-before-noop",
         "stale-reads",
@@ -75,6 +80,7 @@ impl Faults {
         "skip-fetch",
         "votes-ignore-promises",
         "split-leads-in-any-term",
+        "transfer-keeps-serving",
     ];
 
     /// The faults for one planted bug's name, if it names one.
@@ -88,6 +94,7 @@ impl Faults {
             "skip-fetch" => &mut faults.leader_elect_skips_fetch,
             "votes-ignore-promises" => &mut faults.votes_ignore_promises,
             "split-leads-in-any-term" => &mut faults.split_leads_in_any_term,
+            "transfer-keeps-serving" => &mut faults.transfer_keeps_serving,
             _ => return None,
         };
         *flag = true;

@@ -14,8 +14,8 @@ pub use check::{check_structure, MessageError, LOG_INDEX_MAX, TERM_JUMP_MAX, TER
 pub use config::{Config, ConfigError, ElectionMode, Faults};
 pub use log::Log;
 pub use node::{
-    Input, Node, Recovered, Role, StartError, APPENDS_IN_FLIGHT_MAX, APPEND_BYTES_MAX, APPEND_ENTRIES_COUNT_MAX,
-    LEASE_ROUNDS_TRACKED_MAX, READS_WAITING_COUNT_MAX, UNCOMMITTED_ENTRIES_COUNT_MAX,
+    Input, Node, Recovered, Role, StartError, TransferError, APPENDS_IN_FLIGHT_MAX, APPEND_BYTES_MAX,
+    APPEND_ENTRIES_COUNT_MAX, LEASE_ROUNDS_TRACKED_MAX, READS_WAITING_COUNT_MAX, UNCOMMITTED_ENTRIES_COUNT_MAX,
 };
 pub use ready::{Persist, ReadReady, Ready, Rejection};
 pub use types::{

@@ -48,6 +48,24 @@ pub enum Input<C> {
     /// The driver snapshotted its state machine at `snapshot.last_index`
     /// (no later than the applied index) and persisted it; the log before it may go.
     Compact(Snapshot),
+    /// An operator asks this leader to hand its leadership to `to` (see
+    /// `Node::transfer_leadership_check`; a transfer it refuses is ignored).
+    TransferLeadership {
+        to: NodeId,
+    },
+}
+
+/// Why a leader will not hand its leadership to a node.
+#[derive(Clone, Debug, Error, PartialEq, Eq)]
+pub enum TransferError {
+    #[error("node {own} is not the leader; ask the leader (node {leader:?}) to transfer")]
+    NotLeader { own: NodeId, leader: Option<NodeId> },
+    #[error("node {to} is not a member of this group; name one of {members:?}")]
+    UnknownNode { to: NodeId, members: Vec<NodeId> },
+    #[error("node {to} leads already; nothing to transfer")]
+    ToItself { to: NodeId },
+    #[error("leadership transfer needs Harpoon's promises; this group runs {mode:?}")]
+    Unsupported { mode: ElectionMode },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -125,6 +143,8 @@ struct LeaderRules {
     reads_need_the_noop: bool,
     /// A split's new range is led at once only by the parent's leader of the split's own term.
     splits_lead_only_in_their_term: bool,
+    /// A leader that releases its promises to a successor stops leading at once.
+    release_steps_down: bool,
 }
 
 impl LeaderRules {
@@ -135,6 +155,7 @@ impl LeaderRules {
             reads_need_the_lease: !faults.reads_ignore_lease,
             reads_need_the_noop: !(faults.reads_ignore_lease || faults.read_before_noop_commits),
             splits_lead_only_in_their_term: !faults.split_leads_in_any_term,
+            release_steps_down: !faults.transfer_keeps_serving,
         }
     }
 }
@@ -212,6 +233,18 @@ struct LeaderState<C> {
     reads_waiting: VecDeque<WaitingRead<C>>,
     heartbeat_due: Nanos,
     check_quorum_due: Nanos,
+    transfer: Option<Transfer>,
+}
+
+/// A leadership transfer under way: writes wait while `to` catches up.
+#[derive(Clone, Copy, Debug)]
+struct Transfer {
+    to: NodeId,
+    /// Past this, the transfer is abandoned and writes resume.
+    until: Nanos,
+    /// Only with the planted `transfer-keeps-serving` bug: the promises
+    /// went to `to`, and this leader serves on from its lease.
+    released: bool,
 }
 
 /// Checks what a disk handed back against what a correct node writes.
@@ -278,6 +311,9 @@ pub struct Node<C> {
     campaign_sent_at: Nanos,
     leader: Option<LeaderState<C>>,
     votes_withheld_until: Option<(Term, LogIndex)>,
+    /// A leader released its promises to this node: campaign at the next
+    /// tick, without a pre-vote.
+    campaign_now: bool,
     /// Client writes were appended in this step: replicate once, at its end.
     replication_due: bool,
     out: Ready<C>,
@@ -321,6 +357,7 @@ impl<C: Command> Node<C> {
             campaign_sent_at: 0,
             leader: None,
             votes_withheld_until: recovered.votes_withheld_until,
+            campaign_now: false,
             replication_due: false,
             out: Ready::default(),
             config,
@@ -375,6 +412,8 @@ impl<C: Command> Node<C> {
             reads_waiting: VecDeque::new(),
             heartbeat_due: self.now,
             check_quorum_due: parent.check_quorum_due,
+            // A transfer of the parent is the parent's; the new range's leader stays.
+            transfer: None,
         });
         Ok(Node {
             rules: self.rules,
@@ -403,6 +442,7 @@ impl<C: Command> Node<C> {
             // A replacement still catching up may have lost entries of this
             // range too, if its lost disk had applied the split before.
             votes_withheld_until: self.votes_withheld_until,
+            campaign_now: false,
             replication_due: false,
             out: Ready::default(),
             // The new range has the parent's replicas.
@@ -422,6 +462,11 @@ impl<C: Command> Node<C> {
             Input::Clients(requests) => requests.into_iter().for_each(|request| self.on_client(request)),
             Input::Persisted { index, term } => self.on_persisted(index, term),
             Input::Compact(snapshot) => self.on_compact(snapshot),
+            Input::TransferLeadership { to } => {
+                if self.transfer_leadership_check(to).is_ok() {
+                    self.start_transfer(to);
+                }
+            }
         }
         self.finish_step();
         self.take_ready()
@@ -461,6 +506,30 @@ impl<C: Command> Node<C> {
     /// `candidate` become leader (by voting, or by campaigning if it is itself).
     pub fn promise_forbids(&self, candidate: NodeId, now: Nanos) -> bool {
         self.promise.is_some_and(|promise| promise.until > now && promise.holder != PromiseHolder::Node(candidate))
+    }
+
+    /// Whether this node would hand its leadership to `to` now: it must
+    /// lead a Harpoon group of which `to` is another member.
+    pub fn transfer_leadership_check(&self, to: NodeId) -> Result<(), TransferError> {
+        let own = self.config.id;
+        if self.config.mode != ElectionMode::Harpoon {
+            return Err(TransferError::Unsupported { mode: self.config.mode });
+        }
+        if self.role != Role::Leader {
+            return Err(TransferError::NotLeader { own, leader: self.leader_id });
+        }
+        if to == own {
+            return Err(TransferError::ToItself { to });
+        }
+        if !self.config.members.contains(&to) {
+            return Err(TransferError::UnknownNode { to, members: self.config.members.clone() });
+        }
+        Ok(())
+    }
+
+    /// The node this leader is handing its leadership to, if a transfer is under way.
+    pub fn transferring_to(&self) -> Option<NodeId> {
+        self.leader.as_ref().and_then(|leader| leader.transfer).map(|transfer| transfer.to)
     }
 
     /// Drops the bytes of the snapshot this node holds and keeps its
@@ -546,6 +615,16 @@ impl<C: Command> Node<C> {
                 return;
             }
             self.leader_mut().check_quorum_due = now + self.config.election_timeout_ns;
+        }
+        if self.leader_ref().transfer.is_some_and(|transfer| now >= transfer.until && !transfer.released) {
+            // The successor did not catch up in time: keep leading.
+            self.leader_mut().transfer = None;
+        }
+        if self.leader_ref().transfer.is_some_and(|transfer| transfer.released) {
+            // The planted bug: the promises are gone, yet this leader serves
+            // on until its lease lapses. It sends nothing that would win
+            // them back.
+            return;
         }
         if now >= self.leader_ref().heartbeat_due {
             self.start_round();
@@ -646,6 +725,12 @@ impl<C: Command> Node<C> {
         if let Some(promise) = self.promise.filter(|_| self.promise_binds(self.config.id)) {
             // Harpoon: still bound to a leader (or to the restart quiet period).
             self.election_deadline = promise.until;
+            return;
+        }
+        if std::mem::take(&mut self.campaign_now) {
+            // The leader handed over its promises: no one else may win, so
+            // no pre-vote is needed to avoid disrupting anybody.
+            self.start_election();
             return;
         }
         if self.role == Role::LeaderElect {
@@ -1002,6 +1087,7 @@ impl<C: Command> Node<C> {
             reads_waiting: VecDeque::new(),
             heartbeat_due: now,
             check_quorum_due: now + self.config.election_timeout_ns,
+            transfer: None,
         });
         self.role = Role::Leader;
         self.leader_id = Some(self.config.id);
@@ -1423,6 +1509,7 @@ impl<C: Command> Node<C> {
                 self.on_round_ack(from, round);
                 self.on_snapshot_response(from, last_index);
             }
+            Message::Release { term, successor } => self.on_release(from, term, successor),
         }
     }
 
@@ -1442,6 +1529,11 @@ impl<C: Command> Node<C> {
         let term = envelope.message.term();
         if term > self.term().saturating_add(TERM_JUMP_MAX) {
             return Err(MessageError::TermJump { term, own: self.term() });
+        }
+        if let Message::Release { successor, .. } = envelope.message {
+            if successor == envelope.from || !self.config.members.contains(&successor) {
+                return Err(MessageError::BadSuccessor { successor });
+            }
         }
         let acknowledged = match envelope.message {
             Message::AppendResponse { index, .. } => Some(index),
@@ -1466,6 +1558,12 @@ impl<C: Command> Node<C> {
         }
         if request.is_read() {
             self.on_read(request);
+            return;
+        }
+        if let Some(transfer) = self.leader_ref().transfer {
+            // Writes wait for the successor, so that it catches up; the
+            // client retries and finds it.
+            self.out.rejected.push((request, Rejection::NotLeader { leader: Some(transfer.to) }));
             return;
         }
         if self.log.last_index() - self.commit_index >= UNCOMMITTED_ENTRIES_COUNT_MAX {
@@ -1527,12 +1625,75 @@ impl<C: Command> Node<C> {
         self.snapshot = Some(snapshot);
     }
 
+    // ----- leadership transfer -----
+
+    /// Harpoon's transfer: writes stop, the successor catches up, and then
+    /// the leader steps down and hands its promises over (`release`).
+    fn start_transfer(&mut self, to: NodeId) {
+        let until = self.now + self.config.election_timeout_ns;
+        self.leader_mut().transfer = Some(Transfer { to, until, released: false });
+        self.replicate(to);
+    }
+
+    /// Releases the promises once the successor holds the whole log, so
+    /// that it can lead without fetching and nothing this leader accepted
+    /// waits for another election.
+    fn release_when_caught_up(&mut self) {
+        let Some(leader) = self.leader.as_ref() else { return };
+        let Some(transfer) = leader.transfer.filter(|transfer| !transfer.released) else { return };
+        if leader.progress[&transfer.to].match_index == self.log.last_index() {
+            self.release(transfer.to);
+        }
+    }
+
+    /// Steps down and tells every peer that the promises made to this
+    /// leader now belong to `successor`. It serves nothing from here on,
+    /// before any peer can help the successor, so the two leases never
+    /// overlap; its own promise goes to the successor too.
+    fn release(&mut self, successor: NodeId) {
+        let term = self.term();
+        self.broadcast(Message::Release { term, successor });
+        if !self.rules.release_steps_down {
+            if let Some(transfer) = &mut self.leader_mut().transfer {
+                transfer.released = true;
+            }
+            return;
+        }
+        self.abdicate();
+        self.hand_promise_to(successor);
+    }
+
+    /// Moves a binding promise from its holder to `successor`, expiring when it would have.
+    fn hand_promise_to(&mut self, successor: NodeId) {
+        if let Some(promise) = &mut self.promise {
+            promise.holder = PromiseHolder::Node(successor);
+        }
+    }
+
+    /// A follower hears that its leader of `term` handed over to `successor`.
+    fn on_release(&mut self, from: NodeId, term: Term, successor: NodeId) {
+        let bound_to_sender = self.promise.is_some_and(|promise| promise.holder == PromiseHolder::Node(from));
+        if term != self.term() || self.role != Role::Follower || self.leader_id != Some(from) || !bound_to_sender {
+            // Late, or from a node this one does not follow: nothing to hand over.
+            return;
+        }
+        self.hand_promise_to(successor);
+        self.leader_id = None;
+        if successor == self.config.id && !self.withholds_votes() {
+            // Campaign in a step of its own, so that the promise is this
+            // node's before it votes for itself.
+            self.campaign_now = true;
+            self.election_deadline = self.now;
+        }
+    }
+
     // ----- end of step -----
 
     fn finish_step(&mut self) {
         if std::mem::take(&mut self.replication_due) && self.role == Role::Leader {
             self.replicate_all();
         }
+        self.release_when_caught_up();
         if self.role == Role::Leader {
             self.serve_waiting_reads();
         }
@@ -1602,7 +1763,14 @@ impl<C: Command> Node<C> {
             let retransmit_at = self.fetch_retransmit_at();
             return retransmit_at.map_or(self.election_deadline, |at| at.min(self.election_deadline)).max(self.now);
         };
+        if leader.transfer.is_some_and(|transfer| transfer.released) {
+            // The planted bug's leader only waits for its lease to lapse.
+            return leader.lease_end.max(leader.first_round_grace_end).max(self.now);
+        }
         let mut deadline = leader.heartbeat_due;
+        if let Some(transfer) = leader.transfer {
+            deadline = deadline.min(transfer.until);
+        }
         match self.config.mode {
             ElectionMode::Harpoon if self.rules.abdicates_when_the_lease_lapses => {
                 deadline = deadline.min(leader.lease_end.max(leader.first_round_grace_end))

@@ -825,3 +825,110 @@ fn a_node_in_a_later_term_starts_the_new_range_without_the_old_leader() {
     let beyond = Snapshot { last_index: 5, ..snapshot };
     assert!(matches!(follower.split_off(beyond, 7), Err(StartError::Recovered(_))));
 }
+
+fn releases(ready: &Ready) -> Vec<(NodeId, Term, NodeId)> {
+    let released = ready.send.iter().filter_map(|envelope| match envelope.message {
+        Message::Release { term, successor } => Some((envelope.to, term, successor)),
+        _ => None,
+    });
+    released.collect()
+}
+
+#[test]
+fn a_transfer_holds_writes_until_the_successor_caught_up_then_steps_down_and_releases() {
+    let mut leader = elect_node_one(ElectionMode::Harpoon, LATE);
+    let _ = acknowledge_all(&mut leader, LATE);
+    let now = LATE + MS;
+    let _ = leader.step(now, Input::Client(set(1, 1)));
+    // Node 2 has the no-op but not the write: the transfer waits for it.
+    let ready = leader.step(now, Input::TransferLeadership { to: 2 });
+    assert!(releases(&ready).is_empty(), "node 2 lacks index 2: {ready:?}");
+    assert_eq!(leader.transferring_to(), Some(2));
+    let ready = leader.step(now, Input::Client(set(1, 2)));
+    assert_eq!(ready.rejected.len(), 1, "writes wait during a transfer: {ready:?}");
+    assert!(matches!(ready.rejected[0].1, Rejection::NotLeader { leader: Some(2) }));
+    assert_eq!(leader.log().last_index(), 2);
+    let ack = Message::AppendResponse { term: 1, success: true, index: 2, hint: None, round: 1 };
+    let ready = deliver(&mut leader, now, 2, ack);
+    assert_eq!(releases(&ready), [(2, 1, 2), (3, 1, 2)], "every peer hears of the successor");
+    assert_eq!((leader.role(), leader.term()), (Role::Follower, 1), "it stepped down in the same step");
+    assert!(!leader.holds_lease(now));
+    let ready = leader.step(now, Input::Client(get(9, 1)));
+    assert!(ready.reads.is_empty() && ready.rejected.len() == 1, "no read after the release: {ready:?}");
+    assert!(leader.promise_forbids(3, now) && !leader.promise_forbids(2, now), "its own promise went to node 2");
+    assert!(leader.promise_forbids(1, now), "it may not campaign itself while the promise runs");
+}
+
+#[test]
+fn a_released_successor_campaigns_at_once_without_a_pre_vote() {
+    let mut successor = node(2, ElectionMode::Harpoon);
+    apply_the_noop_of_term_one(&mut successor, LATE, 1);
+    let now = LATE + MS;
+    let ready = deliver(&mut successor, now, 1, Message::Release { term: 1, successor: 2 });
+    assert_eq!(ready.next_deadline, now, "it campaigns in a step of its own, now");
+    assert!(!successor.promise_forbids(2, now) && successor.promise_forbids(1, now));
+    let ready = successor.step(now, Input::Tick);
+    let votes: Vec<_> =
+        messages(&ready).into_iter().filter(|message| matches!(message, Message::Vote { .. })).collect();
+    assert_eq!(votes.len(), 2, "a vote request to each peer, no pre-vote: {ready:?}");
+    assert_eq!((successor.role(), successor.term()), (Role::Candidate, 2));
+}
+
+#[test]
+fn a_follower_hands_its_promise_over_only_for_the_leader_it_follows() {
+    let mut follower = node(3, ElectionMode::Harpoon);
+    apply_the_noop_of_term_one(&mut follower, LATE, 1);
+    let now = LATE + MS;
+    // From node 2, which does not lead: ignored.
+    let _ = deliver(&mut follower, now, 2, Message::Release { term: 1, successor: 2 });
+    assert!(follower.promise_forbids(2, now), "still bound to node 1");
+    // Of an older term: ignored.
+    let _ = deliver(&mut follower, now, 1, Message::Release { term: 0, successor: 2 });
+    assert!(follower.promise_forbids(2, now));
+    // A successor that is not a member, or the sender itself, is refused as impossible.
+    for successor in [1, 9] {
+        let ready = deliver(&mut follower, now, 1, Message::Release { term: 1, successor });
+        assert!(matches!(ready.refused[..], [(1, MessageError::BadSuccessor { .. })]), "{ready:?}");
+    }
+    let ready = deliver(&mut follower, now, 1, Message::Release { term: 1, successor: 2 });
+    assert!(ready.send.is_empty() && ready.next_deadline > now, "node 3 is not the successor: it waits");
+    assert!(!follower.promise_forbids(2, now) && follower.promise_forbids(3, now));
+    let vote = Message::Vote { term: 2, last_log_index: 1, last_log_term: 1 };
+    let ready = deliver(&mut follower, now, 2, vote);
+    let granted = messages(&ready).iter().any(|message| matches!(message, Message::VoteResponse { granted: true, .. }));
+    assert!(granted, "it votes for the successor at once: {ready:?}");
+}
+
+#[test]
+fn transfers_are_checked_and_an_unfinished_one_is_abandoned() {
+    let mut leader = elect_node_one(ElectionMode::Harpoon, LATE);
+    assert_eq!(leader.transfer_leadership_check(1), Err(TransferError::ToItself { to: 1 }));
+    assert!(matches!(leader.transfer_leadership_check(7), Err(TransferError::UnknownNode { to: 7, .. })));
+    assert!(matches!(
+        node(2, ElectionMode::Harpoon).transfer_leadership_check(1),
+        Err(TransferError::NotLeader { .. })
+    ));
+    let raft = elect_node_one(ElectionMode::Raft, LATE);
+    assert!(matches!(raft.transfer_leadership_check(2), Err(TransferError::Unsupported { .. })));
+    let _ = leader.step(LATE, Input::TransferLeadership { to: 9 });
+    assert_eq!(leader.transferring_to(), None, "a refused transfer is ignored");
+    let _ = leader.step(LATE, Input::TransferLeadership { to: 3 });
+    assert_eq!(leader.transferring_to(), Some(3));
+    // Node 3 never answers; an election timeout later, writes flow again.
+    let mut now = LATE;
+    while leader.transferring_to().is_some() {
+        now += 100 * MS;
+        assert!(now < LATE + 10_000 * MS, "the transfer was never abandoned");
+        let _ = acknowledge_round(&mut leader, now, 2);
+    }
+    assert_eq!(leader.role(), Role::Leader);
+    let ready = leader.step(now, Input::Client(set(1, 1)));
+    assert!(ready.rejected.is_empty(), "{ready:?}");
+}
+
+/// Node `peer` acknowledges the leader's latest round, keeping its lease.
+fn acknowledge_round(leader: &mut Node, now: Nanos, peer: NodeId) -> Ready {
+    let ready = leader.step(now, Input::Tick);
+    let round = heartbeat_round(&ready).unwrap_or(0);
+    deliver(leader, now, peer, Message::HeartbeatResponse { term: leader.term(), round })
+}

@@ -160,6 +160,13 @@ pub enum Message<C> {
         last_index: LogIndex,
         round: u64,
     },
+    /// Harpoon's leadership transfer: the leader of `term` has stopped
+    /// leading and hands the promises made to it over to `successor`, which
+    /// campaigns at once; nobody else may be helped until they run out.
+    Release {
+        term: Term,
+        successor: NodeId,
+    },
 }
 
 impl<C> Message<C> {
@@ -176,7 +183,8 @@ impl<C> Message<C> {
             | Message::Fetch { term, .. }
             | Message::FetchResponse { term, .. }
             | Message::InstallSnapshot { term, .. }
-            | Message::InstallSnapshotResponse { term, .. } => *term,
+            | Message::InstallSnapshotResponse { term, .. }
+            | Message::Release { term, .. } => *term,
         }
     }
 
@@ -195,6 +203,7 @@ impl<C> Message<C> {
             Message::FetchResponse { .. } => "fetch-resp",
             Message::InstallSnapshot { .. } => "snapshot",
             Message::InstallSnapshotResponse { .. } => "snapshot-resp",
+            Message::Release { .. } => "release",
         }
     }
 }

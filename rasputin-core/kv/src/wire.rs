@@ -403,6 +403,7 @@ pub fn peer_message_to_proto(envelope: &Envelope) -> proto::PeerMessage {
         Message::HeartbeatResponse { term, round } => {
             Body::HeartbeatResponse(proto::HeartbeatResponse { term: *term, round: *round })
         }
+        Message::Release { term, successor } => Body::Release(proto::Release { term: *term, successor: *successor }),
         Message::InstallSnapshot { .. } => {
             panic!("an InstallSnapshot leaves as a stream of SnapshotChunks (rasputin-server's snapshot module), never whole")
         }
@@ -537,6 +538,7 @@ fn peer_message_unchecked(message: proto::PeerMessage) -> Result<Envelope, WireE
             Message::Heartbeat { term: heartbeat.term, commit: heartbeat.commit, round: heartbeat.round }
         }
         Body::HeartbeatResponse(response) => Message::HeartbeatResponse { term: response.term, round: response.round },
+        Body::Release(release) => Message::Release { term: release.term, successor: release.successor },
         Body::InstallSnapshotResponse(response) => Message::InstallSnapshotResponse {
             term: response.term,
             last_index: response.last_index,
@@ -661,6 +663,7 @@ mod tests {
             Message::AppendResponse { term: 2, success: true, index: 6, hint: None, round: 7 },
             Message::Heartbeat { term: 2, commit: 6, round: 8 },
             Message::HeartbeatResponse { term: 2, round: 8 },
+            Message::Release { term: 2, successor: 3 },
             Message::InstallSnapshotResponse { term: 2, last_index: 4, round: 9 },
         ];
         for message in messages {

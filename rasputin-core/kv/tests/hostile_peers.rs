@@ -85,7 +85,7 @@ fn message(rng: &mut ChaCha8Rng, node: &Node) -> proto::PeerMessage {
     let last = node.log().last_index();
     let mut t = || number(rng, term);
     let (term_a, term_b) = (t(), t());
-    let body = match rng.gen_range(0..10) {
+    let body = match rng.gen_range(0..11) {
         0 => Body::PreVote(proto::PreVote { term: term_a, last_log_index: number(rng, last), last_log_term: term_b }),
         1 => Body::PreVoteResponse(vote_response(rng, term_a, term_b, last)),
         2 => Body::Vote(proto::PreVote { term: term_a, last_log_index: number(rng, last), last_log_term: term_b }),
@@ -136,6 +136,7 @@ fn message(rng: &mut ChaCha8Rng, node: &Node) -> proto::PeerMessage {
             round: number(rng, 1),
             data: Bytes::from(vec![1; rng.gen_range(0..40)]),
         }),
+        9 => Body::Release(proto::Release { term: term_a, successor: number(rng, 3) }),
         _ => Body::InstallSnapshotResponse(proto::InstallSnapshotResponse {
             term: term_a,
             last_index: number(rng, last),

@@ -398,3 +398,18 @@ fn a_new_range_led_by_a_later_terms_leader_is_caught() {
     config.faults = Faults::default();
     assert_eq!(run_seed(&config, caught.expect("checked").0).violation, None, "the same seed is clean without the bug");
 }
+
+/// The classic transfer bug: the old leader hands its promises over yet
+/// serves on from its lease, beside its successor's.
+#[test]
+fn an_old_leader_serving_after_its_transfer_is_caught() {
+    let mut config = split_config(3);
+    config.faults = Faults { transfer_keeps_serving: true, ..Faults::default() };
+    let caught = (0..100).find_map(|seed| run_seed(&config, seed).violation.map(|breach| (seed, breach)));
+    let (seed, breach) = caught.expect("100 seeds of the planted transfer bug went unnoticed");
+    assert!(breach.contains("both hold a valid lease"), "seed {seed}: {breach}");
+    config.faults = Faults::default();
+    let clean = run_seed(&config, seed);
+    assert_eq!(clean.violation, None, "the same seed is clean without the bug");
+    assert!(clean.transfers > 0, "seed {seed} transfers leadership");
+}

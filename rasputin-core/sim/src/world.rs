@@ -33,6 +33,8 @@ const REDIRECT_BACKOFF_NS: u64 = 2_000_000;
 
 /// How often the split nemesis acts, at most, and at least.
 const SPLIT_GAP_NS: std::ops::Range<u64> = 300_000_000..2_000_000_000;
+/// The share of the split nemesis's actions that are leadership transfers.
+const TRANSFER_SHARE: f64 = 0.4;
 
 #[derive(Clone, Debug)]
 enum Reply {
@@ -239,6 +241,8 @@ pub struct SeedReport {
     pub faults: Vec<String>,
     /// Splits applied, each counted once however many replicas applied it.
     pub splits: usize,
+    /// Leaders that handed their leadership over (released their promises).
+    pub transfers: usize,
 }
 
 pub(super) struct World<'a> {
@@ -570,6 +574,9 @@ impl<'a> World<'a> {
         for (request, rejection) in rejected {
             self.reject(index, range, request, rejection);
         }
+        if send.iter().any(|envelope| matches!(envelope.message, Message::Release { .. })) {
+            self.report.transfers += 1;
+        }
         for envelope in send {
             self.transmit(range, envelope);
         }
@@ -867,7 +874,8 @@ impl<'a> World<'a> {
     // ----- the split nemesis -----
 
     /// Now and then asks the leader of a random key's range to split it
-    /// there, during whatever other fault is under way.
+    /// there, or to hand its leadership to another replica, during
+    /// whatever other fault is under way.
     fn on_split_nemesis(&mut self) -> Result<(), Breach> {
         if self.now_ns >= self.config.fault_phase_ns {
             return Ok(());
@@ -877,6 +885,12 @@ impl<'a> World<'a> {
         let key = key_bytes(self.rng.gen_range(0..self.config.keys));
         let ranges = self.invariants.len();
         let Some((index, descriptor)) = self.leader_for(&key) else { return Ok(()) };
+        if self.rng.gen_bool(TRANSFER_SHARE) {
+            let others = self.servers.len() as NodeId - 1;
+            let to = (index as NodeId + self.rng.gen_range(1..=others)) % self.servers.len() as NodeId + 1;
+            self.report.faults.push(format!("{} transfer range {} to node {to}", self.now_ns, descriptor.id));
+            return self.step(index, descriptor.id, Input::TransferLeadership { to });
+        }
         if ranges >= RANGES_MAX || key == descriptor.start {
             return Ok(());
         }

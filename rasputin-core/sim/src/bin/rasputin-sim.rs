@@ -150,10 +150,18 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     let elapsed = started.elapsed().as_secs_f64();
-    let Totals { seeds: seeds_run, operations, violations, slowest_recovery_ns, elections, fetching_elections, splits } =
-        totals;
+    let Totals {
+        seeds: seeds_run,
+        operations,
+        violations,
+        slowest_recovery_ns,
+        elections,
+        fetching_elections,
+        splits,
+        transfers,
+    } = totals;
     println!(
-        "seeds={seeds_run} ops={operations} violations={violations} nodes={} election={} wall={elapsed:.1}s ops_per_wall_second={:.0} slowest_recovery_ms={} elections={elections} fetching_elections={fetching_elections} splits={splits}",
+        "seeds={seeds_run} ops={operations} violations={violations} nodes={} election={} wall={elapsed:.1}s ops_per_wall_second={:.0} slowest_recovery_ms={} elections={elections} fetching_elections={fetching_elections} splits={splits} transfers={transfers}",
         arguments.nodes,
         arguments.election.name(),
         operations as f64 / elapsed.max(1e-9),
@@ -176,6 +184,7 @@ struct Totals {
     elections: usize,
     fetching_elections: usize,
     splits: usize,
+    transfers: usize,
 }
 
 impl Totals {
@@ -187,6 +196,7 @@ impl Totals {
         self.elections += report.elections.len();
         self.fetching_elections += report.fetching_elections;
         self.splits += report.splits;
+        self.transfers += report.transfers;
     }
 }
 
