@@ -11,7 +11,8 @@
 //! - the same, but leave one due node unticked: a slow or paused process.
 //!   Time passes for it all the same, and it sees so when it next steps;
 //! - hand a client write or read of one register to the leader (within budgets);
-//! - crash a node and restart it from its disk (within a budget).
+//! - crash a node and restart it from its disk (within a budget);
+//! - ask the leader to transfer its leadership to another node (within a budget).
 //!
 //! The driver here is the daemon's contract at its strictest: a Ready's
 //! persist is synced before its held messages leave, and `Persisted` comes
@@ -62,6 +63,8 @@ pub struct Bounds {
     /// Client reads handed to nodes, over the whole run.
     pub reads: u64,
     pub crashes: u32,
+    /// Leadership transfers asked of leaders, over the whole run.
+    pub transfers: u32,
     pub duplicates: u32,
     /// Times time may pass while a due node is left unticked.
     pub pauses: u32,
@@ -95,6 +98,10 @@ pub enum Start {
     /// which a lagging node's election, the case Harpoon v2 changes, is a
     /// few steps away, so the checker can go deeper there.
     LaggingThirdNode,
+    /// Every message delivered in order until a leader's no-op has
+    /// committed; then every message in flight is lost. A leadership
+    /// transfer's whole exchange is a few steps away.
+    Led,
 }
 
 /// One node's disk: what the driver has synced for it.
@@ -123,6 +130,11 @@ pub struct Cluster {
     /// The node each request in flight was handed to, which answers it.
     pub waiting: BTreeMap<u64, usize>,
     pub crashes_made: u32,
+    pub transfers_made: u32,
+    /// The last transfer asked for: its successor and the term it was asked in.
+    pub transfer: Option<(NodeId, Term)>,
+    /// A transfer's successor went on to lead a later term.
+    pub led_after_a_transfer: bool,
     pub duplicates_made: u32,
     pub pauses_made: u32,
     /// The leader of each term seen.
@@ -149,6 +161,7 @@ impl Hash for Cluster {
         self.deadlines.hash(hasher);
         (self.now, self.writes_made, self.reads_made, self.crashes_made, self.duplicates_made, self.pauses_made)
             .hash(hasher);
+        (self.transfers_made, self.transfer, self.led_after_a_transfer).hash(hasher);
         self.history.hash(hasher);
         self.waiting.hash(hasher);
         (&self.broken, self.led_after_a_fetch).hash(hasher);
@@ -170,6 +183,8 @@ impl PartialEq for Cluster {
                     other.duplicates_made,
                     other.pauses_made,
                 )
+            && (self.transfers_made, self.transfer, self.led_after_a_transfer)
+                == (other.transfers_made, other.transfer, other.led_after_a_transfer)
             && self.history == other.history
             && self.waiting == other.waiting
             && (&self.broken, self.led_after_a_fetch) == (&other.broken, other.led_after_a_fetch)
@@ -189,6 +204,8 @@ pub enum Action {
     Write(usize),
     Read(usize),
     CrashAndRestart(usize),
+    /// The leader at the first index hands its leadership to the node at the second.
+    Transfer(usize, usize),
 }
 
 /// The model: `Bounds` and the real core.
@@ -319,6 +336,9 @@ impl Harpoon {
             history: LinearizabilityTester::new(Register(0)),
             waiting: BTreeMap::new(),
             crashes_made: 0,
+            transfers_made: 0,
+            transfer: None,
+            led_after_a_transfer: false,
             duplicates_made: 0,
             pauses_made: 0,
             leaders: BTreeMap::new(),
@@ -333,18 +353,17 @@ impl Harpoon {
         cluster
     }
 
-    /// See `Start::LaggingThirdNode`. Delivers the oldest message between
-    /// the first two nodes, drops those to or from the last, and lets time
-    /// pass when none is left, until an entry commits.
-    fn lagging_third_node(&self) -> Cluster {
+    /// See `Start::LaggingThirdNode` and `Start::Led`. Delivers the oldest
+    /// message, dropping those to or from the node `cut` (if any), and lets
+    /// time pass when none is left, until an entry commits.
+    fn first_commit(&self, cut: Option<NodeId>) -> Cluster {
         let mut cluster = self.empty_cluster();
-        let cut = self.bounds.nodes as NodeId;
         for _ in 0..10_000 {
             if !cluster.committed.is_empty() {
                 cluster.network.clear();
                 return cluster;
             }
-            cluster.network.retain(|envelope| envelope.from != cut && envelope.to != cut);
+            cluster.network.retain(|envelope| Some(envelope.from) != cut && Some(envelope.to) != cut);
             if cluster.network.is_empty() {
                 self.pass_time(&mut cluster, None);
                 continue;
@@ -352,7 +371,7 @@ impl Harpoon {
             let envelope = cluster.network.remove(0);
             self.step(&mut cluster, envelope.to as usize - 1, Input::Message(envelope));
         }
-        panic!("two connected nodes of three committed nothing in 10,000 steps")
+        panic!("a connected majority committed nothing in 10,000 steps (node {cut:?} cut off)")
     }
 }
 
@@ -382,6 +401,8 @@ fn check_node(cluster: &mut Cluster, index: usize) {
     if node.role() == Role::Leader {
         let id = index as NodeId + 1;
         let term = node.term();
+        let successor_leads = |(successor, asked_in): (NodeId, Term)| successor == id && term > asked_in;
+        cluster.led_after_a_transfer |= cluster.transfer.is_some_and(successor_leads);
         match cluster.leaders.get(&term) {
             Some(&other) if other != id => {
                 cluster.broken.push(format!("election safety: nodes {other} and {id} both led term {term}"))
@@ -434,7 +455,8 @@ impl Model for Harpoon {
     fn init_states(&self) -> Vec<Cluster> {
         match self.bounds.start {
             Start::Empty => vec![self.empty_cluster()],
-            Start::LaggingThirdNode => vec![self.lagging_third_node()],
+            Start::LaggingThirdNode => vec![self.first_commit(Some(self.bounds.nodes as NodeId))],
+            Start::Led => vec![self.first_commit(None)],
         }
     }
 
@@ -468,6 +490,10 @@ impl Model for Harpoon {
             }
             if cluster.crashes_made < self.bounds.crashes {
                 actions.push(Action::CrashAndRestart(index));
+            }
+            if cluster.transfers_made < self.bounds.transfers && leads {
+                let others = (0..self.bounds.nodes).filter(|&to| to != index);
+                actions.extend(others.map(|to| Action::Transfer(index, to)));
             }
         }
     }
@@ -513,6 +539,12 @@ impl Model for Harpoon {
                 cluster.nodes[index] = self.start(id, &cluster.disks[index], now);
                 self.step(&mut cluster, index, Input::Tick);
             }
+            Action::Transfer(index, to) => {
+                cluster.transfers_made += 1;
+                let successor = to as NodeId + 1;
+                cluster.transfer = Some((successor, cluster.nodes[index].term()));
+                self.step(&mut cluster, index, Input::TransferLeadership { to: successor });
+            }
         }
         Some(cluster)
     }
@@ -532,6 +564,9 @@ impl Model for Harpoon {
             }),
             Property::<Self>::sometimes("a lagging node leads after fetching", |_, cluster: &Cluster| {
                 cluster.led_after_a_fetch
+            }),
+            Property::<Self>::sometimes("a transfer's successor leads", |_, cluster: &Cluster| {
+                cluster.led_after_a_transfer
             }),
             Property::<Self>::sometimes("a read is answered", |_, cluster: &Cluster| {
                 let answered = cluster.history.serialized_history().unwrap_or_default();

@@ -3,7 +3,7 @@
 //! the first counterexample found, if any.
 //!
 //!     rasputin-model harpoon|raft|raft-pv-cq DEPTH [BUG] [crashes=N] [duplicates=N] [writes=N]
-//!         [reads=N] [pauses=N] [messages=N] [no-preference] [lagging] [drift] [dfs]
+//!         [reads=N] [pauses=N] [transfers=N] [messages=N] [no-preference] [lagging|led] [drift] [dfs]
 //!
 //! BUG is one of `Faults::NAMES` (skip-fetch, votes-ignore-promises, votes-ignore-logs, ...).
 
@@ -20,7 +20,7 @@ fn main() -> ExitCode {
     let depth = arguments.get(1).and_then(|text| text.parse().ok());
     let (Some(mode), Some(depth)) = (mode, depth) else {
         eprintln!(
-            "usage: rasputin-model harpoon|raft|raft-pv-cq DEPTH [BUG] [crashes=N] [duplicates=N] [writes=N] [reads=N] [pauses=N] [messages=N] [no-preference] [lagging] [drift] [dfs]; BUG: {}",
+            "usage: rasputin-model harpoon|raft|raft-pv-cq DEPTH [BUG] [crashes=N] [duplicates=N] [writes=N] [reads=N] [pauses=N] [transfers=N] [messages=N] [no-preference] [lagging|led] [drift] [dfs]; BUG: {}",
             Faults::NAMES.join(", ")
         );
         return ExitCode::from(2);
@@ -39,12 +39,15 @@ fn main() -> ExitCode {
         writes: count("writes", 1),
         reads: count("reads", 0),
         crashes: count("crashes", 0) as u32,
+        transfers: count("transfers", 0) as u32,
         duplicates: count("duplicates", 0) as u32,
         pauses: count("pauses", 0) as u32,
         messages_in_flight_max: count("messages", 4) as usize,
         campaign_defers_to_better_logs: !arguments.iter().any(|argument| argument == "no-preference"),
         start: if arguments.iter().any(|argument| argument == "lagging") {
             Start::LaggingThirdNode
+        } else if arguments.iter().any(|argument| argument == "led") {
+            Start::Led
         } else {
             Start::Empty
         },
@@ -100,6 +103,8 @@ fn report(checker: impl Checker<Harpoon>, started: Instant) -> ExitCode {
     println!("a read was answered within the bound: {read}");
     let fetched = checker.discovery("a lagging node leads after fetching").is_some();
     println!("a lagging node led after fetching within the bound: {fetched}");
+    let transferred = checker.discovery("a transfer's successor leads").is_some();
+    println!("a transfer's successor led within the bound: {transferred}");
     if broken {
         ExitCode::from(1)
     } else {
