@@ -4,6 +4,7 @@
 //! snapshot format (`snapshot`). Shared by the client, the daemon and the simulator, so
 //! that none of them can disagree on what an operation means.
 
+pub mod balance;
 pub mod health;
 pub mod operation;
 pub mod range;

@@ -144,6 +144,32 @@ pub trait KvRead {
     /// The range this state is, if it is one range of many; None: it holds
     /// every key, and cannot split.
     fn range(&self) -> Result<Option<RangeDescriptor>, Self::Error>;
+    /// Only with the planted bug of `StoreFaults::misrouted_writes_apply`.
+    fn applies_misrouted_writes(&self) -> bool {
+        false
+    }
+}
+
+/// Deliberate state-machine bugs, for the simulator's tests that show its
+/// checks catch them. No daemon store has any.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StoreFaults {
+    /// Apply a write whose key this range no longer holds (the range split
+    /// between the write's proposal and its commit) instead of refusing it:
+    /// the classic misrouted write, which the key's new owner never sees.
+    pub misrouted_writes_apply: bool,
+}
+
+impl StoreFaults {
+    /// The name of each planted bug, as the simulator's `--bug` takes them.
+    pub const NAMES: [&'static str; 1] = ["misrouted-writes-apply"];
+
+    pub fn named(name: &str) -> Option<StoreFaults> {
+        match name {
+            "misrouted-writes-apply" => Some(StoreFaults { misrouted_writes_apply: true }),
+            _ => None,
+        }
+    }
 }
 
 /// One change an applied entry makes to the state.
@@ -211,7 +237,8 @@ pub fn decide<S: KvRead>(state: &S, entry: &Entry, limits: SessionLimits) -> Res
         }
         return split(state, entry, request, key, *right_range, *version);
     }
-    if let Some(range) = state.range()?.filter(|range| !range.contains(request.operation.key())) {
+    let misrouted = |range: &RangeDescriptor| !range.contains(request.operation.key());
+    if let Some(range) = state.range()?.filter(misrouted).filter(|_| !state.applies_misrouted_writes()) {
         // Before the session: a write misrouted here is not applied, so its
         // session must not remember it either.
         return Ok(refuse(Refusal::RangeMismatch { range }));
@@ -428,6 +455,7 @@ pub struct KvStore {
     applied_term: Term,
     /// The right half of a split just applied, for the driver to start as a new range.
     split_off: Option<Box<KvStore>>,
+    faults: StoreFaults,
 }
 
 impl Default for KvStore {
@@ -453,7 +481,14 @@ impl KvStore {
             limits,
             applied_index: 0,
             applied_term: 0,
+            faults: StoreFaults::default(),
         }
+    }
+
+    /// This store with the planted bugs of `faults`, which the ranges it
+    /// splits off inherit.
+    pub fn with_faults(self, faults: StoreFaults) -> KvStore {
+        KvStore { faults, ..self }
     }
 
     pub fn applied_index(&self) -> LogIndex {
@@ -551,7 +586,7 @@ impl KvStore {
             }
             Change::Split { left, right } => {
                 let moved = self.data.split_off(&right.start[..]);
-                let mut store = KvStore::empty(self.limits, right);
+                let mut store = KvStore::empty(self.limits, right).with_faults(self.faults);
                 store.data = moved;
                 store.sessions = self.sessions.clone();
                 store.census = self.census;
@@ -618,6 +653,10 @@ impl KvRead for KvStore {
 
     fn range(&self) -> Result<Option<RangeDescriptor>, Self::Error> {
         Ok(Some(self.range.clone()))
+    }
+
+    fn applies_misrouted_writes(&self) -> bool {
+        self.faults.misrouted_writes_apply
     }
 
     fn value(&self, key: &[u8]) -> Result<Option<Vec<u8>>, Self::Error> {

@@ -21,7 +21,8 @@ pub use world::{run_seed, SeedReport};
 
 use rasputin_consensus::{ElectionMode, Faults};
 use rasputin_kv::range::RangeDescriptor;
-use rasputin_kv::state_machine::SessionLimits;
+use rasputin_kv::snapshot::SnapshotDecodeError;
+use rasputin_kv::state_machine::{KvStore, SessionLimits, StoreFaults};
 
 /// Simulated nanoseconds per second, for readable settings.
 pub const SECOND_NS: u64 = 1_000_000_000;
@@ -59,11 +60,16 @@ pub struct SimConfig {
     pub session_limits: SessionLimits,
     /// Deliberate consensus bugs, for tests that show the checks catch them.
     pub faults: Faults,
+    /// Deliberate state-machine bugs, likewise.
+    pub store_faults: StoreFaults,
     /// Harpoon's campaign preference (`Config::campaign_defers_to_better_logs`).
     pub campaign_defers_to_better_logs: bool,
     /// The split nemesis: now and then a range's leader is asked to split
     /// it at a random key, during every other fault.
     pub splits: bool,
+    /// The leader balancer: every second, leadership transfers bring each
+    /// node within one range of the others' leader counts.
+    pub balance_leaders: bool,
     pub record_trace: bool,
     /// Keep the client history as JSON lines in the report.
     pub record_history: bool,
@@ -95,8 +101,10 @@ impl SimConfig {
             snapshot_every_entries: 200,
             session_limits: SessionLimits::PRODUCTION,
             faults: Faults::default(),
+            store_faults: StoreFaults::default(),
             campaign_defers_to_better_logs: true,
             splits: false,
+            balance_leaders: false,
             record_trace: false,
             record_history: false,
         }
@@ -105,6 +113,16 @@ impl SimConfig {
     /// The range a run starts with: every key, on every node.
     pub fn first_range(&self) -> RangeDescriptor {
         RangeDescriptor::first((1..=self.nodes as u64).collect())
+    }
+
+    /// An empty store of `range`, with this run's planted state-machine bugs.
+    pub fn store(&self, range: RangeDescriptor) -> KvStore {
+        KvStore::empty(self.session_limits, range).with_faults(self.store_faults)
+    }
+
+    /// A store restored from a snapshot, with this run's planted bugs.
+    pub fn restored_store(&self, data: &[u8]) -> Result<KvStore, SnapshotDecodeError> {
+        KvStore::restore(data, self.session_limits).map(|store| store.with_faults(self.store_faults))
     }
 
     pub fn consensus_config(&self, id: u64) -> rasputin_consensus::Config {

@@ -5,6 +5,7 @@ use super::experiment::{Contender, Scenario};
 use super::world::World;
 use super::*;
 use rasputin_consensus::Faults;
+use rasputin_kv::state_machine::StoreFaults;
 
 fn failures(config: &SimConfig, seeds: std::ops::Range<u64>) -> Vec<String> {
     seeds
@@ -359,6 +360,7 @@ fn the_constrained_election_recovers_within_four_election_timeouts() {
 fn split_config(nodes: usize) -> SimConfig {
     let mut config = SimConfig::new(nodes, ElectionMode::Harpoon, NemesisKind::ALL.to_vec());
     config.splits = true;
+    config.balance_leaders = true;
     config.keys = 8;
     config
 }
@@ -412,4 +414,34 @@ fn an_old_leader_serving_after_its_transfer_is_caught() {
     let clean = run_seed(&config, seed);
     assert_eq!(clean.violation, None, "the same seed is clean without the bug");
     assert!(clean.transfers > 0, "seed {seed} transfers leadership");
+}
+
+/// The classic routing bug: a write proposed to a range just before it
+/// splits applies there, though its key now belongs to the new range, whose
+/// readers never see it.
+#[test]
+fn a_misrouted_write_applied_after_a_split_is_caught() {
+    let mut config = split_config(3);
+    config.store_faults = StoreFaults { misrouted_writes_apply: true };
+    let caught = (0..100).find_map(|seed| run_seed(&config, seed).violation.map(|breach| (seed, breach)));
+    let (seed, breach) = caught.expect("100 seeds of the planted misrouting bug went unnoticed");
+    assert!(breach.contains("linearizab"), "seed {seed}: {breach}");
+    config.store_faults = StoreFaults::default();
+    let clean = run_seed(&config, seed);
+    assert_eq!(clean.violation, None, "the same seed is clean without the bug");
+}
+
+/// The leader balancer, under splits, transfers and every other fault:
+/// once the faults heal, every node leads within one range of the others.
+#[test]
+fn the_balancer_leaves_every_node_leading_within_one_range_of_the_others() {
+    let config = split_config(3);
+    let mut moves = 0;
+    for seed in 0..20 {
+        let report = run_seed(&config, seed);
+        assert_eq!(report.violation, None, "seed {seed}");
+        assert_eq!(report.leaders_balanced, Some(true), "seed {seed} ended unbalanced");
+        moves += report.balancing_moves;
+    }
+    assert!(moves > 0, "20 seeds of splits never needed a balancing move");
 }

@@ -18,6 +18,7 @@ use super::{SimConfig, EVENTS_PER_SEED_MAX, RANGES_MAX, SECOND_NS};
 use bytes::Bytes;
 use rasputin_checker as checker;
 use rasputin_consensus::{ElectionMode, LogIndex, NodeId, Rejection, Role, Snapshot, Term};
+use rasputin_kv::balance::{self, Leadership};
 use rasputin_kv::operation::{
     ClientRequest, Entry, EntryPayload, Envelope, Input, Message, Node, Operation, ReadReady, Ready,
 };
@@ -35,6 +36,8 @@ const REDIRECT_BACKOFF_NS: u64 = 2_000_000;
 const SPLIT_GAP_NS: std::ops::Range<u64> = 300_000_000..2_000_000_000;
 /// The share of the split nemesis's actions that are leadership transfers.
 const TRANSFER_SHARE: f64 = 0.4;
+/// How often the leader balancer looks at who leads what.
+const BALANCE_INTERVAL_NS: u64 = SECOND_NS;
 
 #[derive(Clone, Debug)]
 enum Reply {
@@ -77,6 +80,7 @@ enum Event {
     ClientStart { client: usize },
     Nemesis,
     SplitNemesis,
+    Balance,
 }
 
 impl Event {
@@ -243,6 +247,11 @@ pub struct SeedReport {
     pub splits: usize,
     /// Leaders that handed their leadership over (released their promises).
     pub transfers: usize,
+    /// Transfers the leader balancer asked for.
+    pub balancing_moves: usize,
+    /// With the balancer on: at the end, every node led within one range
+    /// as many ranges as every other.
+    pub leaders_balanced: Option<bool>,
 }
 
 pub(super) struct World<'a> {
@@ -290,6 +299,9 @@ pub fn run_seed(config: &SimConfig, seed: u64) -> SeedReport {
         if config.splits {
             world.schedule(SECOND_NS, Event::SplitNemesis);
         }
+        if config.balance_leaders {
+            world.schedule(SECOND_NS, Event::Balance);
+        }
         world.end_ns = config.fault_phase_ns + config.recovery_phase_ns;
         world.run_and_check()
     }));
@@ -310,7 +322,7 @@ impl<'a> World<'a> {
             .map(|_| {
                 let rate = 1.0 + rng.gen_range(-config.clock_epsilon..=config.clock_epsilon);
                 let offset = rng.gen_range(0..1_000 * SECOND_NS);
-                let first = Replica::new(KvStore::empty(config.session_limits, config.first_range()), Disk::default());
+                let first = Replica::new(config.store(config.first_range()), Disk::default());
                 Server {
                     replicas: BTreeMap::from([(FIRST_RANGE_ID, first)]),
                     running: false,
@@ -443,6 +455,7 @@ impl<'a> World<'a> {
             }
             Event::Nemesis => self.on_nemesis(),
             Event::SplitNemesis => self.on_split_nemesis(),
+            Event::Balance => self.on_balance(),
         }
     }
 
@@ -461,13 +474,12 @@ impl<'a> World<'a> {
     fn start_replica(&mut self, index: usize, range: RangeId) {
         let seed = self.rng.gen();
         let config = self.config.consensus_config(index as u64 + 1);
-        let limits = self.config.session_limits;
         let local = self.servers[index].clock.local(self.now_ns);
         let replica = self.servers[index].replica(range);
         let mut recovered = replica.disk.stored.recover();
         replica.kv = match &recovered.snapshot {
-            Some(snapshot) => KvStore::restore(&snapshot.data, limits).expect("the simulator wrote this snapshot"),
-            None => KvStore::empty(limits, replica.created_as.clone()),
+            Some(snapshot) => self.config.restored_store(&snapshot.data).expect("the simulator wrote this snapshot"),
+            None => self.config.store(replica.created_as.clone()),
         };
         if let Some(split_state) =
             replica.split_state.as_ref().filter(|split| split.applied_index() > replica.kv.applied_index())
@@ -519,7 +531,7 @@ impl<'a> World<'a> {
                 // that made this range has yet to apply here, and will make it.
                 return Ok(());
             }
-            let kv = KvStore::empty(self.config.session_limits, span);
+            let kv = self.config.store(span);
             self.servers[node].replicas.insert(range, Replica::new(kv, Disk::default()));
             self.start_replica(node, range);
         }
@@ -560,9 +572,8 @@ impl<'a> World<'a> {
             ));
         }
         if let Some(snapshot) = &persist.snapshot {
-            let limits = self.config.session_limits;
             self.servers[index].replica(range).kv =
-                KvStore::restore(&snapshot.data, limits).expect("snapshots come from peers' stores");
+                self.config.restored_store(&snapshot.data).expect("snapshots come from peers' stores");
         }
         let replica = self.servers[index].replica(range);
         let leader_term = replica.node.as_ref().filter(|node| node.role() == Role::Leader).map(Node::term);
@@ -869,6 +880,48 @@ impl<'a> World<'a> {
             }
         }
         best.map(|(_, index, descriptor)| (index, descriptor.clone()))
+    }
+
+    // ----- the leader balancer -----
+
+    /// Every range's leader: the running, unpaused replica that leads the
+    /// highest term; ranges with none are left out.
+    fn leaderships(&self) -> Vec<Leadership> {
+        let mut best: BTreeMap<RangeId, (Term, NodeId, Vec<NodeId>)> = BTreeMap::new();
+        for (index, server) in self.servers.iter().enumerate().filter(|(_, server)| server.running && !server.paused) {
+            for (&range, replica) in &server.replicas {
+                let Some(node) = replica.node.as_ref().filter(|node| node.role() == Role::Leader) else { continue };
+                if best.get(&range).is_none_or(|(term, _, _)| node.term() > *term) {
+                    let replicas = replica.kv.descriptor().replicas.clone();
+                    best.insert(range, (node.term(), index as NodeId + 1, replicas));
+                }
+            }
+        }
+        best.into_iter().map(|(range, (_, leader, replicas))| Leadership { range, leader, replicas }).collect()
+    }
+
+    /// A balancing round: the moves of `balance::balancing_moves`, carried
+    /// out as leadership transfers, among the nodes that run.
+    fn on_balance(&mut self) -> Result<(), Breach> {
+        self.schedule(BALANCE_INTERVAL_NS, Event::Balance);
+        let live: Vec<NodeId> = (0..self.servers.len())
+            .filter(|&index| self.servers[index].running && !self.servers[index].paused)
+            .map(|index| index as NodeId + 1)
+            .collect();
+        for step in balance::balancing_moves(&self.leaderships(), &live) {
+            self.report.balancing_moves += 1;
+            self.step(step.from as usize - 1, step.range, Input::TransferLeadership { to: step.to })?;
+        }
+        Ok(())
+    }
+
+    /// Whether each node leads within one range as many as each other.
+    fn leaders_balanced(&self) -> bool {
+        let leaderships = self.leaderships();
+        let counts: Vec<usize> = (1..=self.servers.len() as NodeId)
+            .map(|node| leaderships.iter().filter(|leadership| leadership.leader == node).count())
+            .collect();
+        counts.iter().max().unwrap_or(&0) - counts.iter().min().unwrap_or(&0) <= 1
     }
 
     // ----- the split nemesis -----
@@ -1272,6 +1325,9 @@ impl<'a> World<'a> {
     // ----- the end of a run -----
 
     fn finish(mut self) -> SeedReport {
+        if self.config.balance_leaders {
+            self.report.leaders_balanced = Some(self.leaders_balanced());
+        }
         for client in 0..self.clients.len() {
             if let Some(mut operation) = self.clients[client].pending.take() {
                 operation.maybe_applied |= !operation.request.operation.is_read() && operation.is_bound();

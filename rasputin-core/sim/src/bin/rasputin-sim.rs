@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use clap::Parser;
 use rasputin_consensus::{ElectionMode, Faults};
+use rasputin_kv::state_machine::StoreFaults;
 use rasputin_sim::experiment::{self, Contender, Scenario};
 use rasputin_sim::{run_seed, NemesisKind, SeedReport, SimConfig};
 
@@ -52,8 +53,8 @@ struct Arguments {
     sessions_max: Option<usize>,
     /// Build in a deliberate bug, to see the checks catch it: lease-without-margin, read-before-noop,
     /// stale-reads, votes-ignore-logs (raft modes), skip-fetch or votes-ignore-promises (harpoon),
-    /// split-leads-in-any-term (with --splits).
-    #[arg(long, value_parser = Faults::NAMES)]
+    /// split-leads-in-any-term, transfer-keeps-serving or misrouted-writes-apply (with --splits).
+    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(Faults::NAMES.into_iter().chain(StoreFaults::NAMES)))]
     bug: Option<String>,
     /// Write each seed's client history to DIR/seed-S.jsonl (format: docs/history.md).
     #[arg(long, value_name = "DIR")]
@@ -99,8 +100,9 @@ fn parse_election(text: &str) -> Result<ElectionMode, String> {
     ElectionMode::parse(text).ok_or_else(|| format!("unknown election mode {text}: use harpoon, raft or raft-pv-cq"))
 }
 
+/// The consensus bug `bug` names; none for a state-machine bug.
 fn faults_for(bug: Option<&str>) -> Faults {
-    bug.map_or_else(Faults::default, |name| Faults::named(name).expect("clap admits only listed names"))
+    bug.and_then(Faults::named).unwrap_or_default()
 }
 
 fn main() -> ExitCode {
@@ -118,8 +120,10 @@ fn main() -> ExitCode {
         config.session_limits.count_max = count_max;
     }
     config.faults = faults_for(arguments.bug.as_deref());
+    config.store_faults = arguments.bug.as_deref().and_then(StoreFaults::named).unwrap_or_default();
     config.campaign_defers_to_better_logs = !arguments.no_campaign_preference;
     config.splits = arguments.splits;
+    config.balance_leaders = arguments.splits;
     config.keys = arguments.keys.unwrap_or(if arguments.splits { SPLIT_WORKLOAD_KEYS } else { config.keys });
     config.record_history = arguments.history_dir.is_some();
     if let Some(directory) = &arguments.history_dir {
@@ -159,9 +163,11 @@ fn main() -> ExitCode {
         fetching_elections,
         splits,
         transfers,
+        balancing_moves,
+        unbalanced_seeds,
     } = totals;
     println!(
-        "seeds={seeds_run} ops={operations} violations={violations} nodes={} election={} wall={elapsed:.1}s ops_per_wall_second={:.0} slowest_recovery_ms={} elections={elections} fetching_elections={fetching_elections} splits={splits} transfers={transfers}",
+        "seeds={seeds_run} ops={operations} violations={violations} nodes={} election={} wall={elapsed:.1}s ops_per_wall_second={:.0} slowest_recovery_ms={} elections={elections} fetching_elections={fetching_elections} splits={splits} transfers={transfers} balancing_moves={balancing_moves} unbalanced_seeds={unbalanced_seeds}",
         arguments.nodes,
         arguments.election.name(),
         operations as f64 / elapsed.max(1e-9),
@@ -185,6 +191,9 @@ struct Totals {
     fetching_elections: usize,
     splits: usize,
     transfers: usize,
+    balancing_moves: usize,
+    /// Seeds that ended with one node leading two ranges more than another.
+    unbalanced_seeds: u64,
 }
 
 impl Totals {
@@ -197,6 +206,8 @@ impl Totals {
         self.fetching_elections += report.fetching_elections;
         self.splits += report.splits;
         self.transfers += report.transfers;
+        self.balancing_moves += report.balancing_moves;
+        self.unbalanced_seeds += u64::from(report.leaders_balanced == Some(false));
     }
 }
 
