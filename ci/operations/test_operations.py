@@ -212,6 +212,46 @@ def test_get_with_a_prefix_or_a_range_end_lists_keys_in_order(cluster):
     assert rasputin("get", "ls/", "--prefix", "--range-end", "z", endpoints=e)[0] == 2
 
 
+def ranges(cluster):
+    out = rasputin("-w", "json", "ranges", "list", endpoints=cluster.endpoints, check=0)[1]
+    return [json.loads(line) for line in out.decode().splitlines()]
+
+
+def test_ranges_list_shows_the_one_range_with_its_leader_size_and_rate(cluster):
+    e = cluster.endpoints
+    rasputin("put", "ranges/k", "v", endpoints=e, check=0)
+    [row] = ranges(cluster)
+    assert row["range_id"] == 1 and row["start"] == "" and row["end"] is None, row
+    assert sorted(row["replicas"]) == [node.number for node in cluster.nodes], row
+    assert (row["epoch_version"], row["epoch_conf_ver"]) == (0, 0), row
+    assert row["leader_id"] == leader_of(cluster).number, row
+    eventually("a size", lambda: ranges(cluster)[0]["size_bytes"] > 0)
+    for number in range(20):
+        rasputin("put", f"ranges/{number}", "v", endpoints=e, check=0)
+    eventually("a request rate", lambda: ranges(cluster)[0]["requests_per_second"] > 0)
+    out = rasputin("ranges", "list", endpoints=e, check=0)[1].decode()
+    assert out.startswith('1, start "", end none, epoch 0.0, replicas 1,2,3, leader '), out
+
+
+def test_ranges_transfer_moves_the_leadership_and_refuses_unknown_nodes_and_ranges(cluster):
+    e = cluster.endpoints
+    old = leader_of(cluster)
+    successor = next(node for node in cluster.nodes if node is not old)
+    code, out, err = rasputin("ranges", "transfer", "1", str(successor.number), endpoints=e)
+    assert code == 0, err
+    assert out.decode().startswith(f"node {successor.number} leads range 1 (term "), out
+    assert leader_of(cluster) is successor
+    rasputin("put", "after-transfer", "v", endpoints=e, check=0)
+    assert rasputin("get", "after-transfer", endpoints=e, check=0)[1] == b"v\n"
+    # Asking for the leader it has already is done at once.
+    rasputin("ranges", "transfer", "1", str(successor.number), endpoints=e, check=0)
+    code, _, err = rasputin("ranges", "transfer", "1", "9", endpoints=e)
+    assert code == 4 and "UnknownNode" in err, err
+    code, _, err = rasputin("ranges", "transfer", "7", str(old.number), endpoints=e)
+    assert code == 4 and "UnknownRange" in err, err
+    assert leader_of(cluster) is successor
+
+
 def test_usage_errors_exit_two_and_cluster_failures_four(cluster):
     assert rasputin("frobnicate")[0] == 2
     assert rasputin("put", "only-a-key", endpoints=cluster.endpoints)[0] == 2

@@ -8,7 +8,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use rasputin::client::{ClientError, STATUSES};
-use rasputin::{Client, KeyValue, NodeStatus, Response};
+use rasputin::{Client, KeyValue, NodeStatus, RangeStatus, Response};
 use rasputin_cli::load::{self, Mix, RasputinStore, Settings, Store};
 use serde_json::{json, Value};
 
@@ -30,7 +30,10 @@ term, index}; status {endpoint, node_id, cluster_id, peer_address,
 client_address, role, term, leader_id, leader_address, lease_held,
 commit_index, applied_index, log_entries, log_bytes, snapshot_index,
 uptime_seconds, version, shutting_down} or {endpoint, error}; health
-{endpoint, healthy, reason}; bench {mix, clients, operations, seconds,
+{endpoint, healthy, reason}; ranges list {range_id, start, end (null:
+no end), epoch_version, epoch_conf_ver, replicas, leader_id, size_bytes,
+requests_per_second, transferring_to}; ranges transfer {range_id,
+leader_id, term}; bench {mix, clients, operations, seconds,
 operations_per_second, p50_ms, p99_ms, p999_ms, errors}.";
 
 #[derive(Parser, Debug)]
@@ -99,6 +102,11 @@ enum Command {
     Status,
     /// Exits 0 only when every endpoint answers and sees a leader holding its lease.
     Health,
+    /// The key space's ranges: list them, or move a range's leadership.
+    Ranges {
+        #[command(subcommand)]
+        command: RangesCommand,
+    },
     /// Closed-loop load with a progress line a second, then p50/p99/p999.
     Bench {
         #[arg(long, value_enum, default_value = "put")]
@@ -115,6 +123,16 @@ enum Command {
         #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
         keys: u64,
     },
+}
+
+#[derive(Subcommand, Debug)]
+enum RangesCommand {
+    /// One row per range: id, bounds, epoch, replicas, leader, size and
+    /// request rate, as the range's leader (or else any replica) reports them.
+    List,
+    /// Asks RANGE's leader to hand its leadership to node NODE, and waits
+    /// (up to --timeout) until NODE leads.
+    Transfer { range: u64, node: u64 },
 }
 
 /// A command's failure, with the exit code it means.
@@ -251,6 +269,10 @@ fn execute(arguments: &Arguments) -> Result<(Vec<Record>, u8), Failure> {
             Ok((vec![Record { texts: key_text(&key), ..record }], 0))
         }
         Command::Status => status(&client),
+        Command::Ranges { command: RangesCommand::List } => ranges_list(&client, arguments.hex),
+        Command::Ranges { command: RangesCommand::Transfer { range, node } } => {
+            transfer(&client, *range, *node, arguments.timeout)
+        }
         Command::Health => health(&client),
         Command::Bench { mix, clients, seconds, value_bytes, keys } => {
             let settings = Settings {
@@ -356,6 +378,101 @@ const STATUS_FIELDS: [&str; 17] = [
     "cluster_id",
     "shutting_down",
 ];
+
+/// Every range any endpoint holds, each as its leader sees it when an
+/// endpoint leads it, in range order.
+fn ranges_list(client: &Client, hex_output: bool) -> Result<(Vec<Record>, u8), Failure> {
+    let mut ranges: std::collections::BTreeMap<u64, (bool, RangeStatus)> = Default::default();
+    let mut code = 0;
+    for address in client.peers() {
+        let status = match client.node_status(*address) {
+            Ok(status) => status,
+            Err(error) => {
+                code = 4;
+                eprintln!("rasputin: {address}: {}", Failure::client(&error).message);
+                continue;
+            }
+        };
+        for range in status.ranges {
+            let Some(descriptor) = &range.descriptor else { continue };
+            let leads = range.leader_id == status.node_id;
+            let known = ranges.get(&descriptor.id).is_some_and(|(known_leads, _)| *known_leads);
+            if !known {
+                ranges.insert(descriptor.id, (leads, range));
+            }
+        }
+    }
+    if ranges.is_empty() && code != 0 {
+        return Err(Failure { code, message: "no endpoint answered".to_string() });
+    }
+    Ok((ranges.into_values().map(|(_, range)| range_record(&range, hex_output)).collect(), code))
+}
+
+fn range_record(range: &RangeStatus, hex_output: bool) -> Record {
+    let descriptor = range.descriptor.clone().unwrap_or_default();
+    let epoch = descriptor.epoch.unwrap_or_default();
+    let end = descriptor.has_end.then_some(&descriptor.end[..]);
+    let replicas: Vec<String> = descriptor.replicas.iter().map(u64::to_string).collect();
+    let leader = if range.leader_id == 0 { "none".to_string() } else { range.leader_id.to_string() };
+    let shown_end = end.map_or_else(|| "none".to_string(), |end| format!("{:?}", shown(end, hex_output)));
+    let simple = format!(
+        "{}, start {:?}, end {shown_end}, epoch {}.{}, replicas {}, leader {leader}, {} bytes, {:.1} requests/s",
+        descriptor.id,
+        shown(&descriptor.start, hex_output),
+        epoch.version,
+        epoch.conf_ver,
+        replicas.join(","),
+        range.size_bytes,
+        range.requests_per_second,
+    );
+    let fields = vec![
+        ("range_id", json!(descriptor.id)),
+        ("start", base64(&descriptor.start)),
+        ("end", end.map_or(Value::Null, base64)),
+        ("epoch_version", json!(epoch.version)),
+        ("epoch_conf_ver", json!(epoch.conf_ver)),
+        ("replicas", json!(descriptor.replicas)),
+        ("leader_id", json!(range.leader_id)),
+        ("size_bytes", json!(range.size_bytes)),
+        ("requests_per_second", json!(range.requests_per_second)),
+        ("transferring_to", json!(range.transferring_to)),
+    ];
+    let texts = vec![("start", shown(&descriptor.start, hex_output)), ("end", shown_end)];
+    Record { fields, texts, simple: simple.into_bytes() }
+}
+
+/// How often `ranges transfer` asks whether the successor leads yet.
+const TRANSFER_POLL_INTERVAL: Duration = Duration::from_millis(50);
+
+fn transfer(client: &Client, range_id: u64, to: u64, timeout: Duration) -> Result<(Vec<Record>, u8), Failure> {
+    let deadline = std::time::Instant::now() + timeout;
+    client.transfer_leadership(range_id, to).map_err(|error| Failure::client(&error))?;
+    loop {
+        if let Some(term) = leads(client, range_id, to) {
+            let simple = format!("node {to} leads range {range_id} (term {term})");
+            let fields = vec![("range_id", json!(range_id)), ("leader_id", json!(to)), ("term", json!(term))];
+            return Ok((vec![Record { fields, simple: simple.into_bytes(), ..Record::default() }], 0));
+        }
+        if std::time::Instant::now() >= deadline {
+            let message = format!("node {to} did not take up the leadership of range {range_id} within {timeout:?}; the transfer is abandoned after an election timeout, so try again");
+            return Err(Failure { code: 4, message });
+        }
+        std::thread::sleep(TRANSFER_POLL_INTERVAL);
+    }
+}
+
+/// The term in which `to` leads range `range_id`, if an endpoint says so:
+/// `to` itself, or a replica that follows it.
+fn leads(client: &Client, range_id: u64, to: u64) -> Option<u64> {
+    client.peers().iter().filter_map(|address| client.node_status(*address).ok()).find_map(|status| {
+        let led_by_to = status.ranges.iter().any(|range| {
+            let id = range.descriptor.as_ref().map_or(0, |descriptor| descriptor.id);
+            (id == range_id || range_id == 0) && range.leader_id == to
+        });
+        let confirmed = status.node_id != to || status.role == "leader";
+        (led_by_to && confirmed).then_some(status.term)
+    })
+}
 
 fn health(client: &Client) -> Result<(Vec<Record>, u8), Failure> {
     let mut records = Vec::new();

@@ -31,7 +31,7 @@ pub use crate::builder::ClientBuilder;
 pub use rasputin_kv::scan::{KeyValue, ScanPage, SCAN_PAIRS_MAX};
 pub use rasputin_kv::state_machine::Response;
 /// A node's answer to `Client::node_status`.
-pub use rasputin_kv::wire::proto::NodeStatus;
+pub use rasputin_kv::wire::proto::{NodeStatus, RangeStatus};
 
 /// How long one attempt waits for its answer before trying another node.
 pub const ATTEMPT_TIMEOUT_DEFAULT: Duration = Duration::from_secs(2);
@@ -556,6 +556,19 @@ impl Client {
     /// Sends `request` until it is answered or the operation times out,
     /// following redirects and rotating through the servers.
     fn send(&self, request: &ClientRequest) -> Sent {
+        let timed_out =
+            |timeout, detail| ClientError::Timeout { timeout, detail, retry: RetryToken { request: request.clone() } };
+        self.send_message(&|request_id| wire::client_request_to_proto(request_id, request), &timed_out)
+    }
+
+    /// `send` for any message, built afresh (with a new request id) for
+    /// each attempt. `timed_out` makes the error of an attempted message
+    /// that was never answered OK in time.
+    fn send_message(
+        &self,
+        message_for: &dyn Fn(u64) -> proto::ClientRequest,
+        timed_out: &dyn Fn(Duration, String) -> ClientError,
+    ) -> Sent {
         let (attempt_timeout, operation_timeout) =
             self.timeouts.unwrap_or_else(|| (*lock(&self.inner.attempt_timeout), *lock(&self.inner.operation_timeout)));
         let deadline = Instant::now() + operation_timeout;
@@ -570,12 +583,12 @@ impl Client {
                 let outcome = if attempts == 0 {
                     Err(ClientError::Unavailable { timeout, detail })
                 } else {
-                    Err(ClientError::Timeout { timeout, detail, retry: RetryToken { request: request.clone() } })
+                    Err(timed_out(timeout, detail))
                 };
                 return Sent { outcome, attempts };
             }
             let request_id = self.inner.next_request_id.fetch_add(1, Ordering::Relaxed);
-            let message = wire::client_request_to_proto(request_id, request);
+            let message = message_for(request_id);
             let attempt = self
                 .connection(target, remaining.min(attempt_timeout))
                 .map_err(AttemptFailure::NotSent)
@@ -631,6 +644,27 @@ impl Client {
                 }
             }
         }
+    }
+
+    /// Asks the leader of range `range_id` (0: the first range) to hand
+    /// its leadership to node `to`, following redirects to the leader.
+    /// Returns once the leader has begun the transfer (at once if `to`
+    /// leads already); `node_status` shows when `to` leads. An unknown node
+    /// is refused (`UNKNOWN_NODE`) and changes nothing; so does a transfer
+    /// that a leader of another consensus mode cannot make (`BAD_REQUEST`).
+    pub fn transfer_leadership(&self, range_id: u64, to: u64) -> Result<(), ClientError> {
+        let message_for = |request_id| proto::ClientRequest {
+            request_id,
+            range_id,
+            transfer_leadership: Some(proto::TransferLeadershipRequest { to }),
+            ..Default::default()
+        };
+        // A transfer asked twice is the same transfer, so no retry token is needed.
+        let timed_out = |timeout, detail: String| ClientError::Unavailable {
+            timeout,
+            detail: format!("no leader began the transfer in time: {detail}"),
+        };
+        self.send_message(&message_for, &timed_out).outcome.map(|_| ())
     }
 
     /// Asks the server at `address`, which need not be one of `peers`,

@@ -10,6 +10,7 @@ mod builder;
 pub mod client;
 
 pub use client::{
-    prefix_end, Client, ClientBuilder, ClientError, KeyValue, NodeStatus, Response, RetryToken, ScanIter, ScanPage,
+    prefix_end, Client, ClientBuilder, ClientError, KeyValue, NodeStatus, RangeStatus, Response, RetryToken, ScanIter,
+    ScanPage,
 };
 pub use rasputin_kv::wire::{CLIENT_FRAME_BYTES_MAX, KEY_BYTES_MAX, VALUE_BYTES_MAX};

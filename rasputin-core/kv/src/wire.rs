@@ -204,6 +204,7 @@ pub fn client_request_to_proto(request_id: u64, request: &ClientRequest) -> prot
         collection: DEFAULT_COLLECTION.to_string(),
         operation: Some(operation_to_proto(&request.operation)),
         status: None,
+        transfer_leadership: None,
     }
 }
 
@@ -613,6 +614,7 @@ mod tests {
                 new: Bytes::from(vec![3; VALUE_BYTES_MAX]),
             })),
             status: None,
+            transfer_leadership: None,
         };
         assert_eq!(check_request_frame(&request), Ok(()));
         let mut buffer = BytesMut::new();

@@ -27,9 +27,11 @@ use super::snapshot::{ChunkOutcome, Receiver, Streams};
 use super::status::{StatusBoard, StatusServer};
 use super::storage::{Claim, Storage, StorageError, SyncWorker};
 use rasputin_consensus::{
-    Config, LogIndex, MessageError, Nanos, NodeId, Rejection, Role, Snapshot, StartError, Term, LOG_INDEX_MAX, TERM_MAX,
+    Config, LogIndex, MessageError, Nanos, NodeId, Rejection, Role, Snapshot, StartError, Term, TransferError,
+    LOG_INDEX_MAX, TERM_MAX,
 };
 use rasputin_kv::operation::{ClientRequest, Envelope, Input, Message, Node, Operation, Ready};
+use rasputin_kv::range::FIRST_RANGE_ID;
 use rasputin_kv::scan::ScanPage;
 use rasputin_kv::state_machine::{Refusal, Response};
 use rasputin_kv::wire::{self, proto, ErrorCode, PROTOCOL_VERSION};
@@ -688,10 +690,7 @@ impl Daemon {
                 Ok(())
             }
             (Kind::PeerInbound, true) => self.on_peer_frame(token, frame),
-            (Kind::Client, true) => {
-                self.on_client_frame(token, frame);
-                Ok(())
-            }
+            (Kind::Client, true) => self.on_client_frame(token, frame),
         }
     }
 
@@ -848,12 +847,12 @@ impl Daemon {
         }
     }
 
-    fn on_client_frame(&mut self, token: Token, frame: bytes::Bytes) {
+    fn on_client_frame(&mut self, token: Token, frame: bytes::Bytes) -> Result<(), DaemonError> {
         let request: proto::ClientRequest = match wire::decode(frame, "ClientRequest") {
             Ok(request) => request,
             Err(error) => {
                 self.close_for_bad_input(token, &error);
-                return;
+                return Ok(());
             }
         };
         let request_id = request.request_id;
@@ -861,29 +860,77 @@ impl Daemon {
             let status = self.observer.status(&self.turn());
             let response = proto::ClientResponse { request_id, status: Some(status), ..Default::default() };
             self.queue_to_client(token, &response);
-            return;
+            return Ok(());
+        }
+        if let Some(transfer) = request.transfer_leadership {
+            let response = self.transfer_leadership(request_id, request.range_id, transfer.to)?;
+            self.queue_to_client(token, &response);
+            return Ok(());
         }
         let operation = operation_index(&request);
         let request = match wire::client_request_from_proto(request) {
             Ok(request) => request,
             Err(error) => {
                 self.respond_error(token, request_id, error.code(), error.to_string());
-                return;
+                return Ok(());
             }
         };
         if self.node.is_none() {
             let message = "this node is joining the cluster; ask another".to_string();
             self.respond_error(token, request_id, ErrorCode::NotLeader, message);
-            return;
+            return Ok(());
         }
         if self.waiting.len() >= CLIENT_REQUESTS_WAITING_COUNT_MAX {
             let message = "too many requests are waiting; retry shortly".to_string();
             self.respond_error(token, request_id, ErrorCode::Overloaded, message);
-            return;
+            return Ok(());
         }
         let waiter = Waiter { token, request_id, operation, arrived: Instant::now() };
         self.waiting.entry((request.client_id, request.sequence)).or_default().push(waiter);
         self.proposals.push(request);
+        Ok(())
+    }
+
+    /// An operator's transfer: begun here if this node leads and `to` is
+    /// a member, and answered at once; the transfer finishes on its own.
+    fn transfer_leadership(
+        &mut self,
+        request_id: u64,
+        range_id: u64,
+        to: NodeId,
+    ) -> Result<proto::ClientResponse, DaemonError> {
+        let refuse = |code: ErrorCode, message: String, leader: String| proto::ClientResponse {
+            request_id,
+            error: code as i32,
+            message,
+            leader,
+            ..Default::default()
+        };
+        if range_id != wire::DEFAULT_RANGE_ID && range_id != FIRST_RANGE_ID {
+            let message = format!("this node holds range {FIRST_RANGE_ID} only, not range {range_id}");
+            return Ok(refuse(ErrorCode::UnknownRange, message, String::new()));
+        }
+        let leader = self.leader_client_address().unwrap_or_default().to_string();
+        let Some(node) = self.node.as_ref() else {
+            let message = "this node is joining the cluster; ask another".to_string();
+            return Ok(refuse(ErrorCode::NotLeader, message, leader));
+        };
+        if let Err(error) = node.transfer_leadership_check(to) {
+            let code = match error {
+                TransferError::ToItself { .. } => {
+                    let message = format!("node {to} leads already");
+                    return Ok(proto::ClientResponse { request_id, message, ..Default::default() });
+                }
+                TransferError::NotLeader { .. } => ErrorCode::NotLeader,
+                TransferError::UnknownNode { .. } => ErrorCode::UnknownNode,
+                TransferError::Unsupported { .. } => ErrorCode::BadRequest,
+            };
+            return Ok(refuse(code, error.to_string(), leader));
+        }
+        info!(node = self.membership.node_id, to, "transferring the leadership, as an operator asked");
+        self.step(Input::TransferLeadership { to })?;
+        let message = format!("transferring the leadership to node {to}");
+        Ok(proto::ClientResponse { request_id, message, ..Default::default() })
     }
 
     /// Steps every request that arrived in this poll at once: one append per
@@ -1265,6 +1312,7 @@ impl Daemon {
         for Waiter { token, request_id, operation, arrived } in waiters {
             let code = outcome.as_ref().map_or_else(|(code, _)| *code, |_| ErrorCode::Ok);
             self.observer.metrics.request_answered(operation, code, arrived.elapsed());
+            self.observer.count_request();
             let response = match &outcome {
                 Ok(response) => proto::ClientResponse {
                     request_id,
@@ -1297,6 +1345,7 @@ impl Daemon {
         let Some(waiters) = self.waiting.remove(&key) else { return };
         for Waiter { token, request_id, operation, arrived } in waiters {
             self.observer.metrics.request_answered(operation, ErrorCode::Ok, arrived.elapsed());
+            self.observer.count_request();
             let response = wire::scan_page_to_proto(request_id, page.clone());
             self.queue_to_client(token, &response);
         }

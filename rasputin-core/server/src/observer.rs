@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use rasputin_consensus::{Nanos, NodeId, Role};
 use rasputin_kv::operation::Node;
+use rasputin_kv::range::RangeDescriptor;
 use rasputin_kv::wire::proto;
 
 use crate::metrics::Metrics;
@@ -20,6 +21,51 @@ use crate::storage::Storage;
 const PUBLISH_INTERVAL: Duration = Duration::from_millis(50);
 /// RocksDB's size is read this often.
 const STORAGE_SIZE_INTERVAL: Duration = Duration::from_secs(5);
+
+/// A range's request rate is counted over this window, in whole seconds.
+pub const REQUEST_RATE_WINDOW_SECONDS: u64 = 10;
+
+/// Requests answered per second, over the last `REQUEST_RATE_WINDOW_SECONDS`
+/// whole seconds: one bucket per second, the current one still filling.
+struct RequestRate {
+    started: Instant,
+    buckets: [Cell<u64>; REQUEST_RATE_WINDOW_SECONDS as usize + 1],
+    /// The second (since `started`) that the newest bucket counts.
+    second: Cell<u64>,
+}
+
+impl RequestRate {
+    fn new(started: Instant) -> RequestRate {
+        RequestRate { started, buckets: Default::default(), second: Cell::new(0) }
+    }
+
+    fn record(&self, now: Instant) {
+        let bucket = &self.buckets[self.advance(now)];
+        bucket.set(bucket.get() + 1);
+    }
+
+    fn per_second(&self, now: Instant) -> f64 {
+        let current = self.advance(now);
+        let done: u64 =
+            (0..self.buckets.len()).filter(|&index| index != current).map(|index| self.buckets[index].get()).sum();
+        // Early on, fewer whole seconds than the window have passed.
+        let seconds = self.second.get().clamp(1, REQUEST_RATE_WINDOW_SECONDS);
+        done as f64 / seconds as f64
+    }
+
+    /// Empties the buckets of the seconds that passed since the last call,
+    /// and returns the current second's bucket.
+    fn advance(&self, now: Instant) -> usize {
+        let second = now.saturating_duration_since(self.started).as_secs();
+        let length = self.buckets.len() as u64;
+        let passed = second.saturating_sub(self.second.get()).min(length);
+        for step in 1..=passed {
+            self.buckets[((self.second.get() + step) % length) as usize].set(0);
+        }
+        self.second.set(self.second.get().max(second));
+        (self.second.get() % length) as usize
+    }
+}
 
 /// Who this node is, for its status.
 pub struct Identity {
@@ -53,6 +99,8 @@ pub struct Observer {
     leader_seen: Cell<Option<NodeId>>,
     lease_end_seen: Cell<Option<Nanos>>,
     lease_held_seen: Cell<bool>,
+    requests: RequestRate,
+    size_bytes_seen: Cell<u64>,
 }
 
 impl Observer {
@@ -62,12 +110,15 @@ impl Observer {
         board: Arc<StatusBoard>,
         server: Option<StatusServer>,
     ) -> Observer {
+        let started = Instant::now();
         Observer {
             identity,
             metrics,
             board,
             _server: server,
-            started: Instant::now(),
+            started,
+            requests: RequestRate::new(started),
+            size_bytes_seen: Cell::new(0),
             published_at: Cell::new(None),
             sized_at: Cell::new(None),
             leader_seen: Cell::new(None),
@@ -88,12 +139,18 @@ impl Observer {
         let now = Instant::now();
         if self.sized_at.get().is_none_or(|at| now.duration_since(at) >= STORAGE_SIZE_INTERVAL) {
             self.sized_at.set(Some(now));
-            self.metrics.storage_bytes.store(turn.storage.size_bytes(), Ordering::Relaxed);
+            self.size_bytes_seen.set(turn.storage.size_bytes());
+            self.metrics.storage_bytes.store(self.size_bytes_seen.get(), Ordering::Relaxed);
         }
         if urgent || self.published_at.get().is_none_or(|at| now.duration_since(at) >= PUBLISH_INTERVAL) {
             self.published_at.set(Some(now));
             self.board.publish(self.status(turn));
         }
+    }
+
+    /// A client request was answered, for the range's request rate.
+    pub fn count_request(&self) {
+        self.requests.record(Instant::now());
     }
 
     fn count_leadership(&self, node: &Node, now: Nanos) {
@@ -143,7 +200,45 @@ impl Observer {
             status.log_entries = node.log().last_index() - node.log().snapshot_index();
             status.log_bytes = node.log().bytes() as u64;
             status.snapshot_index = node.log().snapshot_index();
+            status.ranges = vec![self.range_status(node)];
         }
         status
+    }
+
+    /// The one range a daemon holds today: every key, on every member.
+    fn range_status(&self, node: &Node) -> proto::RangeStatus {
+        let descriptor = RangeDescriptor::first(node.config().members.clone());
+        proto::RangeStatus {
+            descriptor: Some(descriptor.to_proto()),
+            leader_id: node.leader_id().unwrap_or(0),
+            size_bytes: self.size_bytes_seen.get(),
+            requests_per_second: self.requests.per_second(Instant::now()),
+            transferring_to: node.transferring_to().unwrap_or(0),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_request_rate_counts_the_whole_seconds_of_its_window_only() {
+        let started = Instant::now();
+        let rate = RequestRate::new(started);
+        let at = |seconds: f64| started + Duration::from_secs_f64(seconds);
+        for _ in 0..30 {
+            rate.record(at(0.5));
+        }
+        // The second still filling does not count yet.
+        assert_eq!(rate.per_second(at(0.9)), 0.0);
+        assert_eq!(rate.per_second(at(1.5)), 30.0);
+        for _ in 0..10 {
+            rate.record(at(2.5));
+        }
+        assert_eq!(rate.per_second(at(3.0)), 40.0 / 3.0);
+        // Eleven seconds on, the first second has left the window.
+        assert_eq!(rate.per_second(at(11.5)), 10.0 / 10.0);
+        assert_eq!(rate.per_second(at(40.0)), 0.0);
     }
 }
