@@ -6,6 +6,7 @@
 
 pub mod balance;
 pub mod health;
+pub mod meta;
 pub mod operation;
 pub mod range;
 pub mod scan;
