@@ -142,7 +142,10 @@ impl CasResult {
 /// client is closed.
 #[pyclass(module = "rasputin")]
 struct Scan {
-    pairs: ScanIter,
+    /// None once the client was found closed: its connections go with it.
+    pairs: Option<ScanIter>,
+    /// Checked on every step, so that a scan ends with its client's close().
+    client: Py<Client>,
 }
 
 #[pymethods]
@@ -152,7 +155,11 @@ impl Scan {
     }
 
     fn __next__(&mut self, py: Python<'_>) -> PyResult<Option<(Py<PyBytes>, Py<PyBytes>)>> {
-        let pairs = &mut self.pairs;
+        let closed = self.client.borrow(py).inner.read().unwrap_or_else(|poisoned| poisoned.into_inner()).is_none();
+        if closed {
+            self.pairs = None;
+        }
+        let pairs = self.pairs.as_mut().ok_or_else(closed_error)?;
         match py.allow_threads(|| pairs.next()) {
             None => Ok(None),
             Some(Err(error)) => Err(to_python_error(error)),
@@ -274,7 +281,7 @@ impl Client {
     /// start with `start` instead, and takes no `end`.
     #[pyo3(signature = (start = None, end = None, *, limit = None, prefix = false))]
     fn scan(
-        &self,
+        slf: &Bound<'_, Self>,
         start: Option<&Bound<'_, PyAny>>,
         end: Option<&Bound<'_, PyAny>>,
         limit: Option<usize>,
@@ -286,9 +293,10 @@ impl Client {
             return Err(PyValueError::new_err("a prefix scan takes no end; pass either prefix=True or end"));
         }
         let end = if prefix { rasputin::prefix_end(start) } else { end.map(<[u8]>::to_vec) };
-        let guard = self.inner.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let this = slf.borrow();
+        let guard = this.inner.read().unwrap_or_else(|poisoned| poisoned.into_inner());
         let client = guard.as_ref().ok_or_else(closed_error)?;
-        Ok(Scan { pairs: client.scan_iter(start, end.as_deref(), limit) })
+        Ok(Scan { pairs: Some(client.scan_iter(start, end.as_deref(), limit)), client: slf.clone().unbind() })
     }
 
     /// Closes the client's connections. Further calls raise ClientClosed. Idempotent.

@@ -135,6 +135,19 @@ def test_use_after_close_raises_client_closed(cluster):
         managed.set(b"k", b"x")
 
 
+def test_a_scan_ends_with_its_client(cluster):
+    client = rasputin.Client(cluster)
+    client.set(b"scan-close/a", b"1")
+    client.set(b"scan-close/b", b"2")
+    pairs = client.scan(b"scan-close/", prefix=True)
+    assert next(pairs) == (b"scan-close/a", b"1")
+    client.close()
+    with pytest.raises(rasputin.ClientClosed):
+        next(pairs)
+    with pytest.raises(rasputin.ClientClosed):
+        next(pairs)
+
+
 def test_eight_threads_share_one_client(client):
     failures = []
 
