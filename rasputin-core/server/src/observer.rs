@@ -100,7 +100,6 @@ pub struct Observer {
     lease_end_seen: Cell<Option<Nanos>>,
     lease_held_seen: Cell<bool>,
     requests: RequestRate,
-    size_bytes_seen: Cell<u64>,
 }
 
 impl Observer {
@@ -118,7 +117,6 @@ impl Observer {
             _server: server,
             started,
             requests: RequestRate::new(started),
-            size_bytes_seen: Cell::new(0),
             published_at: Cell::new(None),
             sized_at: Cell::new(None),
             leader_seen: Cell::new(None),
@@ -139,8 +137,7 @@ impl Observer {
         let now = Instant::now();
         if self.sized_at.get().is_none_or(|at| now.duration_since(at) >= STORAGE_SIZE_INTERVAL) {
             self.sized_at.set(Some(now));
-            self.size_bytes_seen.set(turn.storage.size_bytes());
-            self.metrics.storage_bytes.store(self.size_bytes_seen.get(), Ordering::Relaxed);
+            self.metrics.storage_bytes.store(turn.storage.size_bytes(), Ordering::Relaxed);
         }
         if urgent || self.published_at.get().is_none_or(|at| now.duration_since(at) >= PUBLISH_INTERVAL) {
             self.published_at.set(Some(now));
@@ -211,7 +208,7 @@ impl Observer {
         proto::RangeStatus {
             descriptor: Some(descriptor.to_proto()),
             leader_id: node.leader_id().unwrap_or(0),
-            size_bytes: self.size_bytes_seen.get(),
+            size_bytes: self.metrics.storage_bytes.load(Ordering::Relaxed),
             requests_per_second: self.requests.per_second(Instant::now()),
             transferring_to: node.transferring_to().unwrap_or(0),
         }
