@@ -34,6 +34,15 @@ impl EndKey {
     }
 }
 
+/// The key a record sorts by in the meta range's key space: its end key,
+/// with the last range (no end) after every other. Also a snapshot's key.
+pub fn record_key(descriptor: &RangeDescriptor) -> Vec<u8> {
+    match &descriptor.end {
+        Some(end) => [&[0u8][..], end].concat(),
+        None => vec![1],
+    }
+}
+
 /// Why an update changed nothing. Each leaves the records as they were.
 #[derive(Clone, Debug, Error, PartialEq, Eq)]
 pub enum MetaError {
@@ -45,6 +54,14 @@ pub enum MetaError {
     Stale { record: RangeDescriptor },
     #[error("the update covers part of record {record} only: an earlier update has not landed yet; retry once it has")]
     OutOfOrder { record: RangeDescriptor },
+}
+
+/// Whether an update must be newer than the records it replaces.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EpochGuard {
+    On,
+    /// The planted bug: a late, older update overwrites newer records.
+    Off,
 }
 
 /// Every data range's descriptor, tiling the key space exactly once.
@@ -73,6 +90,15 @@ impl MetaRecords {
     /// newer than every one of them and covers them whole. Idempotent: a
     /// retry, or a late copy of an older update, is `Stale`.
     pub fn apply(&mut self, update: &[RangeDescriptor]) -> Result<(), MetaError> {
+        self.check(update, EpochGuard::On)?;
+        self.replace(update);
+        Ok(())
+    }
+
+    /// Whether `apply` would take `update`, without taking it: the state
+    /// machine decides with this and makes the change with `replace`.
+    /// `EpochGuard::Off` is the simulator's planted bug only.
+    pub fn check(&self, update: &[RangeDescriptor], guard: EpochGuard) -> Result<(), MetaError> {
         let (Some(first), Some(last)) = (update.first(), update.last()) else { return Err(MetaError::BadSize(0)) };
         if update.len() > DESCRIPTORS_PER_UPDATE_MAX {
             return Err(MetaError::BadSize(update.len()));
@@ -82,19 +108,35 @@ impl MetaRecords {
         }
         let replaced = self.covered(&first.start, &EndKey::of(last));
         let version = update.iter().map(|descriptor| descriptor.epoch.version).min().expect("checked non-empty");
-        if let Some(record) = replaced.iter().find(|record| record.epoch.version >= version) {
+        let stale = replaced.iter().find(|record| record.epoch.version >= version);
+        if let (Some(record), EpochGuard::On) = (stale, guard) {
             return Err(MetaError::Stale { record: (*record).clone() });
         }
         let whole = |record: &&RangeDescriptor| record.start >= first.start && EndKey::of(record) <= EndKey::of(last);
         if let Some(record) = replaced.iter().find(|record| !whole(record)) {
             return Err(MetaError::OutOfOrder { record: (*record).clone() });
         }
-        let ends: Vec<EndKey> = replaced.iter().map(|record| EndKey::of(record)).collect();
+        Ok(())
+    }
+
+    /// Puts the update's descriptors in place of the records they cover.
+    /// The caller has checked it (`check`), so the records still tile.
+    pub fn replace(&mut self, update: &[RangeDescriptor]) {
+        let (Some(first), Some(last)) = (update.first(), update.last()) else { return };
+        let ends: Vec<EndKey> =
+            self.covered(&first.start, &EndKey::of(last)).iter().map(|record| EndKey::of(record)).collect();
         for end in ends {
             self.by_end.remove(&end);
         }
         self.by_end.extend(update.iter().map(|descriptor| (EndKey::of(descriptor), descriptor.clone())));
-        Ok(())
+        assert!(self.tiles_the_key_space(), "a checked meta update left a gap or an overlap: {update:?}");
+    }
+
+    /// The records a snapshot held, if they tile the key space.
+    pub fn restore(records: Vec<RangeDescriptor>) -> Option<MetaRecords> {
+        let by_end = records.into_iter().map(|record| (EndKey::of(&record), record)).collect();
+        let restored = MetaRecords { by_end };
+        restored.tiles_the_key_space().then_some(restored)
     }
 
     /// The records sharing a key with [start, end).
@@ -184,6 +226,31 @@ mod tests {
         records.apply(&second).unwrap();
         assert_eq!(ids(&records), vec![FIRST_RANGE_ID, 2, 3]);
         assert!(records.tiles_the_key_space());
+    }
+
+    #[test]
+    fn without_the_epoch_guard_a_late_update_overwrites_newer_records() {
+        let mut records = MetaRecords::new(first());
+        let (left, right) = split(&first(), "m", 2);
+        records.apply(&[left.clone(), right.clone()]).unwrap();
+        let (right_left, right_right) = split(&right, "t", 3);
+        records.apply(&[right_left, right_right]).unwrap();
+        let late = [left, right];
+        assert!(matches!(records.check(&late, EpochGuard::On), Err(MetaError::Stale { .. })));
+        assert_eq!(records.check(&late, EpochGuard::Off), Ok(()));
+        records.replace(&late);
+        assert_eq!(ids(&records), vec![FIRST_RANGE_ID, 2]);
+    }
+
+    #[test]
+    fn restored_records_must_tile_the_key_space() {
+        let (left, right) = split(&first(), "m", 2);
+        assert_eq!(
+            MetaRecords::restore(vec![right.clone(), left.clone()]).map(|records| ids(&records)),
+            Some(vec![1, 2])
+        );
+        assert_eq!(MetaRecords::restore(vec![right]), None);
+        assert_eq!(MetaRecords::restore(vec![left]), None);
     }
 
     #[test]

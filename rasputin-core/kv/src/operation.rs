@@ -7,7 +7,7 @@ use bytes::Bytes;
 
 use rasputin_consensus as consensus;
 
-use crate::range::RangeId;
+use crate::range::{RangeDescriptor, RangeId};
 
 /// What a client asks of the key-value state machine. Keys and values are
 /// `Bytes`: decoded without a copy from the request's frame, and shared,
@@ -49,12 +49,24 @@ pub enum Operation {
         end: Option<Bytes>,
         limit: u32,
     },
+    /// To the meta range: record the descriptors a split produced, if they
+    /// are newer than the records they replace. Needs no session: a retry
+    /// is refused as stale, and changes nothing.
+    MetaUpdate {
+        descriptors: Vec<RangeDescriptor>,
+    },
+    /// To the meta range: up to `limit` descriptors, from the one holding
+    /// `key` on, in key order.
+    MetaLookup {
+        key: Bytes,
+        limit: u32,
+    },
 }
 
 impl Operation {
     /// Reads do not enter the log; they are served at a confirmed read index.
     pub fn is_read(&self) -> bool {
-        matches!(self, Operation::Get { .. } | Operation::Scan { .. })
+        matches!(self, Operation::Get { .. } | Operation::Scan { .. } | Operation::MetaLookup { .. })
     }
 
     pub fn key(&self) -> &[u8] {
@@ -63,9 +75,11 @@ impl Operation {
             | Operation::Get { key }
             | Operation::Cas { key, .. }
             | Operation::Del { key }
-            | Operation::Split { key, .. } => key,
+            | Operation::Split { key, .. }
+            | Operation::MetaLookup { key, .. } => key,
             Operation::Scan { start, .. } => start,
-            Operation::OpenSession => &[],
+            // The meta range holds every key of its own key space.
+            Operation::OpenSession | Operation::MetaUpdate { .. } => &[],
         }
     }
 
@@ -78,6 +92,8 @@ impl Operation {
             Operation::Scan { start, end, .. } => start.len() + end.as_ref().map_or(0, Bytes::len) + 4,
             Operation::Cas { key, expected, new } => key.len() + expected.len() + new.len(),
             Operation::OpenSession => 0,
+            Operation::MetaUpdate { descriptors } => descriptors.iter().map(RangeDescriptor::size_bytes).sum(),
+            Operation::MetaLookup { key, .. } => key.len() + 4,
         }
     }
 }

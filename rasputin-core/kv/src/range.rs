@@ -18,6 +18,11 @@ pub type RangeId = u64;
 /// as the leftmost range, so it always exists.
 pub const FIRST_RANGE_ID: RangeId = 1;
 
+/// The meta range, which holds every data range's descriptor in a key space
+/// of its own: its bounds are of that space, never of data keys. The last
+/// id, so that data ranges take theirs from the first on.
+pub const META_RANGE_ID: RangeId = RangeId::MAX;
+
 /// A range's version. `version` rises with every split or merge (a change
 /// of bounds), `conf_ver` with every change of replicas. A request names the
 /// epoch it was routed by, and a replica refuses one that differs: the
@@ -59,12 +64,37 @@ impl RangeDescriptor {
         RangeDescriptor { id: FIRST_RANGE_ID, start: Bytes::new(), end: None, replicas, epoch: RangeEpoch::default() }
     }
 
+    /// The meta range of a new cluster, on every member.
+    pub fn meta(replicas: Vec<NodeId>) -> RangeDescriptor {
+        RangeDescriptor { id: META_RANGE_ID, ..RangeDescriptor::first(replicas) }
+    }
+
+    /// Whether this is the meta range, whose bounds are not of data keys.
+    pub fn is_meta(&self) -> bool {
+        self.id == META_RANGE_ID
+    }
+
+    /// Whether the range exists from a cluster's first instant (the first
+    /// data range and the meta range); every other is made by a split.
+    pub fn is_original(&self) -> bool {
+        self.id == FIRST_RANGE_ID || self.is_meta()
+    }
+
+    /// Bytes the descriptor takes in a log entry, for batch limits.
+    pub fn size_bytes(&self) -> usize {
+        self.start.len() + self.end.as_ref().map_or(0, Bytes::len) + 8 * self.replicas.len() + 32
+    }
+
     pub fn contains(&self, key: &[u8]) -> bool {
         key >= &self.start[..] && self.end.as_ref().is_none_or(|end| key < &end[..])
     }
 
-    /// Whether the two ranges share a key.
+    /// Whether the two ranges share a key. The meta range's keys are of a
+    /// space of their own, so it shares none with a data range.
     pub fn overlaps(&self, other: &RangeDescriptor) -> bool {
+        if self.is_meta() != other.is_meta() {
+            return false;
+        }
         let starts_before_other_ends = other.end.as_ref().is_none_or(|end| self.start < *end);
         let other_starts_before_this_ends = self.end.as_ref().is_none_or(|end| other.start < *end);
         starts_before_other_ends && other_starts_before_this_ends

@@ -34,6 +34,7 @@ const FLAG_LAST: u8 = 1;
 const TAG_VALUE: u8 = 1;
 const TAG_SESSION: u8 = 2;
 const TAG_RANGE: u8 = 3;
+const TAG_SPLIT_OUTCOME: u8 = 4;
 
 const _: () = assert!(
     HEADER_BYTES + 1 + 4 + KEY_BYTES_MAX + 4 + VALUE_BYTES_MAX + CHECKSUM_BYTES <= SNAPSHOT_CHUNK_BYTES_MAX,
@@ -83,6 +84,11 @@ pub enum Record<'a> {
     Range {
         descriptor: &'a [u8],
     },
+    /// The protobuf-encoded `MetaUpdate` of the range's last split: the
+    /// descriptors it produced, which the meta range must come to hold.
+    SplitOutcome {
+        update: &'a [u8],
+    },
 }
 
 impl Record<'_> {
@@ -92,6 +98,7 @@ impl Record<'_> {
             Record::Value { key, value } => 1 + 4 + key.len() + 4 + value.len(),
             Record::Session { session, .. } => 1 + 8 + 4 + session.len(),
             Record::Range { descriptor } => 1 + 4 + descriptor.len(),
+            Record::SplitOutcome { update } => 1 + 4 + update.len(),
         }
     }
 }
@@ -140,6 +147,10 @@ impl ChunkWriter {
             Record::Range { descriptor } => {
                 self.out.push(TAG_RANGE);
                 put_bytes(&mut self.out, descriptor);
+            }
+            Record::SplitOutcome { update } => {
+                self.out.push(TAG_SPLIT_OUTCOME);
+                put_bytes(&mut self.out, update);
             }
         }
     }
@@ -252,6 +263,7 @@ impl<'a> Records<'a> {
             TAG_VALUE => Ok(Record::Value { key: self.bytes()?, value: self.bytes()? }),
             TAG_SESSION => Ok(Record::Session { client_id: self.u64()?, session: self.bytes()? }),
             TAG_RANGE => Ok(Record::Range { descriptor: self.bytes()? }),
+            TAG_SPLIT_OUTCOME => Ok(Record::SplitOutcome { update: self.bytes()? }),
             _ => Err(SnapshotDecodeError::Malformed(at)),
         }
     }
@@ -363,6 +375,7 @@ mod tests {
                 Record::Value { key, value } => (key.to_vec(), value.to_vec()),
                 Record::Session { client_id, session } => (client_id.to_le_bytes().to_vec(), session.to_vec()),
                 Record::Range { descriptor } => (b"range".to_vec(), descriptor.to_vec()),
+                Record::SplitOutcome { update } => (b"split".to_vec(), update.to_vec()),
             })
             .collect()
     }

@@ -19,6 +19,7 @@ use std::ops::Bound;
 use prost::Message as _;
 use thiserror::Error;
 
+use crate::meta::{self, EpochGuard, MetaError, MetaRecords};
 use crate::operation::{ClientRequest, Entry, EntryPayload, Operation};
 use crate::range::{RangeDescriptor, RangeId, SplitError};
 use crate::scan::{self, ScanPage};
@@ -131,6 +132,10 @@ pub enum Refusal {
     RangeMismatch { range: RangeDescriptor },
     #[error("the split was not made: {0}")]
     Split(#[from] SplitError),
+    #[error("this replica holds {holds}, not the meta range; send meta requests to the meta range")]
+    NotMeta { holds: String },
+    #[error("the meta range did not record the update: {0}")]
+    Meta(#[from] MetaError),
 }
 
 /// Read access to a key-value state, in memory or on disk.
@@ -148,6 +153,14 @@ pub trait KvRead {
     fn applies_misrouted_writes(&self) -> bool {
         false
     }
+    /// The records, if this state is the meta range's.
+    fn meta(&self) -> Option<&MetaRecords> {
+        None
+    }
+    /// Off only with the planted bug of `StoreFaults::meta_updates_unguarded`.
+    fn meta_epoch_guard(&self) -> EpochGuard {
+        EpochGuard::On
+    }
 }
 
 /// Deliberate state-machine bugs, for the simulator's tests that show its
@@ -158,15 +171,20 @@ pub struct StoreFaults {
     /// between the write's proposal and its commit) instead of refusing it:
     /// the classic misrouted write, which the key's new owner never sees.
     pub misrouted_writes_apply: bool,
+    /// Record a meta update without checking that it is newer than the
+    /// records it replaces: a late copy of an old split's update puts the
+    /// meta range back behind its data ranges.
+    pub meta_updates_unguarded: bool,
 }
 
 impl StoreFaults {
     /// The name of each planted bug, as the simulator's `--bug` takes them.
-    pub const NAMES: [&'static str; 1] = ["misrouted-writes-apply"];
+    pub const NAMES: [&'static str; 2] = ["misrouted-writes-apply", "meta-updates-unguarded"];
 
     pub fn named(name: &str) -> Option<StoreFaults> {
         match name {
-            "misrouted-writes-apply" => Some(StoreFaults { misrouted_writes_apply: true }),
+            "misrouted-writes-apply" => Some(StoreFaults { misrouted_writes_apply: true, ..StoreFaults::default() }),
+            "meta-updates-unguarded" => Some(StoreFaults { meta_updates_unguarded: true, ..StoreFaults::default() }),
             _ => None,
         }
     }
@@ -195,6 +213,10 @@ pub enum Change {
     Split {
         left: RangeDescriptor,
         right: RangeDescriptor,
+    },
+    /// The meta range records these descriptors in place of those they cover.
+    Meta {
+        descriptors: Vec<RangeDescriptor>,
     },
 }
 
@@ -236,6 +258,12 @@ pub fn decide<S: KvRead>(state: &S, entry: &Entry, limits: SessionLimits) -> Res
             return Ok(refuse(Refusal::MalformedOpen));
         }
         return split(state, entry, request, key, *right_range, *version);
+    }
+    if let Operation::MetaUpdate { descriptors } = &request.operation {
+        if request.client_id != 0 || request.sequence == 0 {
+            return Ok(refuse(Refusal::MalformedOpen));
+        }
+        return meta_update(state, entry, request, descriptors);
     }
     let misrouted = |range: &RangeDescriptor| !range.contains(request.operation.key());
     if let Some(range) = state.range()?.filter(misrouted).filter(|_| !state.applies_misrouted_writes()) {
@@ -305,6 +333,34 @@ fn split<S: KvRead>(
     Ok(Decision { applied: Some(answer(request, outcome)), changes, census })
 }
 
+/// Records a split's (or merge's) descriptors in the meta range. A stale
+/// update is refused, and the sender takes that as done: the meta range
+/// holds those descriptors or newer ones.
+fn meta_update<S: KvRead>(
+    state: &S,
+    entry: &Entry,
+    request: &ClientRequest,
+    descriptors: &[RangeDescriptor],
+) -> Result<Decision, S::Error> {
+    let census = state.census();
+    let checked = match state.meta() {
+        Some(records) => records.check(descriptors, state.meta_epoch_guard()).map_err(Refusal::Meta),
+        None => {
+            let holds = state.range()?.map_or_else(|| "every key".to_string(), |range| format!("range {range}"));
+            Err(Refusal::NotMeta { holds })
+        }
+    };
+    let (outcome, changes) = match checked {
+        Ok(()) => {
+            let response =
+                Response { success: true, found: false, value: Vec::new(), term: entry.term, index: entry.index };
+            (Ok(response), vec![Change::Meta { descriptors: descriptors.to_vec() }])
+        }
+        Err(refusal) => (Err(refusal), Vec::new()),
+    };
+    Ok(Decision { applied: Some(answer(request, outcome)), changes, census })
+}
+
 fn apply_write<S: KvRead>(
     state: &S,
     entry: &Entry,
@@ -334,8 +390,10 @@ fn apply_write<S: KvRead>(
         }
         // A scan's pages never enter the log either, and a page does not fit
         // in a session's answer: a logged one changes nothing and finds nothing.
-        Operation::Scan { .. } => (false, false, Vec::new(), None),
-        Operation::OpenSession | Operation::Split { .. } => unreachable!("decide handles OpenSession and Split"),
+        Operation::Scan { .. } | Operation::MetaLookup { .. } => (false, false, Vec::new(), None),
+        Operation::OpenSession | Operation::Split { .. } | Operation::MetaUpdate { .. } => {
+            unreachable!("decide handles OpenSession, Split and MetaUpdate")
+        }
     };
     let response = Response { success, found, value, term: entry.term, index: entry.index };
     let remembered = Session { sequence: request.sequence, last: Some(remember(&response, &request.operation)) };
@@ -356,7 +414,9 @@ fn remember(response: &Response, operation: &Operation) -> Remembered {
         | Operation::Get { .. }
         | Operation::Scan { .. }
         | Operation::OpenSession
-        | Operation::Split { .. } => false,
+        | Operation::Split { .. }
+        | Operation::MetaUpdate { .. }
+        | Operation::MetaLookup { .. } => false,
     };
     Remembered {
         success: response.success,
@@ -455,6 +515,11 @@ pub struct KvStore {
     applied_term: Term,
     /// The right half of a split just applied, for the driver to start as a new range.
     split_off: Option<Box<KvStore>>,
+    /// The descriptors this range's last split produced, which its leader
+    /// sends the meta range until the meta range holds them (or newer).
+    split_outcome: Option<Vec<RangeDescriptor>>,
+    /// Present in the meta range's store only; its data map stays empty.
+    meta: Option<MetaRecords>,
     faults: StoreFaults,
 }
 
@@ -475,6 +540,8 @@ impl KvStore {
         KvStore {
             range,
             split_off: None,
+            split_outcome: None,
+            meta: None,
             data: BTreeMap::new(),
             sessions: BTreeMap::new(),
             census: SessionCensus::default(),
@@ -483,6 +550,29 @@ impl KvStore {
             applied_term: 0,
             faults: StoreFaults::default(),
         }
+    }
+
+    /// An empty store of the meta range, whose one record is `first`.
+    pub fn meta(limits: SessionLimits, range: RangeDescriptor, first: RangeDescriptor) -> KvStore {
+        assert!(range.is_meta(), "the meta range's store is of the meta range, not {range}");
+        KvStore { meta: Some(MetaRecords::new(first)), ..KvStore::empty(limits, range) }
+    }
+
+    /// The meta range's records; None in a data range's store.
+    pub fn meta_records(&self) -> Option<&MetaRecords> {
+        self.meta.as_ref()
+    }
+
+    /// What a meta lookup answers: up to `limit` descriptors from the one
+    /// holding `key` on.
+    pub fn lookup(&self, key: &[u8], limit: u32) -> Result<Vec<RangeDescriptor>, Refusal> {
+        let records = self.meta.as_ref().ok_or_else(|| Refusal::NotMeta { holds: format!("range {}", self.range) })?;
+        Ok(records.lookup(key, limit as usize))
+    }
+
+    /// The descriptors this range's last split produced, if it has split.
+    pub fn split_outcome(&self) -> Option<&[RangeDescriptor]> {
+        self.split_outcome.as_deref()
     }
 
     /// This store with the planted bugs of `faults`, which the ranges it
@@ -586,13 +676,17 @@ impl KvStore {
             }
             Change::Split { left, right } => {
                 let moved = self.data.split_off(&right.start[..]);
-                let mut store = KvStore::empty(self.limits, right).with_faults(self.faults);
+                let mut store = KvStore::empty(self.limits, right.clone()).with_faults(self.faults);
                 store.data = moved;
                 store.sessions = self.sessions.clone();
                 store.census = self.census;
                 (store.applied_index, store.applied_term) = (entry.index, entry.term);
+                self.split_outcome = Some(vec![left.clone(), right]);
                 self.range = left;
                 self.split_off = Some(Box::new(store));
+            }
+            Change::Meta { descriptors } => {
+                self.meta.as_mut().expect("decide sends meta updates to the meta range only").replace(&descriptors);
             }
         }
     }
@@ -608,6 +702,14 @@ impl KvStore {
         for (&client_id, session) in &self.sessions {
             chunker.push(&Record::Session { client_id, session: &encode_session(session) });
         }
+        if let Some(outcome) = &self.split_outcome {
+            chunker.push(&Record::SplitOutcome { update: &meta_update_bytes(outcome) });
+        }
+        // The meta range's records, keyed as they sort: each by its end key.
+        for record in self.meta.iter().flat_map(MetaRecords::records) {
+            let key = meta::record_key(record);
+            chunker.push(&Record::Value { key: &key, value: &record.to_proto().encode_to_vec() });
+        }
         chunker.finish()
     }
 
@@ -615,8 +717,11 @@ impl KvStore {
         let chunks = snapshot::split(bytes)?;
         let mut store = KvStore::new(limits);
         (store.applied_index, store.applied_term) = chunks[0].position();
+        let mut meta_records = Vec::new();
         for record in chunks.iter().flat_map(|chunk| chunk.records()) {
             match record? {
+                // The range record comes first, so a meta range's is known here.
+                Record::Value { value, .. } if store.range.is_meta() => meta_records.push(decode_range(value)?),
                 Record::Value { key, value } => {
                     store.data.insert(key.to_vec(), value.to_vec());
                 }
@@ -627,7 +732,11 @@ impl KvStore {
                     store.sessions.insert(client_id, session);
                 }
                 Record::Range { descriptor } => store.range = decode_range(descriptor)?,
+                Record::SplitOutcome { update } => store.split_outcome = Some(decode_meta_update(update)?),
             }
+        }
+        if store.range.is_meta() {
+            store.meta = Some(MetaRecords::restore(meta_records).ok_or(SnapshotDecodeError::BadRange)?);
         }
         Ok(store)
     }
@@ -648,8 +757,30 @@ pub fn decode_range(bytes: &[u8]) -> Result<RangeDescriptor, SnapshotDecodeError
     RangeDescriptor::from_proto(stored).map_err(|_| SnapshotDecodeError::BadRange)
 }
 
+fn meta_update_bytes(descriptors: &[RangeDescriptor]) -> Vec<u8> {
+    proto::MetaUpdate { descriptors: descriptors.iter().map(RangeDescriptor::to_proto).collect() }.encode_to_vec()
+}
+
+fn decode_meta_update(bytes: &[u8]) -> Result<Vec<RangeDescriptor>, SnapshotDecodeError> {
+    let update = proto::MetaUpdate::decode(bytes).map_err(|_| SnapshotDecodeError::BadRange)?;
+    let descriptors = update.descriptors.into_iter().map(RangeDescriptor::from_proto);
+    descriptors.collect::<Result<_, _>>().map_err(|_| SnapshotDecodeError::BadRange)
+}
+
 impl KvRead for KvStore {
     type Error = std::convert::Infallible;
+
+    fn meta(&self) -> Option<&MetaRecords> {
+        self.meta.as_ref()
+    }
+
+    fn meta_epoch_guard(&self) -> EpochGuard {
+        if self.faults.meta_updates_unguarded {
+            EpochGuard::Off
+        } else {
+            EpochGuard::On
+        }
+    }
 
     fn range(&self) -> Result<Option<RangeDescriptor>, Self::Error> {
         Ok(Some(self.range.clone()))
@@ -913,6 +1044,34 @@ mod tests {
             assert_eq!(snapshot_range(&half.snapshot()), Ok(Some(half.descriptor().clone())));
             assert_eq!(restored, half);
         }
+    }
+
+    fn meta_update(index: LogIndex, descriptors: &[RangeDescriptor]) -> Entry {
+        command(index, 0, 2_000 + index, Operation::MetaUpdate { descriptors: descriptors.to_vec() })
+    }
+
+    #[test]
+    fn the_meta_range_records_a_split_once_and_survives_its_snapshot() {
+        let first = RangeDescriptor::first(vec![1, 2, 3]);
+        let mut meta = KvStore::meta(LIMITS, RangeDescriptor::meta(vec![1, 2, 3]), first.clone());
+        let mut data = KvStore::empty(LIMITS, first);
+        response(data.apply(&split(1, b"m", 2, 0)));
+        let outcome = data.split_outcome().expect("the split's descriptors").to_vec();
+        assert_eq!(outcome[1].id, 2);
+        response(meta.apply(&meta_update(1, &outcome)));
+        let retried = meta.apply(&meta_update(2, &outcome)).expect("an answer").outcome;
+        assert!(matches!(retried, Err(Refusal::Meta(MetaError::Stale { .. }))), "{retried:?}");
+        assert_eq!(meta.lookup(b"z", 8), Ok(vec![outcome[1].clone()]));
+        assert_eq!(meta.lookup(b"", 8), Ok(outcome.clone()));
+        let restored = KvStore::restore(&meta.snapshot(), LIMITS).expect("its own snapshot");
+        assert_eq!(restored, meta);
+        // A data range refuses meta requests: it holds data, not records.
+        let refused = data.apply(&meta_update(2, &outcome)).expect("an answer").outcome;
+        assert!(matches!(refused, Err(Refusal::NotMeta { .. })), "{refused:?}");
+        assert!(matches!(data.lookup(b"a", 8), Err(Refusal::NotMeta { .. })));
+        let decided = decide(&WholeKeySpace, &meta_update(1, &outcome), LIMITS).expect("infallible");
+        assert!(matches!(decided.applied.expect("an answer").outcome, Err(Refusal::NotMeta { .. })));
+        assert!(decided.changes.is_empty());
     }
 
     /// A store that holds every key in one range, as the daemon's does.

@@ -6,6 +6,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use thiserror::Error;
 
 use crate::operation::{ClientRequest, Entry, EntryPayload, Envelope, Message, Operation};
+use crate::range::{DescriptorError, RangeDescriptor};
 use crate::scan::{KeyValue, ScanPage, SCAN_PAGE_BYTES_MAX, SCAN_PAIR_OVERHEAD_BYTES};
 use rasputin_consensus as consensus;
 use rasputin_consensus::{LogIndex, MessageError, NodeId, RejectHint, Term};
@@ -77,6 +78,8 @@ pub enum WireError {
     IncompatibleVersion { theirs: u32, ours: u32 },
     #[error("peer message refused: {0}")]
     Invalid(#[from] MessageError),
+    #[error("an entry carries a malformed range descriptor: {0}; the peer is broken or hostile")]
+    BadDescriptor(DescriptorError),
 }
 
 /// Appends `message` to `out` as one frame.
@@ -139,12 +142,16 @@ fn operation_to_proto(operation: &Operation) -> proto::client_request::Operation
             end: end.clone().unwrap_or_default(),
             limit: *limit,
         }),
+        Operation::MetaUpdate { descriptors } => Wire::MetaUpdate(proto::MetaUpdate {
+            descriptors: descriptors.iter().map(RangeDescriptor::to_proto).collect(),
+        }),
+        Operation::MetaLookup { key, limit } => Wire::MetaLookup(proto::MetaLookup { key: key.clone(), limit: *limit }),
     }
 }
 
-fn operation_from_proto(operation: proto::client_request::Operation) -> Operation {
+fn operation_from_proto(operation: proto::client_request::Operation) -> Result<Operation, DescriptorError> {
     use proto::client_request::Operation as Wire;
-    match operation {
+    Ok(match operation {
         Wire::Set(set) => Operation::Set { key: set.key, value: set.value },
         Wire::Get(get) => Operation::Get { key: get.key },
         Wire::Cas(cas) => Operation::Cas { key: cas.key, expected: cas.expected, new: cas.new },
@@ -156,7 +163,11 @@ fn operation_from_proto(operation: proto::client_request::Operation) -> Operatio
         Wire::Scan(scan) => {
             Operation::Scan { start: scan.start, end: scan.has_end.then_some(scan.end), limit: scan.limit }
         }
-    }
+        Wire::MetaUpdate(update) => Operation::MetaUpdate {
+            descriptors: update.descriptors.into_iter().map(RangeDescriptor::from_proto).collect::<Result<_, _>>()?,
+        },
+        Wire::MetaLookup(lookup) => Operation::MetaLookup { key: lookup.key, limit: lookup.limit },
+    })
 }
 
 /// Why a client request is refused before it reaches consensus.
@@ -176,16 +187,19 @@ pub enum RequestError {
     RequestTooLarge(usize),
     #[error("a write needs a session's non-zero client_id and a non-zero sequence, a read a non-zero sequence (got {client_id}, {sequence}); open a session first and number its requests from 1")]
     NoSession { client_id: u64, sequence: u64 },
-    #[error("an OpenSession or Split request must carry client_id 0 and a non-zero nonce as its sequence (got {client_id}, {sequence})")]
+    #[error("an OpenSession, Split or MetaUpdate request must carry client_id 0 and a non-zero nonce as its sequence (got {client_id}, {sequence})")]
     MalformedOpen { client_id: u64, sequence: u64 },
+    #[error("the request carries a malformed range descriptor: {0}")]
+    BadDescriptor(#[from] DescriptorError),
 }
 
 impl RequestError {
     pub fn code(&self) -> ErrorCode {
         match self {
-            RequestError::NoOperation | RequestError::NoSession { .. } | RequestError::MalformedOpen { .. } => {
-                ErrorCode::BadRequest
-            }
+            RequestError::NoOperation
+            | RequestError::NoSession { .. }
+            | RequestError::MalformedOpen { .. }
+            | RequestError::BadDescriptor(_) => ErrorCode::BadRequest,
             RequestError::UnknownCollection(_) => ErrorCode::UnknownCollection,
             RequestError::UnknownRange(_) => ErrorCode::UnknownRange,
             RequestError::KeyTooLarge(_) | RequestError::ValueTooLarge(_) | RequestError::RequestTooLarge(_) => {
@@ -216,18 +230,20 @@ pub fn client_request_from_proto(request: proto::ClientRequest) -> Result<Client
     if request.range_id != DEFAULT_RANGE_ID {
         return Err(RequestError::UnknownRange(request.range_id));
     }
-    let operation = operation_from_proto(request.operation.ok_or(RequestError::NoOperation)?);
+    let operation = operation_from_proto(request.operation.ok_or(RequestError::NoOperation)?)?;
     let (client_id, sequence) = (request.client_id, request.sequence);
     match operation {
-        Operation::OpenSession | Operation::Split { .. } if client_id != 0 || sequence == 0 => {
+        Operation::OpenSession | Operation::Split { .. } | Operation::MetaUpdate { .. }
+            if client_id != 0 || sequence == 0 =>
+        {
             return Err(RequestError::MalformedOpen { client_id, sequence })
         }
-        Operation::OpenSession | Operation::Split { .. } => {}
+        Operation::OpenSession | Operation::Split { .. } | Operation::MetaUpdate { .. } => {}
         // A read needs no session, only an id for its answer: a random nonce will do.
-        Operation::Get { .. } | Operation::Scan { .. } if sequence == 0 => {
+        Operation::Get { .. } | Operation::Scan { .. } | Operation::MetaLookup { .. } if sequence == 0 => {
             return Err(RequestError::NoSession { client_id, sequence })
         }
-        Operation::Get { .. } | Operation::Scan { .. } => {}
+        Operation::Get { .. } | Operation::Scan { .. } | Operation::MetaLookup { .. } => {}
         _ if client_id == 0 || sequence == 0 => return Err(RequestError::NoSession { client_id, sequence }),
         _ => {}
     }
@@ -245,7 +261,9 @@ pub fn client_request_from_proto(request: proto::ClientRequest) -> Result<Client
         | Operation::Del { .. }
         | Operation::OpenSession
         | Operation::Split { .. }
-        | Operation::Scan { .. } => 0,
+        | Operation::Scan { .. }
+        | Operation::MetaUpdate { .. }
+        | Operation::MetaLookup { .. } => 0,
     };
     if value_bytes > VALUE_BYTES_MAX {
         return Err(RequestError::ValueTooLarge(value_bytes));
@@ -318,6 +336,8 @@ fn command_operation(operation: proto::client_request::Operation) -> proto::comm
         From::OpenSession(open) => To::OpenSession(open),
         From::Split(split) => To::Split(split),
         From::Scan(scan) => To::Scan(scan),
+        From::MetaUpdate(update) => To::MetaUpdate(update),
+        From::MetaLookup(lookup) => To::MetaLookup(lookup),
     }
 }
 
@@ -332,6 +352,8 @@ fn request_operation(operation: proto::command::Operation) -> proto::client_requ
         From::OpenSession(open) => To::OpenSession(open),
         From::Split(split) => To::Split(split),
         From::Scan(scan) => To::Scan(scan),
+        From::MetaUpdate(update) => To::MetaUpdate(update),
+        From::MetaLookup(lookup) => To::MetaLookup(lookup),
     }
 }
 
@@ -344,7 +366,7 @@ pub fn entry_from_proto(entry: proto::Entry) -> Result<Entry, WireError> {
             EntryPayload::Command(ClientRequest {
                 client_id: command.client_id,
                 sequence: command.sequence,
-                operation: operation_from_proto(request_operation(operation)),
+                operation: operation_from_proto(request_operation(operation)).map_err(WireError::BadDescriptor)?,
             })
         }
     };
@@ -676,6 +698,37 @@ mod tests {
             let decoded = peer_frame_from_proto(decode(frame, "PeerMessage").unwrap()).unwrap();
             assert!(matches!(decoded, PeerFrame::Consensus(decoded) if decoded == envelope));
         }
+    }
+
+    #[test]
+    fn meta_requests_round_trip_and_a_malformed_descriptor_is_refused() {
+        let (left, right) = RangeDescriptor::first(vec![1, 2, 3]).split_at(&Bytes::from_static(b"m"), 0, 2).unwrap();
+        let update = Operation::MetaUpdate { descriptors: vec![left, right] };
+        let request = ClientRequest { client_id: 0, sequence: 7, operation: update.clone() };
+        assert_eq!(client_request_from_proto(client_request_to_proto(1, &request)), Ok(request.clone()));
+        let with_session = ClientRequest { client_id: 4, ..request.clone() };
+        let refused = client_request_from_proto(client_request_to_proto(1, &with_session));
+        assert_eq!(refused, Err(RequestError::MalformedOpen { client_id: 4, sequence: 7 }));
+        let lookup = Operation::MetaLookup { key: Bytes::from_static(b"k"), limit: 8 };
+        let request = ClientRequest { client_id: 0, sequence: 9, operation: lookup };
+        assert_eq!(client_request_from_proto(client_request_to_proto(1, &request)), Ok(request));
+
+        // A descriptor whose end is not after its start, from a client or in a peer's entry.
+        let mut wire = client_request_to_proto(1, &ClientRequest { client_id: 0, sequence: 7, operation: update });
+        let Some(proto::client_request::Operation::MetaUpdate(meta)) = &mut wire.operation else { unreachable!() };
+        meta.descriptors[0].end = Bytes::new();
+        let refused = client_request_from_proto(wire.clone());
+        assert!(matches!(refused, Err(RequestError::BadDescriptor(_))), "{refused:?}");
+        let entry = proto::Entry {
+            term: 1,
+            index: 1,
+            command: Some(proto::Command {
+                client_id: 0,
+                sequence: 7,
+                operation: wire.operation.map(command_operation),
+            }),
+        };
+        assert!(matches!(entry_from_proto(entry), Err(WireError::BadDescriptor(_))));
     }
 
     #[test]
