@@ -875,6 +875,12 @@ impl Daemon {
                 return Ok(());
             }
         };
+        if matches!(request.operation, Operation::MetaUpdate { .. } | Operation::MetaLookup { .. }) {
+            // The meta range exists in the simulator so far (docs/ranges.md).
+            let message = "this node holds no meta range: its one range covers every key".to_string();
+            self.respond_error(token, request_id, ErrorCode::UnknownRange, message);
+            return Ok(());
+        }
         if self.node.is_none() {
             let message = "this node is joining the cluster; ask another".to_string();
             self.respond_error(token, request_id, ErrorCode::NotLeader, message);
@@ -1025,6 +1031,8 @@ impl Daemon {
                     Refusal::SessionExpired { .. } => ErrorCode::SessionExpired,
                     // A daemon's store holds every key and refuses splits (Refusal::Split).
                     Refusal::RangeMismatch { .. } => ErrorCode::RangeMismatch,
+                    // Refused at intake (see on_client_frame); these are a peer's logged ones.
+                    Refusal::NotMeta { .. } | Refusal::Meta(_) => ErrorCode::UnknownRange,
                     Refusal::SequenceBelowSession { .. } | Refusal::MalformedOpen | Refusal::Split(_) => {
                         ErrorCode::BadRequest
                     }
@@ -1043,6 +1051,7 @@ impl Daemon {
                     let page = self.storage.scan(start, end.as_deref(), *limit)?;
                     self.answer_page(key, page);
                 }
+                Operation::MetaLookup { .. } => unreachable!("on_client_frame refuses meta lookups"),
                 operation => {
                     let response = self.storage.read(operation.key())?;
                     self.answer(key, Ok(response));
@@ -1375,6 +1384,8 @@ fn operation_index(request: &proto::ClientRequest) -> usize {
         Some(Wire::OpenSession(_)) => "open_session",
         Some(Wire::Split(_)) => "split",
         Some(Wire::Scan(_)) => "scan",
+        Some(Wire::MetaUpdate(_)) => "meta_update",
+        Some(Wire::MetaLookup(_)) => "meta_lookup",
     };
     OPERATIONS.iter().position(|operation| *operation == name).expect("every operation is listed")
 }

@@ -17,7 +17,8 @@ use rasputin_histogram::Histogram;
 use rasputin_kv::wire::ErrorCode;
 
 /// The operations a client request can carry, as the `operation` label has them.
-pub const OPERATIONS: [&str; 7] = ["set", "get", "cas", "del", "open_session", "split", "scan"];
+pub const OPERATIONS: [&str; 9] =
+    ["set", "get", "cas", "del", "open_session", "split", "scan", "meta_update", "meta_lookup"];
 
 /// The answers a request can get: OK, or one of the wire's error codes, by number.
 const OUTCOME_COUNT: usize = 13;

@@ -794,7 +794,7 @@ fn record_key(record: &Record) -> Result<Vec<u8>, SnapshotDecodeError> {
     match record {
         Record::Value { key, .. } => Ok(value_key(key)),
         Record::Session { client_id, .. } => Ok(session_key(*client_id)),
-        Record::Range { .. } => Err(SnapshotDecodeError::RangesUnsupported),
+        Record::Range { .. } | Record::SplitOutcome { .. } => Err(SnapshotDecodeError::RangesUnsupported),
     }
 }
 
@@ -825,7 +825,9 @@ impl IncomingSnapshot {
                     self.census.bytes += state_machine::decode_session(session)?.bytes();
                     session
                 }
-                Record::Range { .. } => unreachable!("record_key refused the range record"),
+                Record::Range { .. } | Record::SplitOutcome { .. } => {
+                    unreachable!("record_key refused the range records")
+                }
             };
             self.writer.put(&key, value).map_err(StorageError::from)?;
             self.records += 1;
@@ -972,6 +974,9 @@ impl Overlay<'_> {
             }
             Change::Split { left, .. } => {
                 unreachable!("a split of {left} was decided on a daemon store, which holds no range and refuses splits")
+            }
+            Change::Meta { descriptors } => {
+                unreachable!("a meta update {descriptors:?} was decided on a daemon store, which holds no meta range")
             }
         }
     }

@@ -782,6 +782,19 @@ fn requests_without_a_session_or_with_a_stale_sequence_are_refused() {
         "a retry gets the original answer"
     );
     assert_eq!(cluster.client().get(b"k").unwrap().get_value(), b"five");
+    // No daemon hosts the meta range yet: meta requests get a clear error,
+    // and the connection goes on serving.
+    let lookup = proto::ClientRequest {
+        request_id: 7,
+        sequence: 77,
+        operation: Some(proto::client_request::Operation::MetaLookup(proto::MetaLookup { key: "k".into(), limit: 8 })),
+        ..Default::default()
+    };
+    let refused = raw.call(&lookup);
+    assert_eq!(error_code(&refused), wire::ErrorCode::UnknownRange, "{}", refused.message);
+    assert!(refused.message.contains("no meta range"), "{}", refused.message);
+    let after = raw.call(&set_request(8, session, 6, "k", "six"));
+    assert_eq!(error_code(&after), wire::ErrorCode::Ok, "{}", after.message);
 }
 
 /// Issue 13, item 9: 200,000 sessions leave the newest 100,000, a snapshot
