@@ -65,7 +65,8 @@ pub struct SimConfig {
     /// Harpoon's campaign preference (`Config::campaign_defers_to_better_logs`).
     pub campaign_defers_to_better_logs: bool,
     /// The split nemesis: now and then a range's leader is asked to split
-    /// it at a random key, during every other fault.
+    /// it at a random key, during every other fault. Runs with it have a
+    /// meta range, which clients look routes up in.
     pub splits: bool,
     /// The leader balancer: every second, leadership transfers bring each
     /// node within one range of the others' leader counts.
@@ -115,9 +116,19 @@ impl SimConfig {
         RangeDescriptor::first((1..=self.nodes as u64).collect())
     }
 
-    /// An empty store of `range`, with this run's planted state-machine bugs.
+    /// The meta range of a run with ranges: on every node.
+    pub fn meta_range(&self) -> RangeDescriptor {
+        RangeDescriptor::meta((1..=self.nodes as u64).collect())
+    }
+
+    /// An empty store of `range`, with this run's planted state-machine
+    /// bugs; the meta range's starts out recording the first range.
     pub fn store(&self, range: RangeDescriptor) -> KvStore {
-        KvStore::empty(self.session_limits, range).with_faults(self.store_faults)
+        let store = match range.is_meta() {
+            true => KvStore::meta(self.session_limits, range, self.first_range()),
+            false => KvStore::empty(self.session_limits, range),
+        };
+        store.with_faults(self.store_faults)
     }
 
     /// A store restored from a snapshot, with this run's planted bugs.

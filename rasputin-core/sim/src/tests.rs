@@ -422,7 +422,7 @@ fn an_old_leader_serving_after_its_transfer_is_caught() {
 #[test]
 fn a_misrouted_write_applied_after_a_split_is_caught() {
     let mut config = split_config(3);
-    config.store_faults = StoreFaults { misrouted_writes_apply: true };
+    config.store_faults = StoreFaults { misrouted_writes_apply: true, ..StoreFaults::default() };
     let caught = (0..100).find_map(|seed| run_seed(&config, seed).violation.map(|breach| (seed, breach)));
     let (seed, breach) = caught.expect("100 seeds of the planted misrouting bug went unnoticed");
     assert!(breach.contains("linearizab"), "seed {seed}: {breach}");
@@ -444,4 +444,20 @@ fn the_balancer_leaves_every_node_leading_within_one_range_of_the_others() {
         moves += report.balancing_moves;
     }
     assert!(moves > 0, "20 seeds of splits never needed a balancing move");
+}
+
+/// The classic meta bug: an update recorded without checking that it is
+/// newer than the records it replaces, so that a late copy of an old
+/// split's update puts the meta range back behind its data ranges.
+#[test]
+fn a_meta_update_recorded_without_the_epoch_guard_is_caught() {
+    let mut config = split_config(3);
+    config.store_faults = StoreFaults { meta_updates_unguarded: true, ..StoreFaults::default() };
+    let caught = (0..100).find_map(|seed| run_seed(&config, seed).violation.map(|breach| (seed, breach)));
+    let (seed, breach) = caught.expect("100 seeds of the planted meta bug went unnoticed");
+    assert!(breach.contains("the meta range went back"), "seed {seed}: {breach}");
+    config.store_faults = StoreFaults::default();
+    let clean = run_seed(&config, seed);
+    assert_eq!(clean.violation, None, "the same seed is clean without the bug");
+    assert!(clean.meta_updates > 0 && clean.meta_lookups > 0, "seed {seed} records splits and looks routes up");
 }

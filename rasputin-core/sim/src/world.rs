@@ -1,6 +1,6 @@
 //! The simulated world: event queue, servers, clients, nemesis and checks.
 
-use std::collections::{BTreeMap, BinaryHeap};
+use std::collections::{BTreeMap, BinaryHeap, HashSet};
 use std::fmt::Write as _;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
@@ -22,7 +22,7 @@ use rasputin_kv::balance::{self, Leadership};
 use rasputin_kv::operation::{
     ClientRequest, Entry, EntryPayload, Envelope, Input, Message, Node, Operation, ReadReady, Ready,
 };
-use rasputin_kv::range::{RangeDescriptor, RangeId, FIRST_RANGE_ID};
+use rasputin_kv::range::{RangeDescriptor, RangeId, FIRST_RANGE_ID, META_RANGE_ID};
 use rasputin_kv::state_machine::{self, KvStore, Refusal, Response};
 
 /// One-way latency between a client and a node.
@@ -38,6 +38,8 @@ const SPLIT_GAP_NS: std::ops::Range<u64> = 300_000_000..2_000_000_000;
 const TRANSFER_SHARE: f64 = 0.4;
 /// How often the leader balancer looks at who leads what.
 const BALANCE_INTERVAL_NS: u64 = SECOND_NS;
+
+mod meta_sync;
 
 #[derive(Clone, Debug)]
 enum Reply {
@@ -71,16 +73,62 @@ enum Destination {
 #[derive(Clone, Debug)]
 enum Event {
     Deliver(RangeEnvelope),
-    Timer { node: usize, range: RangeId, generation: u64 },
-    DiskSynced { node: usize, range: RangeId, incarnation: u64 },
-    Request { node: usize, client: usize, destination: Destination, request: ClientRequest, attempt: u64 },
-    Reply { client: usize, sequence: u64, attempt: u64, reply: Reply },
-    AttemptTimeout { client: usize, sequence: u64, attempt: u64 },
-    Retry { client: usize, sequence: u64 },
-    ClientStart { client: usize },
+    Timer {
+        node: usize,
+        range: RangeId,
+        generation: u64,
+    },
+    DiskSynced {
+        node: usize,
+        range: RangeId,
+        incarnation: u64,
+    },
+    Request {
+        node: usize,
+        client: usize,
+        destination: Destination,
+        request: ClientRequest,
+        attempt: u64,
+    },
+    Reply {
+        client: usize,
+        sequence: u64,
+        attempt: u64,
+        reply: Reply,
+    },
+    AttemptTimeout {
+        client: usize,
+        sequence: u64,
+        attempt: u64,
+    },
+    Retry {
+        client: usize,
+        sequence: u64,
+    },
+    ClientStart {
+        client: usize,
+    },
     Nemesis,
     SplitNemesis,
     Balance,
+    /// Every data leader whose last split the meta range may not hold yet sends it.
+    MetaSync,
+    /// A data range's leader at node `from` asks node `node` to record its
+    /// last split in the meta range.
+    MetaRequest {
+        node: usize,
+        from: usize,
+        range: RangeId,
+        term: Term,
+        descriptors: Vec<RangeDescriptor>,
+    },
+    /// The meta range holds the split (or newer) that `range`'s leader in `term` sent.
+    MetaConfirmed {
+        node: usize,
+        range: RangeId,
+        term: Term,
+        version: u64,
+    },
 }
 
 impl Event {
@@ -88,7 +136,11 @@ impl Event {
     fn node(&self) -> Option<usize> {
         match self {
             Event::Deliver(delivery) => Some(delivery.envelope.to as usize - 1),
-            Event::Timer { node, .. } | Event::DiskSynced { node, .. } | Event::Request { node, .. } => Some(*node),
+            Event::Timer { node, .. }
+            | Event::DiskSynced { node, .. }
+            | Event::Request { node, .. }
+            | Event::MetaRequest { node, .. }
+            | Event::MetaConfirmed { node, .. } => Some(*node),
             _ => None,
         }
     }
@@ -146,6 +198,11 @@ struct Replica {
     pending: BTreeMap<(u64, u64), Accepted>,
     was_leader_in: Option<Term>,
     was_leader_elect_in: Option<Term>,
+    /// A data leader's: (term, left version) of the last split the meta
+    /// range told it that it holds. Lost with a crash: a new leader asks again.
+    meta_confirmed: Option<(Term, u64)>,
+    /// The meta range's: which data leader each MetaUpdate (by nonce) came from.
+    meta_askers: BTreeMap<u64, meta_sync::MetaAsker>,
 }
 
 impl Replica {
@@ -161,12 +218,14 @@ impl Replica {
             pending: BTreeMap::new(),
             was_leader_in: None,
             was_leader_elect_in: None,
+            meta_confirmed: None,
+            meta_askers: BTreeMap::new(),
         }
     }
 
     /// Created empty by a message, and given no state yet: it serves nothing.
     fn is_empty(&self) -> bool {
-        self.kv.descriptor().id != FIRST_RANGE_ID && self.kv.applied_index() == 0
+        !self.kv.descriptor().is_original() && self.kv.applied_index() == 0
     }
 
     fn node(&self) -> &Node {
@@ -216,7 +275,9 @@ impl Server {
         self.replicas
             .iter()
             .filter(|(&range, replica)| {
-                !replica.is_empty() && (Some(range) == asked || replica.kv.descriptor().contains(key))
+                let descriptor = replica.kv.descriptor();
+                let holds_key = !descriptor.is_meta() && descriptor.contains(key);
+                !replica.is_empty() && (Some(range) == asked || holds_key)
             })
             .map(|(_, replica)| replica.kv.descriptor().clone())
             .collect()
@@ -252,6 +313,10 @@ pub struct SeedReport {
     /// With the balancer on: at the end, every node led within one range
     /// as many ranges as every other.
     pub leaders_balanced: Option<bool>,
+    /// Splits the meta range recorded (each once, by the replica it reached).
+    pub meta_updates: usize,
+    /// Client route lookups the meta range answered.
+    pub meta_lookups: usize,
 }
 
 pub(super) struct World<'a> {
@@ -270,6 +335,9 @@ pub(super) struct World<'a> {
     invariants: BTreeMap<RangeId, Invariants>,
     /// The id the split nemesis gives the next range.
     next_range_id: RangeId,
+    /// Every descriptor a data range has had (its first, and each split's
+    /// halves): the meta range may record only these.
+    decided: HashSet<RangeDescriptor>,
     active_fault: Option<ActiveFault>,
     fault_phase_over: bool,
     healed_at_ns: u64,
@@ -323,8 +391,12 @@ impl<'a> World<'a> {
                 let rate = 1.0 + rng.gen_range(-config.clock_epsilon..=config.clock_epsilon);
                 let offset = rng.gen_range(0..1_000 * SECOND_NS);
                 let first = Replica::new(config.store(config.first_range()), Disk::default());
+                let mut replicas = BTreeMap::from([(FIRST_RANGE_ID, first)]);
+                if config.splits {
+                    replicas.insert(META_RANGE_ID, Replica::new(config.store(config.meta_range()), Disk::default()));
+                }
                 Server {
-                    replicas: BTreeMap::from([(FIRST_RANGE_ID, first)]),
+                    replicas,
                     running: false,
                     clock: Clock::new(offset, rate),
                     incarnation: 0,
@@ -336,6 +408,10 @@ impl<'a> World<'a> {
         let clients = (0..config.clients)
             .map(|index| Client::new(index, config.keys, index % config.nodes, config.first_range()))
             .collect();
+        let mut invariants = BTreeMap::from([(FIRST_RANGE_ID, Invariants::default())]);
+        if config.splits {
+            invariants.insert(META_RANGE_ID, Invariants::default());
+        }
         World {
             config,
             rng,
@@ -348,8 +424,9 @@ impl<'a> World<'a> {
             clients,
             next_value: 0,
             history: Vec::new(),
-            invariants: BTreeMap::from([(FIRST_RANGE_ID, Invariants::default())]),
+            invariants,
             next_range_id: FIRST_RANGE_ID + 1,
+            decided: HashSet::from([config.first_range()]),
             active_fault: None,
             fault_phase_over: false,
             healed_at_ns: config.fault_phase_ns,
@@ -361,6 +438,10 @@ impl<'a> World<'a> {
     pub(super) fn start_nodes(&mut self) {
         for index in 0..self.config.nodes {
             self.start_node(index);
+        }
+        if self.config.splits {
+            // Data leaders record their splits in the meta range by rounds.
+            self.schedule(meta_sync::META_SYNC_INTERVAL_NS, Event::MetaSync);
         }
     }
 
@@ -456,6 +537,14 @@ impl<'a> World<'a> {
             Event::Nemesis => self.on_nemesis(),
             Event::SplitNemesis => self.on_split_nemesis(),
             Event::Balance => self.on_balance(),
+            Event::MetaSync => self.on_meta_sync(),
+            Event::MetaRequest { node, from, range, term, descriptors } => {
+                self.on_meta_request(node, from, range, term, descriptors)
+            }
+            Event::MetaConfirmed { node, range, term, version } => {
+                self.on_meta_confirmed(node, range, term, version);
+                Ok(())
+            }
         }
     }
 
@@ -503,6 +592,8 @@ impl<'a> World<'a> {
             replica.node = None;
             replica.disk.crash();
             replica.pending.clear();
+            replica.meta_confirmed = None;
+            replica.meta_askers.clear();
             replica.timer_generation += 1;
         }
         if server.paused && self.config.pause_freezes_clock {
@@ -700,11 +791,16 @@ impl<'a> World<'a> {
             // Already covered by a snapshot this server restored.
             return Ok(());
         }
+        let meta_before = replica.kv.meta_records().cloned();
         let applied = replica.kv.apply(entry);
         if let Some(right) = replica.kv.take_split_off() {
             replica.split_state = Some(replica.kv.clone());
             replica.split_applied = true;
+            self.decided.extend(replica.kv.split_outcome().into_iter().flatten().cloned());
             self.start_split_off(index, range, right)?;
+        }
+        if let Some(before) = meta_before {
+            return self.on_meta_applied(index, &before, applied);
         }
         let (Some(applied), EntryPayload::Command(_)) = (applied, &entry.payload) else { return Ok(()) };
         let replica = self.servers[index].replica(range);
@@ -759,11 +855,16 @@ impl<'a> World<'a> {
                 ));
             }
             let key = (read.request.client_id, read.request.sequence);
-            let answer = replica.kv.read(read.request.operation.key());
             let Some(accepted) = replica.pending.remove(&key) else { continue };
-            let reply = match answer {
-                Ok(response) => Reply::Done(response),
-                Err(_) => Reply::RangeMismatch(server.descriptors_for(Some(range), &accepted.key)),
+            let reply = match &read.request.operation {
+                Operation::MetaLookup { key, limit } => {
+                    self.report.meta_lookups += 1;
+                    Reply::RangeMismatch(replica.kv.lookup(key, *limit).expect("lookups go to the meta range only"))
+                }
+                operation => match replica.kv.read(operation.key()) {
+                    Ok(response) => Reply::Done(response),
+                    Err(_) => Reply::RangeMismatch(server.descriptors_for(Some(range), &accepted.key)),
+                },
             };
             self.reply(accepted.client, read.request.sequence, accepted.attempt, reply);
         }
@@ -771,6 +872,7 @@ impl<'a> World<'a> {
     }
 
     fn reject(&mut self, index: usize, range: RangeId, request: ClientRequest, rejection: Rejection) {
+        self.forget_meta_asker(index, range, &request);
         let key = (request.client_id, request.sequence);
         if let Some(accepted) = self.servers[index].replica(range).pending.remove(&key) {
             let reply = match rejection {
@@ -817,9 +919,7 @@ impl<'a> World<'a> {
         let server = &mut self.servers[index];
         let key = Bytes::copy_from_slice(request.operation.key());
         let Destination::Range { range, version } = destination else {
-            let known = server.descriptors_for(None, &key);
-            self.reply(client, request.sequence, attempt, Reply::RangeMismatch(known));
-            return Ok(());
+            return self.look_up(index, client, request, attempt);
         };
         let keyless = matches!(request.operation, Operation::OpenSession);
         let holds = server.replicas.get(&range).is_some_and(|replica| {
@@ -872,7 +972,9 @@ impl<'a> World<'a> {
     fn leader_for(&self, key: &[u8]) -> Option<(usize, RangeDescriptor)> {
         let mut best: Option<(Term, usize, &RangeDescriptor)> = None;
         for (index, server) in self.servers.iter().enumerate().filter(|(_, server)| server.running && !server.paused) {
-            for replica in server.replicas.values().filter(|replica| replica.kv.descriptor().contains(key)) {
+            let holds =
+                |replica: &&Replica| !replica.kv.descriptor().is_meta() && replica.kv.descriptor().contains(key);
+            for replica in server.replicas.values().filter(holds) {
                 let node = replica.node();
                 if node.role() == Role::Leader && best.is_none_or(|(term, _, _)| node.term() > term) {
                     best = Some((node.term(), index, replica.kv.descriptor()));
@@ -944,9 +1046,14 @@ impl<'a> World<'a> {
             self.report.faults.push(format!("{} transfer range {} to node {to}", self.now_ns, descriptor.id));
             return self.step(index, descriptor.id, Input::TransferLeadership { to });
         }
-        if ranges >= RANGES_MAX || key == descriptor.start {
+        if ranges >= RANGES_MAX || key == descriptor.start || !self.meta_holds_last_split(index, descriptor.id) {
             return Ok(());
         }
+        self.propose_split(index, &descriptor, key)
+    }
+
+    /// Asks the range's leader at `index` to split it at `key`, into a range with a new id.
+    fn propose_split(&mut self, index: usize, descriptor: &RangeDescriptor, key: Bytes) -> Result<(), Breach> {
         let right_range = self.next_range_id;
         self.next_range_id += 1;
         let version = descriptor.epoch.version;
@@ -1354,6 +1461,10 @@ impl<'a> World<'a> {
                     Some(format!("the checker gave up on key {key} after {states_explored} states; inspect this seed"));
                 return self.report;
             }
+        }
+        if let Err(breach) = self.check_meta_caught_up() {
+            self.report.violation = Some(breach);
+            return self.report;
         }
         if !self.config.nemeses.is_empty() {
             match self.report.recovery_ns {

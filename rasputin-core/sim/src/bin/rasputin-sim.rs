@@ -53,7 +53,7 @@ struct Arguments {
     sessions_max: Option<usize>,
     /// Build in a deliberate bug, to see the checks catch it: lease-without-margin, read-before-noop,
     /// stale-reads, votes-ignore-logs (raft modes), skip-fetch or votes-ignore-promises (harpoon),
-    /// split-leads-in-any-term, transfer-keeps-serving or misrouted-writes-apply (with --splits).
+    /// split-leads-in-any-term, transfer-keeps-serving, misrouted-writes-apply or meta-updates-unguarded (with --splits).
     #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(Faults::NAMES.into_iter().chain(StoreFaults::NAMES)))]
     bug: Option<String>,
     /// Write each seed's client history to DIR/seed-S.jsonl (format: docs/history.md).
@@ -165,9 +165,11 @@ fn main() -> ExitCode {
         transfers,
         balancing_moves,
         unbalanced_seeds,
+        meta_updates,
+        meta_lookups,
     } = totals;
     println!(
-        "seeds={seeds_run} ops={operations} violations={violations} nodes={} election={} wall={elapsed:.1}s ops_per_wall_second={:.0} slowest_recovery_ms={} elections={elections} fetching_elections={fetching_elections} splits={splits} transfers={transfers} balancing_moves={balancing_moves} unbalanced_seeds={unbalanced_seeds}",
+        "seeds={seeds_run} ops={operations} violations={violations} nodes={} election={} wall={elapsed:.1}s ops_per_wall_second={:.0} slowest_recovery_ms={} elections={elections} fetching_elections={fetching_elections} splits={splits} transfers={transfers} balancing_moves={balancing_moves} unbalanced_seeds={unbalanced_seeds} meta_updates={meta_updates} meta_lookups={meta_lookups}",
         arguments.nodes,
         arguments.election.name(),
         operations as f64 / elapsed.max(1e-9),
@@ -194,6 +196,8 @@ struct Totals {
     balancing_moves: usize,
     /// Seeds that ended with one node leading two ranges more than another.
     unbalanced_seeds: u64,
+    meta_updates: usize,
+    meta_lookups: usize,
 }
 
 impl Totals {
@@ -208,6 +212,8 @@ impl Totals {
         self.transfers += report.transfers;
         self.balancing_moves += report.balancing_moves;
         self.unbalanced_seeds += u64::from(report.leaders_balanced == Some(false));
+        self.meta_updates += report.meta_updates;
+        self.meta_lookups += report.meta_lookups;
     }
 }
 
