@@ -2,10 +2,16 @@
 //! client sessions and the position of the latest snapshot, in one database
 //! per node.
 //!
-//! Key layout: in the default column family, `m:…` metadata, `k:` + key for
-//! values and `s:` + big-endian client id for sessions; in the `log` column
-//! family, the big-endian index of each log entry. One WriteBatch (and one
-//! WAL) still covers both. The log has a family of its own so that
+//! Key layout (version 4), so that one database holds many ranges: in the
+//! default column family, `m:…` the node's own metadata (identity, layout
+//! version, peers seen), `k:` + key for values, shared by every range so
+//! that a split moves no data, and per range (`RangeKeys`) `r:` + big-endian
+//! range id + `:` + field for its metadata (hard state, applied position,
+//! snapshot position, vote withholding, install marker) and `s:` + range id
+//! + big-endian client id for its sessions; in the `log` column family, range
+//! id + big-endian index of each log entry. One WriteBatch (and one WAL)
+//! covers every range and both families. Version 3, which kept one range's
+//! metadata under `m:`, is migrated at open in one atomic write. The log has a family of its own so that
 //! truncation and compaction can delete a range: a range tombstone makes
 //! every later read of its memtable pay (in RocksDB 8.10 a CPUID
 //! instruction per read, which traps in a virtual machine), and the log is
@@ -38,34 +44,42 @@ use thiserror::Error;
 
 use rasputin_consensus::{LogIndex, NodeId, Snapshot, Term};
 use rasputin_kv::operation::{Entry, Persist, Recovered};
-use rasputin_kv::range::RangeDescriptor;
+use rasputin_kv::range::{RangeDescriptor, RangeId, FIRST_RANGE_ID};
 use rasputin_kv::scan::{self, ScanPage};
 use rasputin_kv::snapshot::{ChunkReader, ChunkWriter, Record, SnapshotDecodeError};
 use rasputin_kv::state_machine::{self, Applied, Change, KvRead, Response, Session, SessionCensus, SessionLimits};
 use rasputin_kv::wire::{self, proto, WireError};
 
-const HARD_STATE_KEY: &[u8] = b"m:hard";
-const APPLIED_KEY: &[u8] = b"m:applied";
 const IDENTITY_KEY: &[u8] = b"m:identity";
 /// The layout version: 2 keeps the log in a column family of its own; 3
 /// stores a snapshot's position only, sessions as `state_machine` encodes
-/// them, and the peers this node has heard from.
+/// them, and the peers this node has heard from; 4 keeps each range's
+/// metadata, sessions and log under its id.
 const FORMAT_KEY: &[u8] = b"m:format";
-const FORMAT_VERSION: u8 = 3;
+const FORMAT_VERSION: u8 = 4;
+/// Version 3's keys of its one range's metadata, which `migrate_from_3` moves.
+const FORMAT_3_FIELDS: [(&[u8], &[u8]); 5] = [
+    (b"m:hard", HARD_STATE_FIELD),
+    (b"m:applied", APPLIED_FIELD),
+    (b"m:snapshot", SNAPSHOT_FIELD),
+    (b"m:withhold", WITHHOLD_FIELD),
+    (b"m:installing", INSTALLING_FIELD),
+];
+const RANGE_PREFIX: &[u8] = b"r:";
+const HARD_STATE_FIELD: &[u8] = b"hard";
+const APPLIED_FIELD: &[u8] = b"applied";
 /// The position (index, term) of the latest snapshot: the log before it is gone.
-const SNAPSHOT_KEY: &[u8] = b"m:snapshot";
+const SNAPSHOT_FIELD: &[u8] = b"snapshot";
 /// Present while a replacement node must not vote: the (term, index) its
 /// log must reach first.
-const WITHHOLD_KEY: &[u8] = b"m:withhold";
+const WITHHOLD_FIELD: &[u8] = b"withhold";
 /// Present while a snapshot is being installed (see the module's comment).
-const INSTALLING_KEY: &[u8] = b"m:installing";
+const INSTALLING_FIELD: &[u8] = b"installing";
 /// Where a follower stages the snapshot it is receiving, under its directory.
 const STAGING_DIRECTORY: &str = "snapshot-in";
 /// `m:seen:` + big-endian node id: this node has had a consensus message from that peer.
 const SEEN_PREFIX: &[u8] = b"m:seen:";
 const LOG_FAMILY: &str = "log";
-/// Sorts after every log key (8 bytes), to end a range deletion of the whole log.
-const LOG_END: [u8; 9] = [0xff; 9];
 /// Client sessions kept in memory, so that applying a write need not read
 /// its session from RocksDB; beyond this the cache starts over.
 const SESSIONS_CACHED_COUNT_MAX: usize = 100_000;
@@ -74,8 +88,6 @@ const SESSIONS_CACHED_COUNT_MAX: usize = 100_000;
 const BACKGROUND_SYNC_BYTES: u64 = 1 << 20;
 const VALUE_PREFIX: &[u8] = b"k:";
 const SESSION_PREFIX: &[u8] = b"s:";
-/// The state machine's prefixes, in the order a snapshot carries them.
-const STATE_PREFIXES: [&[u8]; 2] = [VALUE_PREFIX, SESSION_PREFIX];
 /// The longest storage key of the state machine: a prefix and the longest
 /// client key.
 pub const STATE_KEY_BYTES_MAX: usize = 2 + wire::KEY_BYTES_MAX;
@@ -128,26 +140,100 @@ pub enum ChunkError {
     Storage(#[from] StorageError),
 }
 
-fn log_key(index: LogIndex) -> [u8; 8] {
-    index.to_be_bytes()
+/// Where one range's own state lives: its metadata under `r:` + id, its
+/// sessions under `s:` + id, its log under its id in the log family. Its
+/// data is not under it: values are shared by every range.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct RangeKeys {
+    id: [u8; 8],
 }
+
+impl RangeKeys {
+    const fn of(range: RangeId) -> RangeKeys {
+        RangeKeys { id: range.to_be_bytes() }
+    }
+
+    fn field(&self, field: &[u8]) -> Vec<u8> {
+        [RANGE_PREFIX, &self.id, b":", field].concat()
+    }
+
+    fn hard_state(&self) -> Vec<u8> {
+        self.field(HARD_STATE_FIELD)
+    }
+
+    fn applied(&self) -> Vec<u8> {
+        self.field(APPLIED_FIELD)
+    }
+
+    fn snapshot(&self) -> Vec<u8> {
+        self.field(SNAPSHOT_FIELD)
+    }
+
+    fn withhold(&self) -> Vec<u8> {
+        self.field(WITHHOLD_FIELD)
+    }
+
+    fn installing(&self) -> Vec<u8> {
+        self.field(INSTALLING_FIELD)
+    }
+
+    fn sessions(&self) -> Vec<u8> {
+        [SESSION_PREFIX, &self.id].concat()
+    }
+
+    fn session(&self, client_id: u64) -> Vec<u8> {
+        [SESSION_PREFIX, &self.id, &client_id.to_be_bytes()].concat()
+    }
+
+    fn log(&self, index: LogIndex) -> [u8; 16] {
+        let mut key = [0; 16];
+        key[..8].copy_from_slice(&self.id);
+        key[8..].copy_from_slice(&index.to_be_bytes());
+        key
+    }
+
+    /// Sorts after every log key of this range and before the next range's,
+    /// to end a range deletion of the whole log.
+    fn log_end(&self) -> Vec<u8> {
+        [&self.id[..], &[0xff; 9]].concat()
+    }
+
+    /// The state machine's prefixes, in the order a snapshot carries them.
+    fn state_prefixes(&self) -> [Vec<u8>; 2] {
+        [VALUE_PREFIX.to_vec(), self.sessions()]
+    }
+}
+
+/// The range a daemon hosts: every key, for now.
+const HOSTED: RangeKeys = RangeKeys::of(FIRST_RANGE_ID);
 
 fn value_key(key: &[u8]) -> Vec<u8> {
     [VALUE_PREFIX, key].concat()
 }
 
-fn session_key(client_id: u64) -> Vec<u8> {
-    [SESSION_PREFIX, &client_id.to_be_bytes()].concat()
+/// A record's key in a snapshot stream, by which chunks resume: `k:` + key
+/// or `s:` + client id, whatever range the records are of, so that nodes
+/// agree on it whatever their storage layout.
+fn stream_key(record: &Record) -> Result<Vec<u8>, SnapshotDecodeError> {
+    match record {
+        Record::Value { key, .. } => Ok(value_key(key)),
+        Record::Session { client_id, .. } => Ok([SESSION_PREFIX, &client_id.to_be_bytes()].concat()),
+        Record::Range { .. } | Record::SplitOutcome { .. } => Err(SnapshotDecodeError::RangesUnsupported),
+    }
 }
 
 fn seen_key(node: NodeId) -> Vec<u8> {
     [SEEN_PREFIX, &node.to_be_bytes()].concat()
 }
 
-/// The first key after every key that starts with `prefix`.
+/// The first key after every key that starts with `prefix`: the prefix
+/// with its last byte below 0xff raised, and the bytes after it dropped.
 fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     let mut end = prefix.to_vec();
-    *end.last_mut().expect("prefixes are not empty") += 1;
+    while end.last() == Some(&0xff) {
+        end.pop();
+    }
+    *end.last_mut().expect("no prefix in this layout is all 0xff bytes") += 1;
     end
 }
 
@@ -161,6 +247,8 @@ pub enum Claim {
 
 pub struct Storage {
     db: Arc<DB>,
+    /// Where the hosted range's own state lives.
+    keys: RangeKeys,
     applied_index: LogIndex,
     applied_term: Term,
     /// The last stored log index, set by `recover`: an append past it
@@ -185,6 +273,7 @@ pub struct Storage {
 fn check_format(db: &DB, path: &str) -> Result<(), StorageError> {
     match db.get(FORMAT_KEY)? {
         Some(stored) if stored == [FORMAT_VERSION] => Ok(()),
+        Some(stored) if stored == [3] => migrate_from_3(db),
         Some(stored) => {
             Err(StorageError::UnknownFormat { path: path.to_string(), found: stored.first().copied().unwrap_or(0) })
         }
@@ -193,6 +282,45 @@ fn check_format(db: &DB, path: &str) -> Result<(), StorageError> {
         }
         None => Ok(db.put(FORMAT_KEY, [FORMAT_VERSION])?),
     }
+}
+
+/// Moves version 3's one range under range 1's keys (`FORMAT_3_FIELDS`,
+/// its sessions, its log), in one synced write with the new version, so
+/// that a crash leaves either layout whole. The log holds what the last
+/// compaction left (`LOG_BYTES_COMPACT_AFTER`), the sessions at most
+/// `SESSIONS_COUNT_MAX`: the batch is bounded.
+fn migrate_from_3(db: &DB) -> Result<(), StorageError> {
+    let mut batch = WriteBatch::default();
+    for (old, field) in FORMAT_3_FIELDS {
+        if let Some(value) = db.get(old)? {
+            batch.put(HOSTED.field(field), value);
+            batch.delete(old);
+        }
+    }
+    let mut sessions = 0;
+    for item in scan(db, SESSION_PREFIX) {
+        let (client, value) = item?;
+        batch.put(HOSTED.session(client_id_of(&client)?), value);
+        batch.delete([SESSION_PREFIX, &client].concat());
+        sessions += 1;
+    }
+    let log = db.cf_handle(LOG_FAMILY).expect("the database is opened with the log family");
+    let mut entries = 0;
+    for item in db.iterator_cf(log, IteratorMode::Start) {
+        let (key, value) = item?;
+        let index = <[u8; 8]>::try_from(&key[..])
+            .map(u64::from_be_bytes)
+            .map_err(|_| StorageError::Impossible(format!("a layout 3 log key of {} bytes", key.len())))?;
+        batch.put_cf(log, HOSTED.log(index), value);
+        batch.delete_cf(log, key);
+        entries += 1;
+    }
+    batch.put(FORMAT_KEY, [FORMAT_VERSION]);
+    let mut options = WriteOptions::default();
+    options.set_sync(true);
+    db.write_opt(batch, &options)?;
+    tracing::info!(sessions, entries, "moved the storage from layout 3 to layout 4 (state per range)");
+    Ok(())
 }
 
 /// Every (key without prefix, value) under `prefix`, in key order.
@@ -209,9 +337,10 @@ fn client_id_of(key: &[u8]) -> Result<u64, StorageError> {
     key.try_into().map(u64::from_be_bytes).map_err(|_| StorageError::Impossible(format!("session key {key:?}")))
 }
 
-fn session_census(db: &DB) -> Result<SessionCensus, StorageError> {
+fn session_census(db: &DB, keys: &RangeKeys) -> Result<SessionCensus, StorageError> {
     let mut census = SessionCensus::default();
-    for item in scan(db, SESSION_PREFIX) {
+    let prefix = keys.sessions();
+    for item in scan(db, &prefix) {
         let (_, value) = item?;
         census.count += 1;
         census.bytes += state_machine::decode_session(&value)?.bytes();
@@ -247,18 +376,20 @@ impl Storage {
                 }
             })?;
         check_format(&db, &path)?;
-        finish_interrupted_install(&db)?;
+        let keys = HOSTED;
+        finish_interrupted_install(&db, &keys)?;
         // A snapshot staged and not installed is of no use after a restart:
         // its transfer is gone, and the leader starts another.
         remove_staging(directory)?;
-        let applied = match db.get(APPLIED_KEY)? {
+        let applied = match db.get(keys.applied())? {
             Some(bytes) => wire::decode::<proto::AppliedPosition>(bytes.into(), "AppliedPosition")?,
             None => proto::AppliedPosition::default(),
         };
-        let census = session_census(&db)?;
+        let census = session_census(&db, &keys)?;
         let seen = scan(&db, SEEN_PREFIX).map(|item| client_id_of(&item?.0)).collect::<Result<_, _>>()?;
         Ok(Storage {
             db: Arc::new(db),
+            keys,
             applied_index: applied.index,
             applied_term: applied.term,
             log_last_index: 0,
@@ -318,7 +449,7 @@ impl Storage {
 
     /// The log position a replacement must reach before it votes, if it must.
     pub fn votes_withheld_until(&self) -> Result<Option<(Term, LogIndex)>, StorageError> {
-        let Some(bytes) = self.db.get(WITHHOLD_KEY)? else { return Ok(None) };
+        let Some(bytes) = self.db.get(self.keys.withhold())? else { return Ok(None) };
         let position: proto::AppliedPosition = wire::decode(bytes.into(), "WithheldUntil")?;
         Ok(Some((position.term, position.index)))
     }
@@ -329,14 +460,14 @@ impl Storage {
     pub fn start_replacement(&self, term: Term, own: NodeId, until: (Term, LogIndex)) -> Result<(), StorageError> {
         let mut batch = WriteBatch::default();
         let hard_state = rasputin_consensus::HardState { term, voted_for: Some(own) };
-        batch.put(HARD_STATE_KEY, wire::to_bytes(&wire::hard_state_to_proto(hard_state)));
+        batch.put(self.keys.hard_state(), wire::to_bytes(&wire::hard_state_to_proto(hard_state)));
         let (term, index) = until;
-        batch.put(WITHHOLD_KEY, wire::to_bytes(&proto::AppliedPosition { index, term }));
+        batch.put(self.keys.withhold(), wire::to_bytes(&proto::AppliedPosition { index, term }));
         self.write(batch, true)
     }
 
     pub fn end_withholding(&self) -> Result<(), StorageError> {
-        Ok(self.db.delete(WITHHOLD_KEY)?)
+        Ok(self.db.delete(self.keys.withhold())?)
     }
 
     pub fn applied(&self) -> (LogIndex, Term) {
@@ -361,7 +492,7 @@ impl Storage {
 
     /// Everything consensus needs to restart.
     pub fn recover(&mut self) -> Result<Recovered, StorageError> {
-        let hard_state = match self.db.get(HARD_STATE_KEY)? {
+        let hard_state = match self.db.get(self.keys.hard_state())? {
             Some(bytes) => wire::hard_state_from_proto(wire::decode(bytes.into(), "HardState")?),
             None => Default::default(),
         };
@@ -374,8 +505,11 @@ impl Storage {
             )));
         }
         let mut entries = Vec::new();
-        let start = log_key(after + 1);
-        for item in self.db.iterator_cf(self.log_family(), IteratorMode::From(&start, Direction::Forward)) {
+        let start = self.keys.log(after + 1);
+        let mut options = ReadOptions::default();
+        options.set_iterate_upper_bound(self.keys.log_end());
+        let log = self.db.iterator_cf_opt(self.log_family(), options, IteratorMode::From(&start, Direction::Forward));
+        for item in log {
             let (_, value) = item?;
             entries.push(wire::entry_from_proto(wire::decode(value.into_vec().into(), "Entry")?)?);
         }
@@ -389,7 +523,7 @@ impl Storage {
 
     /// The latest snapshot's position. Its data is built when a follower needs it.
     fn stored_snapshot(&self) -> Result<Option<Snapshot>, StorageError> {
-        let Some(bytes) = self.db.get(SNAPSHOT_KEY)? else { return Ok(None) };
+        let Some(bytes) = self.db.get(self.keys.snapshot())? else { return Ok(None) };
         let position: proto::AppliedPosition = wire::decode(bytes.into(), "SnapshotPosition")?;
         Ok(Some(Snapshot { last_index: position.index, last_term: position.term, data: Bytes::new() }))
     }
@@ -398,7 +532,7 @@ impl Storage {
     /// node dropped its whole log for an installed snapshot.
     pub fn stage(&mut self, batch: &mut WriteBatch, persist: &Persist, log_emptied: bool) -> Result<(), StorageError> {
         if let Some(hard_state) = persist.hard_state {
-            batch.put(HARD_STATE_KEY, wire::to_bytes(&wire::hard_state_to_proto(hard_state)));
+            batch.put(self.keys.hard_state(), wire::to_bytes(&wire::hard_state_to_proto(hard_state)));
         }
         if let Some(snapshot) = &persist.snapshot {
             self.stage_install(batch, snapshot, log_emptied)?;
@@ -406,10 +540,10 @@ impl Storage {
         if let (Some(first), Some(last)) = (persist.entries.first(), persist.entries.last()) {
             let log = self.log_family();
             if first.index <= self.log_last_index {
-                batch.delete_range_cf(log, &log_key(first.index)[..], &LOG_END[..]);
+                batch.delete_range_cf(log, &self.keys.log(first.index)[..], &self.keys.log_end()[..]);
             }
             for entry in &persist.entries {
-                batch.put_cf(log, log_key(entry.index), wire::to_bytes(&wire::entry_to_proto(entry)));
+                batch.put_cf(log, self.keys.log(entry.index), wire::to_bytes(&wire::entry_to_proto(entry)));
             }
             self.log_last_index = last.index;
         }
@@ -435,8 +569,8 @@ impl Storage {
             log_emptied,
             file: staged.file.as_ref().map(|file| file.display().to_string()).unwrap_or_default(),
         };
-        replace_state(&self.db, &install)?;
-        stage_finished_install(&self.db, batch, &install);
+        replace_state(&self.db, &self.keys, &install)?;
+        stage_finished_install(&self.db, &self.keys, batch, &install);
         if log_emptied {
             self.log_last_index = snapshot.last_index;
         }
@@ -457,7 +591,16 @@ impl Storage {
         let path = directory.join(format!("{}-{}.sst", position.0, position.1));
         let writer = SstFileWriter::create(&SST_OPTIONS);
         writer.open(&path)?;
-        Ok(IncomingSnapshot { writer, path, position, census: SessionCensus::default(), records: 0, last_key: None })
+        let keys = self.keys;
+        Ok(IncomingSnapshot {
+            writer,
+            path,
+            keys,
+            position,
+            census: SessionCensus::default(),
+            records: 0,
+            last_key: None,
+        })
     }
 
     /// Holds a snapshot received whole until consensus installs it.
@@ -473,7 +616,7 @@ impl Storage {
     }
 
     fn stage_applied(&mut self, batch: &mut WriteBatch, index: LogIndex, term: Term) {
-        batch.put(APPLIED_KEY, wire::to_bytes(&proto::AppliedPosition { index, term }));
+        batch.put(self.keys.applied(), wire::to_bytes(&proto::AppliedPosition { index, term }));
         self.applied_index = index;
         self.applied_term = term;
     }
@@ -557,12 +700,13 @@ impl Storage {
     /// Every record of the state machine, as stored.
     #[cfg(test)]
     pub(crate) fn state_records(&self) -> Result<Vec<(Box<[u8]>, Box<[u8]>)>, StorageError> {
-        STATE_PREFIXES.iter().flat_map(|prefix| scan(&self.db, prefix)).collect()
+        let prefixes = self.keys.state_prefixes();
+        prefixes.iter().flat_map(|prefix| scan(&self.db, prefix)).collect()
     }
 
     /// What another thread needs to read snapshots of this state.
     pub fn snapshot_source(&self) -> SnapshotSource {
-        SnapshotSource { db: self.db.clone() }
+        SnapshotSource { db: self.db.clone(), keys: self.keys }
     }
 
     /// The batch that compacts the log up to `index` (of `term`), at most the
@@ -572,8 +716,8 @@ impl Storage {
     pub fn compaction(&self, index: LogIndex, term: Term) -> (WriteBatch, Snapshot) {
         assert!(index <= self.applied_index, "compacting to {index}, past the applied index {}", self.applied_index);
         let mut batch = WriteBatch::default();
-        batch.put(SNAPSHOT_KEY, wire::to_bytes(&proto::AppliedPosition { index, term }));
-        batch.delete_range_cf(self.log_family(), log_key(0), log_key(index + 1));
+        batch.put(self.keys.snapshot(), wire::to_bytes(&proto::AppliedPosition { index, term }));
+        batch.delete_range_cf(self.log_family(), self.keys.log(0), self.keys.log(index + 1));
         (batch, Snapshot { last_index: index, last_term: term, data: Bytes::new() })
     }
 
@@ -647,6 +791,7 @@ impl Drop for SyncWorker {
 #[derive(Clone)]
 pub struct SnapshotSource {
     db: Arc<DB>,
+    keys: RangeKeys,
 }
 
 /// One chunk read from a snapshot view.
@@ -674,7 +819,7 @@ impl SnapshotSource {
             let answer = match request {
                 ViewRequest::Open { transfer } => {
                     let view = self.db.snapshot();
-                    let position = applied_position(&view);
+                    let position = applied_position(&view, &self.keys);
                     if position.is_ok() {
                         views.insert(transfer, view);
                     }
@@ -682,7 +827,7 @@ impl SnapshotSource {
                 }
                 ViewRequest::Chunk { transfer, sequence, position, after } => {
                     let chunk = match views.get(&transfer) {
-                        Some(view) => read_chunk(view, position, sequence, after.as_deref()),
+                        Some(view) => read_chunk(view, &self.keys, position, sequence, after.as_deref()),
                         None => Err(StorageError::Impossible(format!("no view is open for transfer {transfer}"))),
                     };
                     ViewAnswer::Chunk { transfer, sequence, chunk }
@@ -736,65 +881,70 @@ pub enum ViewAnswer {
     },
 }
 
-fn applied_position(view: &rocksdb::Snapshot) -> Result<(LogIndex, Term), StorageError> {
-    let applied = match view.get(APPLIED_KEY)? {
+fn applied_position(view: &rocksdb::Snapshot, keys: &RangeKeys) -> Result<(LogIndex, Term), StorageError> {
+    let applied = match view.get(keys.applied())? {
         Some(bytes) => wire::decode::<proto::AppliedPosition>(bytes.into(), "AppliedPosition")?,
         None => proto::AppliedPosition::default(),
     };
     Ok((applied.index, applied.term))
 }
 
-/// Reads the records after `after` into one chunk, as many as fit: every
-/// value in key order, then every session.
+/// Reads the records after stream key `after` (see `stream_key`) into one
+/// chunk, as many as fit: every value in key order, then every session.
 fn read_chunk(
     view: &rocksdb::Snapshot,
+    keys: &RangeKeys,
     position: (LogIndex, Term),
     sequence: u64,
     after: Option<&[u8]>,
 ) -> Result<ReadChunk, StorageError> {
     let mut writer = ChunkWriter::new(position.0, position.1, sequence);
     let mut last_key = None;
-    for prefix in STATE_PREFIXES {
+    let [values, sessions] = keys.state_prefixes();
+    for (prefix, stream_prefix) in [(values, VALUE_PREFIX), (sessions, SESSION_PREFIX)] {
         let start = match after {
-            Some(after) if after >= &prefix_end(prefix)[..] => continue,
-            Some(after) if after >= prefix => after,
-            _ => prefix,
+            Some(after) if after >= &prefix_end(stream_prefix)[..] => continue,
+            Some(after) if after >= stream_prefix => [&prefix[..], &after[stream_prefix.len()..]].concat(),
+            _ => prefix.clone(),
         };
         let mut options = ReadOptions::default();
-        options.set_iterate_upper_bound(prefix_end(prefix));
+        options.set_iterate_upper_bound(prefix_end(&prefix));
         // A whole-state scan would only push hot blocks out of the cache.
         options.fill_cache(false);
-        for item in view.iterator_opt(IteratorMode::From(start, Direction::Forward), options) {
+        for item in view.iterator_opt(IteratorMode::From(&start, Direction::Forward), options) {
             let (key, value) = item?;
+            let record = state_record(stream_prefix, &key[prefix.len()..], &value)?;
+            let key = stream_key(&record)?;
             if Some(&key[..]) == after {
                 continue;
             }
-            let record = state_record(prefix, &key, &value)?;
             if !writer.fits(&record) {
                 return Ok(ReadChunk { data: writer.finish(false).into(), last_key, last: false });
             }
             writer.push(&record);
-            last_key = Some(key.into_vec());
+            last_key = Some(key);
         }
     }
     Ok(ReadChunk { data: writer.finish(true).into(), last_key, last: true })
 }
 
-fn state_record<'a>(prefix: &[u8], key: &'a [u8], value: &'a [u8]) -> Result<Record<'a>, StorageError> {
-    let key = &key[prefix.len()..];
-    Ok(if prefix == VALUE_PREFIX {
+/// The record stored under `key` (its prefix gone) of the state under `kind`
+/// (`VALUE_PREFIX` or `SESSION_PREFIX`).
+fn state_record<'a>(kind: &[u8], key: &'a [u8], value: &'a [u8]) -> Result<Record<'a>, StorageError> {
+    Ok(if kind == VALUE_PREFIX {
         Record::Value { key, value }
     } else {
         Record::Session { client_id: client_id_of(key)?, session: value }
     })
 }
 
-/// The storage key a record is kept under.
-fn record_key(record: &Record) -> Result<Vec<u8>, SnapshotDecodeError> {
-    match record {
-        Record::Value { key, .. } => Ok(value_key(key)),
-        Record::Session { client_id, .. } => Ok(session_key(*client_id)),
-        Record::Range { .. } | Record::SplitOutcome { .. } => Err(SnapshotDecodeError::RangesUnsupported),
+impl RangeKeys {
+    /// The storage key a record of this range is kept under.
+    fn record(&self, record: &Record) -> Result<Vec<u8>, SnapshotDecodeError> {
+        match record {
+            Record::Session { client_id, .. } => Ok(self.session(*client_id)),
+            record => stream_key(record),
+        }
     }
 }
 
@@ -803,6 +953,7 @@ fn record_key(record: &Record) -> Result<Vec<u8>, SnapshotDecodeError> {
 pub struct IncomingSnapshot {
     writer: SstFileWriter<'static>,
     path: PathBuf,
+    keys: RangeKeys,
     position: (LogIndex, Term),
     census: SessionCensus,
     records: u64,
@@ -814,10 +965,12 @@ impl IncomingSnapshot {
     pub fn write(&mut self, chunk: &ChunkReader) -> Result<(), ChunkError> {
         for record in chunk.records() {
             let record = record?;
-            let key = record_key(&record)?;
+            let key = stream_key(&record)?;
             if self.last_key.as_ref().is_some_and(|last| &key <= last) {
                 return Err(ChunkError::OutOfOrder(key));
             }
+            // Stream order is storage order: values, then sessions by id.
+            let stored = self.keys.record(&record)?;
             let value = match record {
                 Record::Value { value, .. } => value,
                 Record::Session { session, .. } => {
@@ -826,17 +979,17 @@ impl IncomingSnapshot {
                     session
                 }
                 Record::Range { .. } | Record::SplitOutcome { .. } => {
-                    unreachable!("record_key refused the range records")
+                    unreachable!("stream_key refused the range records")
                 }
             };
-            self.writer.put(&key, value).map_err(StorageError::from)?;
+            self.writer.put(&stored, value).map_err(StorageError::from)?;
             self.records += 1;
             self.last_key = Some(key);
         }
         Ok(())
     }
 
-    /// The storage key of the last record written.
+    /// The stream key (see `stream_key`) of the last record written.
     pub fn last_key(&self) -> Option<&[u8]> {
         self.last_key.as_deref()
     }
@@ -876,11 +1029,13 @@ fn remove_staging(directory: &Path) -> Result<(), StorageError> {
 /// marker goes first, with the deletions, in one synced write: from then on
 /// recovery finishes the install (`finish_interrupted_install`), which is
 /// why this may run again on the same file.
-fn replace_state(db: &DB, install: &proto::SnapshotInstall) -> Result<(), StorageError> {
+fn replace_state(db: &DB, keys: &RangeKeys, install: &proto::SnapshotInstall) -> Result<(), StorageError> {
     let mut batch = WriteBatch::default();
-    batch.put(INSTALLING_KEY, wire::to_bytes(install));
-    for prefix in STATE_PREFIXES {
-        batch.delete_range(prefix.to_vec(), prefix_end(prefix));
+    batch.put(keys.installing(), wire::to_bytes(install));
+    // The hosted range holds every key, so its values are every value.
+    for prefix in keys.state_prefixes() {
+        let end = prefix_end(&prefix);
+        batch.delete_range(prefix, end);
     }
     let mut options = WriteOptions::default();
     options.set_sync(true);
@@ -906,23 +1061,23 @@ fn replace_state(db: &DB, install: &proto::SnapshotInstall) -> Result<(), Storag
 
 /// What completes an install once the data is in: the applied position,
 /// the snapshot's position, the log it covers gone, the marker gone.
-fn stage_finished_install(db: &DB, batch: &mut WriteBatch, install: &proto::SnapshotInstall) {
+fn stage_finished_install(db: &DB, keys: &RangeKeys, batch: &mut WriteBatch, install: &proto::SnapshotInstall) {
     let log = db.cf_handle(LOG_FAMILY).expect("the database is opened with the log family");
     if install.log_emptied {
-        batch.delete_range_cf(log, &log_key(0)[..], &LOG_END[..]);
+        batch.delete_range_cf(log, &keys.log(0)[..], &keys.log_end()[..]);
     } else {
-        batch.delete_range_cf(log, log_key(0), log_key(install.index + 1));
+        batch.delete_range_cf(log, keys.log(0), keys.log(install.index + 1));
     }
     let position = proto::AppliedPosition { index: install.index, term: install.term };
-    batch.put(SNAPSHOT_KEY, wire::to_bytes(&position));
-    batch.put(APPLIED_KEY, wire::to_bytes(&position));
-    batch.delete(INSTALLING_KEY);
+    batch.put(keys.snapshot(), wire::to_bytes(&position));
+    batch.put(keys.applied(), wire::to_bytes(&position));
+    batch.delete(keys.installing());
 }
 
 /// Finishes a snapshot install that a crash interrupted, from its staged
 /// file, before anything reads the state.
-fn finish_interrupted_install(db: &DB) -> Result<(), StorageError> {
-    let Some(bytes) = db.get(INSTALLING_KEY)? else { return Ok(()) };
+fn finish_interrupted_install(db: &DB, keys: &RangeKeys) -> Result<(), StorageError> {
+    let Some(bytes) = db.get(keys.installing())? else { return Ok(()) };
     let install: proto::SnapshotInstall = wire::decode(bytes.into(), "SnapshotInstall")?;
     if !install.file.is_empty() && !Path::new(&install.file).exists() {
         return Err(StorageError::Impossible(format!(
@@ -931,9 +1086,9 @@ fn finish_interrupted_install(db: &DB) -> Result<(), StorageError> {
         )));
     }
     tracing::warn!(index = install.index, term = install.term, "finishing a snapshot install that was interrupted");
-    replace_state(db, &install)?;
+    replace_state(db, keys, &install)?;
     let mut batch = WriteBatch::default();
-    stage_finished_install(db, &mut batch, &install);
+    stage_finished_install(db, keys, &mut batch, &install);
     let mut options = WriteOptions::default();
     options.set_sync(true);
     db.write_opt(batch, &options)?;
@@ -965,11 +1120,11 @@ impl Overlay<'_> {
                 self.values.insert(key, None);
             }
             Change::Session { client_id, session } => {
-                batch.put(session_key(client_id), state_machine::encode_session(&session));
+                batch.put(self.storage.keys.session(client_id), state_machine::encode_session(&session));
                 self.sessions.insert(client_id, Some(session));
             }
             Change::EndSession { client_id } => {
-                batch.delete(session_key(client_id));
+                batch.delete(self.storage.keys.session(client_id));
                 self.sessions.insert(client_id, None);
             }
             Change::Split { left, .. } => {
@@ -1051,7 +1206,7 @@ impl KvRead for Storage {
         if let Some(session) = self.sessions.get(&client_id) {
             return Ok(Some(session.clone()));
         }
-        match self.db.get(session_key(client_id))? {
+        match self.db.get(self.keys.session(client_id))? {
             Some(bytes) => Ok(Some(state_machine::decode_session(&bytes)?)),
             None => Ok(None),
         }
@@ -1068,13 +1223,14 @@ impl KvRead for Storage {
 
     fn oldest_session_from(&self, from: u64) -> Result<Option<(u64, Session)>, StorageError> {
         let lowest_left = self.sessions_expired_below.get();
-        let start = session_key(from.max(lowest_left));
+        let start = self.keys.session(from.max(lowest_left));
+        let prefix = self.keys.sessions();
         let mut options = ReadOptions::default();
-        options.set_iterate_upper_bound(prefix_end(SESSION_PREFIX));
+        options.set_iterate_upper_bound(prefix_end(&prefix));
         let first = self.db.iterator_opt(IteratorMode::From(&start, Direction::Forward), options).next();
         let Some(item) = first else { return Ok(None) };
         let (key, value) = item?;
-        let client_id = client_id_of(&key[SESSION_PREFIX.len()..])?;
+        let client_id = client_id_of(&key[prefix.len()..])?;
         if from <= lowest_left {
             // The lowest session there is: new sessions only ever get higher ids.
             self.sessions_expired_below.set(client_id);
@@ -1192,10 +1348,10 @@ mod tests {
         let mut target = Storage::open(&to).unwrap();
         target.apply(&[open(1), command(2, 1, 1, set(b"stale"))]).unwrap();
         let view = source.db.snapshot();
-        let position = applied_position(&view).unwrap();
+        let position = applied_position(&view, &HOSTED).unwrap();
         assert_eq!(position, (49, 1));
         let mut incoming = target.begin_incoming(position).unwrap();
-        let chunk = read_chunk(&view, position, 0, None).unwrap();
+        let chunk = read_chunk(&view, &HOSTED, position, 0, None).unwrap();
         assert!(chunk.last, "a small state fits in one chunk");
         incoming.write(&ChunkReader::new(&chunk.data).unwrap()).unwrap();
         let staged = incoming.finish().unwrap();
@@ -1205,14 +1361,14 @@ mod tests {
             log_emptied: true,
             file: staged.file.as_ref().unwrap().display().to_string(),
         };
-        replace_state(&target.db, &install).unwrap();
+        replace_state(&target.db, &HOSTED, &install).unwrap();
         drop(target);
         let target = Storage::open(&to).unwrap();
         assert_eq!(target.applied(), (49, 1));
         assert_eq!(target.census(), source.census());
         assert_eq!(target.value(b"k").unwrap(), source.value(b"k").unwrap());
         assert!(target.state_records().unwrap() == source.state_records().unwrap(), "the installed state is the same");
-        assert!(target.db.get(INSTALLING_KEY).unwrap().is_none(), "the marker is gone");
+        assert!(target.db.get(HOSTED.installing()).unwrap().is_none(), "the marker is gone");
         assert!(!to.join(STAGING_DIRECTORY).exists(), "the staged file is gone");
         drop(view);
         drop((source, target));
@@ -1239,6 +1395,58 @@ mod tests {
         assert_eq!(reopened.census(), census);
         drop(reopened);
         std::fs::remove_dir_all(&directory).unwrap();
+    }
+
+    /// A node upgraded from layout 3 keeps everything: its hard state, log,
+    /// snapshot position, applied position and sessions move under range 1.
+    #[test]
+    fn a_layout_3_database_moves_under_range_one_and_loses_nothing() {
+        let directory = temporary("layout-3");
+        let mut options = Options::default();
+        options.create_if_missing(true);
+        options.create_missing_column_families(true);
+        let old = DB::open_cf(&options, &directory, [rocksdb::DEFAULT_COLUMN_FAMILY_NAME, LOG_FAMILY]).unwrap();
+        let hard_state = HardState { term: 7, voted_for: Some(2) };
+        old.put(FORMAT_KEY, [3]).unwrap();
+        old.put(IDENTITY_KEY, [0u8; 16]).unwrap();
+        old.put(b"m:hard", wire::to_bytes(&wire::hard_state_to_proto(hard_state))).unwrap();
+        old.put(b"m:applied", wire::to_bytes(&proto::AppliedPosition { index: 5, term: 7 })).unwrap();
+        old.put(b"m:snapshot", wire::to_bytes(&proto::AppliedPosition { index: 4, term: 7 })).unwrap();
+        let session = Session { sequence: 3, last: None };
+        old.put([SESSION_PREFIX, &9u64.to_be_bytes()].concat(), state_machine::encode_session(&session)).unwrap();
+        old.put(value_key(b"k"), b"v").unwrap();
+        let log = old.cf_handle(LOG_FAMILY).unwrap();
+        let entries: Vec<Entry> = (5..=6).map(|index| command(index, 9, index, set(b"v"))).collect();
+        for entry in &entries {
+            old.put_cf(log, entry.index.to_be_bytes(), wire::to_bytes(&wire::entry_to_proto(entry))).unwrap();
+        }
+        drop(old);
+        for _ in 0..2 {
+            let mut storage = Storage::open(&directory).unwrap();
+            let recovered = storage.recover().unwrap();
+            assert_eq!(recovered.hard_state, hard_state);
+            assert_eq!(recovered.snapshot.map(|snapshot| snapshot.last_index), Some(4));
+            assert_eq!(recovered.entries, entries);
+            assert_eq!(storage.applied(), (5, 7));
+            assert_eq!(storage.session(9).unwrap(), Some(session.clone()));
+            assert_eq!(storage.census().count, 1);
+            assert_eq!(storage.value(b"k").unwrap().as_deref(), Some(&b"v"[..]));
+            assert_eq!(storage.db.get(FORMAT_KEY).unwrap().as_deref(), Some(&[FORMAT_VERSION][..]));
+            assert!(storage.db.get(b"m:hard").unwrap().is_none(), "the old keys are gone");
+        }
+        std::fs::remove_dir_all(&directory).unwrap();
+    }
+
+    /// One range's log, sessions and metadata never reach another's.
+    #[test]
+    fn range_keys_keep_each_range_apart() {
+        let (first, last) = (RangeKeys::of(1), RangeKeys::of(RangeId::MAX));
+        assert!(first.log(u64::MAX)[..] < first.log_end()[..] && first.log_end()[..] < RangeKeys::of(2).log(0)[..]);
+        assert!(last.log(u64::MAX)[..] < last.log_end()[..]);
+        assert!(prefix_end(&first.sessions()) <= RangeKeys::of(2).sessions());
+        assert!(last.session(u64::MAX) < prefix_end(&last.sessions()), "an all-0xff id still has an end");
+        assert_ne!(first.hard_state(), RangeKeys::of(2).hard_state());
+        assert_eq!(prefix_end(b"s:\xff\xff"), b"s;");
     }
 
     #[test]
