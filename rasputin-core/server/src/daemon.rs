@@ -220,7 +220,7 @@ pub fn run(flags: Flags) -> Result<(), DaemonError> {
     poll.registry().register(&mut signals, SIGNALS, Interest::READABLE)?;
     let waker = Arc::new(Waker::new(poll.registry(), WORKER_DONE)?);
     let snapshot_waker = waker.clone();
-    let streams = Streams::start(storage.snapshot_source(), move || {
+    let streams = Streams::start(storage.first_range().snapshot_source(), move || {
         let _ = snapshot_waker.wake();
     })?;
     let syncs = storage.sync_worker(move || {
@@ -335,13 +335,13 @@ impl Daemon {
             config.faults.reads_ignore_lease = true;
             warn!("built with the test-only feature fault-stale-reads: reads ignore the lease and may be stale; never run this build for real");
         }
-        let recovered = self.storage.recover()?;
+        let recovered = self.storage.first_range_mut().recover()?;
         info!(
             node = self.membership.node_id,
             term = recovered.hard_state.term,
             entries = recovered.entries.len(),
             snapshot = recovered.snapshot.as_ref().map_or(0, |snapshot| snapshot.last_index),
-            applied = self.storage.applied().0,
+            applied = self.storage.first_range().applied().0,
             votes_withheld_until = ?recovered.votes_withheld_until,
             "recovered"
         );
@@ -467,7 +467,7 @@ impl Daemon {
                 log_end = ?most_up_to_date,
                 "replacing a lost node: no vote in term {term}, and none at all until this node's log reaches {most_up_to_date:?}"
             );
-            self.storage.start_replacement(term, node, most_up_to_date)?;
+            self.storage.first_range_mut().start_replacement(term, node, most_up_to_date)?;
         }
         self.storage.write_identity(node, self.membership.cluster_id)?;
         self.join = None;
@@ -608,7 +608,7 @@ impl Daemon {
         if self.handshakes_swept_at.elapsed() < HANDSHAKE_SWEEP_INTERVAL {
             return Ok(());
         }
-        self.receiver.drop_if_stalled(&mut self.storage)?;
+        self.receiver.drop_if_stalled(self.storage.first_range_mut())?;
         self.handshakes_swept_at = Instant::now();
         let stalled: Vec<Token> = self
             .connections
@@ -973,7 +973,7 @@ impl Daemon {
     /// may vote again, and need not wait again after a restart.
     fn check_withholding(&mut self) -> Result<(), DaemonError> {
         if self.withholding_votes && self.node.as_ref().is_some_and(|node| !node.withholds_votes()) {
-            self.storage.end_withholding()?;
+            self.storage.first_range_mut().end_withholding()?;
             self.withholding_votes = false;
             info!(node = self.membership.node_id, "caught up: this replacement votes again");
         }
@@ -1005,7 +1005,7 @@ impl Daemon {
             let installs_snapshot = persist.snapshot.is_some();
             let node = self.node.as_ref().expect("only a running node steps");
             let log_emptied = installs_snapshot && node.log().last_index() == node.log().snapshot_index();
-            self.storage.stage(&mut self.batch, &persist, log_emptied)?;
+            self.storage.first_range_mut().stage(&mut self.batch, &persist, log_emptied)?;
             self.staged.persists += 1;
             if let Some(position) = persist.last_position() {
                 self.staged.position = Some(position);
@@ -1023,7 +1023,7 @@ impl Daemon {
         self.release_held_messages();
         self.observer.metrics.commits.fetch_add(apply.len() as u64, Ordering::Relaxed);
         let started = Instant::now();
-        let applied = self.storage.apply(&apply)?;
+        let applied = self.storage.first_range_mut().apply(&apply)?;
         self.turn_storage += started.elapsed();
         for applied in applied {
             let outcome = applied.outcome.map_err(|refusal| {
@@ -1041,19 +1041,19 @@ impl Daemon {
             });
             self.answer((applied.client_id, applied.sequence), outcome);
         }
-        let applied = self.storage.applied().0;
+        let applied = self.storage.first_range().applied().0;
         for read in reads {
             // Committed entries of this Ready were applied just above.
             assert!(read.read_index <= applied, "read at {} before applying it ({applied})", read.read_index);
             let key = (read.request.client_id, read.request.sequence);
             match &read.request.operation {
                 Operation::Scan { start, end, limit } => {
-                    let page = self.storage.scan(start, end.as_deref(), *limit)?;
+                    let page = self.storage.first_range_mut().scan(start, end.as_deref(), *limit)?;
                     self.answer_page(key, page);
                 }
                 Operation::MetaLookup { .. } => unreachable!("on_client_frame refuses meta lookups"),
                 operation => {
-                    let response = self.storage.read(operation.key())?;
+                    let response = self.storage.first_range_mut().read(operation.key())?;
                     self.answer(key, Ok(response));
                 }
             }
@@ -1170,7 +1170,7 @@ impl Daemon {
             return Ok(());
         }
         self.streams.forget_caught_up(|peer| node.match_index(peer), |peer| self.outbound.get(&peer).copied());
-        let (applied, _) = self.storage.applied();
+        let (applied, _) = self.storage.first_range().applied();
         let mut index = applied.min(node.applied_index());
         if let Some(floor) = self.streams.catch_up_floor() {
             index = index.min(floor);
@@ -1181,7 +1181,7 @@ impl Daemon {
             return Ok(());
         }
         let term = node.log().term(index).expect("an applied index past the snapshot is in the log");
-        let (batch, snapshot) = self.storage.compaction(index, term);
+        let (batch, snapshot) = self.storage.first_range_mut().compaction(index, term);
         self.observer.metrics.compactions.fetch_add(1, Ordering::Relaxed);
         self.storage.write(batch, false)?;
         self.written.compaction = Some(snapshot);
@@ -1246,7 +1246,7 @@ impl Daemon {
                 ..Default::default()
             })
         } else {
-            self.receiver.on_chunk(&mut self.storage, leader, &chunk)?
+            self.receiver.on_chunk(self.storage.first_range_mut(), leader, &chunk)?
         };
         let (ack, complete) = match received {
             ChunkOutcome::Ack(ack) => (ack, None),
@@ -1262,15 +1262,15 @@ impl Daemon {
         let envelope = match wire::install_snapshot_message(leader, self.membership.node_id, &chunk, position) {
             Ok(envelope) => envelope,
             Err(error) => {
-                self.storage.clear_staging()?;
+                self.storage.first_range_mut().clear_staging()?;
                 self.close_for_bad_input(token, &error);
                 return Ok(());
             }
         };
         info!(leader, index = position.0, "received a snapshot in full");
-        self.storage.offer_staged(staged);
+        self.storage.first_range_mut().offer_staged(staged);
         self.step(Input::Message(envelope))?;
-        self.storage.clear_staging()?;
+        self.storage.first_range_mut().clear_staging()?;
         Ok(())
     }
 

@@ -178,7 +178,7 @@ impl Observer {
             uptime_seconds: self.started.elapsed().as_secs(),
             version: env!("CARGO_PKG_VERSION").to_string(),
             shutting_down: turn.shutting_down,
-            applied_index: turn.storage.applied().0,
+            applied_index: turn.storage.first_range().applied().0,
             leader_address: turn.leader_address.unwrap_or_default().to_string(),
             ..Default::default()
         };

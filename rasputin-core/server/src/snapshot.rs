@@ -21,7 +21,7 @@ use mio::Token;
 use tracing::{debug, info, warn};
 
 use super::storage::{
-    ChunkError, IncomingSnapshot, SnapshotSource, StagedSnapshot, Storage, StorageError, ViewAnswer, ViewRequest,
+    ChunkError, IncomingSnapshot, RangeStorage, SnapshotSource, StagedSnapshot, StorageError, ViewAnswer, ViewRequest,
     STATE_KEY_BYTES_MAX,
 };
 use rasputin_consensus::{LogIndex, NodeId, Term};
@@ -435,7 +435,7 @@ impl Receiver {
     /// a refusal: the leader then starts another. A disk error stops the node, as anywhere else.
     pub fn on_chunk(
         &mut self,
-        storage: &mut Storage,
+        storage: &mut RangeStorage,
         leader: NodeId,
         message: &proto::SnapshotChunk,
     ) -> Result<ChunkOutcome, StorageError> {
@@ -493,7 +493,7 @@ impl Receiver {
     }
 
     /// Drops a transfer whose leader has gone quiet.
-    pub fn drop_if_stalled(&mut self, storage: &mut Storage) -> Result<(), StorageError> {
+    pub fn drop_if_stalled(&mut self, storage: &mut RangeStorage) -> Result<(), StorageError> {
         if self
             .receiving
             .as_ref()
@@ -505,7 +505,7 @@ impl Receiver {
         Ok(())
     }
 
-    fn drop_transfer(&mut self, storage: &mut Storage) -> Result<(), StorageError> {
+    fn drop_transfer(&mut self, storage: &mut RangeStorage) -> Result<(), StorageError> {
         if self.receiving.take().is_some() {
             storage.clear_staging()?;
         }
@@ -536,6 +536,7 @@ mod tests {
     use rocksdb::WriteBatch;
 
     use super::*;
+    use crate::storage::Storage;
 
     const LEADER: NodeId = 1;
     const FOLLOWER: NodeId = 2;
@@ -550,8 +551,8 @@ mod tests {
 
     /// A leader's store with KEYS values of VALUE_BYTES each, written by
     /// two clients whose sessions are part of the state too.
-    fn filled_store(directory: &std::path::Path) -> Storage {
-        let mut storage = Storage::open(directory).unwrap();
+    fn filled_store(directory: &std::path::Path) -> RangeStorage {
+        let mut storage = Storage::open(directory).unwrap().into_first_range();
         let entry = |index, client_id, sequence, operation| Entry {
             term: 1,
             index,
@@ -576,7 +577,7 @@ mod tests {
     fn a_stream_resumes_after_a_dropped_connection_and_the_follower_ends_identical() {
         let (from, to) = (temporary("leader"), temporary("follower"));
         let leader = filled_store(&from);
-        let mut follower = Storage::open(&to).unwrap();
+        let mut follower = Storage::open(&to).unwrap().into_first_range();
         let (woken, wakes) = mpsc::channel();
         let mut streams = Streams::start(leader.snapshot_source(), move || {
             let _ = woken.send(());
@@ -656,7 +657,7 @@ mod tests {
     #[test]
     fn a_follower_refuses_a_corrupt_chunk_and_one_without_a_start() {
         let directory = temporary("refusing");
-        let mut follower = Storage::open(&directory).unwrap();
+        let mut follower = Storage::open(&directory).unwrap().into_first_range();
         let mut receiver = Receiver::default();
         let chunk = |sequence: u64, corrupt: bool| {
             let mut writer = rasputin_kv::snapshot::ChunkWriter::new(5, 1, sequence);
@@ -675,7 +676,7 @@ mod tests {
         assert!(refused(receiver.on_chunk(&mut follower, LEADER, &chunk(0, true)).unwrap()));
         assert!(!refused(receiver.on_chunk(&mut follower, LEADER, &chunk(0, false)).unwrap()));
         assert!(refused(receiver.on_chunk(&mut follower, LEADER, &chunk(1, true)).unwrap()));
-        assert!(!directory.join("snapshot-in").exists(), "a refused transfer leaves nothing staged");
+        assert!(!directory.join("snapshot-in/1").exists(), "a refused transfer leaves nothing staged");
         drop(follower);
         std::fs::remove_dir_all(&directory).unwrap();
     }

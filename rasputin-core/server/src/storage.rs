@@ -117,6 +117,10 @@ pub enum StorageError {
     Staging { path: String, source: std::io::Error },
     #[error("the sync thread stopped; the node stops rather than lose track of what is durable")]
     SyncThreadGone,
+    #[error(
+        "storage in {path} holds range {range}, and this rasputind hosts range 1 only; run the rasputind that wrote it"
+    )]
+    NotHosted { path: String, range: RangeId },
 }
 
 impl StorageError {
@@ -245,9 +249,18 @@ pub enum Claim {
     Existing,
 }
 
+/// The node's database: its identity and peers seen, and the ranges it hosts.
 pub struct Storage {
     db: Arc<DB>,
-    /// Where the hosted range's own state lives.
+    seen: BTreeSet<NodeId>,
+    ranges: BTreeMap<RangeId, RangeStorage>,
+}
+
+/// One hosted range's storage: its log, hard state and state machine, in
+/// the node's database, under its `RangeKeys`.
+pub struct RangeStorage {
+    db: Arc<DB>,
+    /// Where the range's own state lives.
     keys: RangeKeys,
     applied_index: LogIndex,
     applied_term: Term,
@@ -261,7 +274,6 @@ pub struct Storage {
     /// session starts, so that it does not wade through the tombstones of
     /// expired ones.
     sessions_expired_below: Cell<u64>,
-    seen: BTreeSet<NodeId>,
     directory: PathBuf,
     /// A snapshot received whole, waiting for consensus to install it.
     staged: Option<StagedSnapshot>,
@@ -323,6 +335,25 @@ fn migrate_from_3(db: &DB) -> Result<(), StorageError> {
     Ok(())
 }
 
+/// The ranges whose metadata the database holds, by their `r:` keys: one
+/// seek per range, from each range's first field past its last.
+fn stored_ranges(db: &DB) -> Result<BTreeSet<RangeId>, StorageError> {
+    let mut ranges = BTreeSet::new();
+    let mut from = RANGE_PREFIX.to_vec();
+    loop {
+        let mut options = ReadOptions::default();
+        options.set_iterate_upper_bound(prefix_end(RANGE_PREFIX));
+        let Some(item) = db.iterator_opt(IteratorMode::From(&from, Direction::Forward), options).next() else { break };
+        let (key, _) = item?;
+        let id = key.get(RANGE_PREFIX.len()..RANGE_PREFIX.len() + 8).and_then(|id| id.try_into().ok());
+        let id = id.map(u64::from_be_bytes).ok_or_else(|| StorageError::Impossible(format!("range key {key:?}")))?;
+        ranges.insert(id);
+        let Some(next) = id.checked_add(1) else { break };
+        from = [RANGE_PREFIX, &next.to_be_bytes()].concat();
+    }
+    Ok(ranges)
+}
+
 /// Every (key without prefix, value) under `prefix`, in key order.
 fn scan<'a>(db: &'a DB, prefix: &'a [u8]) -> impl Iterator<Item = Result<(Box<[u8]>, Box<[u8]>), StorageError>> + 'a {
     let mut options = ReadOptions::default();
@@ -376,30 +407,32 @@ impl Storage {
                 }
             })?;
         check_format(&db, &path)?;
-        let keys = HOSTED;
-        finish_interrupted_install(&db, &keys)?;
-        // A snapshot staged and not installed is of no use after a restart:
-        // its transfer is gone, and the leader starts another.
-        remove_staging(directory)?;
-        let applied = match db.get(keys.applied())? {
-            Some(bytes) => wire::decode::<proto::AppliedPosition>(bytes.into(), "AppliedPosition")?,
-            None => proto::AppliedPosition::default(),
-        };
-        let census = session_census(&db, &keys)?;
         let seen = scan(&db, SEEN_PREFIX).map(|item| client_id_of(&item?.0)).collect::<Result<_, _>>()?;
-        Ok(Storage {
-            db: Arc::new(db),
-            keys,
-            applied_index: applied.index,
-            applied_term: applied.term,
-            log_last_index: 0,
-            sessions: HashMap::new(),
-            census,
-            sessions_expired_below: Cell::new(0),
-            seen,
-            directory: directory.to_path_buf(),
-            staged: None,
-        })
+        if let Some(range) = stored_ranges(&db)?.into_iter().find(|&range| range != FIRST_RANGE_ID) {
+            return Err(StorageError::NotHosted { path, range });
+        }
+        let db = Arc::new(db);
+        // Opening a range finishes an install a crash interrupted, from its staged file.
+        let first = RangeStorage::open(db.clone(), directory, HOSTED)?;
+        // Any other snapshot staged and not installed is of no use after a
+        // restart: its transfer is gone, and the leader starts another.
+        remove_staging(directory)?;
+        Ok(Storage { db, seen, ranges: BTreeMap::from([(FIRST_RANGE_ID, first)]) })
+    }
+
+    /// The first range, which every node hosts: the only one so far.
+    pub fn first_range(&self) -> &RangeStorage {
+        &self.ranges[&FIRST_RANGE_ID]
+    }
+
+    pub fn first_range_mut(&mut self) -> &mut RangeStorage {
+        self.ranges.get_mut(&FIRST_RANGE_ID).expect("open hosts the first range")
+    }
+
+    /// The first range's storage, which keeps the database open on its own.
+    #[cfg(test)]
+    pub(crate) fn into_first_range(mut self) -> RangeStorage {
+        self.ranges.remove(&FIRST_RANGE_ID).expect("open hosts the first range")
     }
 
     /// Checks which node and cluster this directory belongs to. A directory
@@ -447,6 +480,74 @@ impl Storage {
         Ok(())
     }
 
+    /// RocksDB's size, both column families: live SST files plus memtables.
+    /// A property that cannot be read counts as zero: this is for metrics.
+    pub fn size_bytes(&self) -> u64 {
+        let families = [self.db.cf_handle("default"), self.db.cf_handle(LOG_FAMILY)];
+        let property = |family: &rocksdb::ColumnFamily, name: &str| {
+            self.db.property_int_value_cf(family, name).ok().flatten().unwrap_or(0)
+        };
+        families
+            .into_iter()
+            .flatten()
+            .map(|family| {
+                property(family, "rocksdb.total-sst-files-size") + property(family, "rocksdb.cur-size-all-mem-tables")
+            })
+            .sum()
+    }
+
+    /// Writes `batch`; with `sync`, waits until it is on disk.
+    pub fn write(&self, batch: WriteBatch, sync: bool) -> Result<(), StorageError> {
+        let mut options = WriteOptions::default();
+        options.set_sync(sync);
+        Ok(self.db.write_opt(batch, &options)?)
+    }
+
+    /// A thread that syncs the WAL on request, so that the event loop goes
+    /// on (heartbeats, acknowledgements, reads) while the disk works. The
+    /// loop writes its batches unsynced and then asks for a sync, which
+    /// covers every write made before the request. (A synced write on the
+    /// other thread would not do: RocksDB groups concurrent writers, and the
+    /// loop's next write would wait for that sync.) `waker` is woken after
+    /// each sync.
+    pub fn sync_worker(&self, waker: impl Fn() + Send + 'static) -> std::io::Result<SyncWorker> {
+        let (requests, requested) = std::sync::mpsc::sync_channel::<()>(1);
+        let (finished, done) = std::sync::mpsc::sync_channel(1);
+        let db = self.db.clone();
+        let thread = std::thread::Builder::new().name("rasputin-sync".into()).spawn(move || {
+            for () in requested {
+                if finished.send(db.flush_wal(true).map_err(StorageError::from)).is_err() {
+                    return;
+                }
+                waker();
+            }
+        })?;
+        Ok(SyncWorker { thread: Some(thread), requests, done })
+    }
+}
+
+impl RangeStorage {
+    fn open(db: Arc<DB>, directory: &Path, keys: RangeKeys) -> Result<RangeStorage, StorageError> {
+        finish_interrupted_install(&db, &keys)?;
+        let applied = match db.get(keys.applied())? {
+            Some(bytes) => wire::decode::<proto::AppliedPosition>(bytes.into(), "AppliedPosition")?,
+            None => proto::AppliedPosition::default(),
+        };
+        let census = session_census(&db, &keys)?;
+        Ok(RangeStorage {
+            db,
+            keys,
+            applied_index: applied.index,
+            applied_term: applied.term,
+            log_last_index: 0,
+            sessions: HashMap::new(),
+            census,
+            sessions_expired_below: Cell::new(0),
+            directory: directory.to_path_buf(),
+            staged: None,
+        })
+    }
+
     /// The log position a replacement must reach before it votes, if it must.
     pub fn votes_withheld_until(&self) -> Result<Option<(Term, LogIndex)>, StorageError> {
         let Some(bytes) = self.db.get(self.keys.withhold())? else { return Ok(None) };
@@ -474,22 +575,6 @@ impl Storage {
         (self.applied_index, self.applied_term)
     }
 
-    /// RocksDB's size, both column families: live SST files plus memtables.
-    /// A property that cannot be read counts as zero: this is for metrics.
-    pub fn size_bytes(&self) -> u64 {
-        let families = [self.db.cf_handle("default"), Some(self.log_family())];
-        let property = |family: &rocksdb::ColumnFamily, name: &str| {
-            self.db.property_int_value_cf(family, name).ok().flatten().unwrap_or(0)
-        };
-        families
-            .into_iter()
-            .flatten()
-            .map(|family| {
-                property(family, "rocksdb.total-sst-files-size") + property(family, "rocksdb.cur-size-all-mem-tables")
-            })
-            .sum()
-    }
-
     /// Everything consensus needs to restart.
     pub fn recover(&mut self) -> Result<Recovered, StorageError> {
         let hard_state = match self.db.get(self.keys.hard_state())? {
@@ -515,6 +600,13 @@ impl Storage {
         }
         self.log_last_index = entries.last().map_or(after, |entry| entry.index);
         Ok(Recovered { hard_state, snapshot, entries, votes_withheld_until: self.votes_withheld_until()? })
+    }
+
+    /// Writes `batch` to the node's one database, as `Storage::write` does.
+    pub(crate) fn write(&self, batch: WriteBatch, sync: bool) -> Result<(), StorageError> {
+        let mut options = WriteOptions::default();
+        options.set_sync(sync);
+        Ok(self.db.write_opt(batch, &options)?)
     }
 
     fn log_family(&self) -> &rocksdb::ColumnFamily {
@@ -585,7 +677,7 @@ impl Storage {
     /// Starts receiving a snapshot at `position`, dropping any staged before.
     pub fn begin_incoming(&mut self, position: (LogIndex, Term)) -> Result<IncomingSnapshot, StorageError> {
         self.clear_staging()?;
-        let directory = self.directory.join(STAGING_DIRECTORY);
+        let directory = self.staging_directory();
         std::fs::create_dir_all(&directory)
             .map_err(|source| StorageError::Staging { path: directory.display().to_string(), source })?;
         let path = directory.join(format!("{}-{}.sst", position.0, position.1));
@@ -612,20 +704,20 @@ impl Storage {
     /// that is durable now.
     pub fn clear_staging(&mut self) -> Result<(), StorageError> {
         self.staged = None;
-        remove_staging(&self.directory)
+        remove_directory(&self.staging_directory())
+    }
+
+    /// Where this range stages the snapshot it receives, apart from other
+    /// ranges' (under the node's staging directory).
+    fn staging_directory(&self) -> PathBuf {
+        let range = RangeId::from_be_bytes(self.keys.id);
+        self.directory.join(STAGING_DIRECTORY).join(range.to_string())
     }
 
     fn stage_applied(&mut self, batch: &mut WriteBatch, index: LogIndex, term: Term) {
         batch.put(self.keys.applied(), wire::to_bytes(&proto::AppliedPosition { index, term }));
         self.applied_index = index;
         self.applied_term = term;
-    }
-
-    /// Writes `batch`; with `sync`, waits until it is on disk.
-    pub fn write(&self, batch: WriteBatch, sync: bool) -> Result<(), StorageError> {
-        let mut options = WriteOptions::default();
-        options.set_sync(sync);
-        Ok(self.db.write_opt(batch, &options)?)
     }
 
     /// Applies committed entries with one unsynced write: their changes and
@@ -719,28 +811,6 @@ impl Storage {
         batch.put(self.keys.snapshot(), wire::to_bytes(&proto::AppliedPosition { index, term }));
         batch.delete_range_cf(self.log_family(), self.keys.log(0), self.keys.log(index + 1));
         (batch, Snapshot { last_index: index, last_term: term, data: Bytes::new() })
-    }
-
-    /// A thread that syncs the WAL on request, so that the event loop goes
-    /// on (heartbeats, acknowledgements, reads) while the disk works. The
-    /// loop writes its batches unsynced and then asks for a sync, which
-    /// covers every write made before the request. (A synced write on the
-    /// other thread would not do: RocksDB groups concurrent writers, and the
-    /// loop's next write would wait for that sync.) `waker` is woken after
-    /// each sync.
-    pub fn sync_worker(&self, waker: impl Fn() + Send + 'static) -> std::io::Result<SyncWorker> {
-        let (requests, requested) = std::sync::mpsc::sync_channel::<()>(1);
-        let (finished, done) = std::sync::mpsc::sync_channel(1);
-        let db = self.db.clone();
-        let thread = std::thread::Builder::new().name("rasputin-sync".into()).spawn(move || {
-            for () in requested {
-                if finished.send(db.flush_wal(true).map_err(StorageError::from)).is_err() {
-                    return;
-                }
-                waker();
-            }
-        })?;
-        Ok(SyncWorker { thread: Some(thread), requests, done })
     }
 }
 
@@ -1015,9 +1085,13 @@ pub struct StagedSnapshot {
     census: SessionCensus,
 }
 
+/// Removes every range's staged snapshots, under the node's `directory`.
 fn remove_staging(directory: &Path) -> Result<(), StorageError> {
-    let staging = directory.join(STAGING_DIRECTORY);
-    match std::fs::remove_dir_all(&staging) {
+    remove_directory(&directory.join(STAGING_DIRECTORY))
+}
+
+fn remove_directory(staging: &Path) -> Result<(), StorageError> {
+    match std::fs::remove_dir_all(staging) {
         Err(source) if source.kind() != std::io::ErrorKind::NotFound => {
             Err(StorageError::Staging { path: staging.display().to_string(), source })
         }
@@ -1097,7 +1171,7 @@ fn finish_interrupted_install(db: &DB, keys: &RangeKeys) -> Result<(), StorageEr
 
 /// The state as a batch of applies leaves it: staged changes over the database.
 struct Overlay<'a> {
-    storage: &'a Storage,
+    storage: &'a RangeStorage,
     values: HashMap<Vec<u8>, Option<Vec<u8>>>,
     /// Sessions written (Some) or expired (None) by this batch.
     sessions: BTreeMap<u64, Option<Session>>,
@@ -1195,7 +1269,7 @@ impl KvRead for Overlay<'_> {
     }
 }
 
-impl KvRead for Storage {
+impl KvRead for RangeStorage {
     type Error = StorageError;
 
     fn value(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
@@ -1266,7 +1340,7 @@ mod tests {
     #[test]
     fn a_scan_reads_values_only_in_key_order_and_resumes_where_it_stopped() {
         let directory = temporary("scan");
-        let mut storage = Storage::open(&directory).unwrap();
+        let mut storage = Storage::open(&directory).unwrap().into_first_range();
         let put = |index, key: &'static [u8]| {
             let value = bytes::Bytes::from_static(b"v");
             command(index, 1, index - 1, Operation::Set { key: bytes::Bytes::from_static(key), value })
@@ -1288,7 +1362,7 @@ mod tests {
     #[test]
     fn a_batch_of_applies_sees_its_own_earlier_changes() {
         let directory = temporary("batch");
-        let mut storage = Storage::open(&directory).unwrap();
+        let mut storage = Storage::open(&directory).unwrap().into_first_range();
         let cas = Operation::Cas {
             key: bytes::Bytes::from_static(b"k"),
             expected: bytes::Bytes::from_static(b"one"),
@@ -1314,7 +1388,7 @@ mod tests {
 
         // A conflicting append drops the old suffix; compaction drops the prefix.
         let persist = |entries: Vec<Entry>| Persist { hard_state: Some(HardState::default()), entries, snapshot: None };
-        let stage_and_write = |storage: &mut Storage, entries: Vec<Entry>| {
+        let stage_and_write = |storage: &mut RangeStorage, entries: Vec<Entry>| {
             let mut batch = WriteBatch::default();
             storage.stage(&mut batch, &persist(entries), false).unwrap();
             storage.write(batch, true).unwrap();
@@ -1341,11 +1415,11 @@ mod tests {
     #[test]
     fn an_install_interrupted_by_a_crash_is_finished_at_recovery() {
         let (from, to) = (temporary("source"), temporary("target"));
-        let mut source = Storage::open(&from).unwrap();
+        let mut source = Storage::open(&from).unwrap().into_first_range();
         let mut entries = vec![open(1), open(2)];
         entries.extend((3..50).map(|index| command(index, 1 + index % 2, index, set(&index.to_be_bytes()))));
         source.apply(&entries).unwrap();
-        let mut target = Storage::open(&to).unwrap();
+        let mut target = Storage::open(&to).unwrap().into_first_range();
         target.apply(&[open(1), command(2, 1, 1, set(b"stale"))]).unwrap();
         let view = source.db.snapshot();
         let position = applied_position(&view, &HOSTED).unwrap();
@@ -1363,7 +1437,7 @@ mod tests {
         };
         replace_state(&target.db, &HOSTED, &install).unwrap();
         drop(target);
-        let target = Storage::open(&to).unwrap();
+        let target = Storage::open(&to).unwrap().into_first_range();
         assert_eq!(target.applied(), (49, 1));
         assert_eq!(target.census(), source.census());
         assert_eq!(target.value(b"k").unwrap(), source.value(b"k").unwrap());
@@ -1381,7 +1455,7 @@ mod tests {
     #[test]
     fn sessions_beyond_the_limit_expire_and_the_census_survives_a_restart() {
         let directory = temporary("sessions");
-        let mut storage = Storage::open(&directory).unwrap();
+        let mut storage = Storage::open(&directory).unwrap().into_first_range();
         let count = state_machine::SESSIONS_COUNT_MAX as u64 + 10;
         for first in (1..=count).step_by(10_000) {
             let entries: Vec<Entry> = (first..(first + 10_000).min(count + 1)).map(open).collect();
@@ -1391,7 +1465,7 @@ mod tests {
         assert!(storage.session(10).unwrap().is_none() && storage.session(11).unwrap().is_some());
         let census = storage.census();
         drop(storage);
-        let reopened = Storage::open(&directory).unwrap();
+        let reopened = Storage::open(&directory).unwrap().into_first_range();
         assert_eq!(reopened.census(), census);
         drop(reopened);
         std::fs::remove_dir_all(&directory).unwrap();
@@ -1422,7 +1496,7 @@ mod tests {
         }
         drop(old);
         for _ in 0..2 {
-            let mut storage = Storage::open(&directory).unwrap();
+            let mut storage = Storage::open(&directory).unwrap().into_first_range();
             let recovered = storage.recover().unwrap();
             assert_eq!(recovered.hard_state, hard_state);
             assert_eq!(recovered.snapshot.map(|snapshot| snapshot.last_index), Some(4));
@@ -1447,6 +1521,20 @@ mod tests {
         assert!(last.session(u64::MAX) < prefix_end(&last.sessions()), "an all-0xff id still has an end");
         assert_ne!(first.hard_state(), RangeKeys::of(2).hard_state());
         assert_eq!(prefix_end(b"s:\xff\xff"), b"s;");
+    }
+
+    /// A directory holding a range this build cannot host (written by a
+    /// later one) is refused, not opened with that range left unserved.
+    #[test]
+    fn a_database_holding_another_range_is_refused_with_a_clear_error() {
+        let directory = temporary("other-range");
+        let storage = Storage::open(&directory).unwrap();
+        storage.write_identity(1, 1).unwrap();
+        storage.db.put(RangeKeys::of(7).applied(), wire::to_bytes(&proto::AppliedPosition::default())).unwrap();
+        drop(storage);
+        let error = Storage::open(&directory).err().expect("a range this build cannot host is refused");
+        assert!(matches!(error, StorageError::NotHosted { range: 7, .. }), "{error}");
+        std::fs::remove_dir_all(&directory).unwrap();
     }
 
     #[test]

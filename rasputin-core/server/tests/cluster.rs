@@ -227,14 +227,15 @@ fn a_wiped_node_catches_up_through_a_snapshot() {
     for index in 0..3 {
         cluster.kill(index);
     }
-    let storage = rasputin_server::Storage::open(&cluster.members[victim].directory).unwrap();
+    let node = rasputin_server::Storage::open(&cluster.members[victim].directory).unwrap();
+    let storage = node.first_range();
     assert_eq!(storage.value(b"key-5").unwrap(), Some(b"first-5".to_vec()), "the snapshot carried old data");
     assert_eq!(storage.value(b"key-250").unwrap(), Some(b"second-250".to_vec()));
     for n in 0..LARGE_VALUES {
         let value = storage.value(format!("large-{n}").as_bytes()).unwrap();
         assert!(value == Some(vec![n; LARGE_VALUE_BYTES]), "large-{n} did not come with the snapshot");
     }
-    drop(storage);
+    drop(node);
     for index in 0..3 {
         cluster.launch(index);
     }
@@ -834,7 +835,8 @@ fn two_hundred_thousand_sessions_stay_bounded_and_late_retries_are_refused() {
     for index in 0..3 {
         cluster.kill(index);
     }
-    let storage = rasputin_server::Storage::open(&cluster.members[0].directory).unwrap();
+    let node = rasputin_server::Storage::open(&cluster.members[0].directory).unwrap();
+    let storage = node.first_range();
     assert_eq!(storage.census().count, rasputin_kv::state_machine::SESSIONS_COUNT_MAX);
     let bytes = storage.census().bytes;
     assert!(bytes <= rasputin_kv::state_machine::SESSIONS_BYTES_MAX, "the sessions hold {bytes} bytes");
