@@ -9,6 +9,7 @@ pub mod health;
 pub mod meta;
 pub mod operation;
 pub mod range;
+pub mod route;
 pub mod scan;
 pub mod snapshot;
 pub mod state_machine;

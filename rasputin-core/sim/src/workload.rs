@@ -11,6 +11,7 @@ use bytes::Bytes;
 use rasputin_checker as checker;
 use rasputin_kv::operation::{ClientRequest, Operation};
 use rasputin_kv::range::{RangeDescriptor, RangeId};
+use rasputin_kv::route::RouteCache;
 use rasputin_kv::state_machine::Response;
 
 pub fn key_bytes(key: u64) -> Bytes {
@@ -59,54 +60,6 @@ impl PendingOperation {
     }
 }
 
-/// What a client believes of one range: its descriptor and the node to ask.
-#[derive(Clone, Debug)]
-pub struct Route {
-    pub descriptor: RangeDescriptor,
-    pub target: usize,
-}
-
-/// The client's picture of the ranges, filled from the answers of the nodes.
-#[derive(Clone, Debug)]
-pub struct RouteCache {
-    routes: Vec<Route>,
-}
-
-impl RouteCache {
-    pub fn new(first: RangeDescriptor, target: usize) -> RouteCache {
-        RouteCache { routes: vec![Route { descriptor: first, target }] }
-    }
-
-    pub fn for_key(&self, key: &[u8]) -> Option<&Route> {
-        self.routes.iter().find(|route| route.descriptor.contains(key))
-    }
-
-    pub fn for_range(&mut self, range: RangeId) -> Option<&mut Route> {
-        self.routes.iter_mut().find(|route| route.descriptor.id == range)
-    }
-
-    pub fn ranges(&self) -> impl Iterator<Item = RangeId> + '_ {
-        self.routes.iter().map(|route| route.descriptor.id)
-    }
-
-    /// Takes in a descriptor a node reported. Splits only narrow ranges and
-    /// raise versions, so of two overlapping descriptors the one with the
-    /// higher version is the newer; the older goes.
-    /// Returns whether the descriptor was news.
-    pub fn learn(&mut self, descriptor: RangeDescriptor, target: usize) -> bool {
-        let newer_known = self.routes.iter().any(|route| {
-            route.descriptor.overlaps(&descriptor) && route.descriptor.epoch.version >= descriptor.epoch.version
-        });
-        if newer_known {
-            return false;
-        }
-        let inherited = self.routes.iter().find(|route| route.descriptor.id == descriptor.id).map(|route| route.target);
-        self.routes.retain(|route| !route.descriptor.overlaps(&descriptor) && route.descriptor.id != descriptor.id);
-        self.routes.push(Route { descriptor, target: inherited.unwrap_or(target) });
-        true
-    }
-}
-
 #[derive(Clone, Debug)]
 pub struct Client {
     pub index: usize,
@@ -116,7 +69,8 @@ pub struct Client {
     pub sequence: u64,
     /// Sessions this client has asked to open, for unique nonces.
     opens: u64,
-    pub routes: RouteCache,
+    /// Each route's target is the index of the node to ask.
+    pub routes: RouteCache<usize>,
     /// Where the client asks which range holds a key it has no route for.
     pub lookup_target: usize,
     pub pending: Option<PendingOperation>,
