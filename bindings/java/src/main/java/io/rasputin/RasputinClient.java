@@ -115,8 +115,11 @@ public final class RasputinClient implements AutoCloseable {
         return scan(prefix, prefixEnd(prefix));
     }
 
-    /** The status number of {@link InvalidArgumentException}. */
-    private static final int STATUS_INVALID_ARGUMENT = 2;
+    /**
+     * The status number of {@link InvalidArgumentException}: the C header's
+     * RASPUTIN_ERROR_INVALID_ARGUMENT, which StatusNumbersTest checks.
+     */
+    static final int STATUS_INVALID_ARGUMENT = 2;
 
     /** Throws as the native calls do for a null array, before a scan is made. */
     private static void requireArgument(byte[] argument, String name) {
