@@ -148,6 +148,11 @@ step "snapshot catch-up: a wiped follower of ./run.sh's cluster catches up from 
 # The short form of docs/performance.md's 2 GiB run (ci/snapshot-catch-up.sh).
 DATA_MIB=128 VALUE_BYTES=4096 CHECK=1 ci/snapshot-catch-up.sh
 
+step "measuring scripts, short forms: an idle cluster's CPU (docs/ranges.md) and A B A B throughput (docs/performance.md)"
+# No bound is asserted: speed is measured in benchmarks; this keeps the scripts working.
+ci/idle-cpu.sh 3
+ci/bench-ab.sh target/release target/release 1 1 4
+
 step "simulator: 2000 seeds, every nemesis, harpoon, 3 nodes"
 # Each seed prints a line as it finishes; CI keeps the failures and the summary.
 ./target/release/rasputin-sim --seeds 2000 --nemesis all --election harpoon --nodes 3 | grep -v '^ok seed='
