@@ -177,8 +177,6 @@ pub enum RequestError {
     NoOperation,
     #[error("unknown collection {0:?}; the only collection is \"kv\"")]
     UnknownCollection(String),
-    #[error("unknown range {0}; the only range is 0")]
-    UnknownRange(u64),
     #[error("key of {0} bytes exceeds the limit of {KEY_BYTES_MAX} bytes")]
     KeyTooLarge(usize),
     #[error("value of {0} bytes exceeds the limit of {VALUE_BYTES_MAX} bytes")]
@@ -201,7 +199,6 @@ impl RequestError {
             | RequestError::MalformedOpen { .. }
             | RequestError::BadDescriptor(_) => ErrorCode::BadRequest,
             RequestError::UnknownCollection(_) => ErrorCode::UnknownCollection,
-            RequestError::UnknownRange(_) => ErrorCode::UnknownRange,
             RequestError::KeyTooLarge(_) | RequestError::ValueTooLarge(_) | RequestError::RequestTooLarge(_) => {
                 ErrorCode::ValueTooLarge
             }
@@ -219,6 +216,7 @@ pub fn client_request_to_proto(request_id: u64, request: &ClientRequest) -> prot
         operation: Some(operation_to_proto(&request.operation)),
         status: None,
         transfer_leadership: None,
+        epoch: None,
     }
 }
 
@@ -226,9 +224,6 @@ pub fn client_request_to_proto(request_id: u64, request: &ClientRequest) -> prot
 pub fn client_request_from_proto(request: proto::ClientRequest) -> Result<ClientRequest, RequestError> {
     if !request.collection.is_empty() && request.collection != DEFAULT_COLLECTION {
         return Err(RequestError::UnknownCollection(request.collection));
-    }
-    if request.range_id != DEFAULT_RANGE_ID {
-        return Err(RequestError::UnknownRange(request.range_id));
     }
     let operation = operation_from_proto(request.operation.ok_or(RequestError::NoOperation)?)?;
     let (client_id, sequence) = (request.client_id, request.sequence);
@@ -637,6 +632,7 @@ mod tests {
             })),
             status: None,
             transfer_leadership: None,
+            epoch: Some(proto::RangeEpoch { version: u64::MAX, conf_ver: u64::MAX }),
         };
         assert_eq!(check_request_frame(&request), Ok(()));
         let mut buffer = BytesMut::new();
@@ -792,7 +788,8 @@ mod tests {
             Err(RequestError::ValueTooLarge(VALUE_BYTES_MAX + 1))
         );
         assert_eq!(client_request_from_proto(request("log", 0, 1)), Err(RequestError::UnknownCollection("log".into())));
-        assert_eq!(client_request_from_proto(request("kv", 3, 1)), Err(RequestError::UnknownRange(3)));
+        // The range is the daemon's to route; any id converts.
+        assert!(client_request_from_proto(request("kv", 3, 1)).is_ok());
         let empty = proto::ClientRequest::default();
         assert_eq!(client_request_from_proto(empty), Err(RequestError::NoOperation));
     }

@@ -4,7 +4,7 @@
 //! reads snapshots for followers that need one (see `snapshot`), and a
 //! third syncs the WAL.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -23,15 +23,18 @@ use super::config::{Flags, Membership};
 use super::connection::{Connection, Kind, Received, READ_CHUNK_BYTES};
 use super::metrics::{Metrics, OPERATIONS};
 use super::observer::{Identity, Observer, Turn};
-use super::snapshot::{ChunkOutcome, Receiver, Streams};
+use super::replica::{self, Deadlines, Replica, Waiter, REPLICAS_PER_NODE_MAX};
+use super::snapshot::{ChunkOutcome, Streams};
 use super::status::{StatusBoard, StatusServer};
-use super::storage::{Claim, Storage, StorageError, SyncWorker};
+use super::storage::{Claim, SplitMade, Storage, StorageError, SyncWorker};
 use rasputin_consensus::{
     Config, LogIndex, MessageError, Nanos, NodeId, Rejection, Role, Snapshot, StartError, Term, TransferError,
     LOG_INDEX_MAX, TERM_MAX,
 };
-use rasputin_kv::operation::{ClientRequest, Envelope, Input, Message, Node, Operation, Ready};
-use rasputin_kv::range::FIRST_RANGE_ID;
+use rasputin_kv::operation::{
+    ClientRequest, Entry, Envelope, Input, Message, Node, Operation, Persist, ReadReady, Ready,
+};
+use rasputin_kv::range::{RangeDescriptor, RangeId, FIRST_RANGE_ID, META_RANGE_ID};
 use rasputin_kv::scan::ScanPage;
 use rasputin_kv::state_machine::{Refusal, Response};
 use rasputin_kv::wire::{self, proto, ErrorCode, PROTOCOL_VERSION};
@@ -84,6 +87,10 @@ pub enum DaemonError {
     WipedNode { node: NodeId, peer: NodeId, peer_term: Term },
     #[error("--replace is for a node whose --storage-dir is empty, and this one holds data; drop --replace to start the node as it is")]
     ReplaceWithData,
+    #[error(
+        "range {range} would pass the {REPLICAS_PER_NODE_MAX} ranges one node hosts at most; merge ranges or add nodes"
+    )]
+    TooManyRanges { range: RangeId },
 }
 
 impl DaemonError {
@@ -99,38 +106,34 @@ impl DaemonError {
     }
 }
 
-/// A client request waiting for its answer.
-struct Waiter {
-    token: Token,
-    request_id: u64,
-    /// Its index in `metrics::OPERATIONS`, and when it arrived, for the metrics.
-    operation: usize,
-    arrived: Instant,
-}
-
 /// Persists on their way to disk, at one stage: staged in the batch,
-/// written unsynced, being synced, or synced.
+/// written unsynced, being synced, or synced. One pipeline serves every
+/// range: one WAL, so one sync covers them all.
 #[derive(Clone, Debug, Default)]
 struct SyncJob {
     /// Every persist up to the `persists`-th has reached this stage.
     persists: u64,
-    /// The last log position among them, not yet passed to the next stage.
-    position: Option<(LogIndex, Term)>,
-    /// A compaction, not yet passed to the next stage.
-    compaction: Option<Snapshot>,
+    /// Each range's last log position among them, not yet passed to the next stage.
+    positions: BTreeMap<RangeId, (LogIndex, Term)>,
+    /// Each range's compaction, not yet passed to the next stage.
+    compactions: BTreeMap<RangeId, Snapshot>,
 }
 
 impl SyncJob {
     /// What this stage holds for the next one; the persist count stays.
     fn take(&mut self) -> SyncJob {
-        SyncJob { persists: self.persists, position: self.position.take(), compaction: self.compaction.take() }
+        SyncJob {
+            persists: self.persists,
+            positions: std::mem::take(&mut self.positions),
+            compactions: std::mem::take(&mut self.compactions),
+        }
     }
 
     /// Takes in what an earlier stage passed on: later news wins.
     fn absorb(&mut self, earlier: SyncJob) {
         self.persists = earlier.persists;
-        self.position = earlier.position.or(self.position.take());
-        self.compaction = earlier.compaction.or(self.compaction.take());
+        self.positions.extend(earlier.positions);
+        self.compactions.extend(earlier.compactions);
     }
 }
 
@@ -155,8 +158,15 @@ struct Daemon {
     membership: Membership,
     client_address: String,
     snapshot_every_entries: u64,
-    /// None while the node joins (see `Join`).
-    node: Option<Node>,
+    /// Every hosted range's replica; none while the node joins (see `Join`).
+    replicas: BTreeMap<RangeId, Replica>,
+    /// The hosted data ranges by start key, to route a key in one seek.
+    by_start: BTreeMap<Vec<u8>, RangeId>,
+    deadlines: Deadlines,
+    /// Ranges with client requests read in this poll, for `propose`.
+    proposing: BTreeSet<RangeId>,
+    /// Client requests waiting in every replica, bounded by CLIENT_REQUESTS_WAITING_COUNT_MAX.
+    waiting_count: usize,
     join: Option<Join>,
     storage: Storage,
     clock: BootClock,
@@ -167,7 +177,6 @@ struct Daemon {
     outbound: BTreeMap<NodeId, Token>,
     reconnect_at: BTreeMap<NodeId, Instant>,
     peer_client_addresses: BTreeMap<NodeId, String>,
-    waiting: HashMap<(u64, u64), Vec<Waiter>>,
     batch: WriteBatch,
     /// Persists staged into `batch`, written unsynced, being synced by the
     /// sync thread (one sync at a time), and synced (their position and
@@ -178,15 +187,13 @@ struct Daemon {
     synced: SyncJob,
     syncs: SyncWorker,
     /// Messages that promise durability, each with the number of persists
-    /// that must be synced before it may leave.
-    held_messages: VecDeque<(u64, Envelope)>,
+    /// that must be synced before it may leave, and its range.
+    held_messages: VecDeque<(u64, RangeId, Envelope)>,
+    /// Ranges that applied entries this turn, whose logs may be compacted.
+    applied_this_turn: BTreeSet<RangeId>,
     /// How long this turn's RocksDB writes took, for the slow-turn warning.
     turn_storage: Duration,
-    deadline: Nanos,
     shutting_down: bool,
-    /// Client requests read in this poll, stepped together by `propose`;
-    /// bounded by CLIENT_REQUESTS_WAITING_COUNT_MAX through `waiting`.
-    proposals: Vec<ClientRequest>,
     /// Where every connection's reads land before their bytes are framed.
     read_scratch: Vec<u8>,
     /// Connections whose last read stopped at the turn's budget.
@@ -195,8 +202,6 @@ struct Daemon {
     /// firewall rules) see the same address the node listens on.
     bind: IpAddr,
     streams: Streams,
-    receiver: Receiver,
-    withholding_votes: bool,
     handshakes_swept_at: Instant,
     observer: Observer,
     /// When the sync under way was asked for, for its latency.
@@ -206,7 +211,8 @@ struct Daemon {
 /// Runs the daemon until SIGTERM or SIGINT.
 pub fn run(flags: Flags) -> Result<(), DaemonError> {
     let membership = flags.membership().map_err(DaemonError::Flags)?;
-    let storage = Storage::open(&flags.storage_dir)?;
+    let members: Vec<NodeId> = (1..=membership.peers.len() as NodeId).collect();
+    let storage = Storage::open(&flags.storage_dir, &members)?;
     let claim = storage.claim_identity(membership.node_id, membership.cluster_id)?;
     if flags.replace && claim == Claim::Existing {
         return Err(DaemonError::ReplaceWithData);
@@ -220,7 +226,7 @@ pub fn run(flags: Flags) -> Result<(), DaemonError> {
     poll.registry().register(&mut signals, SIGNALS, Interest::READABLE)?;
     let waker = Arc::new(Waker::new(poll.registry(), WORKER_DONE)?);
     let snapshot_waker = waker.clone();
-    let streams = Streams::start(storage.first_range().snapshot_source(), move || {
+    let streams = Streams::start(storage.snapshot_source(), move || {
         let _ = snapshot_waker.wake();
     })?;
     let syncs = storage.sync_worker(move || {
@@ -255,9 +261,12 @@ pub fn run(flags: Flags) -> Result<(), DaemonError> {
         client_address,
         bind: flags.bind,
         read_scratch: vec![0; READ_CHUNK_BYTES],
-        proposals: Vec::new(),
         snapshot_every_entries: flags.snapshot_every_entries,
-        node: None,
+        replicas: BTreeMap::new(),
+        by_start: BTreeMap::new(),
+        deadlines: Deadlines::default(),
+        proposing: BTreeSet::new(),
+        waiting_count: 0,
         join,
         storage,
         clock: BootClock::start(),
@@ -268,7 +277,6 @@ pub fn run(flags: Flags) -> Result<(), DaemonError> {
         outbound: BTreeMap::new(),
         reconnect_at: BTreeMap::new(),
         peer_client_addresses: BTreeMap::new(),
-        waiting: HashMap::new(),
         batch: WriteBatch::default(),
         staged: SyncJob::default(),
         written: SyncJob::default(),
@@ -276,13 +284,11 @@ pub fn run(flags: Flags) -> Result<(), DaemonError> {
         synced: SyncJob::default(),
         syncs,
         held_messages: VecDeque::new(),
+        applied_this_turn: BTreeSet::new(),
         turn_storage: Duration::ZERO,
-        deadline: 0,
         shutting_down: false,
         backlog: BTreeSet::new(),
         streams,
-        receiver: Receiver::default(),
-        withholding_votes: false,
         handshakes_swept_at: Instant::now(),
         membership,
         observer: Observer::new(identity, metrics, board, status_server),
@@ -327,30 +333,67 @@ impl Daemon {
         self.clock.now_ns()
     }
 
-    /// Starts consensus from what the disk holds.
+    /// Starts consensus for every hosted range from what the disk holds.
     fn start_consensus(&mut self) -> Result<(), DaemonError> {
-        let members = (1..=self.membership.peers.len() as u64).collect();
-        let mut config = Config::new(self.membership.node_id, members);
         if cfg!(feature = "fault-stale-reads") {
-            config.faults.reads_ignore_lease = true;
             warn!("built with the test-only feature fault-stale-reads: reads ignore the lease and may be stale; never run this build for real");
         }
-        let recovered = self.storage.first_range_mut().recover()?;
+        let ranges: Vec<RangeId> = self.storage.range_ids().collect();
+        for range in ranges {
+            self.start_replica(range)?;
+        }
+        info!(node = self.membership.node_id, ranges = self.replicas.len(), "recovered every hosted range");
+        self.flush_persist()
+    }
+
+    fn consensus_config(&self) -> Config {
+        let members = (1..=self.membership.peers.len() as u64).collect();
+        let mut config = Config::new(self.membership.node_id, members);
+        config.faults.reads_ignore_lease = cfg!(feature = "fault-stale-reads");
+        config
+    }
+
+    /// A seed for a replica's consensus randomness (election timeouts):
+    /// different per node, process, range and instant.
+    fn seed(&self, range: RangeId) -> u64 {
+        self.membership.node_id ^ std::process::id() as u64 ^ self.now() ^ range.rotate_left(32)
+    }
+
+    fn start_replica(&mut self, range: RangeId) -> Result<(), DaemonError> {
+        let config = self.consensus_config();
+        let storage = self.storage.range_mut(range).expect("starting a range the storage holds");
+        let recovered = storage.recover()?;
+        let descriptor = storage.descriptor();
         info!(
             node = self.membership.node_id,
+            range,
             term = recovered.hard_state.term,
             entries = recovered.entries.len(),
             snapshot = recovered.snapshot.as_ref().map_or(0, |snapshot| snapshot.last_index),
-            applied = self.storage.first_range().applied().0,
+            applied = storage.applied().0,
             votes_withheld_until = ?recovered.votes_withheld_until,
             "recovered"
         );
-        self.withholding_votes = recovered.votes_withheld_until.is_some();
-        let now = self.now();
-        let seed = self.membership.node_id ^ std::process::id() as u64 ^ now;
-        self.node = Some(Node::new(config, recovered, seed, now)?);
-        self.step(Input::Tick)?;
-        self.flush_persist()
+        let withholding = recovered.votes_withheld_until.is_some();
+        let node = Node::new(config, recovered, self.seed(range), self.now())?;
+        self.host(range, Replica::new(node, descriptor, withholding))?;
+        self.step(range, Input::Tick)
+    }
+
+    /// Adds a replica to those this node drives.
+    fn host(&mut self, range: RangeId, replica: Replica) -> Result<(), DaemonError> {
+        if self.replicas.len() >= REPLICAS_PER_NODE_MAX {
+            return Err(DaemonError::TooManyRanges { range });
+        }
+        self.by_start.insert(replica.descriptor.start.to_vec(), range);
+        self.deadlines.set(range, 0, 0);
+        self.replicas.insert(range, replica);
+        Ok(())
+    }
+
+    /// The first range's replica, which every running node has.
+    fn first(&self) -> Option<&Replica> {
+        self.replicas.get(&FIRST_RANGE_ID)
     }
 
     fn event_loop(
@@ -366,7 +409,8 @@ impl Daemon {
             self.flush_connections();
             self.close_stalled_handshakes()?;
             let wait = if self.backlog.is_empty() {
-                let wait_ns = self.deadline.saturating_sub(self.now());
+                let wait_ns =
+                    self.deadlines.earliest().map_or(u64::MAX, |deadline| deadline.saturating_sub(self.now()));
                 Duration::from_nanos(wait_ns).min(PEER_RECONNECT_INTERVAL)
             } else {
                 Duration::ZERO
@@ -394,8 +438,8 @@ impl Daemon {
                 self.read_connection(token)?;
             }
             self.propose()?;
-            if self.node.is_some() && self.now() >= self.deadline {
-                self.step(Input::Tick)?;
+            for range in self.deadlines.due(self.now()) {
+                self.step(range, Input::Tick)?;
             }
             // Appends to followers (and answers) may leave before this node's
             // own sync: followers then sync while the leader does. Messages
@@ -608,7 +652,10 @@ impl Daemon {
         if self.handshakes_swept_at.elapsed() < HANDSHAKE_SWEEP_INTERVAL {
             return Ok(());
         }
-        self.receiver.drop_if_stalled(self.storage.first_range_mut())?;
+        for (range, replica) in &mut self.replicas {
+            let storage = self.storage.range_mut(*range).expect("every replica's range is stored");
+            replica.receiver.drop_if_stalled(storage)?;
+        }
         self.handshakes_swept_at = Instant::now();
         let stalled: Vec<Token> = self
             .connections
@@ -705,10 +752,9 @@ impl Daemon {
         let refusal = self.check_hello(kind, &hello);
         let reply = match &refusal {
             Ok(()) => {
-                let (term, last_log_term, last_log_index) = self
-                    .node
-                    .as_ref()
-                    .map_or((0, 0, 0), |node| (node.term(), node.log().last_term(), node.log().last_index()));
+                let (term, last_log_term, last_log_index) = self.first().map_or((0, 0, 0), |first| {
+                    (first.node.term(), first.node.log().last_term(), first.node.log().last_index())
+                });
                 let knows_you = kind == Kind::PeerInbound && self.storage.has_seen(hello.node_id);
                 proto::HelloReply {
                     accepted: true,
@@ -814,10 +860,7 @@ impl Daemon {
                 return Ok(());
             }
         };
-        if message.range_id != wire::DEFAULT_RANGE_ID {
-            self.close_for_bad_input(token, &format!("message for unknown range {}", message.range_id));
-            return Ok(());
-        }
+        let range = peer_range(message.range_id);
         let frame = match wire::peer_frame_from_proto(message) {
             Ok(frame) => frame,
             Err(error) => {
@@ -831,17 +874,25 @@ impl Daemon {
             self.close_for_bad_input(token, &error);
             return Ok(());
         }
-        if self.node.is_none() {
+        if self.join.is_some() {
             debug!(peer = from, "dropping a peer message while joining");
+            return Ok(());
+        }
+        if !self.replicas.contains_key(&range) {
+            // A range this node has not made yet (its split has yet to
+            // apply here) or no longer holds; the sender's next message
+            // after that will do. Not bad input: ranges come and go.
+            debug!(peer = from, range, "dropping a message for a range this node does not host");
+            self.observer.metrics.unhosted_messages.fetch_add(1, Ordering::Relaxed);
             return Ok(());
         }
         // From here on, a wiped `from` is known to have taken part.
         self.storage.record_seen(from)?;
         match frame {
-            wire::PeerFrame::Consensus(envelope) => self.step(Input::Message(envelope)),
-            wire::PeerFrame::Chunk { chunk, .. } => self.on_snapshot_chunk(token, from, chunk),
+            wire::PeerFrame::Consensus(envelope) => self.step(range, Input::Message(envelope)),
+            wire::PeerFrame::Chunk { chunk, .. } => self.on_snapshot_chunk(token, range, from, chunk),
             wire::PeerFrame::ChunkAck { ack, .. } => {
-                self.streams.on_ack(from, &ack);
+                self.streams.on_ack((range, from), &ack);
                 Ok(())
             }
         }
@@ -868,7 +919,8 @@ impl Daemon {
             return Ok(());
         }
         let operation = operation_index(&request);
-        let request = match wire::client_request_from_proto(request) {
+        let (named_range, epoch) = (request.range_id, request.epoch.map(|epoch| (epoch.version, epoch.conf_ver)));
+        let mut request = match wire::client_request_from_proto(request) {
             Ok(request) => request,
             Err(error) => {
                 self.respond_error(token, request_id, error.code(), error.to_string());
@@ -877,28 +929,96 @@ impl Daemon {
         };
         if matches!(request.operation, Operation::MetaUpdate { .. } | Operation::MetaLookup { .. }) {
             // The meta range exists in the simulator so far (docs/ranges.md).
-            let message = "this node holds no meta range: its one range covers every key".to_string();
+            let message = "this node holds no meta range; look ranges up in `rasputin ranges list`".to_string();
             self.respond_error(token, request_id, ErrorCode::UnknownRange, message);
             return Ok(());
         }
-        if self.node.is_none() {
+        if self.join.is_some() {
             let message = "this node is joining the cluster; ask another".to_string();
             self.respond_error(token, request_id, ErrorCode::NotLeader, message);
             return Ok(());
         }
-        if self.waiting.len() >= CLIENT_REQUESTS_WAITING_COUNT_MAX {
+        if self.waiting_count >= CLIENT_REQUESTS_WAITING_COUNT_MAX {
             let message = "too many requests are waiting; retry shortly".to_string();
             self.respond_error(token, request_id, ErrorCode::Overloaded, message);
             return Ok(());
         }
+        let range = match self.route(named_range, epoch, &request.operation) {
+            Ok(range) => range,
+            Err(mismatch) => {
+                self.respond_mismatch(token, request_id, mismatch);
+                return Ok(());
+            }
+        };
+        if let Operation::Split { right_range, .. } = &mut request.operation {
+            if let Err(message) = self.allocate_range(right_range) {
+                self.respond_error(token, request_id, ErrorCode::BadRequest, message);
+                return Ok(());
+            }
+        }
         let waiter = Waiter { token, request_id, operation, arrived: Instant::now() };
-        self.waiting.entry((request.client_id, request.sequence)).or_default().push(waiter);
-        self.proposals.push(request);
+        let replica = self.replicas.get_mut(&range).expect("routed to a hosted range");
+        replica.waiting.entry((request.client_id, request.sequence)).or_default().push(waiter);
+        replica.proposals.push(request);
+        self.waiting_count += 1;
+        self.proposing.insert(range);
         Ok(())
     }
 
-    /// An operator's transfer: begun here if this node leads and `to` is
-    /// a member, and answered at once; the transfer finishes on its own.
+    /// The hosted range a request goes to: the one it names (0: the one
+    /// holding its key, as single-range clients send), if that range holds
+    /// its key at the epoch it names. Otherwise the descriptors this node
+    /// knows for the key, for a RANGE_MISMATCH.
+    fn route(
+        &self,
+        named: RangeId,
+        epoch: Option<(u64, u64)>,
+        operation: &Operation,
+    ) -> Result<RangeId, Vec<RangeDescriptor>> {
+        let key = operation.key();
+        let holder = match operation {
+            // A session is opened in the range the client names, or the first.
+            Operation::OpenSession => Some(if named == wire::DEFAULT_RANGE_ID { FIRST_RANGE_ID } else { named }),
+            _ => replica::holding(&self.by_start, &self.replicas, key),
+        };
+        let known = || holder.and_then(|range| self.replicas.get(&range)).map(|replica| replica.descriptor.clone());
+        let range = if named == wire::DEFAULT_RANGE_ID { holder } else { Some(named) };
+        let Some(replica) = range.and_then(|range| self.replicas.get(&range)) else {
+            return Err(known().into_iter().collect());
+        };
+        let epoch_differs = epoch.is_some_and(|(version, conf_ver)| {
+            (version, conf_ver) != (replica.descriptor.epoch.version, replica.descriptor.epoch.conf_ver)
+        });
+        let holds = matches!(operation, Operation::OpenSession) || replica.descriptor.contains(key);
+        if !holds || epoch_differs {
+            let mut descriptors = vec![replica.descriptor.clone()];
+            descriptors.extend(known().filter(|descriptor| descriptor.id != replica.descriptor.id));
+            return Err(descriptors);
+        }
+        Ok(range.expect("a replica was found"))
+    }
+
+    /// Gives a split's right half a new range id, unless the request names
+    /// one, which must not be hosted here. Ids are random (as UUIDs are):
+    /// no node hands them out yet, and two among 2^62 meet with negligible
+    /// chance; the split's apply refuses an id its node already holds.
+    fn allocate_range(&self, right_range: &mut RangeId) -> Result<(), String> {
+        if self.replicas.len() >= REPLICAS_PER_NODE_MAX {
+            return Err(format!("this node hosts {REPLICAS_PER_NODE_MAX} ranges, the most it may"));
+        }
+        if *right_range == 0 {
+            let random = std::hash::BuildHasher::hash_one(&std::collections::hash_map::RandomState::new(), self.now());
+            *right_range = (random >> 2).max(FIRST_RANGE_ID + 1);
+            return Ok(());
+        }
+        if self.replicas.contains_key(right_range) || *right_range == META_RANGE_ID {
+            return Err(format!("range id {right_range} is in use; ask for a split with right_range 0"));
+        }
+        Ok(())
+    }
+
+    /// An operator's transfer: begun here if this node leads the range and
+    /// `to` is a member, and answered at once; the transfer finishes on its own.
     fn transfer_leadership(
         &mut self,
         request_id: u64,
@@ -912,19 +1032,20 @@ impl Daemon {
             leader,
             ..Default::default()
         };
-        if range_id != wire::DEFAULT_RANGE_ID && range_id != FIRST_RANGE_ID {
-            let message = format!("this node holds range {FIRST_RANGE_ID} only, not range {range_id}");
-            return Ok(refuse(ErrorCode::UnknownRange, message, String::new()));
-        }
-        let leader = self.leader_client_address().unwrap_or_default().to_string();
-        let Some(node) = self.node.as_ref() else {
+        if self.join.is_some() {
             let message = "this node is joining the cluster; ask another".to_string();
-            return Ok(refuse(ErrorCode::NotLeader, message, leader));
+            return Ok(refuse(ErrorCode::NotLeader, message, String::new()));
+        }
+        let range = peer_range(range_id);
+        let Some(replica) = self.replicas.get(&range) else {
+            let message = format!("this node does not host range {range}; `rasputin ranges list` shows where it is");
+            return Ok(refuse(ErrorCode::UnknownRange, message, String::new()));
         };
-        if let Err(error) = node.transfer_leadership_check(to) {
+        let leader = self.leader_client_address(range).unwrap_or_default().to_string();
+        if let Err(error) = replica.node.transfer_leadership_check(to) {
             let code = match error {
                 TransferError::ToItself { .. } => {
-                    let message = format!("node {to} leads already");
+                    let message = format!("node {to} leads range {range} already");
                     return Ok(proto::ClientResponse { request_id, message, ..Default::default() });
                 }
                 TransferError::NotLeader { .. } => ErrorCode::NotLeader,
@@ -933,49 +1054,52 @@ impl Daemon {
             };
             return Ok(refuse(code, error.to_string(), leader));
         }
-        info!(node = self.membership.node_id, to, "transferring the leadership, as an operator asked");
-        self.step(Input::TransferLeadership { to })?;
-        let message = format!("transferring the leadership to node {to}");
+        info!(node = self.membership.node_id, range, to, "transferring the leadership, as an operator asked");
+        self.step(range, Input::TransferLeadership { to })?;
+        let message = format!("transferring the leadership of range {range} to node {to}");
         Ok(proto::ClientResponse { request_id, message, ..Default::default() })
     }
 
-    /// Steps every request that arrived in this poll at once: one append per
-    /// follower and one persist for all of them.
+    /// Steps every request that arrived in this poll at once, per range:
+    /// one append per follower and one persist for all of them.
     fn propose(&mut self) -> Result<(), DaemonError> {
-        if self.proposals.is_empty() {
-            return Ok(());
+        for range in std::mem::take(&mut self.proposing) {
+            let Some(replica) = self.replicas.get_mut(&range) else { continue };
+            let requests = std::mem::take(&mut replica.proposals);
+            self.observer.metrics.proposals.fetch_add(requests.len() as u64, Ordering::Relaxed);
+            self.step(range, Input::Clients(requests))?;
         }
-        let requests = std::mem::take(&mut self.proposals);
-        self.observer.metrics.proposals.fetch_add(requests.len() as u64, Ordering::Relaxed);
-        self.step(Input::Clients(requests))
+        Ok(())
     }
 
     // ----- consensus -----
 
-    fn step(&mut self, input: Input) -> Result<(), DaemonError> {
+    fn step(&mut self, range: RangeId, input: Input) -> Result<(), DaemonError> {
         let now = self.now();
-        let Some(node) = self.node.as_mut() else { return Ok(()) };
-        let was = node.role();
-        let ready = node.step(now, input);
+        let Some(replica) = self.replicas.get_mut(&range) else { return Ok(()) };
+        let was = replica.node.role();
+        let ready = replica.node.step(now, input);
+        let node = &replica.node;
         let (was_leader, is_leader) = (was == Role::Leader, node.role() == Role::Leader);
         // Rare, and what an operator reads first after an outage (etcd logs the same).
         if node.role() != was {
-            info!(node = self.membership.node_id, term = node.term(), role = ?node.role(), "role changed");
+            info!(node = self.membership.node_id, range, term = node.term(), role = ?node.role(), "role changed");
         }
-        self.carry_out(ready)?;
+        self.carry_out(range, ready)?;
         if was_leader && !is_leader {
-            self.redirect_waiting_writes();
+            self.redirect_waiting_writes(range);
         }
-        self.check_withholding()
+        self.check_withholding(range)
     }
 
     /// A replacement that now holds everything committed before it started
     /// may vote again, and need not wait again after a restart.
-    fn check_withholding(&mut self) -> Result<(), DaemonError> {
-        if self.withholding_votes && self.node.as_ref().is_some_and(|node| !node.withholds_votes()) {
-            self.storage.first_range_mut().end_withholding()?;
-            self.withholding_votes = false;
-            info!(node = self.membership.node_id, "caught up: this replacement votes again");
+    fn check_withholding(&mut self, range: RangeId) -> Result<(), DaemonError> {
+        let Some(replica) = self.replicas.get_mut(&range) else { return Ok(()) };
+        if replica.withholding_votes && !replica.node.withholds_votes() {
+            self.storage.range_mut(range).expect("every replica's range is stored").end_withholding()?;
+            replica.withholding_votes = false;
+            info!(node = self.membership.node_id, range, "caught up: this replacement votes again");
         }
         Ok(())
     }
@@ -983,83 +1107,181 @@ impl Daemon {
     /// A deposed leader's proposals may never apply here. Their clients are
     /// told to retry at the new leader, under the same sequence numbers, so a
     /// proposal that did commit is answered from its session, not applied twice.
-    fn redirect_waiting_writes(&mut self) {
-        let keys: Vec<(u64, u64)> = self.waiting.keys().copied().collect();
+    fn redirect_waiting_writes(&mut self, range: RangeId) {
+        let keys: Vec<(u64, u64)> = self.replicas[&range].waiting.keys().copied().collect();
         for key in keys {
             let message = "this node lost the leadership; retry at the leader".to_string();
-            self.answer(key, Err((ErrorCode::NotLeader, message)));
+            self.answer(range, key, Err(Failure::new(ErrorCode::NotLeader, message)));
         }
     }
 
-    /// Carries out one Ready, in the order the core's contract requires.
-    fn carry_out(&mut self, ready: Ready) -> Result<(), DaemonError> {
+    /// Carries out one Ready of `range`, in the order the core's contract requires.
+    fn carry_out(&mut self, range: RangeId, ready: Ready) -> Result<(), DaemonError> {
         let Ready { persist, send, send_after_persist, apply, reads, rejected, refused, next_deadline } = ready;
-        self.deadline = next_deadline;
+        let replica = self.replicas.get_mut(&range).expect("only a hosted range steps");
+        self.deadlines.set(range, replica.deadline, next_deadline);
+        replica.deadline = next_deadline;
         for (peer, error) in refused {
             self.close_peer_for_bad_input(peer, &error);
         }
         for envelope in send {
-            self.send_to_peer(envelope);
+            self.send_to_peer(range, envelope);
         }
         if !persist.is_empty() {
-            let installs_snapshot = persist.snapshot.is_some();
-            let node = self.node.as_ref().expect("only a running node steps");
-            let log_emptied = installs_snapshot && node.log().last_index() == node.log().snapshot_index();
-            self.storage.first_range_mut().stage(&mut self.batch, &persist, log_emptied)?;
-            self.staged.persists += 1;
-            if let Some(position) = persist.last_position() {
-                self.staged.position = Some(position);
-            }
-            if let Some(snapshot) = &persist.snapshot {
-                self.observer.metrics.snapshot_installs.fetch_add(1, Ordering::Relaxed);
-                info!(index = snapshot.last_index, term = snapshot.last_term, "installing a snapshot from the leader");
-                // Entries applied next build on the snapshot, so it must be in place first.
-                self.sync_now()?;
-                self.node.as_mut().expect("only a running node steps").forget_snapshot_data();
-            }
+            self.stage_persist(range, &persist)?;
         }
         let persists_needed = self.staged.persists;
-        self.held_messages.extend(send_after_persist.into_iter().map(|envelope| (persists_needed, envelope)));
+        let held = send_after_persist.into_iter().map(|envelope| (persists_needed, range, envelope));
+        self.held_messages.extend(held);
         self.release_held_messages();
-        self.observer.metrics.commits.fetch_add(apply.len() as u64, Ordering::Relaxed);
-        let started = Instant::now();
-        let applied = self.storage.first_range_mut().apply(&apply)?;
-        self.turn_storage += started.elapsed();
-        for applied in applied {
-            let outcome = applied.outcome.map_err(|refusal| {
-                let code = match refusal {
-                    Refusal::SessionExpired { .. } => ErrorCode::SessionExpired,
-                    // A daemon's store holds every key and refuses splits (Refusal::Split).
-                    Refusal::RangeMismatch { .. } => ErrorCode::RangeMismatch,
-                    // Refused at intake (see on_client_frame); these are a peer's logged ones.
-                    Refusal::NotMeta { .. } | Refusal::Meta(_) => ErrorCode::UnknownRange,
-                    Refusal::SequenceBelowSession { .. } | Refusal::MalformedOpen | Refusal::Split(_) => {
-                        ErrorCode::BadRequest
-                    }
-                };
-                (code, refusal.to_string())
-            });
-            self.answer((applied.client_id, applied.sequence), outcome);
+        if !apply.is_empty() {
+            self.apply(range, &apply)?;
         }
-        let applied = self.storage.first_range().applied().0;
+        self.serve_reads(range, reads)?;
+        for (request, rejection) in rejected {
+            self.answer_rejection(range, &request, rejection);
+        }
+        Ok(())
+    }
+
+    fn stage_persist(&mut self, range: RangeId, persist: &Persist) -> Result<(), DaemonError> {
+        let installs_snapshot = persist.snapshot.is_some();
+        let node = &self.replicas[&range].node;
+        let log_emptied = installs_snapshot && node.log().last_index() == node.log().snapshot_index();
+        let storage = self.storage.range_mut(range).expect("every replica's range is stored");
+        storage.stage(&mut self.batch, persist, log_emptied)?;
+        self.staged.persists += 1;
+        if let Some(position) = persist.last_position() {
+            self.staged.positions.insert(range, position);
+        }
+        if let Some(snapshot) = &persist.snapshot {
+            self.observer.metrics.snapshot_installs.fetch_add(1, Ordering::Relaxed);
+            info!(
+                range,
+                index = snapshot.last_index,
+                term = snapshot.last_term,
+                "installing a snapshot from the leader"
+            );
+            let descriptor = storage.descriptor();
+            self.reindex(range, descriptor);
+            // Entries applied next build on the snapshot, so it must be in place first.
+            self.sync_now()?;
+            self.replicas.get_mut(&range).expect("stepped above").node.forget_snapshot_data();
+        }
+        Ok(())
+    }
+
+    /// Applies committed entries of `range`, answers their clients, and
+    /// starts the right half of each split among them.
+    fn apply(&mut self, range: RangeId, entries: &[Entry]) -> Result<(), DaemonError> {
+        self.observer.metrics.commits.fetch_add(entries.len() as u64, Ordering::Relaxed);
+        let started = Instant::now();
+        let hard_state = self.replicas[&range].node.hard_state();
+        let storage = self.storage.range_mut(range).expect("every replica's range is stored");
+        let applying = storage.apply(entries, hard_state)?;
+        let descriptor = storage.descriptor();
+        self.turn_storage += started.elapsed();
+        self.applied_this_turn.insert(range);
+        if !applying.splits.is_empty() {
+            self.reindex(range, descriptor);
+        }
+        for split in applying.splits {
+            self.start_split_off(range, split)?;
+        }
+        for applied in applying.answers {
+            let outcome = applied.outcome.map_err(|refusal| self.refusal_failure(refusal));
+            self.answer(range, (applied.client_id, applied.sequence), outcome);
+        }
+        Ok(())
+    }
+
+    /// What a client is told of a committed write its range refused.
+    fn refusal_failure(&self, refusal: Refusal) -> Failure {
+        let message = refusal.to_string();
+        let code = match refusal {
+            Refusal::SessionExpired { .. } => ErrorCode::SessionExpired,
+            Refusal::RangeMismatch { range } => {
+                return Failure { code: ErrorCode::RangeMismatch, message, descriptors: self.neighbours(&range) };
+            }
+            // Refused at intake (see on_client_frame); these are a peer's logged ones.
+            Refusal::NotMeta { .. } | Refusal::Meta(_) => ErrorCode::UnknownRange,
+            Refusal::SequenceBelowSession { .. } | Refusal::MalformedOpen | Refusal::Split(_) => ErrorCode::BadRequest,
+        };
+        Failure::new(code, message)
+    }
+
+    /// `range` as it is now, and the hosted range that starts where it ends
+    /// (a split's right half): where a refused key lies, most likely.
+    fn neighbours(&self, range: &RangeDescriptor) -> Vec<RangeDescriptor> {
+        let right = range.end.as_ref().and_then(|end| self.by_start.get(&end[..]));
+        let right = right.and_then(|right| self.replicas.get(right)).map(|replica| replica.descriptor.clone());
+        std::iter::once(range.clone()).chain(right).collect()
+    }
+
+    /// Records `range`'s new bounds for routing.
+    fn reindex(&mut self, range: RangeId, descriptor: RangeDescriptor) {
+        let Some(replica) = self.replicas.get_mut(&range) else { return };
+        if self.by_start.get(&replica.descriptor.start[..]) == Some(&range) {
+            self.by_start.remove(&replica.descriptor.start[..]);
+        }
+        self.by_start.insert(descriptor.start.to_vec(), range);
+        replica.descriptor = descriptor;
+    }
+
+    /// A split applied here: starts this node's replica of the right half
+    /// from its parent's consensus (`Node::split_off`), with the state the
+    /// split's apply stored for it.
+    fn start_split_off(&mut self, parent: RangeId, split: SplitMade) -> Result<(), DaemonError> {
+        let range = split.descriptor.id;
+        self.storage.open_split_off(&split)?;
+        let (last_index, last_term) = split.position;
+        let snapshot = Snapshot { last_index, last_term, data: bytes::Bytes::new() };
+        let node = self.replicas[&parent].node.split_off(snapshot, self.seed(range))?;
+        info!(
+            node = self.membership.node_id,
+            parent,
+            range,
+            start = ?split.descriptor.start,
+            index = last_index,
+            leads = node.role() == Role::Leader,
+            "split: hosting the new range"
+        );
+        self.observer.metrics.splits.fetch_add(1, Ordering::Relaxed);
+        self.host(range, Replica::new(node, split.descriptor, false))?;
+        self.step(range, Input::Tick)
+    }
+
+    /// Answers reads whose index the same Ready's entries have just applied,
+    /// if the range still holds their key: a split since the read arrived
+    /// moves it to another range, which may have written it since.
+    fn serve_reads(&mut self, range: RangeId, reads: Vec<ReadReady>) -> Result<(), DaemonError> {
+        let storage = self.storage.range(range).expect("every replica's range is stored");
+        let applied = storage.applied().0;
+        let descriptor = storage.descriptor();
         for read in reads {
             // Committed entries of this Ready were applied just above.
             assert!(read.read_index <= applied, "read at {} before applying it ({applied})", read.read_index);
             let key = (read.request.client_id, read.request.sequence);
-            match &read.request.operation {
+            let operation = &read.request.operation;
+            if !descriptor.contains(operation.key()) {
+                let message = format!("range {descriptor} no longer holds the key; look it up again");
+                let failure =
+                    Failure { code: ErrorCode::RangeMismatch, message, descriptors: self.neighbours(&descriptor) };
+                self.answer(range, key, Err(failure));
+                continue;
+            }
+            let storage = self.storage.range(range).expect("every replica's range is stored");
+            match operation {
                 Operation::Scan { start, end, limit } => {
-                    let page = self.storage.first_range_mut().scan(start, end.as_deref(), *limit)?;
-                    self.answer_page(key, page);
+                    let page = storage.scan(start, end.as_deref(), *limit)?;
+                    self.answer_page(range, key, page);
                 }
                 Operation::MetaLookup { .. } => unreachable!("on_client_frame refuses meta lookups"),
                 operation => {
-                    let response = self.storage.first_range_mut().read(operation.key())?;
-                    self.answer(key, Ok(response));
+                    let response = storage.read(operation.key())?;
+                    self.answer(range, key, Ok(response));
                 }
             }
-        }
-        for (request, rejection) in rejected {
-            self.answer_rejection(&request, rejection);
         }
         Ok(())
     }
@@ -1075,7 +1297,7 @@ impl Daemon {
             self.observer.metrics.log_written(started.elapsed());
             self.written.absorb(self.staged.take());
         }
-        let unsynced = self.synced.persists < self.written.persists || self.written.compaction.is_some();
+        let unsynced = self.synced.persists < self.written.persists || !self.written.compactions.is_empty();
         if self.sync_in_flight.is_some() || !unsynced {
             return Ok(());
         }
@@ -1120,12 +1342,12 @@ impl Daemon {
     /// Tells consensus what is durable now. Called at the top of the loop
     /// only, never from inside the handling of a Ready.
     fn report_synced(&mut self) -> Result<(), DaemonError> {
-        if let Some((index, term)) = self.synced.position.take() {
-            self.step(Input::Persisted { index, term })?;
+        for (range, (index, term)) in std::mem::take(&mut self.synced.positions) {
+            self.step(range, Input::Persisted { index, term })?;
         }
-        if let Some(snapshot) = self.synced.compaction.take() {
-            info!(index = snapshot.last_index, term = snapshot.last_term, "compacted the log");
-            self.step(Input::Compact(snapshot))?;
+        for (range, snapshot) in std::mem::take(&mut self.synced.compactions) {
+            info!(range, index = snapshot.last_index, term = snapshot.last_term, "compacted the log");
+            self.step(range, Input::Compact(snapshot))?;
         }
         Ok(())
     }
@@ -1134,7 +1356,9 @@ impl Daemon {
     /// thread; then the log may be compacted.
     fn flush_persist(&mut self) -> Result<(), DaemonError> {
         self.report_synced()?;
-        self.maybe_compact()?;
+        for range in std::mem::take(&mut self.applied_this_turn) {
+            self.maybe_compact(range)?;
+        }
         self.start_sync()
     }
 
@@ -1149,9 +1373,9 @@ impl Daemon {
     }
 
     fn release_held_messages(&mut self) {
-        while self.held_messages.front().is_some_and(|(needed, _)| *needed <= self.synced.persists) {
-            let (_, envelope) = self.held_messages.pop_front().expect("front exists");
-            self.send_to_peer(envelope);
+        while self.held_messages.front().is_some_and(|(needed, _, _)| *needed <= self.synced.persists) {
+            let (_, range, envelope) = self.held_messages.pop_front().expect("front exists");
+            self.send_to_peer(range, envelope);
         }
     }
 
@@ -1159,20 +1383,26 @@ impl Daemon {
     /// one synced write, on the sync thread, makes the applied state durable
     /// (see `Storage::compaction`). The log a follower catching up from a
     /// recent snapshot still needs is kept.
-    fn maybe_compact(&mut self) -> Result<(), DaemonError> {
-        let Some(node) = &self.node else { return Ok(()) };
+    fn maybe_compact(&mut self, range: RangeId) -> Result<(), DaemonError> {
+        let Some(replica) = self.replicas.get(&range) else { return Ok(()) };
+        let node = &replica.node;
         let compacting = [Some(&self.written), self.sync_in_flight.as_ref(), Some(&self.synced)]
             .into_iter()
-            .any(|stage| stage.is_some_and(|stage| stage.compaction.is_some()));
-        if compacting || self.streams.opening() {
+            .any(|stage| stage.is_some_and(|stage| stage.compactions.contains_key(&range)));
+        if compacting || self.streams.opening(range) {
             // A snapshot being opened will be at an index not known yet, at
             // least the compacted one: its follower needs the log after it.
             return Ok(());
         }
-        self.streams.forget_caught_up(|peer| node.match_index(peer), |peer| self.outbound.get(&peer).copied());
-        let (applied, _) = self.storage.first_range().applied();
+        let (replicas, outbound) = (&self.replicas, &self.outbound);
+        self.streams.forget_caught_up(
+            |(range, peer)| replicas.get(&range).and_then(|replica| replica.node.match_index(peer)),
+            |peer| outbound.get(&peer).copied(),
+        );
+        let storage = self.storage.range(range).expect("every replica's range is stored");
+        let (applied, _) = storage.applied();
         let mut index = applied.min(node.applied_index());
-        if let Some(floor) = self.streams.catch_up_floor() {
+        if let Some(floor) = self.streams.catch_up_floor(range) {
             index = index.min(floor);
         }
         let compacted = node.log().snapshot_index();
@@ -1181,30 +1411,38 @@ impl Daemon {
             return Ok(());
         }
         let term = node.log().term(index).expect("an applied index past the snapshot is in the log");
-        let (batch, snapshot) = self.storage.first_range_mut().compaction(index, term);
+        let (batch, snapshot) = storage.compaction(index, term);
         self.observer.metrics.compactions.fetch_add(1, Ordering::Relaxed);
         self.storage.write(batch, false)?;
-        self.written.compaction = Some(snapshot);
+        self.written.compactions.insert(range, snapshot);
         Ok(())
     }
 
-    fn send_to_peer(&mut self, envelope: Envelope) {
+    fn send_to_peer(&mut self, range: RangeId, envelope: Envelope) {
         if let Message::InstallSnapshot { term, round, .. } = envelope.message {
-            self.streams.request(envelope.to, term, round);
+            self.streams.request(range, envelope.to, term, round);
             return;
         }
         let Some(token) = self.outbound.get(&envelope.to) else { return };
         let Some(connection) = self.connections.get_mut(token) else { return };
-        if !connection.queue(&wire::peer_message_to_proto(&envelope)) {
-            warn!(peer = envelope.to, "dropping a {} message: the peer is not keeping up", envelope.message.kind());
+        let mut message = wire::peer_message_to_proto(&envelope);
+        message.range_id = wire_range(range);
+        if !connection.queue(&message) {
+            warn!(
+                peer = envelope.to,
+                range,
+                "dropping a {} message: the peer is not keeping up",
+                envelope.message.kind()
+            );
         }
     }
 
     // ----- snapshots, streamed beside consensus (see `snapshot`) -----
 
     fn pump_snapshots(&mut self) {
-        let sending_term = self.node.as_ref().and_then(Node::snapshot_sending_term);
-        let (outbound, connections) = (&self.outbound, &self.connections);
+        let (replicas, outbound, connections) = (&self.replicas, &self.outbound, &self.connections);
+        let sending_term =
+            |range| replicas.get(&range).and_then(|replica: &Replica| replica.node.snapshot_sending_term());
         self.streams.pump(sending_term, |peer| {
             let token = *outbound.get(&peer)?;
             let connection = connections.get(&token).filter(|connection| connection.greeted)?;
@@ -1213,65 +1451,86 @@ impl Daemon {
     }
 
     fn on_snapshot_chunks_read(&mut self) -> Result<(), DaemonError> {
-        for (peer, chunk) in self.streams.on_answers()? {
-            self.send_stream_message(peer, proto::peer_message::Body::SnapshotChunk(chunk));
+        for ((range, peer), chunk) in self.streams.on_answers()? {
+            self.send_stream_message(range, peer, proto::peer_message::Body::SnapshotChunk(chunk));
         }
         self.pump_snapshots();
         Ok(())
     }
 
-    fn send_stream_message(&mut self, peer: NodeId, body: proto::peer_message::Body) {
+    fn send_stream_message(&mut self, range: RangeId, peer: NodeId, body: proto::peer_message::Body) {
         let Some(token) = self.outbound.get(&peer) else { return };
         let Some(connection) = self.connections.get_mut(token) else { return };
-        if !connection.queue(&wire::stream_message_to_proto(self.membership.node_id, peer, body)) {
-            warn!(peer, "dropping a snapshot stream message: the peer is not keeping up");
+        let mut message = wire::stream_message_to_proto(self.membership.node_id, peer, body);
+        message.range_id = wire_range(range);
+        if !connection.queue(&message) {
+            warn!(peer, range, "dropping a snapshot stream message: the peer is not keeping up");
         }
     }
 
-    /// A chunk of a snapshot from `leader`. One from a leader of an older
-    /// term is refused, so that its stream stops. The last chunk steps the
-    /// InstallSnapshot it stands for: consensus decides whether the staged
-    /// snapshot goes in, and what is staged and not installed goes.
+    /// A chunk of a snapshot of `range` from `leader`. One from a leader of
+    /// an older term is refused, so that its stream stops. The last chunk
+    /// steps the InstallSnapshot it stands for: consensus decides whether
+    /// the staged snapshot goes in, and what is staged and not installed goes.
     fn on_snapshot_chunk(
         &mut self,
         token: Token,
+        range: RangeId,
         leader: NodeId,
         chunk: proto::SnapshotChunk,
     ) -> Result<(), DaemonError> {
-        let term = self.node.as_ref().map_or(0, Node::term);
-        let received = if chunk.term < term {
+        let replica = self.replicas.get_mut(&range).expect("the caller checked the range is hosted");
+        let storage = self.storage.range_mut(range).expect("every replica's range is stored");
+        let received = if chunk.term < replica.node.term() {
             ChunkOutcome::Ack(proto::SnapshotChunkAck {
                 transfer_id: chunk.transfer_id,
                 refused: true,
                 ..Default::default()
             })
         } else {
-            self.receiver.on_chunk(self.storage.first_range_mut(), leader, &chunk)?
+            replica.receiver.on_chunk(storage, leader, &chunk)?
         };
+        let body = proto::peer_message::Body::SnapshotChunkAck;
         let (ack, complete) = match received {
             ChunkOutcome::Ack(ack) => (ack, None),
             ChunkOutcome::Bad { ack, error } => {
-                self.send_stream_message(leader, proto::peer_message::Body::SnapshotChunkAck(ack));
+                self.send_stream_message(range, leader, body(ack));
                 self.close_for_bad_input(token, &error);
                 return Ok(());
             }
             ChunkOutcome::Complete { ack, staged, position } => (ack, Some((staged, position))),
         };
-        self.send_stream_message(leader, proto::peer_message::Body::SnapshotChunkAck(ack));
+        self.send_stream_message(range, leader, body(ack));
         let Some((staged, position)) = complete else { return Ok(()) };
-        let envelope = match wire::install_snapshot_message(leader, self.membership.node_id, &chunk, position) {
+        let overlapping = staged.descriptor().and_then(|incoming| self.overlapping(range, incoming));
+        let envelope = wire::install_snapshot_message(leader, self.membership.node_id, &chunk, position);
+        let storage = self.storage.range_mut(range).expect("every replica's range is stored");
+        if let Some(other) = overlapping {
+            // Another range here holds some of its keys: the split that
+            // separates them has yet to apply here. A later snapshot will do.
+            info!(range, other, "not installing a snapshot whose keys another hosted range holds");
+            return Ok(storage.clear_staging()?);
+        }
+        let envelope = match envelope {
             Ok(envelope) => envelope,
             Err(error) => {
-                self.storage.first_range_mut().clear_staging()?;
+                storage.clear_staging()?;
                 self.close_for_bad_input(token, &error);
                 return Ok(());
             }
         };
-        info!(leader, index = position.0, "received a snapshot in full");
-        self.storage.first_range_mut().offer_staged(staged);
-        self.step(Input::Message(envelope))?;
-        self.storage.first_range_mut().clear_staging()?;
+        info!(range, leader, index = position.0, "received a snapshot in full");
+        storage.offer_staged(staged);
+        self.step(range, Input::Message(envelope))?;
+        self.storage.range_mut(range).expect("every replica's range is stored").clear_staging()?;
         Ok(())
+    }
+
+    /// Another hosted range sharing a key with `incoming`, a descriptor of `range`.
+    fn overlapping(&self, range: RangeId, incoming: &RangeDescriptor) -> Option<RangeId> {
+        let other =
+            |(&id, replica): (&RangeId, &Replica)| (id != range && replica.descriptor.overlaps(incoming)).then_some(id);
+        self.replicas.iter().find_map(other)
     }
 
     // ----- telling operators -----
@@ -1279,17 +1538,18 @@ impl Daemon {
     /// The loop's state this turn, for the observer.
     fn turn(&self) -> Turn<'_> {
         Turn {
-            node: self.node.as_ref(),
+            node: self.first().map(|first| &first.node),
+            ranges: self.replicas.values().map(|replica| (&replica.descriptor, &replica.node)).collect(),
             now: self.now(),
             storage: &self.storage,
-            leader_address: self.leader_client_address(),
+            leader_address: self.leader_client_address(FIRST_RANGE_ID),
             shutting_down: self.shutting_down,
             snapshot_sends: (self.streams.started_count, self.streams.finished_count),
         }
     }
 
-    fn leader_client_address(&self) -> Option<&str> {
-        let leader = self.node.as_ref().and_then(Node::leader_id)?;
+    fn leader_client_address(&self, range: RangeId) -> Option<&str> {
+        let leader = self.replicas.get(&range).and_then(|replica| replica.node.leader_id())?;
         if leader == self.membership.node_id {
             return Some(&self.client_address);
         }
@@ -1302,24 +1562,30 @@ impl Daemon {
 
     // ----- answering clients -----
 
-    fn answer_rejection(&mut self, request: &ClientRequest, rejection: Rejection) {
+    fn answer_rejection(&mut self, range: RangeId, request: &ClientRequest, rejection: Rejection) {
         let (code, message) = match rejection {
             Rejection::NotLeader { .. } => (ErrorCode::NotLeader, "this node is not the leader".to_string()),
             Rejection::Overloaded => (ErrorCode::Overloaded, "the leader is overloaded; retry shortly".to_string()),
         };
-        self.answer((request.client_id, request.sequence), Err((code, message)));
+        self.answer(range, (request.client_id, request.sequence), Err(Failure::new(code, message)));
     }
 
-    fn answer(&mut self, key: (u64, u64), outcome: Result<Response, (ErrorCode, String)>) {
-        let Some(waiters) = self.waiting.remove(&key) else { return };
-        let leader = self
-            .node
-            .as_ref()
-            .and_then(Node::leader_id)
-            .and_then(|leader| self.peer_client_addresses.get(&leader))
-            .cloned();
+    /// Takes the requests waiting in `range` under `key`.
+    fn take_waiters(&mut self, range: RangeId, key: (u64, u64)) -> Vec<Waiter> {
+        let waiters = self.replicas.get_mut(&range).and_then(|replica| replica.waiting.remove(&key));
+        let waiters = waiters.unwrap_or_default();
+        self.waiting_count -= waiters.len();
+        waiters
+    }
+
+    fn answer(&mut self, range: RangeId, key: (u64, u64), outcome: Result<Response, Failure>) {
+        let waiters = self.take_waiters(range, key);
+        if waiters.is_empty() {
+            return;
+        }
+        let leader = self.leader_client_address(range).unwrap_or_default().to_string();
         for Waiter { token, request_id, operation, arrived } in waiters {
-            let code = outcome.as_ref().map_or_else(|(code, _)| *code, |_| ErrorCode::Ok);
+            let code = outcome.as_ref().map_or_else(|failure| failure.code, |_| ErrorCode::Ok);
             self.observer.metrics.request_answered(operation, code, arrived.elapsed());
             self.observer.count_request();
             let response = match &outcome {
@@ -1333,26 +1599,15 @@ impl Daemon {
                     index: response.index,
                     ..Default::default()
                 },
-                Err((code, message)) => proto::ClientResponse {
-                    request_id,
-                    error: *code as i32,
-                    leader: if *code == ErrorCode::NotLeader {
-                        leader.clone().unwrap_or_default()
-                    } else {
-                        String::new()
-                    },
-                    message: message.clone(),
-                    ..Default::default()
-                },
+                Err(failure) => failure.to_response(request_id, &leader),
             };
             self.queue_to_client(token, &response);
         }
     }
 
     /// Answers the scan waiting under `key` with one page.
-    fn answer_page(&mut self, key: (u64, u64), page: ScanPage) {
-        let Some(waiters) = self.waiting.remove(&key) else { return };
-        for Waiter { token, request_id, operation, arrived } in waiters {
+    fn answer_page(&mut self, range: RangeId, key: (u64, u64), page: ScanPage) {
+        for Waiter { token, request_id, operation, arrived } in self.take_waiters(range, key) {
             self.observer.metrics.request_answered(operation, ErrorCode::Ok, arrived.elapsed());
             self.observer.count_request();
             let response = wire::scan_page_to_proto(request_id, page.clone());
@@ -1365,11 +1620,67 @@ impl Daemon {
         self.queue_to_client(token, &response);
     }
 
+    fn respond_mismatch(&mut self, token: Token, request_id: u64, descriptors: Vec<RangeDescriptor>) {
+        let message = if descriptors.is_empty() {
+            "this node holds no range for the key; ask another node".to_string()
+        } else {
+            "the request's range does not hold its key at the epoch it names; route it by the descriptors".to_string()
+        };
+        let failure = Failure { code: ErrorCode::RangeMismatch, message, descriptors };
+        self.queue_to_client(token, &failure.to_response(request_id, ""));
+    }
+
     fn queue_to_client(&mut self, token: Token, response: &proto::ClientResponse) {
         let Some(connection) = self.connections.get_mut(&token) else { return };
         if !connection.queue(response) {
             self.close(token, "client is not reading its responses");
         }
+    }
+}
+
+/// Why a client request failed, as the client is told.
+struct Failure {
+    code: ErrorCode,
+    message: String,
+    /// With RANGE_MISMATCH: the ranges this node holds for the key.
+    descriptors: Vec<RangeDescriptor>,
+}
+
+impl Failure {
+    fn new(code: ErrorCode, message: String) -> Failure {
+        Failure { code, message, descriptors: Vec::new() }
+    }
+
+    /// The response; `leader` is the range leader's client address, sent with NOT_LEADER.
+    fn to_response(&self, request_id: u64, leader: &str) -> proto::ClientResponse {
+        proto::ClientResponse {
+            request_id,
+            error: self.code as i32,
+            leader: if self.code == ErrorCode::NotLeader { leader.to_string() } else { String::new() },
+            message: self.message.clone(),
+            descriptors: self.descriptors.iter().map(RangeDescriptor::to_proto).collect(),
+            ..Default::default()
+        }
+    }
+}
+
+/// The range a peer message or an operator's request names: 0 is the first
+/// range, as daemons and clients from before ranges send it.
+fn peer_range(wire_id: u64) -> RangeId {
+    if wire_id == wire::DEFAULT_RANGE_ID {
+        FIRST_RANGE_ID
+    } else {
+        wire_id
+    }
+}
+
+/// The id a peer message carries for `range`: 0 for the first range, so
+/// that a daemon from before ranges takes it.
+fn wire_range(range: RangeId) -> u64 {
+    if range == FIRST_RANGE_ID {
+        wire::DEFAULT_RANGE_ID
+    } else {
+        range
     }
 }
 

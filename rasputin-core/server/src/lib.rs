@@ -9,6 +9,7 @@ mod daemon;
 pub mod logging;
 mod metrics;
 mod observer;
+mod replica;
 mod snapshot;
 mod status;
 mod storage;

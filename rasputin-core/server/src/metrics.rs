@@ -134,6 +134,9 @@ pub struct Metrics {
     pub snapshot_installs: AtomicU64,
     pub compactions: AtomicU64,
     pub storage_bytes: AtomicU64,
+    pub splits: AtomicU64,
+    pub unhosted_messages: AtomicU64,
+    pub ranges: AtomicU64,
 }
 
 impl Metrics {
@@ -156,6 +159,9 @@ impl Metrics {
             snapshot_installs: AtomicU64::new(0),
             compactions: AtomicU64::new(0),
             storage_bytes: AtomicU64::new(0),
+            splits: AtomicU64::new(0),
+            unhosted_messages: AtomicU64::new(0),
+            ranges: AtomicU64::new(0),
         }
     }
 
@@ -295,6 +301,13 @@ impl Metrics {
             "Snapshots this node received and installed.",
             &self.snapshot_installs,
         );
+        out.counter("rasputin_splits_total", "Splits this node applied, each making a range.", &self.splits);
+        out.counter(
+            "rasputin_unhosted_messages_total",
+            "Peer messages dropped because they were for a range this node does not host.",
+            &self.unhosted_messages,
+        );
+        out.gauge("rasputin_ranges", "Ranges this node hosts.", self.ranges.load(Ordering::Relaxed) as f64);
         out.gauge("rasputin_term", "This node's current term.", gauges.term as f64);
         out.header("rasputin_role", "gauge", "1 for this node's role, 0 for the others.");
         for role in ["leader", "leader-elect", "follower", "candidate", "joining"] {

@@ -77,7 +77,10 @@ pub struct Identity {
 
 /// What consensus and the loop look like this turn.
 pub struct Turn<'a> {
+    /// The first range's node, whose role and log the status reports.
     pub node: Option<&'a Node>,
+    /// Every hosted range, with its node.
+    pub ranges: Vec<(&'a RangeDescriptor, &'a Node)>,
     pub now: Nanos,
     pub storage: &'a Storage,
     /// The leader's client address, when known.
@@ -131,6 +134,7 @@ impl Observer {
         if let Some(node) = turn.node {
             self.count_leadership(node, turn.now);
         }
+        self.metrics.ranges.store(turn.ranges.len() as u64, Ordering::Relaxed);
         let (started, finished) = turn.snapshot_sends;
         self.metrics.snapshot_sends_started.store(started, Ordering::Relaxed);
         self.metrics.snapshot_sends_finished.store(finished, Ordering::Relaxed);
@@ -197,19 +201,26 @@ impl Observer {
             status.log_entries = node.log().last_index() - node.log().snapshot_index();
             status.log_bytes = node.log().bytes() as u64;
             status.snapshot_index = node.log().snapshot_index();
-            status.ranges = vec![self.range_status(node)];
         }
+        let single = turn.ranges.len() == 1;
+        let ranges = turn.ranges.iter().map(|(descriptor, node)| self.range_status(descriptor, node, single));
+        status.ranges = ranges.collect();
         status
     }
 
-    /// The one range a daemon holds today: every key, on every member.
-    fn range_status(&self, node: &Node) -> proto::RangeStatus {
-        let descriptor = RangeDescriptor::first(node.config().members.clone());
+    /// A range's line in the status. Its size and request rate are the
+    /// node's while it hosts one range; per range they are not measured yet.
+    fn range_status(&self, descriptor: &RangeDescriptor, node: &Node, single: bool) -> proto::RangeStatus {
+        let (size_bytes, requests_per_second) = if single {
+            (self.metrics.storage_bytes.load(Ordering::Relaxed), self.requests.per_second(Instant::now()))
+        } else {
+            (0, 0.0)
+        };
         proto::RangeStatus {
             descriptor: Some(descriptor.to_proto()),
             leader_id: node.leader_id().unwrap_or(0),
-            size_bytes: self.metrics.storage_bytes.load(Ordering::Relaxed),
-            requests_per_second: self.requests.per_second(Instant::now()),
+            size_bytes,
+            requests_per_second,
             transferring_to: node.transferring_to().unwrap_or(0),
         }
     }

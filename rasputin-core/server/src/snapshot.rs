@@ -25,6 +25,7 @@ use super::storage::{
     STATE_KEY_BYTES_MAX,
 };
 use rasputin_consensus::{LogIndex, NodeId, Term};
+use rasputin_kv::range::RangeId;
 use rasputin_kv::snapshot::{self, ChunkReader, SNAPSHOT_CHUNK_BYTES_MAX};
 use rasputin_kv::wire::proto;
 
@@ -45,10 +46,15 @@ const SNAPSHOT_CATCH_UP_TIMEOUT: Duration = Duration::from_secs(60);
 /// a close per transfer at most.
 const VIEW_REQUESTS_COUNT_MAX: usize = 3 * SNAPSHOT_TRANSFERS_COUNT_MAX;
 
-/// A chunk for a follower, ready to queue on its connection.
-pub type OutgoingChunk = (NodeId, proto::SnapshotChunk);
+/// A chunk of a range's snapshot for a follower, ready to queue on its connection.
+pub type OutgoingChunk = (Follower, proto::SnapshotChunk);
 
-/// The leader's side: the transfers under way and those just finished.
+/// A follower's replica of a range: where a transfer goes.
+pub type Follower = (RangeId, NodeId);
+
+/// The leader's side, for every range this node leads: the transfers under
+/// way and those just finished. One snapshot thread reads for all of them,
+/// and SNAPSHOT_TRANSFERS_COUNT_MAX bounds them all together.
 pub struct Streams {
     /// Joined on drop, so that its handle on the database is gone before the
     /// daemon closes it (see `Drop`).
@@ -57,12 +63,12 @@ pub struct Streams {
     answers: mpsc::Receiver<ViewAnswer>,
     /// Requests sent to the snapshot thread and not answered.
     outstanding: usize,
-    transfers: BTreeMap<NodeId, Transfer>,
+    transfers: BTreeMap<Follower, Transfer>,
     /// Views to close once the thread has room for the request.
     closing: Vec<u64>,
     next_id: u64,
     /// Followers catching up from a snapshot that reached them.
-    delivered: BTreeMap<NodeId, Delivered>,
+    delivered: BTreeMap<Follower, Delivered>,
     /// Transfers begun and transfers a follower confirmed, for the metrics.
     pub started_count: u64,
     pub finished_count: u64,
@@ -127,9 +133,10 @@ impl Streams {
         })
     }
 
-    /// Consensus wants `peer` to have a snapshot (again, maybe): start a
-    /// transfer, unless one is under way or has just reached it.
-    pub fn request(&mut self, peer: NodeId, term: Term, round: u64) {
+    /// Consensus wants `peer` to have a snapshot of `range` (again, maybe):
+    /// start a transfer, unless one is under way or has just reached it.
+    pub fn request(&mut self, range: RangeId, peer: NodeId, term: Term, round: u64) {
+        let peer = (range, peer);
         if let Some(transfer) = self.transfers.get_mut(&peer) {
             if transfer.term == term {
                 transfer.round = round;
@@ -137,21 +144,21 @@ impl Streams {
             }
         }
         if self.delivered.contains_key(&peer) {
-            debug!(peer, "not sending another snapshot: the follower is still catching up from the last one");
+            debug!(?peer, "not sending another snapshot: the follower is still catching up from the last one");
             return;
         }
         self.abort(peer, "a new term");
         if self.transfers.len() >= SNAPSHOT_TRANSFERS_COUNT_MAX {
-            debug!(peer, "not sending a snapshot yet: {SNAPSHOT_TRANSFERS_COUNT_MAX} transfers are under way");
+            debug!(?peer, "not sending a snapshot yet: {SNAPSHOT_TRANSFERS_COUNT_MAX} transfers are under way");
             return;
         }
         let id = self.next_id;
-        if !self.ask(ViewRequest::Open { transfer: id }) {
+        if !self.ask(ViewRequest::Open { transfer: id, range }) {
             return;
         }
         self.next_id += 1;
         self.started_count += 1;
-        info!(peer, transfer = id, "streaming a snapshot to a follower behind the log");
+        info!(range, peer = peer.1, transfer = id, "streaming a snapshot to a follower behind the log");
         let now = Instant::now();
         self.transfers.insert(
             peer,
@@ -189,10 +196,11 @@ impl Streams {
         }
     }
 
-    fn abort(&mut self, peer: NodeId, reason: &str) {
+    fn abort(&mut self, peer: Follower, reason: &str) {
         if let Some(transfer) = self.transfers.remove(&peer) {
             info!(
-                peer,
+                range = peer.0,
+                peer = peer.1,
                 transfer = transfer.id,
                 sent_bytes = transfer.bytes_sent,
                 reason,
@@ -256,13 +264,17 @@ impl Streams {
     /// next chunk where the window and the connection have room.
     /// `connection` gives a peer's connection and the bytes it has queued.
     /// `sending_term` is the term in which consensus may send snapshots now
-    /// (`Node::snapshot_sending_term`): a leader's, or a voter's answering
-    /// its leader-elect's fetch.
-    pub fn pump(&mut self, sending_term: Option<Term>, connection: impl Fn(NodeId) -> Option<(Token, usize)>) {
-        let peers: Vec<NodeId> = self.transfers.keys().copied().collect();
+    /// (`Node::snapshot_sending_term`) of each range: a leader's, or a
+    /// voter's answering its leader-elect's fetch.
+    pub fn pump(
+        &mut self,
+        sending_term: impl Fn(RangeId) -> Option<Term>,
+        connection: impl Fn(NodeId) -> Option<(Token, usize)>,
+    ) {
+        let peers: Vec<Follower> = self.transfers.keys().copied().collect();
         for peer in peers {
             let transfer = &self.transfers[&peer];
-            if sending_term != Some(transfer.term) {
+            if sending_term(peer.0) != Some(transfer.term) {
                 self.abort(peer, "the term it was sent in is over");
                 continue;
             }
@@ -270,12 +282,13 @@ impl Streams {
                 self.abort(peer, "no progress");
                 continue;
             }
-            let current = connection(peer);
+            let current = connection(peer.1);
             let transfer = self.transfers.get_mut(&peer).expect("listed above");
             if current.map(|(token, _)| token) != transfer.connection {
                 if transfer.connection.is_some() {
                     info!(
-                        peer,
+                        range = peer.0,
+                        peer = peer.1,
                         transfer = transfer.id,
                         from_chunk = transfer.acked,
                         "resuming a snapshot on a new connection"
@@ -311,7 +324,7 @@ impl Streams {
     }
 
     /// The follower's acknowledgement of the transfer to it.
-    pub fn on_ack(&mut self, peer: NodeId, ack: &proto::SnapshotChunkAck) {
+    pub fn on_ack(&mut self, peer: Follower, ack: &proto::SnapshotChunkAck) {
         let Some(transfer) = self.transfers.get_mut(&peer).filter(|transfer| transfer.id == ack.transfer_id) else {
             return;
         };
@@ -321,7 +334,7 @@ impl Streams {
         }
         // Nothing the follower says can move the stream past what was sent.
         if ack.next_sequence > transfer.next_sequence || ack.written_through.len() > STATE_KEY_BYTES_MAX {
-            warn!(peer, ?ack.next_sequence, "ignoring an impossible snapshot acknowledgement");
+            warn!(?peer, ?ack.next_sequence, "ignoring an impossible snapshot acknowledgement");
             return;
         }
         let written_through = (!ack.written_through.is_empty()).then(|| ack.written_through.to_vec());
@@ -337,7 +350,14 @@ impl Streams {
             let transfer = self.transfers.remove(&peer).expect("found above");
             let index = transfer.position.expect("a view was open to send its chunks").0;
             let seconds = transfer.started_at.elapsed().as_secs_f64();
-            info!(peer, index, bytes = transfer.bytes_sent, seconds, "a snapshot reached a follower");
+            info!(
+                range = peer.0,
+                peer = peer.1,
+                index,
+                bytes = transfer.bytes_sent,
+                seconds,
+                "a snapshot reached a follower"
+            );
             self.closing.push(transfer.id);
             self.finished_count += 1;
             self.delivered.insert(peer, Delivered { at: Instant::now(), index, connection: transfer.connection });
@@ -349,27 +369,30 @@ impl Streams {
     /// arrived SNAPSHOT_CATCH_UP_TIMEOUT ago.
     pub fn forget_caught_up(
         &mut self,
-        match_index: impl Fn(NodeId) -> Option<LogIndex>,
+        match_index: impl Fn(Follower) -> Option<LogIndex>,
         outbound: impl Fn(NodeId) -> Option<Token>,
     ) {
         self.delivered.retain(|&peer, delivered| {
-            let connection_lives = outbound(peer) == delivered.connection;
+            let connection_lives = outbound(peer.1) == delivered.connection;
             let behind = match_index(peer).is_some_and(|matched| matched < delivered.index);
             delivered.at.elapsed() < SNAPSHOT_CATCH_UP_TIMEOUT && connection_lives && behind
         });
     }
 
-    /// The lowest index of a snapshot a follower may still need the log
-    /// after: being streamed, or just delivered.
-    pub fn catch_up_floor(&self) -> Option<LogIndex> {
-        let streaming = self.transfers.values().filter_map(|transfer| transfer.position.map(|position| position.0));
-        streaming.chain(self.delivered.values().map(|delivered| delivered.index)).min()
+    /// The lowest index of a snapshot of `range` a follower may still need
+    /// the log after: being streamed, or just delivered.
+    pub fn catch_up_floor(&self, range: RangeId) -> Option<LogIndex> {
+        let of_range = |follower: &&Follower| follower.0 == range;
+        let streaming = self.transfers.iter().filter(|(follower, _)| of_range(follower));
+        let streaming = streaming.filter_map(|(_, transfer)| transfer.position.map(|position| position.0));
+        let delivered = self.delivered.iter().filter(|(follower, _)| of_range(follower));
+        streaming.chain(delivered.map(|(_, delivered)| delivered.index)).min()
     }
 
-    /// A view is being opened at a position not known yet, at least the
-    /// compacted index: its follower will need the log after it.
-    pub fn opening(&self) -> bool {
-        self.transfers.values().any(|transfer| transfer.position.is_none())
+    /// A view of `range` is being opened at a position not known yet, at
+    /// least the compacted index: its follower will need the log after it.
+    pub fn opening(&self, range: RangeId) -> bool {
+        self.transfers.iter().any(|(follower, transfer)| follower.0 == range && transfer.position.is_none())
     }
 }
 
@@ -530,8 +553,9 @@ mod tests {
     use std::collections::VecDeque;
 
     use bytes::Bytes;
-    use rasputin_consensus::Snapshot;
+    use rasputin_consensus::{HardState, Snapshot};
     use rasputin_kv::operation::{ClientRequest, Entry, EntryPayload, Operation, Persist};
+    use rasputin_kv::range::FIRST_RANGE_ID;
     use rasputin_kv::state_machine::KvRead;
     use rocksdb::WriteBatch;
 
@@ -540,6 +564,7 @@ mod tests {
 
     const LEADER: NodeId = 1;
     const FOLLOWER: NodeId = 2;
+    const MEMBERS: [NodeId; 3] = [1, 2, 3];
     const VALUE_BYTES: usize = 60 << 10;
     const KEYS: u64 = 200;
 
@@ -551,8 +576,8 @@ mod tests {
 
     /// A leader's store with KEYS values of VALUE_BYTES each, written by
     /// two clients whose sessions are part of the state too.
-    fn filled_store(directory: &std::path::Path) -> RangeStorage {
-        let mut storage = Storage::open(directory).unwrap().into_first_range();
+    fn filled_store(directory: &std::path::Path) -> Storage {
+        let mut storage = Storage::open(directory, &MEMBERS).unwrap();
         let entry = |index, client_id, sequence, operation| Entry {
             term: 1,
             index,
@@ -564,7 +589,7 @@ mod tests {
             let set = Operation::Set { key: Bytes::from(format!("key-{key:05}")), value };
             entries.push(entry(3 + key, 1 + key % 2, 1 + key / 2, set));
         }
-        storage.apply(&entries).unwrap();
+        storage.first_range_mut().apply(&entries, HardState::default()).unwrap();
         storage
     }
 
@@ -576,15 +601,16 @@ mod tests {
     #[test]
     fn a_stream_resumes_after_a_dropped_connection_and_the_follower_ends_identical() {
         let (from, to) = (temporary("leader"), temporary("follower"));
-        let leader = filled_store(&from);
-        let mut follower = Storage::open(&to).unwrap().into_first_range();
+        let leader_storage = filled_store(&from);
+        let mut follower = Storage::open(&to, &MEMBERS).unwrap().into_first_range();
         let (woken, wakes) = mpsc::channel();
-        let mut streams = Streams::start(leader.snapshot_source(), move || {
+        let mut streams = Streams::start(leader_storage.snapshot_source(), move || {
             let _ = woken.send(());
         })
         .unwrap();
+        let leader = leader_storage.first_range();
         let mut receiver = Receiver::default();
-        streams.request(FOLLOWER, 1, 7);
+        streams.request(FIRST_RANGE_ID, FOLLOWER, 1, 7);
 
         // One connection: chunks queued on it, in order; a new token after a drop.
         let mut connection = Token(100);
@@ -594,11 +620,11 @@ mod tests {
         let complete = loop {
             assert!(Instant::now() < deadline, "the stream did not finish in time");
             let queued: usize = wire.iter().map(|chunk| chunk.data.len()).sum();
-            streams.pump(Some(1), |_| Some((connection, queued)));
+            streams.pump(|_| Some(1), |_| Some((connection, queued)));
             let Some(chunk) = wire.pop_front() else {
                 wakes.recv_timeout(Duration::from_secs(10)).expect("the snapshot thread answers");
                 wire.extend(streams.on_answers().unwrap().into_iter().map(|(peer, chunk)| {
-                    assert_eq!(peer, FOLLOWER);
+                    assert_eq!(peer, (FIRST_RANGE_ID, FOLLOWER));
                     chunk
                 }));
                 continue;
@@ -612,7 +638,7 @@ mod tests {
                 ChunkOutcome::Ack(ack) => ack,
                 ChunkOutcome::Bad { error, .. } => panic!("chunk {delivered} was refused: {error}"),
                 ChunkOutcome::Complete { ack, staged, position } => {
-                    streams.on_ack(FOLLOWER, &ack);
+                    streams.on_ack((FIRST_RANGE_ID, FOLLOWER), &ack);
                     break (staged, position, chunk);
                 }
             };
@@ -625,7 +651,7 @@ mod tests {
                 connection = Token(101);
                 continue;
             }
-            streams.on_ack(FOLLOWER, &ack);
+            streams.on_ack((FIRST_RANGE_ID, FOLLOWER), &ack);
         };
         let (staged, position, last_chunk) = complete;
         assert_eq!(position, leader.applied(), "the snapshot is at the leader's applied position");
@@ -647,7 +673,7 @@ mod tests {
         let (leader_state, follower_state) = (leader.state_records().unwrap(), follower.state_records().unwrap());
         assert_eq!(leader_state.len() as u64, KEYS + 2, "every value and both sessions");
         assert!(leader_state == follower_state, "the follower's state differs from the leader's");
-        drop((streams, leader, follower));
+        drop((streams, leader_storage, follower));
         std::fs::remove_dir_all(&from).unwrap();
         std::fs::remove_dir_all(&to).unwrap();
     }
@@ -657,7 +683,7 @@ mod tests {
     #[test]
     fn a_follower_refuses_a_corrupt_chunk_and_one_without_a_start() {
         let directory = temporary("refusing");
-        let mut follower = Storage::open(&directory).unwrap().into_first_range();
+        let mut follower = Storage::open(&directory, &MEMBERS).unwrap().into_first_range();
         let mut receiver = Receiver::default();
         let chunk = |sequence: u64, corrupt: bool| {
             let mut writer = rasputin_kv::snapshot::ChunkWriter::new(5, 1, sequence);

@@ -42,7 +42,7 @@ use rocksdb::{
 };
 use thiserror::Error;
 
-use rasputin_consensus::{LogIndex, NodeId, Snapshot, Term};
+use rasputin_consensus::{HardState, LogIndex, NodeId, Snapshot, Term};
 use rasputin_kv::operation::{Entry, Persist, Recovered};
 use rasputin_kv::range::{RangeDescriptor, RangeId, FIRST_RANGE_ID};
 use rasputin_kv::scan::{self, ScanPage};
@@ -75,6 +75,12 @@ const SNAPSHOT_FIELD: &[u8] = b"snapshot";
 const WITHHOLD_FIELD: &[u8] = b"withhold";
 /// Present while a snapshot is being installed (see the module's comment).
 const INSTALLING_FIELD: &[u8] = b"installing";
+/// The range's descriptor: its bounds, replicas and epoch. The first range
+/// has none until it splits: it holds every key.
+const DESCRIPTOR_FIELD: &[u8] = b"descriptor";
+/// The stream key of a snapshot's descriptor record, which comes first:
+/// it sorts before every value's and session's.
+const RANGE_STREAM_KEY: &[u8] = b"d:";
 /// Where a follower stages the snapshot it is receiving, under its directory.
 const STAGING_DIRECTORY: &str = "snapshot-in";
 /// `m:seen:` + big-endian node id: this node has had a consensus message from that peer.
@@ -117,10 +123,6 @@ pub enum StorageError {
     Staging { path: String, source: std::io::Error },
     #[error("the sync thread stopped; the node stops rather than lose track of what is durable")]
     SyncThreadGone,
-    #[error(
-        "storage in {path} holds range {range}, and this rasputind hosts range 1 only; run the rasputind that wrote it"
-    )]
-    NotHosted { path: String, range: RangeId },
 }
 
 impl StorageError {
@@ -140,6 +142,8 @@ pub enum ChunkError {
     Refused(#[from] SnapshotDecodeError),
     #[error("snapshot record for key {0:?} is not after the one before it; the sender is misbehaving")]
     OutOfOrder(Vec<u8>),
+    #[error("snapshot of range {range} holds key {key:?} outside its bounds, or describes another range; the sender is misbehaving")]
+    OutsideRange { range: RangeId, key: Vec<u8> },
     #[error(transparent)]
     Storage(#[from] StorageError),
 }
@@ -181,6 +185,14 @@ impl RangeKeys {
         self.field(INSTALLING_FIELD)
     }
 
+    fn descriptor(&self) -> Vec<u8> {
+        self.field(DESCRIPTOR_FIELD)
+    }
+
+    fn range_id(&self) -> RangeId {
+        RangeId::from_be_bytes(self.id)
+    }
+
     fn sessions(&self) -> Vec<u8> {
         [SESSION_PREFIX, &self.id].concat()
     }
@@ -203,13 +215,31 @@ impl RangeKeys {
     }
 
     /// The state machine's prefixes, in the order a snapshot carries them.
+    #[cfg(test)]
     fn state_prefixes(&self) -> [Vec<u8>; 2] {
         [VALUE_PREFIX.to_vec(), self.sessions()]
     }
 }
 
-/// The range a daemon hosts: every key, for now.
-const HOSTED: RangeKeys = RangeKeys::of(FIRST_RANGE_ID);
+/// The first range, which layout 3 held alone.
+const FIRST: RangeKeys = RangeKeys::of(FIRST_RANGE_ID);
+
+/// The storage keys of the values in `descriptor`'s span (none: every
+/// value), as the bounds of an iteration or a range deletion.
+fn value_span(descriptor: Option<&RangeDescriptor>) -> (Vec<u8>, Vec<u8>) {
+    let start = descriptor.map_or_else(|| VALUE_PREFIX.to_vec(), |descriptor| value_key(&descriptor.start));
+    let end =
+        descriptor.and_then(|descriptor| descriptor.end.as_deref()).map_or_else(|| prefix_end(VALUE_PREFIX), value_key);
+    (start, end)
+}
+
+fn encode_descriptor(descriptor: &RangeDescriptor) -> Vec<u8> {
+    wire::to_bytes(&descriptor.to_proto())
+}
+
+fn decode_descriptor(bytes: &[u8]) -> Result<RangeDescriptor, StorageError> {
+    Ok(state_machine::decode_range(bytes)?)
+}
 
 fn value_key(key: &[u8]) -> Vec<u8> {
     [VALUE_PREFIX, key].concat()
@@ -222,7 +252,8 @@ fn stream_key(record: &Record) -> Result<Vec<u8>, SnapshotDecodeError> {
     match record {
         Record::Value { key, .. } => Ok(value_key(key)),
         Record::Session { client_id, .. } => Ok([SESSION_PREFIX, &client_id.to_be_bytes()].concat()),
-        Record::Range { .. } | Record::SplitOutcome { .. } => Err(SnapshotDecodeError::RangesUnsupported),
+        Record::Range { .. } => Ok(RANGE_STREAM_KEY.to_vec()),
+        Record::SplitOutcome { .. } => Err(SnapshotDecodeError::RangesUnsupported),
     }
 }
 
@@ -252,6 +283,8 @@ pub enum Claim {
 /// The node's database: its identity and peers seen, and the ranges it hosts.
 pub struct Storage {
     db: Arc<DB>,
+    directory: PathBuf,
+    members: Vec<NodeId>,
     seen: BTreeSet<NodeId>,
     ranges: BTreeMap<RangeId, RangeStorage>,
 }
@@ -267,6 +300,10 @@ pub struct RangeStorage {
     /// The last stored log index, set by `recover`: an append past it
     /// needs no deletion.
     log_last_index: LogIndex,
+    /// The stored descriptor; None for the first range before it splits.
+    descriptor: Option<RangeDescriptor>,
+    /// The cluster's members: the replicas of the first range before it splits.
+    members: Vec<NodeId>,
     /// Sessions as stored, for the clients seen lately.
     sessions: HashMap<u64, Session>,
     census: SessionCensus,
@@ -305,14 +342,14 @@ fn migrate_from_3(db: &DB) -> Result<(), StorageError> {
     let mut batch = WriteBatch::default();
     for (old, field) in FORMAT_3_FIELDS {
         if let Some(value) = db.get(old)? {
-            batch.put(HOSTED.field(field), value);
+            batch.put(FIRST.field(field), value);
             batch.delete(old);
         }
     }
     let mut sessions = 0;
     for item in scan(db, SESSION_PREFIX) {
         let (client, value) = item?;
-        batch.put(HOSTED.session(client_id_of(&client)?), value);
+        batch.put(FIRST.session(client_id_of(&client)?), value);
         batch.delete([SESSION_PREFIX, &client].concat());
         sessions += 1;
     }
@@ -323,7 +360,7 @@ fn migrate_from_3(db: &DB) -> Result<(), StorageError> {
         let index = <[u8; 8]>::try_from(&key[..])
             .map(u64::from_be_bytes)
             .map_err(|_| StorageError::Impossible(format!("a layout 3 log key of {} bytes", key.len())))?;
-        batch.put_cf(log, HOSTED.log(index), value);
+        batch.put_cf(log, FIRST.log(index), value);
         batch.delete_cf(log, key);
         entries += 1;
     }
@@ -380,9 +417,10 @@ fn session_census(db: &DB, keys: &RangeKeys) -> Result<SessionCensus, StorageErr
 }
 
 impl Storage {
-    /// Opens (creating if needed) the node's database. RocksDB's own LOCK
-    /// file keeps a second daemon out of the same directory.
-    pub fn open(directory: &Path) -> Result<Storage, StorageError> {
+    /// Opens (creating if needed) the node's database, and every range it
+    /// holds, of a cluster of `members`. RocksDB's own LOCK file keeps a
+    /// second daemon out of the same directory.
+    pub fn open(directory: &Path, members: &[NodeId]) -> Result<Storage, StorageError> {
         let mut options = Options::default();
         options.create_if_missing(true);
         options.create_missing_column_families(true);
@@ -408,25 +446,54 @@ impl Storage {
             })?;
         check_format(&db, &path)?;
         let seen = scan(&db, SEEN_PREFIX).map(|item| client_id_of(&item?.0)).collect::<Result<_, _>>()?;
-        if let Some(range) = stored_ranges(&db)?.into_iter().find(|&range| range != FIRST_RANGE_ID) {
-            return Err(StorageError::NotHosted { path, range });
-        }
+        let mut stored = stored_ranges(&db)?;
+        stored.insert(FIRST_RANGE_ID);
         let db = Arc::new(db);
-        // Opening a range finishes an install a crash interrupted, from its staged file.
-        let first = RangeStorage::open(db.clone(), directory, HOSTED)?;
+        let mut ranges = BTreeMap::new();
+        for range in stored {
+            // Opening a range finishes an install a crash interrupted, from its staged file.
+            let opened = RangeStorage::open(db.clone(), directory, RangeKeys::of(range), members)?;
+            ranges.insert(range, opened);
+        }
         // Any other snapshot staged and not installed is of no use after a
         // restart: its transfer is gone, and the leader starts another.
         remove_staging(directory)?;
-        Ok(Storage { db, seen, ranges: BTreeMap::from([(FIRST_RANGE_ID, first)]) })
+        Ok(Storage { db, directory: directory.to_path_buf(), members: members.to_vec(), seen, ranges })
     }
 
-    /// The first range, which every node hosts: the only one so far.
+    /// The first range, which every node hosts from the start.
     pub fn first_range(&self) -> &RangeStorage {
         &self.ranges[&FIRST_RANGE_ID]
     }
 
     pub fn first_range_mut(&mut self) -> &mut RangeStorage {
         self.ranges.get_mut(&FIRST_RANGE_ID).expect("open hosts the first range")
+    }
+
+    /// The ids of the ranges this node hosts, in order.
+    pub fn range_ids(&self) -> impl Iterator<Item = RangeId> + '_ {
+        self.ranges.keys().copied()
+    }
+
+    pub fn range(&self, range: RangeId) -> Option<&RangeStorage> {
+        self.ranges.get(&range)
+    }
+
+    pub fn range_mut(&mut self, range: RangeId) -> Option<&mut RangeStorage> {
+        self.ranges.get_mut(&range)
+    }
+
+    /// Opens the right half of a split that `RangeStorage::apply` just
+    /// wrote, with the left half's metadata, in one batch.
+    pub fn open_split_off(&mut self, right: &SplitMade) -> Result<&mut RangeStorage, StorageError> {
+        let range = right.descriptor.id;
+        let opened = RangeStorage::open(self.db.clone(), &self.directory, RangeKeys::of(range), &self.members)?;
+        if opened.descriptor.as_ref() != Some(&right.descriptor) {
+            return Err(StorageError::Impossible(format!(
+                "range {range} was split off, and its descriptor is not stored"
+            )));
+        }
+        Ok(self.ranges.entry(range).or_insert(opened))
     }
 
     /// The first range's storage, which keeps the database open on its own.
@@ -496,6 +563,11 @@ impl Storage {
             .sum()
     }
 
+    /// What another thread needs to read snapshots of the ranges' state.
+    pub fn snapshot_source(&self) -> SnapshotSource {
+        SnapshotSource { db: self.db.clone() }
+    }
+
     /// Writes `batch`; with `sync`, waits until it is on disk.
     pub fn write(&self, batch: WriteBatch, sync: bool) -> Result<(), StorageError> {
         let mut options = WriteOptions::default();
@@ -527,8 +599,18 @@ impl Storage {
 }
 
 impl RangeStorage {
-    fn open(db: Arc<DB>, directory: &Path, keys: RangeKeys) -> Result<RangeStorage, StorageError> {
+    fn open(db: Arc<DB>, directory: &Path, keys: RangeKeys, members: &[NodeId]) -> Result<RangeStorage, StorageError> {
         finish_interrupted_install(&db, &keys)?;
+        let descriptor = db.get(keys.descriptor())?.map(|bytes| decode_descriptor(&bytes)).transpose()?;
+        let range = keys.range_id();
+        if descriptor.is_none() && range != FIRST_RANGE_ID {
+            return Err(StorageError::Impossible(format!("range {range} is stored without its descriptor")));
+        }
+        if descriptor.as_ref().is_some_and(|descriptor| descriptor.id != range) {
+            return Err(StorageError::Impossible(format!(
+                "range {range} is stored with the descriptor {descriptor:?}"
+            )));
+        }
         let applied = match db.get(keys.applied())? {
             Some(bytes) => wire::decode::<proto::AppliedPosition>(bytes.into(), "AppliedPosition")?,
             None => proto::AppliedPosition::default(),
@@ -540,6 +622,8 @@ impl RangeStorage {
             applied_index: applied.index,
             applied_term: applied.term,
             log_last_index: 0,
+            descriptor,
+            members: members.to_vec(),
             sessions: HashMap::new(),
             census,
             sessions_expired_below: Cell::new(0),
@@ -573,6 +657,12 @@ impl RangeStorage {
 
     pub fn applied(&self) -> (LogIndex, Term) {
         (self.applied_index, self.applied_term)
+    }
+
+    /// The range this is: its stored descriptor, or for the first range
+    /// before any split, every key on every member.
+    pub fn descriptor(&self) -> RangeDescriptor {
+        self.descriptor.clone().unwrap_or_else(|| RangeDescriptor::first(self.members.clone()))
     }
 
     /// Everything consensus needs to restart.
@@ -660,8 +750,10 @@ impl RangeStorage {
             term: snapshot.last_term,
             log_emptied,
             file: staged.file.as_ref().map(|file| file.display().to_string()).unwrap_or_default(),
+            range: staged.descriptor.as_ref().map(RangeDescriptor::to_proto),
         };
         replace_state(&self.db, &self.keys, &install)?;
+        self.descriptor = staged.descriptor;
         stage_finished_install(&self.db, &self.keys, batch, &install);
         if log_emptied {
             self.log_last_index = snapshot.last_index;
@@ -692,6 +784,7 @@ impl RangeStorage {
             census: SessionCensus::default(),
             records: 0,
             last_key: None,
+            descriptor: None,
         })
     }
 
@@ -725,7 +818,8 @@ impl RangeStorage {
     /// of those before it through an overlay. Entries already covered by a
     /// snapshot are skipped. Not synced: committed entries can be applied
     /// again from the log.
-    pub fn apply(&mut self, entries: &[Entry]) -> Result<Vec<Applied>, StorageError> {
+    /// `hard_state` is consensus's now: a split's right half starts with it.
+    pub fn apply(&mut self, entries: &[Entry], hard_state: HardState) -> Result<Applying, StorageError> {
         let mut batch = WriteBatch::default();
         let mut overlay = Overlay {
             storage: self,
@@ -733,22 +827,28 @@ impl RangeStorage {
             sessions: BTreeMap::new(),
             census: self.census,
             expired_below: Cell::new(self.sessions_expired_below.get()),
+            descriptor: self.descriptor(),
+            hard_state,
+            splits: Vec::new(),
         };
         let mut answers = Vec::new();
         let mut last = None;
         for entry in entries.iter().filter(|entry| entry.index > overlay.storage.applied_index) {
             let decision = state_machine::decide(&overlay, entry, SessionLimits::PRODUCTION)?;
             for change in decision.changes {
-                overlay.stage(&mut batch, change);
+                overlay.stage(&mut batch, change, (entry.index, entry.term))?;
             }
             overlay.census = decision.census;
             answers.extend(decision.applied);
             last = Some((entry.index, entry.term));
         }
-        let Overlay { sessions, census, expired_below, .. } = overlay;
-        let Some((index, term)) = last else { return Ok(answers) };
+        let Overlay { sessions, census, expired_below, descriptor, splits, .. } = overlay;
+        let Some((index, term)) = last else { return Ok(Applying { answers, splits }) };
         self.stage_applied(&mut batch, index, term);
         self.write(batch, false)?;
+        if !splits.is_empty() {
+            self.descriptor = Some(descriptor);
+        }
         self.census = census;
         self.sessions_expired_below.set(self.sessions_expired_below.get().max(expired_below.get()));
         if self.sessions.len() + sessions.len() > SESSIONS_CACHED_COUNT_MAX {
@@ -764,28 +864,36 @@ impl RangeStorage {
                 }
             }
         }
-        Ok(answers)
+        Ok(Applying { answers, splits })
     }
 
     pub fn read(&self, key: &[u8]) -> Result<Response, StorageError> {
         state_machine::read_response(self, key, self.applied_term, self.applied_index)
     }
 
-    /// One page of a scan at the applied state: the store holds every key,
-    /// so the page stops only at its limit or the scan's end.
+    /// One page of a scan at the applied state, from `start` (a key of
+    /// this range: the caller routed it here). The page stops at its
+    /// limit, the scan's end or the range's end, where the scan resumes.
     pub fn scan(&self, start: &[u8], end: Option<&[u8]>, limit: u32) -> Result<ScanPage, StorageError> {
         let (term, index) = (self.applied_term, self.applied_index);
         if end.is_some_and(|end| end <= start) {
             return Ok(ScanPage { pairs: Vec::new(), resume: None, term, index });
         }
+        let descriptor = self.descriptor();
+        let range_end = descriptor.end.as_deref();
+        let boundary = scan::reaches_past(end, range_end).then(|| range_end.map(<[u8]>::to_vec)).flatten();
+        let stop = match (end, range_end) {
+            (Some(end), Some(range_end)) => Some(end.min(range_end)),
+            (end, range_end) => end.or(range_end),
+        };
         let mut options = ReadOptions::default();
-        options.set_iterate_upper_bound(end.map_or_else(|| prefix_end(VALUE_PREFIX), value_key));
+        options.set_iterate_upper_bound(stop.map_or_else(|| prefix_end(VALUE_PREFIX), value_key));
         let from = value_key(start);
         let pairs = self.db.iterator_opt(IteratorMode::From(&from, Direction::Forward), options).map(|item| {
             let (key, value) = item?;
             Ok::<_, StorageError>((key[VALUE_PREFIX.len()..].to_vec(), value.into_vec()))
         });
-        let (pairs, resume) = scan::fill_page(pairs, limit, None)?;
+        let (pairs, resume) = scan::fill_page(pairs, limit, boundary)?;
         Ok(ScanPage { pairs, resume, term, index })
     }
 
@@ -794,11 +902,6 @@ impl RangeStorage {
     pub(crate) fn state_records(&self) -> Result<Vec<(Box<[u8]>, Box<[u8]>)>, StorageError> {
         let prefixes = self.keys.state_prefixes();
         prefixes.iter().flat_map(|prefix| scan(&self.db, prefix)).collect()
-    }
-
-    /// What another thread needs to read snapshots of this state.
-    pub fn snapshot_source(&self) -> SnapshotSource {
-        SnapshotSource { db: self.db.clone(), keys: self.keys }
     }
 
     /// The batch that compacts the log up to `index` (of `term`), at most the
@@ -857,11 +960,10 @@ impl Drop for SyncWorker {
     }
 }
 
-/// Reads snapshots of the state machine off the event loop.
+/// Reads snapshots of every range's state machine off the event loop.
 #[derive(Clone)]
 pub struct SnapshotSource {
     db: Arc<DB>,
-    keys: RangeKeys,
 }
 
 /// One chunk read from a snapshot view.
@@ -887,17 +989,18 @@ impl SnapshotSource {
         let mut views = HashMap::new();
         for request in requests {
             let answer = match request {
-                ViewRequest::Open { transfer } => {
+                ViewRequest::Open { transfer, range } => {
                     let view = self.db.snapshot();
-                    let position = applied_position(&view, &self.keys);
+                    let keys = RangeKeys::of(range);
+                    let position = applied_position(&view, &keys);
                     if position.is_ok() {
-                        views.insert(transfer, view);
+                        views.insert(transfer, (view, keys));
                     }
                     ViewAnswer::Opened { transfer, position }
                 }
                 ViewRequest::Chunk { transfer, sequence, position, after } => {
                     let chunk = match views.get(&transfer) {
-                        Some(view) => read_chunk(view, &self.keys, position, sequence, after.as_deref()),
+                        Some((view, keys)) => read_chunk(view, keys, position, sequence, after.as_deref()),
                         None => Err(StorageError::Impossible(format!("no view is open for transfer {transfer}"))),
                     };
                     ViewAnswer::Chunk { transfer, sequence, chunk }
@@ -918,9 +1021,10 @@ impl SnapshotSource {
 /// What the event loop asks of the snapshot thread.
 #[derive(Debug)]
 pub enum ViewRequest {
-    /// Open a view of the state as it is now.
+    /// Open a view of `range`'s state as it is now.
     Open {
         transfer: u64,
+        range: RangeId,
     },
     /// Read chunk `sequence`, from the first key after `after` (None: the start).
     Chunk {
@@ -960,7 +1064,8 @@ fn applied_position(view: &rocksdb::Snapshot, keys: &RangeKeys) -> Result<(LogIn
 }
 
 /// Reads the records after stream key `after` (see `stream_key`) into one
-/// chunk, as many as fit: every value in key order, then every session.
+/// chunk, as many as fit: the range's descriptor (if it has one), every
+/// value in its span in key order, then every session.
 fn read_chunk(
     view: &rocksdb::Snapshot,
     keys: &RangeKeys,
@@ -970,15 +1075,26 @@ fn read_chunk(
 ) -> Result<ReadChunk, StorageError> {
     let mut writer = ChunkWriter::new(position.0, position.1, sequence);
     let mut last_key = None;
-    let [values, sessions] = keys.state_prefixes();
-    for (prefix, stream_prefix) in [(values, VALUE_PREFIX), (sessions, SESSION_PREFIX)] {
+    let stored_descriptor = view.get(keys.descriptor())?;
+    let descriptor = stored_descriptor.as_deref().map(decode_descriptor).transpose()?;
+    if let (Some(stored), None) = (&stored_descriptor, after) {
+        writer.push(&Record::Range { descriptor: stored });
+        last_key = Some(RANGE_STREAM_KEY.to_vec());
+    }
+    let (values_start, values_end) = value_span(descriptor.as_ref());
+    let sessions = keys.sessions();
+    let sections = [
+        (VALUE_PREFIX.to_vec(), VALUE_PREFIX, values_start, values_end),
+        (sessions.clone(), SESSION_PREFIX, sessions.clone(), prefix_end(&sessions)),
+    ];
+    for (prefix, stream_prefix, lowest, upper_bound) in sections {
         let start = match after {
             Some(after) if after >= &prefix_end(stream_prefix)[..] => continue,
-            Some(after) if after >= stream_prefix => [&prefix[..], &after[stream_prefix.len()..]].concat(),
-            _ => prefix.clone(),
+            Some(after) if after >= stream_prefix => [&prefix[..], &after[stream_prefix.len()..]].concat().max(lowest),
+            _ => lowest,
         };
         let mut options = ReadOptions::default();
-        options.set_iterate_upper_bound(prefix_end(&prefix));
+        options.set_iterate_upper_bound(upper_bound);
         // A whole-state scan would only push hot blocks out of the cache.
         options.fill_cache(false);
         for item in view.iterator_opt(IteratorMode::From(&start, Direction::Forward), options) {
@@ -1028,6 +1144,9 @@ pub struct IncomingSnapshot {
     census: SessionCensus,
     records: u64,
     last_key: Option<Vec<u8>>,
+    /// The range the snapshot is of, from its first record (none: the
+    /// first range, never split).
+    descriptor: Option<RangeDescriptor>,
 }
 
 impl IncomingSnapshot {
@@ -1042,15 +1161,28 @@ impl IncomingSnapshot {
             // Stream order is storage order: values, then sessions by id.
             let stored = self.keys.record(&record)?;
             let value = match record {
-                Record::Value { value, .. } => value,
+                Record::Value { key, value } => {
+                    if self.descriptor.as_ref().is_some_and(|descriptor| !descriptor.contains(key)) {
+                        return Err(ChunkError::OutsideRange { range: self.keys.range_id(), key: key.to_vec() });
+                    }
+                    value
+                }
                 Record::Session { session, .. } => {
                     self.census.count += 1;
                     self.census.bytes += state_machine::decode_session(session)?.bytes();
                     session
                 }
-                Record::Range { .. } | Record::SplitOutcome { .. } => {
-                    unreachable!("stream_key refused the range records")
+                Record::Range { descriptor } => {
+                    // The first record, by its stream key, and of this range.
+                    let descriptor = state_machine::decode_range(descriptor)?;
+                    if descriptor.id != self.keys.range_id() {
+                        return Err(ChunkError::OutsideRange { range: self.keys.range_id(), key: key.clone() });
+                    }
+                    self.descriptor = Some(descriptor);
+                    self.last_key = Some(key);
+                    continue;
                 }
+                Record::SplitOutcome { .. } => unreachable!("stream_key refused the split outcome"),
             };
             self.writer.put(&stored, value).map_err(StorageError::from)?;
             self.records += 1;
@@ -1073,7 +1205,7 @@ impl IncomingSnapshot {
             self.writer.finish()?;
             Some(self.path.clone())
         };
-        Ok(StagedSnapshot { position: self.position, file, census: self.census })
+        Ok(StagedSnapshot { position: self.position, file, census: self.census, descriptor: self.descriptor })
     }
 }
 
@@ -1083,6 +1215,14 @@ pub struct StagedSnapshot {
     position: (LogIndex, Term),
     file: Option<PathBuf>,
     census: SessionCensus,
+    descriptor: Option<RangeDescriptor>,
+}
+
+impl StagedSnapshot {
+    /// The range the snapshot is of; None: the first range, never split.
+    pub fn descriptor(&self) -> Option<&RangeDescriptor> {
+        self.descriptor.as_ref()
+    }
 }
 
 /// Removes every range's staged snapshots, under the node's `directory`.
@@ -1106,11 +1246,27 @@ fn remove_directory(staging: &Path) -> Result<(), StorageError> {
 fn replace_state(db: &DB, keys: &RangeKeys, install: &proto::SnapshotInstall) -> Result<(), StorageError> {
     let mut batch = WriteBatch::default();
     batch.put(keys.installing(), wire::to_bytes(install));
-    // The hosted range holds every key, so its values are every value.
-    for prefix in keys.state_prefixes() {
-        let end = prefix_end(&prefix);
-        batch.delete_range(prefix, end);
-    }
+    // The snapshot's descriptor comes in with the deletions, so that a
+    // restart finds the range's new bounds with whatever data it holds.
+    // Values outside its span are other ranges' (or no range's, until the
+    // range that holds them installs its own snapshot), and stay.
+    let descriptor = match &install.range {
+        Some(range) => {
+            let descriptor = RangeDescriptor::from_proto(range.clone())
+                .map_err(|error| StorageError::Impossible(format!("a snapshot install's descriptor: {error}")))?;
+            batch.put(keys.descriptor(), encode_descriptor(&descriptor));
+            Some(descriptor)
+        }
+        None => {
+            batch.delete(keys.descriptor());
+            None
+        }
+    };
+    let (values_start, values_end) = value_span(descriptor.as_ref());
+    batch.delete_range(values_start, values_end);
+    let sessions = keys.sessions();
+    let sessions_end = prefix_end(&sessions);
+    batch.delete_range(sessions, sessions_end);
     let mut options = WriteOptions::default();
     options.set_sync(true);
     db.write_opt(batch, &options)?;
@@ -1180,10 +1336,36 @@ struct Overlay<'a> {
     /// this batch: where the search for the oldest starts, so that a batch
     /// that expires many sessions does not pass over them again each time.
     expired_below: Cell<u64>,
+    /// The range as this batch leaves it: a split shrinks it.
+    descriptor: RangeDescriptor,
+    /// The hard state the right half of a split starts with: its parent's here.
+    hard_state: HardState,
+    splits: Vec<SplitMade>,
+}
+
+/// The right half of a split this node applied: stored with the left
+/// half's new bounds, in the same batch, and ready to start.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SplitMade {
+    pub descriptor: RangeDescriptor,
+    /// The split entry's (index, term): the new range's snapshot position.
+    pub position: (LogIndex, Term),
+}
+
+/// What a batch of committed entries did.
+#[derive(Debug, Default)]
+pub struct Applying {
+    pub answers: Vec<Applied>,
+    pub splits: Vec<SplitMade>,
 }
 
 impl Overlay<'_> {
-    fn stage(&mut self, batch: &mut WriteBatch, change: Change) {
+    fn stage(
+        &mut self,
+        batch: &mut WriteBatch,
+        change: Change,
+        position: (LogIndex, Term),
+    ) -> Result<(), StorageError> {
         match change {
             Change::Put { key, value } => {
                 batch.put(value_key(&key), &value);
@@ -1201,13 +1383,54 @@ impl Overlay<'_> {
                 batch.delete(self.storage.keys.session(client_id));
                 self.sessions.insert(client_id, None);
             }
-            Change::Split { left, .. } => {
-                unreachable!("a split of {left} was decided on a daemon store, which holds no range and refuses splits")
-            }
+            Change::Split { left, right } => self.stage_split(batch, left, right, position)?,
             Change::Meta { descriptors } => {
                 unreachable!("a meta update {descriptors:?} was decided on a daemon store, which holds no meta range")
             }
         }
+        Ok(())
+    }
+
+    /// The left half's new bounds and the whole right half: its descriptor,
+    /// its position (the split entry's), the hard state consensus gives it
+    /// (`Node::split_off`: its parent's) and a copy of every session, so
+    /// that a restart never finds one half without the other.
+    fn stage_split(
+        &mut self,
+        batch: &mut WriteBatch,
+        left: RangeDescriptor,
+        right: RangeDescriptor,
+        (index, term): (LogIndex, Term),
+    ) -> Result<(), StorageError> {
+        let db = &self.storage.db;
+        let right_keys = RangeKeys::of(right.id);
+        if db.get(right_keys.applied())?.is_some() || db.get(right_keys.descriptor())?.is_some() {
+            return Err(StorageError::Impossible(format!(
+                "a split at index {index} makes range {}, which this node holds already",
+                right.id
+            )));
+        }
+        batch.put(self.storage.keys.descriptor(), encode_descriptor(&left));
+        batch.put(right_keys.descriptor(), encode_descriptor(&right));
+        let position = wire::to_bytes(&proto::AppliedPosition { index, term });
+        batch.put(right_keys.applied(), &position);
+        batch.put(right_keys.snapshot(), &position);
+        batch.put(right_keys.hard_state(), wire::to_bytes(&wire::hard_state_to_proto(self.hard_state)));
+        for item in scan(db, &self.storage.keys.sessions()) {
+            let (client, stored) = item?;
+            let client_id = client_id_of(&client)?;
+            if !self.sessions.contains_key(&client_id) {
+                batch.put(right_keys.session(client_id), stored);
+            }
+        }
+        for (&client_id, session) in &self.sessions {
+            if let Some(session) = session {
+                batch.put(right_keys.session(client_id), state_machine::encode_session(session));
+            }
+        }
+        self.descriptor = left;
+        self.splits.push(SplitMade { descriptor: right, position: (index, term) });
+        Ok(())
     }
 }
 
@@ -1229,8 +1452,7 @@ impl KvRead for Overlay<'_> {
     }
 
     fn range(&self) -> Result<Option<RangeDescriptor>, StorageError> {
-        // The daemon keeps every key in one range for now.
-        Ok(None)
+        Ok(Some(self.descriptor.clone()))
     }
 
     fn census(&self) -> SessionCensus {
@@ -1287,8 +1509,7 @@ impl KvRead for RangeStorage {
     }
 
     fn range(&self) -> Result<Option<RangeDescriptor>, StorageError> {
-        // The daemon keeps every key in one range for now.
-        Ok(None)
+        Ok(Some(self.descriptor()))
     }
 
     fn census(&self) -> SessionCensus {
@@ -1316,8 +1537,11 @@ impl KvRead for RangeStorage {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rasputin_consensus::HardState;
+    use rasputin_kv::operation::Persist;
     use rasputin_kv::operation::{ClientRequest, EntryPayload, Operation};
+    use rasputin_kv::state_machine::Refusal;
+
+    const MEMBERS: [NodeId; 3] = [1, 2, 3];
 
     fn command(index: LogIndex, client_id: u64, sequence: u64, operation: Operation) -> Entry {
         Entry { term: 1, index, payload: EntryPayload::Command(ClientRequest { client_id, sequence, operation }) }
@@ -1340,13 +1564,13 @@ mod tests {
     #[test]
     fn a_scan_reads_values_only_in_key_order_and_resumes_where_it_stopped() {
         let directory = temporary("scan");
-        let mut storage = Storage::open(&directory).unwrap().into_first_range();
+        let mut storage = Storage::open(&directory, &MEMBERS).unwrap().into_first_range();
         let put = |index, key: &'static [u8]| {
             let value = bytes::Bytes::from_static(b"v");
             command(index, 1, index - 1, Operation::Set { key: bytes::Bytes::from_static(key), value })
         };
         let entries = [open(1), put(2, b"b"), put(3, b"\xff"), put(4, b"a"), put(5, b""), put(6, b"c")];
-        storage.apply(&entries).unwrap();
+        storage.apply(&entries, HardState::default()).unwrap();
         let keys = |page: &ScanPage| page.pairs.iter().map(|pair| pair.key.clone()).collect::<Vec<_>>();
         let all = storage.scan(b"", None, 0).unwrap();
         assert_eq!(keys(&all), [&b""[..], b"a", b"b", b"c", b"\xff"], "sessions and metadata are not values");
@@ -1362,7 +1586,7 @@ mod tests {
     #[test]
     fn a_batch_of_applies_sees_its_own_earlier_changes() {
         let directory = temporary("batch");
-        let mut storage = Storage::open(&directory).unwrap().into_first_range();
+        let mut storage = Storage::open(&directory, &MEMBERS).unwrap().into_first_range();
         let cas = Operation::Cas {
             key: bytes::Bytes::from_static(b"k"),
             expected: bytes::Bytes::from_static(b"one"),
@@ -1376,7 +1600,7 @@ mod tests {
             // A retry of client 1's write, in the same batch: answered from its session.
             command(5, 1, 1, set(b"one")),
         ];
-        let answers = storage.apply(&entries).unwrap();
+        let answers = storage.apply(&entries, HardState::default()).unwrap().answers;
         assert_eq!(answers.len(), 5);
         let response = |index: usize| answers[index].outcome.clone().unwrap();
         assert!(response(3).success && response(3).value == b"two", "{:?}", answers[3]);
@@ -1384,7 +1608,7 @@ mod tests {
         assert_eq!(storage.value(b"k").unwrap().as_deref(), Some(&b"two"[..]));
         assert_eq!(storage.applied(), (5, 1));
         // Entries at or below the applied index are not applied twice.
-        assert!(storage.apply(&entries).unwrap().is_empty());
+        assert!(storage.apply(&entries, HardState::default()).unwrap().answers.is_empty());
 
         // A conflicting append drops the old suffix; compaction drops the prefix.
         let persist = |entries: Vec<Entry>| Persist { hard_state: Some(HardState::default()), entries, snapshot: None };
@@ -1415,17 +1639,17 @@ mod tests {
     #[test]
     fn an_install_interrupted_by_a_crash_is_finished_at_recovery() {
         let (from, to) = (temporary("source"), temporary("target"));
-        let mut source = Storage::open(&from).unwrap().into_first_range();
+        let mut source = Storage::open(&from, &MEMBERS).unwrap().into_first_range();
         let mut entries = vec![open(1), open(2)];
         entries.extend((3..50).map(|index| command(index, 1 + index % 2, index, set(&index.to_be_bytes()))));
-        source.apply(&entries).unwrap();
-        let mut target = Storage::open(&to).unwrap().into_first_range();
-        target.apply(&[open(1), command(2, 1, 1, set(b"stale"))]).unwrap();
+        source.apply(&entries, HardState::default()).unwrap();
+        let mut target = Storage::open(&to, &MEMBERS).unwrap().into_first_range();
+        target.apply(&[open(1), command(2, 1, 1, set(b"stale"))], HardState::default()).unwrap();
         let view = source.db.snapshot();
-        let position = applied_position(&view, &HOSTED).unwrap();
+        let position = applied_position(&view, &FIRST).unwrap();
         assert_eq!(position, (49, 1));
         let mut incoming = target.begin_incoming(position).unwrap();
-        let chunk = read_chunk(&view, &HOSTED, position, 0, None).unwrap();
+        let chunk = read_chunk(&view, &FIRST, position, 0, None).unwrap();
         assert!(chunk.last, "a small state fits in one chunk");
         incoming.write(&ChunkReader::new(&chunk.data).unwrap()).unwrap();
         let staged = incoming.finish().unwrap();
@@ -1434,17 +1658,119 @@ mod tests {
             term: 1,
             log_emptied: true,
             file: staged.file.as_ref().unwrap().display().to_string(),
+            range: None,
         };
-        replace_state(&target.db, &HOSTED, &install).unwrap();
+        replace_state(&target.db, &FIRST, &install).unwrap();
         drop(target);
-        let target = Storage::open(&to).unwrap().into_first_range();
+        let target = Storage::open(&to, &MEMBERS).unwrap().into_first_range();
         assert_eq!(target.applied(), (49, 1));
         assert_eq!(target.census(), source.census());
         assert_eq!(target.value(b"k").unwrap(), source.value(b"k").unwrap());
         assert!(target.state_records().unwrap() == source.state_records().unwrap(), "the installed state is the same");
-        assert!(target.db.get(HOSTED.installing()).unwrap().is_none(), "the marker is gone");
+        assert!(target.db.get(FIRST.installing()).unwrap().is_none(), "the marker is gone");
         assert!(!to.join(STAGING_DIRECTORY).exists(), "the staged file is gone");
         drop(view);
+        drop((source, target));
+        std::fs::remove_dir_all(&from).unwrap();
+        std::fs::remove_dir_all(&to).unwrap();
+    }
+
+    fn put(index: LogIndex, key: &'static [u8], value: &'static [u8]) -> Entry {
+        let operation = Operation::Set { key: bytes::Bytes::from_static(key), value: bytes::Bytes::from_static(value) };
+        command(index, 1, index, operation)
+    }
+
+    fn split(index: LogIndex, key: &'static [u8], right_range: RangeId) -> Entry {
+        let operation = Operation::Split { key: bytes::Bytes::from_static(key), right_range, version: 0 };
+        command(index, 0, 5_000 + index, operation)
+    }
+
+    /// Issue 17: a split's apply stores the left half's new bounds and the
+    /// whole right half (descriptor, position, hard state, sessions) in one
+    /// batch; both halves reopen after a restart, and each refuses the
+    /// other's keys from then on.
+    #[test]
+    fn a_split_stores_both_halves_and_both_reopen_after_a_restart() {
+        let directory = temporary("split");
+        let mut storage = Storage::open(&directory, &MEMBERS).unwrap();
+        let hard_state = HardState { term: 1, voted_for: Some(2) };
+        let entries =
+            [open(1), put(2, b"a", b"left"), put(3, b"x", b"right"), split(4, b"m", 9), put(5, b"y", b"late")];
+        let applying = storage.first_range_mut().apply(&entries, hard_state).unwrap();
+        let [made] = &applying.splits[..] else { panic!("one split: {:?}", applying.splits) };
+        assert_eq!((made.descriptor.id, &made.descriptor.start[..], made.position), (9, &b"m"[..], (4, 1)));
+        let refused = applying.answers.last().unwrap().outcome.clone();
+        assert!(matches!(refused, Err(Refusal::RangeMismatch { .. })), "a write after the split: {refused:?}");
+        assert_eq!(storage.first_range().descriptor().end.as_deref(), Some(&b"m"[..]));
+        assert_eq!(storage.first_range().descriptor().epoch.version, 1);
+        storage.open_split_off(made).unwrap();
+        drop(storage);
+
+        let mut storage = Storage::open(&directory, &MEMBERS).unwrap();
+        assert_eq!(storage.range_ids().collect::<Vec<_>>(), vec![FIRST_RANGE_ID, 9]);
+        let right = storage.range_mut(9).unwrap();
+        let recovered = right.recover().unwrap();
+        assert_eq!(recovered.hard_state, hard_state, "the right half starts with its parent's vote");
+        assert_eq!(recovered.snapshot.map(|snapshot| (snapshot.last_index, snapshot.last_term)), Some((4, 1)));
+        assert_eq!(right.applied(), (4, 1));
+        assert!(right.session(1).unwrap().is_some(), "the session came with the split");
+        assert_eq!(right.value(b"x").unwrap().as_deref(), Some(&b"right"[..]), "a split moves no data");
+        let late = right.apply(&[put(5, b"y", b"late")], hard_state).unwrap().answers;
+        assert!(late[0].outcome.is_ok(), "the right half takes its keys: {late:?}");
+        let left = storage.first_range_mut();
+        assert_eq!(left.descriptor().end.as_deref(), Some(&b"m"[..]));
+        let stray = left.apply(&[put(6, b"z", b"stray")], hard_state).unwrap().answers;
+        assert!(matches!(stray[0].outcome, Err(Refusal::RangeMismatch { .. })), "{stray:?}");
+        drop(storage);
+        std::fs::remove_dir_all(&directory).unwrap();
+    }
+
+    /// Issue 17: a split range's snapshot carries its descriptor and only
+    /// the values in its bounds; installing it replaces those values only,
+    /// and a snapshot holding a key outside the bounds it names is refused.
+    #[test]
+    fn a_split_range_snapshot_carries_its_bounds_and_replaces_only_its_keys() {
+        let (from, to) = (temporary("bounded-source"), temporary("bounded-target"));
+        let mut source = Storage::open(&from, &MEMBERS).unwrap();
+        let entries = [open(1), put(2, b"a", b"new"), put(3, b"x", b"right"), split(4, b"m", 9)];
+        source.first_range_mut().apply(&entries, HardState::default()).unwrap();
+        let mut target = Storage::open(&to, &MEMBERS).unwrap().into_first_range();
+        target.apply(&[open(1), put(2, b"a", b"stale"), put(3, b"y", b"other")], HardState::default()).unwrap();
+
+        let view = source.db.snapshot();
+        let position = applied_position(&view, &FIRST).unwrap();
+        let chunk = read_chunk(&view, &FIRST, position, 0, None).unwrap();
+        let reader = ChunkReader::new(&chunk.data).unwrap();
+        let records: Vec<Record> = reader.records().collect::<Result<_, _>>().unwrap();
+        assert!(matches!(records[0], Record::Range { .. }), "the descriptor comes first: {records:?}");
+        let values: Vec<&[u8]> = records
+            .iter()
+            .filter_map(|record| if let Record::Value { key, .. } = record { Some(*key) } else { None })
+            .collect();
+        assert_eq!(values, vec![&b"a"[..]], "only the left half's values");
+        let mut incoming = target.begin_incoming(position).unwrap();
+        incoming.write(&reader).unwrap();
+        let staged = incoming.finish().unwrap();
+        assert_eq!(staged.descriptor().and_then(|descriptor| descriptor.end.as_deref()), Some(&b"m"[..]));
+        target.offer_staged(staged);
+        let snapshot = Snapshot { last_index: position.0, last_term: position.1, data: Bytes::new() };
+        let mut batch = WriteBatch::default();
+        target.stage(&mut batch, &Persist { snapshot: Some(snapshot), ..Persist::default() }, true).unwrap();
+        target.write(batch, true).unwrap();
+        assert_eq!(target.value(b"a").unwrap().as_deref(), Some(&b"new"[..]));
+        assert_eq!(target.value(b"y").unwrap().as_deref(), Some(&b"other"[..]), "outside the bounds, untouched");
+        assert_eq!(target.descriptor().end.as_deref(), Some(&b"m"[..]), "the bounds came with the snapshot");
+
+        let mut writer = ChunkWriter::new(position.0, position.1, 0);
+        let descriptor = encode_descriptor(&target.descriptor());
+        writer.push(&Record::Range { descriptor: &descriptor });
+        writer.push(&Record::Value { key: b"z", value: b"outside" });
+        let data = writer.finish(true);
+        let mut hostile = target.begin_incoming(position).unwrap();
+        let refused = hostile.write(&ChunkReader::new(&data).unwrap());
+        assert!(matches!(refused, Err(ChunkError::OutsideRange { range: 1, .. })), "{refused:?}");
+        drop((view, hostile));
+        target.clear_staging().unwrap();
         drop((source, target));
         std::fs::remove_dir_all(&from).unwrap();
         std::fs::remove_dir_all(&to).unwrap();
@@ -1455,17 +1781,17 @@ mod tests {
     #[test]
     fn sessions_beyond_the_limit_expire_and_the_census_survives_a_restart() {
         let directory = temporary("sessions");
-        let mut storage = Storage::open(&directory).unwrap().into_first_range();
+        let mut storage = Storage::open(&directory, &MEMBERS).unwrap().into_first_range();
         let count = state_machine::SESSIONS_COUNT_MAX as u64 + 10;
         for first in (1..=count).step_by(10_000) {
             let entries: Vec<Entry> = (first..(first + 10_000).min(count + 1)).map(open).collect();
-            storage.apply(&entries).unwrap();
+            storage.apply(&entries, HardState::default()).unwrap();
         }
         assert_eq!(storage.census().count, state_machine::SESSIONS_COUNT_MAX);
         assert!(storage.session(10).unwrap().is_none() && storage.session(11).unwrap().is_some());
         let census = storage.census();
         drop(storage);
-        let reopened = Storage::open(&directory).unwrap().into_first_range();
+        let reopened = Storage::open(&directory, &MEMBERS).unwrap().into_first_range();
         assert_eq!(reopened.census(), census);
         drop(reopened);
         std::fs::remove_dir_all(&directory).unwrap();
@@ -1496,7 +1822,7 @@ mod tests {
         }
         drop(old);
         for _ in 0..2 {
-            let mut storage = Storage::open(&directory).unwrap().into_first_range();
+            let mut storage = Storage::open(&directory, &MEMBERS).unwrap().into_first_range();
             let recovered = storage.recover().unwrap();
             assert_eq!(recovered.hard_state, hard_state);
             assert_eq!(recovered.snapshot.map(|snapshot| snapshot.last_index), Some(4));
@@ -1523,17 +1849,17 @@ mod tests {
         assert_eq!(prefix_end(b"s:\xff\xff"), b"s;");
     }
 
-    /// A directory holding a range this build cannot host (written by a
-    /// later one) is refused, not opened with that range left unserved.
+    /// A range other than the first stored without its descriptor cannot
+    /// be served (its bounds are unknown): refused with a clear error.
     #[test]
-    fn a_database_holding_another_range_is_refused_with_a_clear_error() {
+    fn a_range_stored_without_its_descriptor_is_refused_with_a_clear_error() {
         let directory = temporary("other-range");
-        let storage = Storage::open(&directory).unwrap();
+        let storage = Storage::open(&directory, &MEMBERS).unwrap();
         storage.write_identity(1, 1).unwrap();
         storage.db.put(RangeKeys::of(7).applied(), wire::to_bytes(&proto::AppliedPosition::default())).unwrap();
         drop(storage);
-        let error = Storage::open(&directory).err().expect("a range this build cannot host is refused");
-        assert!(matches!(error, StorageError::NotHosted { range: 7, .. }), "{error}");
+        let error = Storage::open(&directory, &MEMBERS).err().expect("a range without bounds is refused");
+        assert!(matches!(&error, StorageError::Impossible(message) if message.contains("range 7")), "{error}");
         std::fs::remove_dir_all(&directory).unwrap();
     }
 
@@ -1545,7 +1871,7 @@ mod tests {
         let old = DB::open(&options, &directory).unwrap();
         old.put(IDENTITY_KEY, [0u8; 16]).unwrap();
         drop(old);
-        let error = Storage::open(&directory).err().expect("an old layout is refused");
+        let error = Storage::open(&directory, &MEMBERS).err().expect("an old layout is refused");
         assert!(matches!(error, StorageError::UnknownFormat { found: 1, .. }), "{error}");
         assert!(error.to_string().contains("wipe the directory"), "{error}");
         std::fs::remove_dir_all(&directory).unwrap();

@@ -227,7 +227,7 @@ fn a_wiped_node_catches_up_through_a_snapshot() {
     for index in 0..3 {
         cluster.kill(index);
     }
-    let node = rasputin_server::Storage::open(&cluster.members[victim].directory).unwrap();
+    let node = rasputin_server::Storage::open(&cluster.members[victim].directory, &[1, 2, 3]).unwrap();
     let storage = node.first_range();
     assert_eq!(storage.value(b"key-5").unwrap(), Some(b"first-5".to_vec()), "the snapshot carried old data");
     assert_eq!(storage.value(b"key-250").unwrap(), Some(b"second-250".to_vec()));
@@ -835,7 +835,7 @@ fn two_hundred_thousand_sessions_stay_bounded_and_late_retries_are_refused() {
     for index in 0..3 {
         cluster.kill(index);
     }
-    let node = rasputin_server::Storage::open(&cluster.members[0].directory).unwrap();
+    let node = rasputin_server::Storage::open(&cluster.members[0].directory, &[1, 2, 3]).unwrap();
     let storage = node.first_range();
     assert_eq!(storage.census().count, rasputin_kv::state_machine::SESSIONS_COUNT_MAX);
     let bytes = storage.census().bytes;
@@ -969,4 +969,91 @@ fn a_failed_cas_on_an_empty_value_says_the_key_exists() {
     assert!(!missing.get_success() && !missing.get_found());
     assert!(client.get(b"empty").unwrap().get_found() && !client.get(b"missing").unwrap().get_found());
     assert!(client.del(b"empty").unwrap().get_found() && !client.del(b"empty").unwrap().get_found());
+}
+
+fn split_request(request_id: u64, nonce: u64, key: &str) -> proto::ClientRequest {
+    proto::ClientRequest {
+        request_id,
+        sequence: nonce,
+        operation: Some(proto::client_request::Operation::Split(proto::Split {
+            key: key.to_string().into(),
+            right_range: 0,
+            version: 0,
+        })),
+        ..Default::default()
+    }
+}
+
+fn get_request(request_id: u64, range_id: u64, key: &str, epoch: Option<u64>) -> proto::ClientRequest {
+    proto::ClientRequest {
+        request_id,
+        sequence: 1_000 + request_id,
+        range_id,
+        epoch: epoch.map(|version| proto::RangeEpoch { version, conf_ver: 0 }),
+        operation: Some(proto::client_request::Operation::Get(proto::Get { key: key.to_string().into() })),
+        ..Default::default()
+    }
+}
+
+/// The descriptors a node's status lists, as (id, start, epoch version).
+fn hosted_ranges(port: u16) -> Vec<(u64, Vec<u8>, u64)> {
+    let status = RawClient::connect(port).call(&proto::ClientRequest {
+        request_id: 1,
+        status: Some(proto::StatusRequest {}),
+        ..Default::default()
+    });
+    let ranges = status.status.map(|status| status.ranges).unwrap_or_default();
+    let descriptors = ranges.into_iter().filter_map(|range| range.descriptor);
+    descriptors
+        .map(|descriptor| (descriptor.id, descriptor.start.to_vec(), descriptor.epoch.map_or(0, |epoch| epoch.version)))
+        .collect()
+}
+
+/// Issue 17: an operator's split makes two ranges on every node. A client
+/// that knows nothing of ranges keeps reading and writing both halves (its
+/// session was copied to both), a request that names the wrong range or an
+/// old epoch gets RANGE_MISMATCH with the descriptors to route by, and a
+/// full restart finds both ranges and every key.
+#[test]
+fn a_split_makes_two_ranges_that_serve_their_keys_and_survive_a_restart() {
+    let mut cluster = Cluster::start("split", 10_000);
+    let client = cluster.client();
+    write_keys(&client, 0..40, "before");
+    let port = leader_port(&cluster);
+    let mut raw = RawClient::connect(port);
+    let split = raw.call(&split_request(1, 77, "key-2"));
+    assert_eq!(error_code(&split), wire::ErrorCode::Ok, "{}", split.message);
+    let ports: Vec<u16> = cluster.members.iter().map(|member| member.client_port).collect();
+    eventually("every node hosts both halves", || ports.iter().all(|&port| hosted_ranges(port).len() == 2));
+    let ranges = hosted_ranges(port);
+    let (right, start, version) = ranges.iter().find(|range| range.0 != 1).cloned().unwrap();
+    assert_eq!((start.as_slice(), version), (&b"key-2"[..], 1), "{ranges:?}");
+
+    assert_keys(&client, 0..40, "before");
+    write_keys(&client, 0..40, "after");
+    assert_keys(&client, 0..40, "after");
+
+    let misrouted = raw.call(&get_request(2, 1, "key-3", None));
+    assert_eq!(error_code(&misrouted), wire::ErrorCode::RangeMismatch, "{}", misrouted.message);
+    let told: Vec<u64> = misrouted.descriptors.iter().map(|descriptor| descriptor.id).collect();
+    assert_eq!(told, vec![1, right], "the named range and the one holding the key");
+    let routed = raw.call(&get_request(3, right, "key-3", Some(1)));
+    assert_eq!(error_code(&routed), wire::ErrorCode::Ok, "{}", routed.message);
+    assert_eq!(&routed.value[..], b"after-3");
+    let stale = raw.call(&get_request(4, 1, "key-1", Some(0)));
+    assert_eq!(error_code(&stale), wire::ErrorCode::RangeMismatch, "an epoch before the split: {}", stale.message);
+    let elsewhere = raw.call(&get_request(5, 12345, "key-1", None));
+    assert_eq!(error_code(&elsewhere), wire::ErrorCode::RangeMismatch, "a range this node never had");
+    assert_eq!(elsewhere.descriptors.iter().map(|descriptor| descriptor.id).collect::<Vec<_>>(), vec![1]);
+
+    for index in 0..3 {
+        cluster.kill(index);
+    }
+    for index in 0..3 {
+        cluster.launch(index);
+    }
+    assert_keys(&cluster.client(), 0..40, "after");
+    for port in ports {
+        assert_eq!(hosted_ranges(port).len(), 2, "node on port {port} after the restart");
+    }
 }
