@@ -32,8 +32,8 @@ commit_index, applied_index, log_entries, log_bytes, snapshot_index,
 uptime_seconds, version, shutting_down} or {endpoint, error}; health
 {endpoint, healthy, reason}; ranges list {range_id, start, end (null:
 no end), epoch_version, epoch_conf_ver, replicas, leader_id, size_bytes,
-requests_per_second, transferring_to}; ranges transfer {range_id,
-leader_id, term}; bench {mix, clients, operations, seconds,
+requests_per_second, transferring_to}; ranges split: the new range's
+row, as ranges list; ranges transfer {range_id, leader_id, term}; bench {mix, clients, operations, seconds,
 operations_per_second, p50_ms, p99_ms, p999_ms, errors}.";
 
 #[derive(Parser, Debug)]
@@ -133,6 +133,10 @@ enum RangesCommand {
     /// Asks RANGE's leader to hand its leadership to node NODE, and waits
     /// (up to --timeout) until NODE leads.
     Transfer { range: u64, node: u64 },
+    /// Splits the range holding KEY at KEY: it ends there, and a new range
+    /// holds the keys from KEY on, on the same replicas and leader. Waits
+    /// (up to --timeout) until an endpoint lists the new range.
+    Split { key: String },
 }
 
 /// A command's failure, with the exit code it means.
@@ -273,6 +277,9 @@ fn execute(arguments: &Arguments) -> Result<(Vec<Record>, u8), Failure> {
         Command::Ranges { command: RangesCommand::Transfer { range, node } } => {
             transfer(&client, *range, *node, arguments.timeout)
         }
+        Command::Ranges { command: RangesCommand::Split { key } } => {
+            split(&client, &text(key)?, arguments.hex, arguments.timeout)
+        }
         Command::Health => health(&client),
         Command::Bench { mix, clients, seconds, value_bytes, keys } => {
             let settings = Settings {
@@ -380,8 +387,16 @@ const STATUS_FIELDS: [&str; 17] = [
 ];
 
 /// Every range any endpoint holds, each as its leader sees it when an
-/// endpoint leads it, in range order.
+/// endpoint leads it, in key order.
 fn ranges_list(client: &Client, hex_output: bool) -> Result<(Vec<Record>, u8), Failure> {
+    let (ranges, code) = known_ranges(client, true)?;
+    Ok((ranges.iter().map(|range| range_record(range, hex_output)).collect(), code))
+}
+
+/// Every range the endpoints hold, in key order, each as its leader sees
+/// it when an endpoint leads it, and the exit code (4 if an endpoint did
+/// not answer). `report` prints each endpoint that did not answer.
+fn known_ranges(client: &Client, report: bool) -> Result<(Vec<RangeStatus>, u8), Failure> {
     let mut ranges: std::collections::BTreeMap<u64, (bool, RangeStatus)> = Default::default();
     let mut code = 0;
     for address in client.peers() {
@@ -389,7 +404,9 @@ fn ranges_list(client: &Client, hex_output: bool) -> Result<(Vec<Record>, u8), F
             Ok(status) => status,
             Err(error) => {
                 code = 4;
-                eprintln!("rasputin: {address}: {}", Failure::client(&error).message);
+                if report {
+                    eprintln!("rasputin: {address}: {}", Failure::client(&error).message);
+                }
                 continue;
             }
         };
@@ -405,7 +422,43 @@ fn ranges_list(client: &Client, hex_output: bool) -> Result<(Vec<Record>, u8), F
     if ranges.is_empty() && code != 0 {
         return Err(Failure { code, message: "no endpoint answered".to_string() });
     }
-    Ok((ranges.into_values().map(|(_, range)| range_record(&range, hex_output)).collect(), code))
+    let mut ranges: Vec<RangeStatus> = ranges.into_values().map(|(_, range)| range).collect();
+    ranges.sort_by(|left, right| start_of(left).cmp(start_of(right)));
+    Ok((ranges, code))
+}
+
+fn start_of(range: &RangeStatus) -> &[u8] {
+    range.descriptor.as_ref().map_or(&[], |descriptor| &descriptor.start[..])
+}
+
+/// How often `ranges split` asks whether the new range is listed yet.
+const SPLIT_POLL_INTERVAL: Duration = Duration::from_millis(50);
+
+fn split(client: &Client, key: &[u8], hex_output: bool, timeout: Duration) -> Result<(Vec<Record>, u8), Failure> {
+    let deadline = std::time::Instant::now() + timeout;
+    let (ranges, _) = known_ranges(client, true)?;
+    let holding = ranges
+        .iter()
+        .filter_map(|range| range.descriptor.as_ref())
+        .find(|descriptor| descriptor.start[..] <= *key && (!descriptor.has_end || *key < descriptor.end[..]));
+    let Some(holding) = holding else {
+        return Err(Failure { code: 4, message: "no endpoint listed the range holding the key".to_string() });
+    };
+    if holding.start[..] != *key {
+        let version = holding.epoch.unwrap_or_default().version;
+        client.split(key, version).map_err(|error| Failure::client(&error))?;
+    }
+    loop {
+        let (ranges, _) = known_ranges(client, false)?;
+        if let Some(made) = ranges.iter().find(|range| start_of(range) == key) {
+            return Ok((vec![range_record(made, hex_output)], 0));
+        }
+        if std::time::Instant::now() >= deadline {
+            let message = format!("the split was made, but no endpoint listed its new range within {timeout:?}");
+            return Err(Failure { code: 4, message });
+        }
+        std::thread::sleep(SPLIT_POLL_INTERVAL);
+    }
 }
 
 fn range_record(range: &RangeStatus, hex_output: bool) -> Record {

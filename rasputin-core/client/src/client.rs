@@ -646,6 +646,19 @@ impl Client {
         }
     }
 
+    /// Splits the range holding `key` at `key`, if that range is at epoch
+    /// version `version` (as `node_status` lists it): it then ends at
+    /// `key`, and a new range holds the keys from `key` on, on the same
+    /// replicas and led by the same leader. No data moves. A stale version,
+    /// or a key that starts a range already, is refused (`BAD_REQUEST`) and
+    /// changes nothing; so is a split asked twice, as its version is stale.
+    pub fn split(&self, key: &[u8], version: u64) -> Result<(), ClientError> {
+        let operation = Operation::Split { key: Bytes::copy_from_slice(key), right_range: 0, version };
+        check_frame(&operation)?;
+        let request = ClientRequest { client_id: 0, sequence: nonce(), operation };
+        self.send(&request).outcome.map(|_| ())
+    }
+
     /// Asks the leader of range `range_id` (0: the first range) to hand
     /// its leadership to node `to`, following redirects to the leader.
     /// Returns once the leader has begun the transfer (at once if `to`
