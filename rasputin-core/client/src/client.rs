@@ -13,7 +13,7 @@
 //! newest `SESSIONS_COUNT_MAX`), the retry is refused with `SESSION_EXPIRED`
 //! and the outcome stays unknown.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -25,6 +25,8 @@ use prost::Message as _;
 use thiserror::Error;
 
 use rasputin_kv::operation::{ClientRequest, Operation};
+use rasputin_kv::range::{RangeDescriptor, RangeId, FIRST_RANGE_ID};
+use rasputin_kv::route::RouteCache;
 use rasputin_kv::wire::{self, proto, ErrorCode, WireError, CLIENT_FRAME_BYTES_MAX, KEY_BYTES_MAX, VALUE_BYTES_MAX};
 
 pub use crate::builder::ClientBuilder;
@@ -331,9 +333,10 @@ struct Session {
 struct Sent {
     /// The server's OK answer, or why there was none.
     outcome: Result<proto::ClientResponse, ClientError>,
-    /// Attempts that reached a socket: with more than one, an earlier may
-    /// have taken effect.
-    attempts: usize,
+    /// Whether an attempt that did not succeed may still have taken
+    /// effect: it went unanswered, or its leader lost the leadership with
+    /// it in the log.
+    uncertain: bool,
 }
 
 struct Inner {
@@ -342,7 +345,11 @@ struct Inner {
     connections: Mutex<HashMap<SocketAddr, Vec<Arc<Connection>>>>,
     next_connection: AtomicUsize,
     leader: Mutex<Option<SocketAddr>>,
-    idle_sessions: Mutex<Vec<Session>>,
+    /// Sessions not in use, by the range they were last used in: sessions
+    /// are per range (a split copies them to both halves).
+    idle_sessions: Mutex<HashMap<RangeId, Vec<Session>>>,
+    /// Which range holds each key, from the descriptors servers report.
+    routes: Mutex<RouteCache<()>>,
     next_request_id: AtomicU64,
     attempt_timeout: Mutex<Duration>,
     operation_timeout: Mutex<Duration>,
@@ -379,7 +386,8 @@ impl Client {
                 connections: Mutex::new(HashMap::new()),
                 next_connection: AtomicUsize::new(0),
                 leader: Mutex::new(None),
-                idle_sessions: Mutex::new(Vec::new()),
+                idle_sessions: Mutex::new(HashMap::new()),
+                routes: Mutex::new(RouteCache::new(RangeDescriptor::first(Vec::new()), ())),
                 next_request_id: AtomicU64::new(1),
                 attempt_timeout: Mutex::new(ATTEMPT_TIMEOUT_DEFAULT),
                 operation_timeout: Mutex::new(OPERATION_TIMEOUT_DEFAULT),
@@ -454,7 +462,7 @@ impl Client {
             return Err(ClientError::NoPeers);
         }
         let request = ClientRequest { client_id: 0, sequence: nonce(), operation };
-        self.send(&request).outcome.map(wire::scan_page_from_proto)
+        self.send_routed(&request).outcome.map(wire::scan_page_from_proto)
     }
 
     /// Every key in [`start`, `end`) (None: no end) with its value, in key
@@ -493,32 +501,51 @@ impl Client {
             // A read changes nothing, so it needs no session: a nonce names
             // its answer, and a client cut off from the majority can still read.
             let request = ClientRequest { client_id: 0, sequence: nonce(), operation };
-            return self.send(&request).outcome.map(response_of);
+            return self.send_routed(&request).outcome.map(response_of);
         }
-        let mut session = self.take_session()?;
-        let mut fresh_session_tried = false;
+        let key = operation.key().to_vec();
+        let deadline = Instant::now() + self.operation_timeout();
+        let mut range = self.range_of(&key);
+        let mut session = self.take_session(range)?;
+        let mut fresh_sessions_tried = BTreeSet::new();
+        // Whether an attempt so far may have taken effect: sent, and not
+        // answered with a refusal that says it did not.
+        let mut uncertain = false;
         loop {
             let request = ClientRequest {
                 client_id: session.client_id,
                 sequence: session.next_sequence,
                 operation: operation.clone(),
             };
-            let Sent { outcome, attempts } = self.send(&request);
+            let routed = self.route_of(&key);
+            let sent = self.send(&request);
+            uncertain |= sent.uncertain;
+            let outcome = sent.outcome;
             match outcome {
-                // The cluster has expired this session: it is dead for good.
-                // Only a request sent once is known not to have applied (the
-                // refusal came before any attempt of it could), so it may go
-                // again, once, in a session opened for it.
+                // The key's range split or moved; nothing was applied. The
+                // same session and sequence go to the range holding it now:
+                // a split copies every session, so that an earlier attempt
+                // applied before the split is answered from its session.
+                Err(error @ ClientError::Refused { code: ErrorCode::RangeMismatch, .. }) => {
+                    if Instant::now() >= deadline {
+                        self.put_session(range, session);
+                        return Err(error);
+                    }
+                    range = self.reroute(&key, routed);
+                }
+                // The range does not know the session (it was opened after
+                // the range split off, or it has expired). If no attempt may
+                // have taken effect, the request goes again, once per range,
+                // in a session opened for it.
                 Err(ClientError::Refused { code: ErrorCode::SessionExpired, .. })
-                    if attempts == 1 && !fresh_session_tried =>
+                    if !uncertain && fresh_sessions_tried.insert(range) =>
                 {
-                    fresh_session_tried = true;
-                    session = self.open_session()?;
+                    session = self.open_session(range)?;
                 }
                 Err(error @ ClientError::Refused { code: ErrorCode::SessionExpired, .. }) => return Err(error),
                 // Nothing was sent; the session's next sequence is still unused.
                 Err(error @ ClientError::Unavailable { .. }) => {
-                    lock(&self.inner.idle_sessions).push(session);
+                    self.put_session(range, session);
                     return Err(error);
                 }
                 // The request may still be in flight under this session: the
@@ -526,24 +553,28 @@ impl Client {
                 Err(error @ ClientError::Timeout { .. }) => return Err(error),
                 outcome => {
                     session.next_sequence += 1;
-                    lock(&self.inner.idle_sessions).push(session);
+                    self.put_session(range, session);
                     return outcome.map(response_of);
                 }
             }
         }
     }
 
-    /// An idle session, or a new one opened with the cluster.
-    fn take_session(&self) -> Result<Session, ClientError> {
-        if let Some(session) = lock(&self.inner.idle_sessions).pop() {
+    /// An idle session of `range`, or a new one opened there.
+    fn take_session(&self, range: RangeId) -> Result<Session, ClientError> {
+        if let Some(session) = lock(&self.inner.idle_sessions).get_mut(&range).and_then(Vec::pop) {
             return Ok(session);
         }
-        self.open_session()
+        self.open_session(range)
     }
 
-    fn open_session(&self) -> Result<Session, ClientError> {
+    fn put_session(&self, range: RangeId, session: Session) {
+        lock(&self.inner.idle_sessions).entry(range).or_default().push(session);
+    }
+
+    fn open_session(&self, range: RangeId) -> Result<Session, ClientError> {
         let request = ClientRequest { client_id: 0, sequence: nonce(), operation: Operation::OpenSession };
-        match self.send(&request).outcome {
+        match self.send_in(&request, Some(range)).outcome {
             Ok(response) => Ok(Session { client_id: response.index, next_sequence: 1 }),
             // The caller's own operation was never sent, so it took no effect.
             Err(ClientError::Timeout { timeout, detail, .. }) => {
@@ -553,12 +584,102 @@ impl Client {
         }
     }
 
+    /// The range holding `key`, as far as the client knows; when it knows
+    /// none (a split left a gap in what it learnt), it asks the servers
+    /// which ranges they hold. The first range if they cannot say.
+    fn range_of(&self, key: &[u8]) -> RangeId {
+        if let Some(route) = lock(&self.inner.routes).for_key(key) {
+            return route.descriptor.id;
+        }
+        self.learn_hosted_ranges();
+        lock(&self.inner.routes).for_key(key).map_or(FIRST_RANGE_ID, |route| route.descriptor.id)
+    }
+
+    /// Learns every range the servers list in their status.
+    fn learn_hosted_ranges(&self) {
+        for address in self.inner.peers.clone() {
+            let Ok(status) = self.node_status(address) else { continue };
+            let descriptors = status.ranges.into_iter().filter_map(|range| range.descriptor);
+            self.learn(descriptors);
+        }
+    }
+
+    fn learn(&self, descriptors: impl IntoIterator<Item = proto::RangeDescriptor>) {
+        let mut routes = lock(&self.inner.routes);
+        for descriptor in descriptors {
+            // A malformed descriptor teaches nothing; the server's next answer will do.
+            if let Ok(descriptor) = RangeDescriptor::from_proto(descriptor) {
+                routes.learn(descriptor, ());
+            }
+        }
+    }
+
+    /// `send` for a read, sent again to the range holding its key when a
+    /// split moved it, until the operation's time is up.
+    fn send_routed(&self, request: &ClientRequest) -> Sent {
+        let deadline = Instant::now() + self.operation_timeout();
+        let key = request.operation.key();
+        loop {
+            let routed = self.route_of(key);
+            let sent = self.send(request);
+            let moved = matches!(sent.outcome, Err(ClientError::Refused { code: ErrorCode::RangeMismatch, .. }));
+            if !moved || Instant::now() >= deadline {
+                return sent;
+            }
+            self.reroute(key, routed);
+        }
+    }
+
+    fn route_of(&self, key: &[u8]) -> Option<RangeDescriptor> {
+        lock(&self.inner.routes).for_key(key).map(|route| route.descriptor.clone())
+    }
+
+    /// The range holding `key` after a server refused the request routed by
+    /// `routed`. When the refusal taught nothing new (the server holds no
+    /// range for the key yet, say), the client asks every server, after a pause.
+    fn reroute(&self, key: &[u8], routed: Option<RangeDescriptor>) -> RangeId {
+        let now = self.route_of(key);
+        if let Some(route) = now.filter(|route| Some(route) != routed.as_ref()) {
+            return route.id;
+        }
+        std::thread::sleep(RETRY_BACKOFF);
+        self.learn_hosted_ranges();
+        self.range_of(key)
+    }
+
+    fn operation_timeout(&self) -> Duration {
+        self.timeouts.map_or_else(|| *lock(&self.inner.operation_timeout), |(_, operation)| operation)
+    }
+
     /// Sends `request` until it is answered or the operation times out,
     /// following redirects and rotating through the servers.
+    /// Each attempt names the range the client believes holds the key,
+    /// and its epoch: a server that disagrees refuses it (RANGE_MISMATCH)
+    /// with the descriptors it knows, which the client learns.
     fn send(&self, request: &ClientRequest) -> Sent {
+        self.send_in(request, None)
+    }
+
+    /// `send`, to `range` if given (an OpenSession, which has no key).
+    fn send_in(&self, request: &ClientRequest, range: Option<RangeId>) -> Sent {
         let timed_out =
             |timeout, detail| ClientError::Timeout { timeout, detail, retry: RetryToken { request: request.clone() } };
-        self.send_message(&|request_id| wire::client_request_to_proto(request_id, request), &timed_out)
+        let message_for = |request_id| {
+            let mut message = wire::client_request_to_proto(request_id, request);
+            let routes = lock(&self.inner.routes);
+            let (range, epoch) = match range {
+                // A session needs its range only, at any epoch.
+                Some(range) => (range, None),
+                None => match routes.for_key(request.operation.key()) {
+                    Some(route) => (route.descriptor.id, Some(route.descriptor.epoch)),
+                    None => (FIRST_RANGE_ID, None),
+                },
+            };
+            message.range_id = if range == FIRST_RANGE_ID { wire::DEFAULT_RANGE_ID } else { range };
+            message.epoch = epoch.map(|epoch| proto::RangeEpoch { version: epoch.version, conf_ver: epoch.conf_ver });
+            message
+        };
+        self.send_message(&message_for, &timed_out)
     }
 
     /// `send` for any message, built afresh (with a new request id) for
@@ -576,6 +697,7 @@ impl Client {
         let mut rotation = 0;
         let mut last_problem = String::from("no attempt made");
         let mut attempts = 0;
+        let mut uncertain = false;
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
@@ -585,7 +707,7 @@ impl Client {
                 } else {
                     Err(timed_out(timeout, detail))
                 };
-                return Sent { outcome, attempts };
+                return Sent { outcome, uncertain };
             }
             let request_id = self.inner.next_request_id.fetch_add(1, Ordering::Relaxed);
             let message = message_for(request_id);
@@ -609,6 +731,7 @@ impl Client {
                         AttemptFailure::NotSent(problem) => problem,
                         AttemptFailure::Unanswered(problem) => {
                             attempts += 1;
+                            uncertain = true;
                             problem
                         }
                     };
@@ -622,9 +745,10 @@ impl Client {
             match ErrorCode::try_from(response.error).unwrap_or(ErrorCode::Internal) {
                 ErrorCode::Ok => {
                     *lock(&self.inner.leader) = Some(target);
-                    return Sent { outcome: Ok(response), attempts };
+                    return Sent { outcome: Ok(response), uncertain };
                 }
                 ErrorCode::NotLeader => {
+                    uncertain |= response.proposed;
                     last_problem = format!("{target} is not the leader");
                     match response.leader.parse::<SocketAddr>() {
                         Ok(leader) => target = leader,
@@ -639,8 +763,13 @@ impl Client {
                     last_problem = format!("{target}: {}", response.message);
                     std::thread::sleep(RETRY_BACKOFF.min(remaining));
                 }
+                ErrorCode::RangeMismatch => {
+                    self.learn(response.descriptors);
+                    let code = ErrorCode::RangeMismatch;
+                    return Sent { outcome: Err(ClientError::Refused { code, message: response.message }), uncertain };
+                }
                 code => {
-                    return Sent { outcome: Err(ClientError::Refused { code, message: response.message }), attempts }
+                    return Sent { outcome: Err(ClientError::Refused { code, message: response.message }), uncertain }
                 }
             }
         }
@@ -656,7 +785,7 @@ impl Client {
         let operation = Operation::Split { key: Bytes::copy_from_slice(key), right_range: 0, version };
         check_frame(&operation)?;
         let request = ClientRequest { client_id: 0, sequence: nonce(), operation };
-        self.send(&request).outcome.map(|_| ())
+        self.send_routed(&request).outcome.map(|_| ())
     }
 
     /// Asks the leader of range `range_id` (0: the first range) to hand
@@ -1019,10 +1148,11 @@ mod tests {
     fn expired_idle_sessions_are_dropped_and_a_fresh_one_is_opened() {
         let client = Client::new(vec![expiring_server()], 1);
         for client_id in 1..=3 {
-            lock(&client.inner.idle_sessions).push(Session { client_id, next_sequence: 5 });
+            client.put_session(FIRST_RANGE_ID, Session { client_id, next_sequence: 5 });
         }
         client.set(b"k", b"v").expect("the write goes again in a fresh session");
-        let idle: Vec<u64> = lock(&client.inner.idle_sessions).iter().map(|session| session.client_id).collect();
+        let sessions = lock(&client.inner.idle_sessions);
+        let idle: Vec<u64> = sessions[&FIRST_RANGE_ID].iter().map(|session| session.client_id).collect();
         assert_eq!(idle, [1, 2, 100], "the expired session was dropped and the fresh one kept");
     }
 }

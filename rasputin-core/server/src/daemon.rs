@@ -965,10 +965,11 @@ impl Daemon {
         Ok(())
     }
 
-    /// The hosted range a request goes to: the one it names (0: the one
-    /// holding its key, as single-range clients send), if that range holds
-    /// its key at the epoch it names. Otherwise the descriptors this node
-    /// knows for the key, for a RANGE_MISMATCH.
+    /// The hosted range a request goes to: the one it names (0 with an
+    /// epoch: the first range; 0 without: the one holding its key, as
+    /// clients from before ranges send), if that range holds its key at the
+    /// epoch it names. Otherwise the descriptors this node knows for the
+    /// key, for a RANGE_MISMATCH.
     fn route(
         &self,
         named: RangeId,
@@ -982,7 +983,12 @@ impl Daemon {
             _ => replica::holding(&self.by_start, &self.replicas, key),
         };
         let known = || holder.and_then(|range| self.replicas.get(&range)).map(|replica| replica.descriptor.clone());
-        let range = if named == wire::DEFAULT_RANGE_ID { holder } else { Some(named) };
+        // A client that routes names the first range 0, with its epoch, so
+        // that a daemon from before ranges (which ignores epochs) takes it.
+        let range = match (named, epoch) {
+            (wire::DEFAULT_RANGE_ID, None) => holder,
+            (named, _) => Some(peer_range(named)),
+        };
         let Some(replica) = range.and_then(|range| self.replicas.get(&range)) else {
             return Err(known().into_iter().collect());
         };
@@ -1111,7 +1117,8 @@ impl Daemon {
         let keys: Vec<(u64, u64)> = self.replicas[&range].waiting.keys().copied().collect();
         for key in keys {
             let message = "this node lost the leadership; retry at the leader".to_string();
-            self.answer(range, key, Err(Failure::new(ErrorCode::NotLeader, message)));
+            let failure = Failure { proposed: true, ..Failure::new(ErrorCode::NotLeader, message) };
+            self.answer(range, key, Err(failure));
         }
     }
 
@@ -1201,7 +1208,10 @@ impl Daemon {
         let code = match refusal {
             Refusal::SessionExpired { .. } => ErrorCode::SessionExpired,
             Refusal::RangeMismatch { range } => {
-                return Failure { code: ErrorCode::RangeMismatch, message, descriptors: self.neighbours(&range) };
+                return Failure {
+                    descriptors: self.neighbours(&range),
+                    ..Failure::new(ErrorCode::RangeMismatch, message)
+                };
             }
             // Refused at intake (see on_client_frame); these are a peer's logged ones.
             Refusal::NotMeta { .. } | Refusal::Meta(_) => ErrorCode::UnknownRange,
@@ -1265,8 +1275,10 @@ impl Daemon {
             let operation = &read.request.operation;
             if !descriptor.contains(operation.key()) {
                 let message = format!("range {descriptor} no longer holds the key; look it up again");
-                let failure =
-                    Failure { code: ErrorCode::RangeMismatch, message, descriptors: self.neighbours(&descriptor) };
+                let failure = Failure {
+                    descriptors: self.neighbours(&descriptor),
+                    ..Failure::new(ErrorCode::RangeMismatch, message)
+                };
                 self.answer(range, key, Err(failure));
                 continue;
             }
@@ -1626,7 +1638,7 @@ impl Daemon {
         } else {
             "the request's range does not hold its key at the epoch it names; route it by the descriptors".to_string()
         };
-        let failure = Failure { code: ErrorCode::RangeMismatch, message, descriptors };
+        let failure = Failure { descriptors, ..Failure::new(ErrorCode::RangeMismatch, message) };
         self.queue_to_client(token, &failure.to_response(request_id, ""));
     }
 
@@ -1644,11 +1656,13 @@ struct Failure {
     message: String,
     /// With RANGE_MISMATCH: the ranges this node holds for the key.
     descriptors: Vec<RangeDescriptor>,
+    /// With NOT_LEADER: the request is in the log and may still commit.
+    proposed: bool,
 }
 
 impl Failure {
     fn new(code: ErrorCode, message: String) -> Failure {
-        Failure { code, message, descriptors: Vec::new() }
+        Failure { code, message, descriptors: Vec::new(), proposed: false }
     }
 
     /// The response; `leader` is the range leader's client address, sent with NOT_LEADER.
@@ -1659,6 +1673,7 @@ impl Failure {
             leader: if self.code == ErrorCode::NotLeader { leader.to_string() } else { String::new() },
             message: self.message.clone(),
             descriptors: self.descriptors.iter().map(RangeDescriptor::to_proto).collect(),
+            proposed: self.proposed,
             ..Default::default()
         }
     }
