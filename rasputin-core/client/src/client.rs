@@ -26,7 +26,7 @@ use thiserror::Error;
 
 use rasputin_kv::operation::{ClientRequest, Operation};
 use rasputin_kv::range::{RangeDescriptor, RangeId, FIRST_RANGE_ID};
-use rasputin_kv::route::RouteCache;
+use rasputin_kv::route::{RouteCache, ROUTES_COUNT_MAX};
 use rasputin_kv::wire::{self, proto, ErrorCode, WireError, CLIENT_FRAME_BYTES_MAX, KEY_BYTES_MAX, VALUE_BYTES_MAX};
 
 pub use crate::builder::ClientBuilder;
@@ -350,6 +350,9 @@ struct Inner {
     idle_sessions: Mutex<HashMap<RangeId, Vec<Session>>>,
     /// Which range holds each key, from the descriptors servers report.
     routes: Mutex<RouteCache<()>>,
+    /// The server that last answered for each range: its leader, most
+    /// likely. Ranges of one cluster may have different leaders.
+    range_leaders: Mutex<HashMap<RangeId, SocketAddr>>,
     next_request_id: AtomicU64,
     attempt_timeout: Mutex<Duration>,
     operation_timeout: Mutex<Duration>,
@@ -388,6 +391,7 @@ impl Client {
                 leader: Mutex::new(None),
                 idle_sessions: Mutex::new(HashMap::new()),
                 routes: Mutex::new(RouteCache::new(RangeDescriptor::first(Vec::new()), ())),
+                range_leaders: Mutex::new(HashMap::new()),
                 next_request_id: AtomicU64::new(1),
                 attempt_timeout: Mutex::new(ATTEMPT_TIMEOUT_DEFAULT),
                 operation_timeout: Mutex::new(OPERATION_TIMEOUT_DEFAULT),
@@ -485,6 +489,14 @@ impl Client {
             remaining: limit,
             page: VecDeque::new(),
         }
+    }
+
+    fn remember_leader(&self, range: RangeId, leader: SocketAddr) {
+        let mut leaders = lock(&self.inner.range_leaders);
+        if leaders.len() >= ROUTES_COUNT_MAX && !leaders.contains_key(&range) {
+            leaders.clear();
+        }
+        leaders.insert(range, leader);
     }
 
     /// The server this client last found leading, if any.
@@ -604,14 +616,17 @@ impl Client {
         }
     }
 
-    fn learn(&self, descriptors: impl IntoIterator<Item = proto::RangeDescriptor>) {
+    /// Takes in descriptors a server reported; returns whether any was news.
+    fn learn(&self, descriptors: impl IntoIterator<Item = proto::RangeDescriptor>) -> bool {
         let mut routes = lock(&self.inner.routes);
+        let mut news = false;
         for descriptor in descriptors {
             // A malformed descriptor teaches nothing; the server's next answer will do.
             if let Ok(descriptor) = RangeDescriptor::from_proto(descriptor) {
-                routes.learn(descriptor, ());
+                news |= routes.learn(descriptor, ());
             }
         }
+        news
     }
 
     /// `send` for a read, sent again to the range holding its key when a
@@ -711,6 +726,12 @@ impl Client {
             }
             let request_id = self.inner.next_request_id.fetch_add(1, Ordering::Relaxed);
             let message = message_for(request_id);
+            let range = if message.range_id == wire::DEFAULT_RANGE_ID { FIRST_RANGE_ID } else { message.range_id };
+            if attempts == 0 && rotation == 0 {
+                if let Some(leader) = lock(&self.inner.range_leaders).get(&range) {
+                    target = *leader;
+                }
+            }
             let attempt = self
                 .connection(target, remaining.min(attempt_timeout))
                 .map_err(AttemptFailure::NotSent)
@@ -745,6 +766,7 @@ impl Client {
             match ErrorCode::try_from(response.error).unwrap_or(ErrorCode::Internal) {
                 ErrorCode::Ok => {
                     *lock(&self.inner.leader) = Some(target);
+                    self.remember_leader(range, target);
                     return Sent { outcome: Ok(response), uncertain };
                 }
                 ErrorCode::NotLeader => {
@@ -763,8 +785,15 @@ impl Client {
                     last_problem = format!("{target}: {}", response.message);
                     std::thread::sleep(RETRY_BACKOFF.min(remaining));
                 }
+                // A node that teaches nothing new is behind (it has not
+                // applied a split yet, say): ask another.
+                ErrorCode::RangeMismatch if !self.learn(response.descriptors) => {
+                    last_problem = format!("{target}: {}", response.message);
+                    rotation += 1;
+                    target = self.inner.peers[rotation % self.inner.peers.len()];
+                    std::thread::sleep(RETRY_BACKOFF.min(remaining));
+                }
                 ErrorCode::RangeMismatch => {
-                    self.learn(response.descriptors);
                     let code = ErrorCode::RangeMismatch;
                     return Sent { outcome: Err(ClientError::Refused { code, message: response.message }), uncertain };
                 }
