@@ -327,6 +327,8 @@ fn read_frame(stream: &mut TcpStream, buffer: &mut BytesMut, chunk: &mut [u8]) -
 struct Session {
     client_id: u64,
     next_sequence: u64,
+    /// The range that opened it: ids are unique within a range only.
+    range: RangeId,
 }
 
 /// How a request fared across its attempts.
@@ -534,16 +536,23 @@ impl Client {
             uncertain |= sent.uncertain;
             let outcome = sent.outcome;
             match outcome {
-                // The key's range split or moved; nothing was applied. The
-                // same session and sequence go to the range holding it now:
-                // a split copies every session, so that an earlier attempt
-                // applied before the split is answered from its session.
+                // The key's range split or moved; this attempt was not
+                // applied. If no attempt may have been, the operation goes
+                // to the range holding the key now in a session of that
+                // range's own. Otherwise the same session and sequence go:
+                // a split copies every session, so that an attempt applied
+                // before the split is answered from its session (see
+                // docs/ranges.md on session ids, unique within a range).
                 Err(error @ ClientError::Refused { code: ErrorCode::RangeMismatch, .. }) => {
                     if Instant::now() >= deadline {
-                        self.put_session(range, session);
+                        self.put_session(session);
                         return Err(error);
                     }
                     range = self.reroute(&key, routed);
+                    if !uncertain && session.range != range {
+                        self.put_session(session);
+                        session = self.take_session(range)?;
+                    }
                 }
                 // The range does not know the session (it was opened after
                 // the range split off, or it has expired). If no attempt may
@@ -557,7 +566,7 @@ impl Client {
                 Err(error @ ClientError::Refused { code: ErrorCode::SessionExpired, .. }) => return Err(error),
                 // Nothing was sent; the session's next sequence is still unused.
                 Err(error @ ClientError::Unavailable { .. }) => {
-                    self.put_session(range, session);
+                    self.put_session(session);
                     return Err(error);
                 }
                 // The request may still be in flight under this session: the
@@ -565,7 +574,7 @@ impl Client {
                 Err(error @ ClientError::Timeout { .. }) => return Err(error),
                 outcome => {
                     session.next_sequence += 1;
-                    self.put_session(range, session);
+                    self.put_session(session);
                     return outcome.map(response_of);
                 }
             }
@@ -580,14 +589,14 @@ impl Client {
         self.open_session(range)
     }
 
-    fn put_session(&self, range: RangeId, session: Session) {
-        lock(&self.inner.idle_sessions).entry(range).or_default().push(session);
+    fn put_session(&self, session: Session) {
+        lock(&self.inner.idle_sessions).entry(session.range).or_default().push(session);
     }
 
     fn open_session(&self, range: RangeId) -> Result<Session, ClientError> {
         let request = ClientRequest { client_id: 0, sequence: nonce(), operation: Operation::OpenSession };
         match self.send_in(&request, Some(range)).outcome {
-            Ok(response) => Ok(Session { client_id: response.index, next_sequence: 1 }),
+            Ok(response) => Ok(Session { client_id: response.index, next_sequence: 1, range }),
             // The caller's own operation was never sent, so it took no effect.
             Err(ClientError::Timeout { timeout, detail, .. }) => {
                 Err(ClientError::Unavailable { timeout, detail: format!("could not open a session: {detail}") })
@@ -1152,6 +1161,58 @@ mod tests {
         assert_eq!(prefix_end(b""), None);
     }
 
+    /// A server of two ranges, 1 below "m" and 7 from "m" on; range 1 opens
+    /// sessions 100 and up, range 7 sessions 700 and up. A refusal for a
+    /// key of range 1 names range 1 only, so a client learns of range 7
+    /// only from a write to it. The writes applied, as (range, session).
+    fn two_range_server(writes: Arc<Mutex<Vec<(u64, u64)>>>) -> SocketAddr {
+        let descriptor = |id: RangeId, start: &'static [u8], end: Option<&'static [u8]>| RangeDescriptor {
+            id,
+            start: Bytes::from_static(start),
+            end: end.map(Bytes::from_static),
+            replicas: vec![1],
+            epoch: rasputin_kv::range::RangeEpoch { version: 1, conf_ver: 0 },
+        };
+        let (left, right) = (descriptor(1, b"", Some(b"m")), descriptor(7, b"m", None));
+        let (address, _) = fake_server(move |request| {
+            let mut response = proto::ClientResponse { request_id: request.request_id, ..Default::default() };
+            let range = if request.range_id == 0 { FIRST_RANGE_ID } else { request.range_id };
+            let version = request.epoch.map_or(0, |epoch| epoch.version);
+            match &request.operation {
+                None => response.error = ErrorCode::BadRequest as i32,
+                Some(proto::client_request::Operation::OpenSession(_)) => response.index = 100 * range,
+                Some(proto::client_request::Operation::Set(set)) if range == 1 && set.key >= "m" => {
+                    response.error = ErrorCode::RangeMismatch as i32;
+                    response.descriptors = vec![left.to_proto(), right.to_proto()];
+                }
+                Some(_) if range == 1 && version != 1 => {
+                    response.error = ErrorCode::RangeMismatch as i32;
+                    response.descriptors = vec![left.to_proto()];
+                }
+                _ => {
+                    lock(&writes).push((range, request.client_id));
+                    response.success = true;
+                }
+            }
+            Some(response)
+        });
+        address
+    }
+
+    /// Issue 17: a write whose range split before it was sent goes to the
+    /// new range in a session that range opened, never under the id of
+    /// the old range's session, which there may be another client's.
+    #[test]
+    fn a_write_moved_by_a_split_uses_a_session_of_its_new_range() {
+        let writes = Arc::new(Mutex::new(Vec::new()));
+        let client = Client::new(vec![two_range_server(writes.clone())], 1);
+        client.set(b"a", b"left").expect("the left range takes it");
+        client.set(b"z", b"right").expect("the write moves to the right range");
+        let sessions_opened_in = lock(&client.inner.idle_sessions).keys().copied().collect::<BTreeSet<_>>();
+        assert_eq!(sessions_opened_in, BTreeSet::from([1, 7]), "a session per range");
+        assert_eq!(*lock(&writes), [(1, 100), (7, 700)], "each write in its range's own session");
+    }
+
     /// Opens sessions from id 100 up and refuses, as expired, every write
     /// of a session below 100.
     fn expiring_server() -> SocketAddr {
@@ -1177,7 +1238,7 @@ mod tests {
     fn expired_idle_sessions_are_dropped_and_a_fresh_one_is_opened() {
         let client = Client::new(vec![expiring_server()], 1);
         for client_id in 1..=3 {
-            client.put_session(FIRST_RANGE_ID, Session { client_id, next_sequence: 5 });
+            client.put_session(Session { client_id, next_sequence: 5, range: FIRST_RANGE_ID });
         }
         client.set(b"k", b"v").expect("the write goes again in a fresh session");
         let sessions = lock(&client.inner.idle_sessions);

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Put throughput of one range against six with their leaders spread, A B A B
+# on this machine: for each round, a fresh ./run.sh cluster with one range
+# (A), then one split into six ranges over the bench's keys, two led by each
+# node (B), each measured by one rasputin-bench run.
+# Usage: ci/bench-ranges.sh [ROUNDS] [SECONDS] [CLIENTS] [MIX]
+# Prints one summary line per cell.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+rounds=${1:-2} seconds=${2:-10} clients=${3:-64} mix=${4:-put}
+if [ -f _rasputin_test/pids ]; then
+    echo "ci/bench-ranges.sh: a cluster is recorded in _rasputin_test/pids; run ./run.sh stop first" >&2
+    exit 1
+fi
+cargo build --release --locked -p rasputin-server -p rasputin-cli -p rasputin-examples \
+    --bin rasputind --bin rasputin --bin rasputin-bench
+cli=(target/release/rasputin --endpoints=127.0.0.1:8888,127.0.0.1:8889,127.0.0.1:8890)
+trap './run.sh stop >/dev/null 2>&1 || true' EXIT
+
+# Splits the bench's keys (bench/00000000 to bench/00009999) into six
+# ranges, and hands two of them to each of the other nodes.
+spread_six_ranges() {
+    for at in 00001667 00003333 00005000 00006667 00008333; do
+        "${cli[@]}" ranges split "bench/$at" >/dev/null
+    done
+    mapfile -t rows < <("${cli[@]}" -w json ranges list)
+    local leader others=() index=0
+    leader=$(printf '%s\n' "${rows[0]}" | sed 's/.*"leader_id":\([0-9]*\).*/\1/')
+    for node in 1 2 3; do [ "$node" = "$leader" ] || others+=("$node"); done
+    for row in "${rows[@]:2}"; do
+        local range
+        range=$(printf '%s\n' "$row" | sed 's/.*"range_id":\([0-9]*\).*/\1/')
+        "${cli[@]}" ranges transfer "$range" "${others[$((index / 2))]}" >/dev/null
+        index=$((index + 1))
+    done
+    "${cli[@]}" -w table ranges list >&2
+}
+
+for round in $(seq 1 "$rounds"); do
+    for cell in A B; do
+        rm -rf _rasputin_test
+        RASPUTIND=target/release/rasputind ./run.sh >/dev/null
+        if [ "$cell" = B ]; then spread_six_ranges; fi
+        line=$(target/release/rasputin-bench --mix "$mix" --value-bytes 256 --keys 10000 \
+            --seconds "$seconds" --clients "$clients" | grep ops_per_second | tail -1)
+        ranges=$("${cli[@]}" ranges list | wc -l)
+        echo "round=$round cell=$cell ranges=$ranges $line"
+        ./run.sh stop >/dev/null
+    done
+done
+rm -rf _rasputin_test
