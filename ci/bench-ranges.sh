@@ -45,6 +45,10 @@ for round in $(seq 1 "$rounds"); do
             --seconds "$seconds" --clients "$clients" | grep ops_per_second | tail -1)
         ranges=$("${cli[@]}" ranges list | wc -l)
         echo "round=$round cell=$cell ranges=$ranges $line"
+        if ! grep -q ' errors=0$' <<<"$line"; then
+            echo "ci/bench-ranges.sh: writes failed in cell $cell" >&2
+            exit 1
+        fi
         ./run.sh stop >/dev/null
     done
 done

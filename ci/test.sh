@@ -148,10 +148,13 @@ step "snapshot catch-up: a wiped follower of ./run.sh's cluster catches up from 
 # The short form of docs/performance.md's 2 GiB run (ci/snapshot-catch-up.sh).
 DATA_MIB=128 VALUE_BYTES=4096 CHECK=1 ci/snapshot-catch-up.sh
 
-step "measuring scripts, short forms: an idle cluster's CPU (docs/ranges.md) and A B A B throughput (docs/performance.md)"
-# No bound is asserted: speed is measured in benchmarks; this keeps the scripts working.
+step "measuring scripts, short forms: an idle cluster's CPU with 1 and 10 ranges (docs/ranges.md), A B A B throughput and 6 ranges against 1 (docs/performance.md)"
+# No speed bound is asserted: speed is measured in benchmarks; this keeps
+# the scripts working (bench-ranges.sh fails if a write does).
 ci/idle-cpu.sh 3
+ci/idle-cpu.sh 3 10
 ci/bench-ab.sh target/release target/release 1 1 4
+ci/bench-ranges.sh 1 1 16
 
 step "simulator: 2000 seeds, every nemesis, harpoon, 3 nodes"
 # Each seed prints a line as it finishes; CI keeps the failures and the summary.

@@ -1120,3 +1120,32 @@ fn writes_through_two_splits_apply_exactly_once_and_stale_clients_are_redirected
     assert_eq!(keys.len(), 42, "a scan across the three ranges returns each key once");
     assert!(keys.windows(2).all(|pair| pair[0] < pair[1]), "in key order");
 }
+
+/// Issue 17: the leader is killed (SIGKILL) the moment it has a split in
+/// hand, and restarted. Every node then hosts the same ranges (the split
+/// committed or it did not), every key reads back, and a new split works.
+#[test]
+fn a_leader_killed_during_a_split_leaves_every_node_with_the_same_ranges() {
+    let mut cluster = Cluster::start("split-kill", 10_000);
+    let client = cluster.client();
+    write_keys(&client, 0..40, "before");
+    let port = leader_port(&cluster);
+    let leader = cluster.members.iter().position(|member| member.client_port == port).unwrap();
+    RawClient::connect(port).send(&split_request(1, 78, "key-2"));
+    cluster.kill(leader);
+    cluster.launch(leader);
+    let ports: Vec<u16> = cluster.members.iter().map(|member| member.client_port).collect();
+    let same_ranges = || {
+        if !ports.iter().all(|&port| TcpStream::connect(("127.0.0.1", port)).is_ok()) {
+            return false;
+        }
+        let hosted: Vec<Vec<(u64, Vec<u8>, u64)>> = ports.iter().map(|&port| hosted_ranges(port)).collect();
+        hosted.windows(2).all(|pair| pair[0] == pair[1]) && !hosted[0].is_empty()
+    };
+    eventually("every node hosts the same ranges", same_ranges);
+    assert_keys(&client, 0..40, "before");
+    write_keys(&client, 0..40, "after");
+    let admin = cluster.client();
+    admin.split(b"key-3", version_holding(&admin, b"key-3")).unwrap();
+    assert_keys(&cluster.client(), 0..40, "after");
+}
