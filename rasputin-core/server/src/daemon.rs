@@ -189,8 +189,9 @@ struct Daemon {
     /// Messages that promise durability, each with the number of persists
     /// that must be synced before it may leave, and its range.
     held_messages: VecDeque<(u64, RangeId, Envelope)>,
-    /// Ranges that applied entries this turn, whose logs may be compacted.
-    applied_this_turn: BTreeSet<RangeId>,
+    /// Ranges whose logs may be due for compaction: they applied entries,
+    /// or their compaction waited for one under way or a snapshot being sent.
+    compaction_due: BTreeSet<RangeId>,
     /// How long this turn's RocksDB writes took, for the slow-turn warning.
     turn_storage: Duration,
     shutting_down: bool,
@@ -284,7 +285,7 @@ pub fn run(flags: Flags) -> Result<(), DaemonError> {
         synced: SyncJob::default(),
         syncs,
         held_messages: VecDeque::new(),
-        applied_this_turn: BTreeSet::new(),
+        compaction_due: BTreeSet::new(),
         turn_storage: Duration::ZERO,
         shutting_down: false,
         backlog: BTreeSet::new(),
@@ -1188,7 +1189,7 @@ impl Daemon {
         let applying = storage.apply(entries, hard_state)?;
         let descriptor = storage.descriptor();
         self.turn_storage += started.elapsed();
-        self.applied_this_turn.insert(range);
+        self.compaction_due.insert(range);
         if !applying.splits.is_empty() {
             self.reindex(range, descriptor);
         }
@@ -1368,8 +1369,10 @@ impl Daemon {
     /// thread; then the log may be compacted.
     fn flush_persist(&mut self) -> Result<(), DaemonError> {
         self.report_synced()?;
-        for range in std::mem::take(&mut self.applied_this_turn) {
-            self.maybe_compact(range)?;
+        for range in std::mem::take(&mut self.compaction_due) {
+            if self.maybe_compact(range)? {
+                self.compaction_due.insert(range);
+            }
         }
         self.start_sync()
     }
@@ -1395,8 +1398,10 @@ impl Daemon {
     /// one synced write, on the sync thread, makes the applied state durable
     /// (see `Storage::compaction`). The log a follower catching up from a
     /// recent snapshot still needs is kept.
-    fn maybe_compact(&mut self, range: RangeId) -> Result<(), DaemonError> {
-        let Some(replica) = self.replicas.get(&range) else { return Ok(()) };
+    /// Returns whether the compaction waits for something: one under way, or
+    /// a snapshot some follower still needs the log after.
+    fn maybe_compact(&mut self, range: RangeId) -> Result<bool, DaemonError> {
+        let Some(replica) = self.replicas.get(&range) else { return Ok(false) };
         let node = &replica.node;
         let compacting = [Some(&self.written), self.sync_in_flight.as_ref(), Some(&self.synced)]
             .into_iter()
@@ -1404,7 +1409,7 @@ impl Daemon {
         if compacting || self.streams.opening(range) {
             // A snapshot being opened will be at an index not known yet, at
             // least the compacted one: its follower needs the log after it.
-            return Ok(());
+            return Ok(true);
         }
         let (replicas, outbound) = (&self.replicas, &self.outbound);
         self.streams.forget_caught_up(
@@ -1414,20 +1419,22 @@ impl Daemon {
         let storage = self.storage.range(range).expect("every replica's range is stored");
         let (applied, _) = storage.applied();
         let mut index = applied.min(node.applied_index());
-        if let Some(floor) = self.streams.catch_up_floor(range) {
+        let floor = self.streams.catch_up_floor(range);
+        let held_back = floor.is_some_and(|floor| floor < index);
+        if let Some(floor) = floor {
             index = index.min(floor);
         }
         let compacted = node.log().snapshot_index();
         let log_is_large = node.log().bytes() > LOG_BYTES_COMPACT_AFTER && index > compacted;
         if index < compacted + self.snapshot_every_entries && !log_is_large {
-            return Ok(());
+            return Ok(held_back);
         }
         let term = node.log().term(index).expect("an applied index past the snapshot is in the log");
         let (batch, snapshot) = storage.compaction(index, term);
         self.observer.metrics.compactions.fetch_add(1, Ordering::Relaxed);
         self.storage.write(batch, false)?;
         self.written.compactions.insert(range, snapshot);
-        Ok(())
+        Ok(false)
     }
 
     fn send_to_peer(&mut self, range: RangeId, envelope: Envelope) {
