@@ -2,7 +2,8 @@
 # Put throughput of one range against six with their leaders spread, A B A B
 # on this machine: for each round, a fresh ./run.sh cluster with one range
 # (A), then one split into six ranges over the bench's keys, two led by each
-# node (B), each measured by one rasputin-bench run.
+# node once the daemons' leader balancing has spread them (B), each
+# measured by one rasputin-bench run.
 # Usage: ci/bench-ranges.sh [ROUNDS] [SECONDS] [CLIENTS] [MIX]
 # Prints one summary line per cell.
 set -euo pipefail
@@ -18,20 +19,22 @@ cli=(target/release/rasputin --endpoints=127.0.0.1:8888,127.0.0.1:8889,127.0.0.1
 trap './run.sh stop >/dev/null 2>&1 || true' EXIT
 
 # Splits the bench's keys (bench/00000000 to bench/00009999) into six
-# ranges, and hands two of them to each of the other nodes.
+# ranges, and waits (up to 60 s) until the daemons' leader balancing has
+# each node leading two of them.
 spread_six_ranges() {
     for at in 00001667 00003333 00005000 00006667 00008333; do
         "${cli[@]}" ranges split "bench/$at" >/dev/null
     done
-    mapfile -t rows < <("${cli[@]}" -w json ranges list)
-    local leader others=() index=0
-    leader=$(printf '%s\n' "${rows[0]}" | sed 's/.*"leader_id":\([0-9]*\).*/\1/')
-    for node in 1 2 3; do [ "$node" = "$leader" ] || others+=("$node"); done
-    for row in "${rows[@]:2}"; do
-        local range
-        range=$(printf '%s\n' "$row" | sed 's/.*"range_id":\([0-9]*\).*/\1/')
-        "${cli[@]}" ranges transfer "$range" "${others[$((index / 2))]}" >/dev/null
-        index=$((index + 1))
+    local deadline=$((SECONDS + 60)) counts
+    while :; do
+        counts=$("${cli[@]}" -w json ranges list | sed 's/.*"leader_id":\([0-9]*\).*/\1/' | sort | uniq -c |
+            awk '{ print $1 }' | sort | tr '\n' ' ')
+        [ "$counts" = "2 2 2 " ] && break
+        if [ "$SECONDS" -ge "$deadline" ]; then
+            echo "ci/bench-ranges.sh: the leaders did not spread (ranges led per node: $counts)" >&2
+            exit 1
+        fi
+        sleep 0.2
     done
     "${cli[@]}" -w table ranges list >&2
 }

@@ -397,10 +397,18 @@ impl<C: Command> Node<C> {
         let in_term = self.term() == term || !self.rules.splits_lead_only_in_their_term;
         let leads = self.role == Role::Leader && in_term;
         let leader = self.leader.as_ref().filter(|_| leads).map(|parent| LeaderState {
+            // Every replica of the new range begins at the split entry (its
+            // snapshot), which is committed: a follower probed again after
+            // an unanswered append (`retransmit_stalled`) is probed from
+            // there, not sent a snapshot of what it already holds.
             progress: parent
                 .progress
                 .iter()
-                .map(|(&peer, progress)| (peer, Progress::probing_from(index + 1, self.now, progress.last_ack_at)))
+                .map(|(&peer, progress)| {
+                    let mut progress = Progress::probing_from(index + 1, self.now, progress.last_ack_at);
+                    progress.match_index = index;
+                    (peer, progress)
+                })
                 .collect(),
             rounds: VecDeque::new(),
             current_round: 0,

@@ -802,6 +802,30 @@ fn the_leader_of_the_splits_term_leads_the_new_range_at_once_with_its_lease() {
     assert_eq!(right.commit_index(), 3, "the new range commits its own entries: {ready:?}");
 }
 
+/// A new range's leader whose first appends go unanswered (its followers
+/// have yet to apply the split, so they drop them) probes them again from
+/// the split entry, which every replica of the range begins with: no
+/// snapshot of what they hold. (It sent each a snapshot: a daemon whose
+/// follower then installed its parent's, past the next split, never made
+/// the range that split made.)
+#[test]
+fn a_new_ranges_leader_probes_unanswered_followers_from_the_split_not_with_a_snapshot() {
+    let mut leader = elect_node_one(ElectionMode::Harpoon, LATE);
+    let _ = leader.step(LATE, Input::Client(set(1, 1)));
+    let _ = acknowledge_all(&mut leader, LATE + MS);
+    let now = LATE + 2 * MS;
+    let _ = leader.step(now, Input::Tick);
+    let mut right = leader.split_off(split_snapshot(&leader), 7).expect("a split at the applied index");
+    let _ = right.step(now, Input::Client(set(1, 2)));
+    let later = now + right.config().retransmit_timeout_ns + MS;
+    let ready = right.step(later, Input::Tick);
+    let messages: Vec<&Message> =
+        ready.send.iter().chain(&ready.send_after_persist).map(|envelope| &envelope.message).collect();
+    assert!(!messages.iter().any(|message| matches!(message, Message::InstallSnapshot { .. })), "{messages:?}");
+    let probes = messages.iter().filter(|message| matches!(message, Message::Append { prev_index: 2, .. })).count();
+    assert_eq!(probes, 2, "each follower is probed from the split entry: {messages:?}");
+}
+
 #[test]
 fn a_follower_splits_off_a_follower_bound_by_the_same_promise() {
     let mut follower = node(2, ElectionMode::Harpoon);

@@ -31,6 +31,7 @@ use rasputin_consensus::{
     Config, LogIndex, MessageError, Nanos, NodeId, Rejection, Role, Snapshot, StartError, Term, TransferError,
     LOG_INDEX_MAX, TERM_MAX,
 };
+use rasputin_kv::balance::{self, Leadership};
 use rasputin_kv::operation::{
     ClientRequest, Entry, Envelope, Input, Message, Node, Operation, Persist, ReadReady, Ready,
 };
@@ -70,6 +71,8 @@ const EVENTS_PER_POLL_MAX: usize = 1024;
 const LOG_BYTES_COMPACT_AFTER: usize = 64 << 20;
 /// How often a node that is joining says what it waits for.
 const JOIN_REPORT_INTERVAL: Duration = Duration::from_secs(5);
+/// How often each node runs the leader balancer over the ranges it hosts.
+const BALANCE_INTERVAL: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Error)]
 pub enum DaemonError {
@@ -204,6 +207,7 @@ struct Daemon {
     bind: IpAddr,
     streams: Streams,
     handshakes_swept_at: Instant,
+    balanced_at: Instant,
     observer: Observer,
     /// When the sync under way was asked for, for its latency.
     sync_requested_at: Instant,
@@ -291,6 +295,7 @@ pub fn run(flags: Flags) -> Result<(), DaemonError> {
         backlog: BTreeSet::new(),
         streams,
         handshakes_swept_at: Instant::now(),
+        balanced_at: Instant::now(),
         membership,
         observer: Observer::new(identity, metrics, board, status_server),
         sync_requested_at: Instant::now(),
@@ -448,6 +453,7 @@ impl Daemon {
             self.flush_connections();
             self.flush_persist()?;
             self.maybe_finish_joining()?;
+            self.balance_leaders()?;
             self.observe(false);
             self.warn_if_slow(turn_started.elapsed());
         }
@@ -465,6 +471,57 @@ impl Daemon {
             self.shutting_down = true;
         }
         self.observe(true);
+    }
+
+    // ----- leader balancing -----
+
+    /// Every node runs `balance::balancing_moves` over the leaders it sees
+    /// for the ranges it hosts, and carries out the moves away from itself
+    /// as Harpoon leadership transfers; the other nodes make theirs. So each
+    /// node comes to lead within one range as many as the others, and a
+    /// node that is down receives none.
+    fn balance_leaders(&mut self) -> Result<(), DaemonError> {
+        if self.join.is_some() || self.balanced_at.elapsed() < BALANCE_INTERVAL {
+            return Ok(());
+        }
+        self.balanced_at = Instant::now();
+        let own = self.membership.node_id;
+        let leaderships: Vec<Leadership> = self
+            .replicas
+            .iter()
+            .filter_map(|(&range, replica)| {
+                let leader = replica.node.leader_id()?;
+                Some(Leadership { range, leader, replicas: replica.descriptor.replicas.clone() })
+            })
+            .collect();
+        for step in balance::balancing_moves(&leaderships, &self.reachable_members()) {
+            let Some(replica) = self.replicas.get(&step.range) else { continue };
+            let ready =
+                replica.node.transferring_to().is_none() && replica.node.transfer_leadership_check(step.to).is_ok();
+            if step.from != own || !ready {
+                continue;
+            }
+            info!(node = own, range = step.range, to = step.to, "balancing leaders: handing a range's leadership over");
+            self.observer.metrics.balancing_transfers.fetch_add(1, Ordering::Relaxed);
+            self.step(step.range, Input::TransferLeadership { to: step.to })?;
+        }
+        Ok(())
+    }
+
+    /// This node and the members it has a handshaken connection with, both ways.
+    fn reachable_members(&self) -> Vec<NodeId> {
+        let sends_to = |peer: NodeId| {
+            let connection = self.outbound.get(&peer).and_then(|token| self.connections.get(token));
+            connection.is_some_and(|connection| connection.greeted)
+        };
+        let hears_from = |peer: NodeId| {
+            self.connections.values().any(|connection| {
+                connection.kind == Kind::PeerInbound && connection.greeted && connection.remote == Some(peer)
+            })
+        };
+        let own = self.membership.node_id;
+        let members = 1..=self.membership.peers.len() as NodeId;
+        members.filter(|&peer| peer == own || (sends_to(peer) && hears_from(peer))).collect()
     }
 
     // ----- joining -----

@@ -135,6 +135,7 @@ pub struct Metrics {
     pub compactions: AtomicU64,
     pub storage_bytes: AtomicU64,
     pub splits: AtomicU64,
+    pub balancing_transfers: AtomicU64,
     pub unhosted_messages: AtomicU64,
     pub ranges: AtomicU64,
 }
@@ -160,6 +161,7 @@ impl Metrics {
             compactions: AtomicU64::new(0),
             storage_bytes: AtomicU64::new(0),
             splits: AtomicU64::new(0),
+            balancing_transfers: AtomicU64::new(0),
             unhosted_messages: AtomicU64::new(0),
             ranges: AtomicU64::new(0),
         }
@@ -302,6 +304,11 @@ impl Metrics {
             &self.snapshot_installs,
         );
         out.counter("rasputin_splits_total", "Splits this node applied, each making a range.", &self.splits);
+        out.counter(
+            "rasputin_balancing_transfers_total",
+            "Leaderships this node handed over to balance the leaders.",
+            &self.balancing_transfers,
+        );
         out.counter(
             "rasputin_unhosted_messages_total",
             "Peer messages dropped because they were for a range this node does not host.",

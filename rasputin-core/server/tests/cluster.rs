@@ -1058,15 +1058,14 @@ fn a_split_makes_two_ranges_that_serve_their_keys_and_survive_a_restart() {
     }
 }
 
-/// The epoch version of the range holding `key`, as a node lists it.
+/// The epoch version of the range holding `key`, as the node that has
+/// applied the most splits lists it.
 fn version_holding(client: &Client, key: &[u8]) -> u64 {
-    let status = client.node_status(client.peers()[0]).expect("a node answers its status");
-    let holding = status
-        .ranges
-        .into_iter()
-        .filter_map(|range| range.descriptor)
-        .find(|descriptor| descriptor.start[..] <= *key && (!descriptor.has_end || *key < descriptor.end[..]));
-    holding.and_then(|descriptor| descriptor.epoch).map_or(0, |epoch| epoch.version)
+    let statuses = client.peers().iter().filter_map(|address| client.node_status(*address).ok());
+    let descriptors = statuses.flat_map(|status| status.ranges).filter_map(|range| range.descriptor);
+    let holding = descriptors
+        .filter(|descriptor| descriptor.start[..] <= *key && (!descriptor.has_end || *key < descriptor.end[..]));
+    holding.filter_map(|descriptor| descriptor.epoch).map(|epoch| epoch.version).max().unwrap_or(0)
 }
 
 /// Issue 17: splits under load. A writer swaps a counter up by one with
@@ -1147,5 +1146,53 @@ fn a_leader_killed_during_a_split_leaves_every_node_with_the_same_ranges() {
     write_keys(&client, 0..40, "after");
     let admin = cluster.client();
     admin.split(b"key-3", version_holding(&admin, b"key-3")).unwrap();
+    assert_keys(&cluster.client(), 0..40, "after");
+}
+
+/// Issue 17: leader balancing. Six ranges split off one leader come to be
+/// led two by each node, by the daemons' own transfers, and the keys of
+/// every range still read back.
+#[test]
+fn the_daemons_spread_the_leaders_of_six_ranges_two_per_node() {
+    let cluster = Cluster::start("balance", 10_000);
+    let client = cluster.client();
+    write_keys(&client, 0..40, "before");
+    for at in ["key-1", "key-2", "key-3", "key-5", "key-7"] {
+        client.split(at.as_bytes(), version_holding(&client, at.as_bytes())).unwrap();
+    }
+    let port = cluster.members[0].client_port;
+    let led_per_node = || {
+        let status = RawClient::connect(port).call(&proto::ClientRequest {
+            request_id: 1,
+            status: Some(proto::StatusRequest {}),
+            ..Default::default()
+        });
+        let ranges = status.status.map(|status| status.ranges).unwrap_or_default();
+        let mut counts = [0; 3];
+        for range in &ranges {
+            if let Some(count) = counts.get_mut((range.leader_id as usize).wrapping_sub(1)) {
+                *count += 1;
+            }
+        }
+        (ranges.len(), counts)
+    };
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let seen = led_per_node();
+        if seen == (6, [2, 2, 2]) {
+            break;
+        }
+        if Instant::now() >= deadline {
+            for index in 0..3 {
+                let lines = cluster.log(index);
+                let balancing = lines.lines().filter(|line| !line.contains("balancing leaders"));
+                eprintln!("node {}: {}", index + 1, balancing.collect::<Vec<_>>().join("\n"));
+            }
+            panic!("the leaders did not spread: (ranges, led per node) = {seen:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_keys(&client, 0..40, "before");
+    write_keys(&client, 0..40, "after");
     assert_keys(&cluster.client(), 0..40, "after");
 }
