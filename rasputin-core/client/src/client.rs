@@ -819,6 +819,9 @@ impl Client {
     /// replicas and led by the same leader. No data moves. A stale version,
     /// or a key that starts a range already, is refused (`BAD_REQUEST`) and
     /// changes nothing; so is a split asked twice, as its version is stale.
+    /// A split needs no session, so a retry after a lost answer (its leader
+    /// handed over, say) is a second ask: refused as stale if the first
+    /// applied. `node_status` then lists a range starting at `key`.
     pub fn split(&self, key: &[u8], version: u64) -> Result<(), ClientError> {
         let operation = Operation::Split { key: Bytes::copy_from_slice(key), right_range: 0, version };
         check_frame(&operation)?;
