@@ -699,7 +699,7 @@ impl Client {
                     None => (FIRST_RANGE_ID, None),
                 },
             };
-            message.range_id = if range == FIRST_RANGE_ID { wire::DEFAULT_RANGE_ID } else { range };
+            message.range_id = wire::range_to_wire(range);
             message.epoch = epoch.map(|epoch| proto::RangeEpoch { version: epoch.version, conf_ver: epoch.conf_ver });
             message
         };
@@ -735,7 +735,7 @@ impl Client {
             }
             let request_id = self.inner.next_request_id.fetch_add(1, Ordering::Relaxed);
             let message = message_for(request_id);
-            let range = if message.range_id == wire::DEFAULT_RANGE_ID { FIRST_RANGE_ID } else { message.range_id };
+            let range = wire::range_from_wire(message.range_id);
             if attempts == 0 && rotation == 0 {
                 if let Some(leader) = lock(&self.inner.range_leaders).get(&range) {
                     target = *leader;

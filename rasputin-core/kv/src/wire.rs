@@ -6,7 +6,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use thiserror::Error;
 
 use crate::operation::{ClientRequest, Entry, EntryPayload, Envelope, Message, Operation};
-use crate::range::{DescriptorError, RangeDescriptor};
+use crate::range::{DescriptorError, RangeDescriptor, RangeId, FIRST_RANGE_ID};
 use crate::scan::{KeyValue, ScanPage, SCAN_PAGE_BYTES_MAX, SCAN_PAIR_OVERHEAD_BYTES};
 use rasputin_consensus as consensus;
 use rasputin_consensus::{LogIndex, MessageError, NodeId, RejectHint, Term};
@@ -63,8 +63,28 @@ const fn max(a: usize, b: usize) -> usize {
 pub const HELLO_FRAME_BYTES_MAX: usize = 4 << 10;
 /// The collection every request names for now.
 pub const DEFAULT_COLLECTION: &str = "kv";
-/// The one range that spans the whole key space until ranges split.
+/// The first range's id on the wire: 0, as daemons and clients from
+/// before ranges send it.
 pub const DEFAULT_RANGE_ID: u64 = 0;
+
+/// The range a wire id names: 0 is the first range.
+pub fn range_from_wire(wire_id: u64) -> RangeId {
+    if wire_id == DEFAULT_RANGE_ID {
+        FIRST_RANGE_ID
+    } else {
+        wire_id
+    }
+}
+
+/// The wire id of `range`: 0 for the first range, so that a daemon from
+/// before ranges takes it.
+pub fn range_to_wire(range: RangeId) -> u64 {
+    if range == FIRST_RANGE_ID {
+        DEFAULT_RANGE_ID
+    } else {
+        range
+    }
+}
 
 #[derive(Debug, Error)]
 pub enum WireError {

@@ -918,7 +918,7 @@ impl Daemon {
                 return Ok(());
             }
         };
-        let range = peer_range(message.range_id);
+        let range = wire::range_from_wire(message.range_id);
         let frame = match wire::peer_frame_from_proto(message) {
             Ok(frame) => frame,
             Err(error) => {
@@ -1037,7 +1037,7 @@ impl Daemon {
         let key = operation.key();
         let holder = match operation {
             // A session is opened in the range the client names, or the first.
-            Operation::OpenSession => Some(if named == wire::DEFAULT_RANGE_ID { FIRST_RANGE_ID } else { named }),
+            Operation::OpenSession => Some(wire::range_from_wire(named)),
             _ => replica::holding(&self.by_start, &self.replicas, key),
         };
         let known = || holder.and_then(|range| self.replicas.get(&range)).map(|replica| replica.descriptor.clone());
@@ -1045,7 +1045,7 @@ impl Daemon {
         // that a daemon from before ranges (which ignores epochs) takes it.
         let range = match (named, epoch) {
             (wire::DEFAULT_RANGE_ID, None) => holder,
-            (named, _) => Some(peer_range(named)),
+            (named, _) => Some(wire::range_from_wire(named)),
         };
         let Some(replica) = range.and_then(|range| self.replicas.get(&range)) else {
             return Err(known().into_iter().collect());
@@ -1100,7 +1100,7 @@ impl Daemon {
             let message = "this node is joining the cluster; ask another".to_string();
             return Ok(refuse(ErrorCode::NotLeader, message, String::new()));
         }
-        let range = peer_range(range_id);
+        let range = wire::range_from_wire(range_id);
         let Some(replica) = self.replicas.get(&range) else {
             let message = format!("this node does not host range {range}; `rasputin ranges list` shows where it is");
             return Ok(refuse(ErrorCode::UnknownRange, message, String::new()));
@@ -1502,7 +1502,7 @@ impl Daemon {
         let Some(token) = self.outbound.get(&envelope.to) else { return };
         let Some(connection) = self.connections.get_mut(token) else { return };
         let mut message = wire::peer_message_to_proto(&envelope);
-        message.range_id = wire_range(range);
+        message.range_id = wire::range_to_wire(range);
         if !connection.queue(&message) {
             warn!(
                 peer = envelope.to,
@@ -1538,7 +1538,7 @@ impl Daemon {
         let Some(token) = self.outbound.get(&peer) else { return };
         let Some(connection) = self.connections.get_mut(token) else { return };
         let mut message = wire::stream_message_to_proto(self.membership.node_id, peer, body);
-        message.range_id = wire_range(range);
+        message.range_id = wire::range_to_wire(range);
         if !connection.queue(&message) {
             warn!(peer, range, "dropping a snapshot stream message: the peer is not keeping up");
         }
@@ -1740,26 +1740,6 @@ impl Failure {
             proposed: self.proposed,
             ..Default::default()
         }
-    }
-}
-
-/// The range a peer message or an operator's request names: 0 is the first
-/// range, as daemons and clients from before ranges send it.
-fn peer_range(wire_id: u64) -> RangeId {
-    if wire_id == wire::DEFAULT_RANGE_ID {
-        FIRST_RANGE_ID
-    } else {
-        wire_id
-    }
-}
-
-/// The id a peer message carries for `range`: 0 for the first range, so
-/// that a daemon from before ranges takes it.
-fn wire_range(range: RangeId) -> u64 {
-    if range == FIRST_RANGE_ID {
-        wire::DEFAULT_RANGE_ID
-    } else {
-        range
     }
 }
 

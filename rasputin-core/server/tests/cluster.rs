@@ -995,15 +995,19 @@ fn get_request(request_id: u64, range_id: u64, key: &str, epoch: Option<u64>) ->
     }
 }
 
-/// The descriptors a node's status lists, as (id, start, epoch version).
-fn hosted_ranges(port: u16) -> Vec<(u64, Vec<u8>, u64)> {
+/// The ranges a node's status lists.
+fn range_statuses(port: u16) -> Vec<proto::RangeStatus> {
     let status = RawClient::connect(port).call(&proto::ClientRequest {
         request_id: 1,
         status: Some(proto::StatusRequest {}),
         ..Default::default()
     });
-    let ranges = status.status.map(|status| status.ranges).unwrap_or_default();
-    let descriptors = ranges.into_iter().filter_map(|range| range.descriptor);
+    status.status.map(|status| status.ranges).unwrap_or_default()
+}
+
+/// The descriptors a node's status lists, as (id, start, epoch version).
+fn hosted_ranges(port: u16) -> Vec<(u64, Vec<u8>, u64)> {
+    let descriptors = range_statuses(port).into_iter().filter_map(|range| range.descriptor);
     descriptors
         .map(|descriptor| (descriptor.id, descriptor.start.to_vec(), descriptor.epoch.map_or(0, |epoch| epoch.version)))
         .collect()
@@ -1162,12 +1166,7 @@ fn the_daemons_spread_the_leaders_of_six_ranges_two_per_node() {
     }
     let port = cluster.members[0].client_port;
     let led_per_node = || {
-        let status = RawClient::connect(port).call(&proto::ClientRequest {
-            request_id: 1,
-            status: Some(proto::StatusRequest {}),
-            ..Default::default()
-        });
-        let ranges = status.status.map(|status| status.ranges).unwrap_or_default();
+        let ranges = range_statuses(port);
         let mut counts = [0; 3];
         for range in &ranges {
             if let Some(count) = counts.get_mut((range.leader_id as usize).wrapping_sub(1)) {
