@@ -67,12 +67,16 @@ pub struct Faults {
     /// stepping down as it releases its promises: its successor's lease
     /// then overlaps its own, and its reads go stale.
     pub transfer_keeps_serving: bool,
+    /// A replacement that has not caught up votes for any candidate, as a
+    /// node that lost nothing would: a candidate lacking entries the lost
+    /// log had acknowledged may then win and lead without them.
+    pub replacement_votes_freely: bool,
 }
 
 impl Faults {
     /// The name of each planted bug, as the simulator's and the model
     /// checker's `--bug` options take them.
-    pub const NAMES: [&'static str; 8] = [
+    pub const NAMES: [&'static str; 9] = [
         "lease-without-margin",
         "read-before-noop",
         "stale-reads",
@@ -81,6 +85,7 @@ impl Faults {
         "votes-ignore-promises",
         "split-leads-in-any-term",
         "transfer-keeps-serving",
+        "replacement-votes-freely",
     ];
 
     /// The faults for one planted bug's name, if it names one.
@@ -95,6 +100,7 @@ impl Faults {
             "votes-ignore-promises" => &mut faults.votes_ignore_promises,
             "split-leads-in-any-term" => &mut faults.split_leads_in_any_term,
             "transfer-keeps-serving" => &mut faults.transfer_keeps_serving,
+            "replacement-votes-freely" => &mut faults.replacement_votes_freely,
             _ => return None,
         };
         *flag = true;

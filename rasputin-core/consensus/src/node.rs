@@ -87,12 +87,13 @@ pub struct Recovered<C> {
     pub snapshot: Option<Snapshot>,
     /// Entries after the snapshot, in order.
     pub entries: Vec<Entry<C>>,
-    /// A node that replaces one whose disk was lost neither votes nor
-    /// campaigns until its log is at least as up to date as a log ending at
-    /// this (term, index): the most up-to-date log among the other members
-    /// when it started, which holds every entry committed by then. Its lost
+    /// A node that replaces one whose disk was lost does not campaign until
+    /// its log is at least as up to date as a log ending at this (term,
+    /// index): the most up-to-date log among the other members when it
+    /// started, which holds every entry committed by then. Until then it
+    /// votes only for candidates whose logs reach this position: its lost
     /// log may have counted towards commits that only a minority holds now,
-    /// and until then it could vote for a candidate lacking them.
+    /// and it could otherwise vote for a candidate lacking them.
     pub votes_withheld_until: Option<(Term, LogIndex)>,
 }
 
@@ -561,6 +562,18 @@ impl<C: Command> Node<C> {
         self.votes_withheld_until.is_some_and(|target| own < target)
     }
 
+    /// Whether a withholding node refuses a candidate whose log ends at
+    /// `position`. It helps one whose log reaches the target: that log holds
+    /// every entry the target's log held committed (Raft's up-to-date
+    /// argument), so the vote cannot lose what this node's lost log had
+    /// acknowledged. Refusing such a candidate too would leave the cluster
+    /// without a leader for good if another member failed before this
+    /// node caught up: only a leader can bring it up to date.
+    fn withholds_votes_from(&self, position: (Term, LogIndex)) -> bool {
+        let reaches = |target| position >= target || self.config.faults.replacement_votes_freely;
+        self.withholds_votes() && self.votes_withheld_until.is_some_and(|target| !reaches(target))
+    }
+
     /// Whether this node would serve a lease read at local time `now`.
     pub fn holds_lease(&self, now: Nanos) -> bool {
         self.config.mode == ElectionMode::Harpoon && self.leader.as_ref().is_some_and(|leader| now < leader.lease_end)
@@ -712,8 +725,9 @@ impl<C: Command> Node<C> {
                 && self.last_leader_contact.is_some_and(|at| self.now < at + self.config.election_timeout_ns))
     }
 
-    fn bound_against(&self, candidate: NodeId) -> bool {
-        if self.withholds_votes() {
+    /// Whether this node may not help `candidate`, whose log ends at `position`.
+    fn bound_against(&self, candidate: NodeId, position: (Term, LogIndex)) -> bool {
+        if self.withholds_votes_from(position) {
             return true;
         }
         match self.config.mode {
@@ -832,7 +846,9 @@ impl<C: Command> Node<C> {
     }
 
     fn on_pre_vote(&mut self, from: NodeId, term: Term, last_log_index: LogIndex, last_log_term: Term) {
-        let granted = term > self.term() && self.log_allows(last_log_index, last_log_term) && !self.bound_against(from);
+        let granted = term > self.term()
+            && self.log_allows(last_log_index, last_log_term)
+            && !self.bound_against(from, (last_log_term, last_log_index));
         let term = if granted { term } else { self.term() };
         let (last_log_term, last_log_index) = self.own_position();
         self.send(from, Message::PreVoteResponse { term, granted, last_log_index, last_log_term });
@@ -858,7 +874,7 @@ impl<C: Command> Node<C> {
 
     fn on_vote(&mut self, from: NodeId, term: Term, last_log_index: LogIndex, last_log_term: Term) {
         let (own_term, own_index) = self.own_position();
-        if term < self.term() || self.bound_against(from) {
+        if term < self.term() || self.bound_against(from, (last_log_term, last_log_index)) {
             // Harpoon: a bound voter neither votes nor adopts the candidate's term.
             let response = Message::VoteResponse {
                 term: self.term(),

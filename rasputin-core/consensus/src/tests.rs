@@ -620,6 +620,39 @@ fn a_replacement_withholds_its_votes_until_its_log_catches_up() {
     assert!(messages(&ready).iter().any(|message| matches!(message, Message::VoteResponse { granted: true, .. })));
 }
 
+/// A replacement still catching up helps a candidate whose log reaches its
+/// target, and no other. Refusing every candidate left a cluster with
+/// another member down leaderless for good: only a leader brings the
+/// replacement up to date (seen in CI as writes stuck at NOT_LEADER).
+#[test]
+fn a_withholding_replacement_votes_for_a_candidate_whose_log_reaches_its_target() {
+    let recovered = Recovered {
+        hard_state: HardState { term: 3, voted_for: Some(2) },
+        votes_withheld_until: Some((3, 2)),
+        ..Recovered::default()
+    };
+    let mut replacement = Node::new(config(2, ElectionMode::Harpoon), recovered, 2, 0).unwrap();
+    let granted = |ready: &Ready| {
+        messages(ready).iter().any(|message| {
+            matches!(
+                message,
+                Message::VoteResponse { granted: true, .. } | Message::PreVoteResponse { granted: true, .. }
+            )
+        })
+    };
+    let behind = Message::PreVote { term: 4, last_log_index: 1, last_log_term: 3 };
+    assert!(!granted(&deliver(&mut replacement, LATE, 3, behind)), "a log short of the target gets no pre-vote");
+    let behind = Message::Vote { term: 4, last_log_index: 9, last_log_term: 2 };
+    assert!(!granted(&deliver(&mut replacement, LATE, 3, behind)), "nor a vote");
+    let reaching = Message::PreVote { term: 4, last_log_index: 2, last_log_term: 3 };
+    assert!(granted(&deliver(&mut replacement, LATE, 1, reaching)), "a log at the target gets a pre-vote");
+    let reaching = Message::Vote { term: 4, last_log_index: 2, last_log_term: 3 };
+    assert!(granted(&deliver(&mut replacement, LATE, 1, reaching)), "and a vote");
+    assert!(replacement.withholds_votes(), "its own log is still short of the target");
+    let _ = replacement.step(LATE + 5_000 * MS, Input::Tick);
+    assert_eq!(replacement.role(), Role::Follower, "so it does not campaign");
+}
+
 // ----- Harpoon v2: the leader-elect's fetch, and the campaign preference -----
 
 fn entry(index: LogIndex, term: Term) -> Entry {

@@ -12,6 +12,10 @@
 //!   Time passes for it all the same, and it sees so when it next steps;
 //! - hand a client write or read of one register to the leader (within budgets);
 //! - crash a node and restart it from its disk (within a budget);
+//! - wipe a node's disk and start a replacement in its place, as the daemon
+//!   does with `--replace`: it learns the highest term and the most
+//!   up-to-date log among the others, and withholds its votes from
+//!   candidates short of that log (within a budget);
 //! - ask the leader to transfer its leadership to another node (within a budget).
 //!
 //! The driver here is the daemon's contract at its strictest: a Ready's
@@ -63,6 +67,8 @@ pub struct Bounds {
     /// Client reads handed to nodes, over the whole run.
     pub reads: u64,
     pub crashes: u32,
+    /// Nodes whose disks are lost and replaced, over the whole run.
+    pub replacements: u32,
     /// Leadership transfers asked of leaders, over the whole run.
     pub transfers: u32,
     pub duplicates: u32,
@@ -109,6 +115,9 @@ pub enum Start {
 pub struct Disk {
     pub hard_state: HardState,
     pub entries: Vec<Entry<Request>>,
+    /// A replacement's target (`Recovered::votes_withheld_until`), kept
+    /// across its restarts.
+    pub votes_withheld_until: Option<(Term, LogIndex)>,
 }
 
 #[derive(Clone, Debug)]
@@ -130,6 +139,9 @@ pub struct Cluster {
     /// The node each request in flight was handed to, which answers it.
     pub waiting: BTreeMap<u64, usize>,
     pub crashes_made: u32,
+    pub replacements_made: u32,
+    /// A withholding replacement's vote helped elect a leader.
+    pub led_with_a_replacements_vote: bool,
     pub transfers_made: u32,
     /// The last transfer asked for: its successor and the term it was asked in.
     pub transfer: Option<(NodeId, Term)>,
@@ -162,6 +174,7 @@ impl Hash for Cluster {
         (self.now, self.writes_made, self.reads_made, self.crashes_made, self.duplicates_made, self.pauses_made)
             .hash(hasher);
         (self.transfers_made, self.transfer, self.led_after_a_transfer).hash(hasher);
+        (self.replacements_made, self.led_with_a_replacements_vote).hash(hasher);
         self.history.hash(hasher);
         self.waiting.hash(hasher);
         (&self.broken, self.led_after_a_fetch).hash(hasher);
@@ -185,6 +198,8 @@ impl PartialEq for Cluster {
                 )
             && (self.transfers_made, self.transfer, self.led_after_a_transfer)
                 == (other.transfers_made, other.transfer, other.led_after_a_transfer)
+            && (self.replacements_made, self.led_with_a_replacements_vote)
+                == (other.replacements_made, other.led_with_a_replacements_vote)
             && self.history == other.history
             && self.waiting == other.waiting
             && (&self.broken, self.led_after_a_fetch) == (&other.broken, other.led_after_a_fetch)
@@ -204,6 +219,8 @@ pub enum Action {
     Write(usize),
     Read(usize),
     CrashAndRestart(usize),
+    /// The node's disk is lost; a replacement starts in its place.
+    Replace(usize),
     /// The leader at the first index hands its leadership to the node at the second.
     Transfer(usize, usize),
 }
@@ -238,8 +255,12 @@ impl Harpoon {
     }
 
     fn start(&self, id: NodeId, disk: &Disk, now: Nanos) -> Node<Request> {
-        let recovered =
-            Recovered { hard_state: disk.hard_state, entries: disk.entries.clone(), ..Recovered::default() };
+        let recovered = Recovered {
+            hard_state: disk.hard_state,
+            entries: disk.entries.clone(),
+            votes_withheld_until: disk.votes_withheld_until,
+            ..Recovered::default()
+        };
         // One seed per node: the election timeouts differ, and a state is
         // a function of the actions that led to it.
         Node::new(self.config(id), recovered, id, now).expect("a disk this driver wrote recovers")
@@ -336,6 +357,8 @@ impl Harpoon {
             history: LinearizabilityTester::new(Register(0)),
             waiting: BTreeMap::new(),
             crashes_made: 0,
+            replacements_made: 0,
+            led_with_a_replacements_vote: false,
             transfers_made: 0,
             transfer: None,
             led_after_a_transfer: false,
@@ -375,6 +398,22 @@ impl Harpoon {
     }
 }
 
+/// What the daemon's `--replace` writes before node `index` starts again:
+/// the highest term among the others, voted in by itself (it may have
+/// voted in that term before), and the most up-to-date log among them as
+/// the target. It asks every other member, which answer from what they
+/// hold now.
+fn replacement_disk(cluster: &Cluster, index: usize) -> Disk {
+    let others = || cluster.nodes.iter().enumerate().filter(move |&(other, _)| other != index).map(|(_, node)| node);
+    let term = others().map(Node::term).max().unwrap_or(0);
+    let target = others().map(|node| (node.log().last_term(), node.log().last_index())).max().unwrap_or((0, 0));
+    Disk {
+        hard_state: HardState { term, voted_for: Some(index as NodeId + 1) },
+        entries: Vec::new(),
+        votes_withheld_until: Some(target),
+    }
+}
+
 /// Node `index` answers request `number`, if that request is waiting for it.
 fn answer(cluster: &mut Cluster, index: usize, number: u64, ret: RegisterRet<u64>) {
     if cluster.waiting.get(&number) != Some(&index) {
@@ -403,6 +442,10 @@ fn check_node(cluster: &mut Cluster, index: usize) {
         let term = node.term();
         let successor_leads = |(successor, asked_in): (NodeId, Term)| successor == id && term > asked_in;
         cluster.led_after_a_transfer |= cluster.transfer.is_some_and(successor_leads);
+        let withholding_voter = |voter: &Node<Request>| {
+            voter.id() != id && voter.withholds_votes() && voter.hard_state() == HardState { term, voted_for: Some(id) }
+        };
+        cluster.led_with_a_replacements_vote |= cluster.nodes.iter().any(withholding_voter);
         match cluster.leaders.get(&term) {
             Some(&other) if other != id => {
                 cluster.broken.push(format!("election safety: nodes {other} and {id} both led term {term}"))
@@ -491,6 +534,9 @@ impl Model for Harpoon {
             if cluster.crashes_made < self.bounds.crashes {
                 actions.push(Action::CrashAndRestart(index));
             }
+            if cluster.replacements_made < self.bounds.replacements {
+                actions.push(Action::Replace(index));
+            }
             if cluster.transfers_made < self.bounds.transfers && leads {
                 let others = (0..self.bounds.nodes).filter(|&to| to != index);
                 actions.extend(others.map(|to| Action::Transfer(index, to)));
@@ -539,6 +585,14 @@ impl Model for Harpoon {
                 cluster.nodes[index] = self.start(id, &cluster.disks[index], now);
                 self.step(&mut cluster, index, Input::Tick);
             }
+            Action::Replace(index) => {
+                cluster.replacements_made += 1;
+                cluster.waiting.retain(|_, node| *node != index);
+                cluster.disks[index] = replacement_disk(&cluster, index);
+                let now = self.local(index, cluster.now);
+                cluster.nodes[index] = self.start(index as NodeId + 1, &cluster.disks[index], now);
+                self.step(&mut cluster, index, Input::Tick);
+            }
             Action::Transfer(index, to) => {
                 cluster.transfers_made += 1;
                 let successor = to as NodeId + 1;
@@ -565,6 +619,10 @@ impl Model for Harpoon {
             Property::<Self>::sometimes("a lagging node leads after fetching", |_, cluster: &Cluster| {
                 cluster.led_after_a_fetch
             }),
+            Property::<Self>::sometimes(
+                "a replacement still catching up helps elect a leader",
+                |_, cluster: &Cluster| cluster.led_with_a_replacements_vote,
+            ),
             Property::<Self>::sometimes("a transfer's successor leads", |_, cluster: &Cluster| {
                 cluster.led_after_a_transfer
             }),

@@ -43,6 +43,7 @@ fn quiet(mode: ElectionMode, writes: u64) -> Bounds {
         writes,
         reads: 0,
         crashes: 0,
+        replacements: 0,
         transfers: 0,
         duplicates: 0,
         pauses: 0,
@@ -174,4 +175,29 @@ fn the_checker_finds_an_old_leader_serving_after_its_transfer() {
         .join();
     let path = checker.discovery("at most one valid lease").expect("the planted bug is found");
     println!("found in {} steps: {:?}", path.clone().into_actions().len(), path.into_actions());
+}
+
+/// From the lagging start (node 3 lacks the committed no-op), a node's disk
+/// is lost and a replacement starts in its place. A candidate whose log
+/// reaches the replacement's target may win with its vote; no leader may
+/// then lack a committed entry.
+fn replacing() -> Bounds {
+    Bounds { replacements: 1, ..lagging(0, 0) }
+}
+
+#[test]
+fn harpoon_replaces_a_lost_node_and_breaks_nothing_in_every_interleaving_to_depth_10() {
+    let checker = check(replacing(), 10);
+    assert_safe(&checker);
+    checker.assert_any_discovery("a replacement still catching up helps elect a leader");
+}
+
+/// The planted bug: the replacement votes for anyone. Node 3, lacking the
+/// no-op that the lost log acknowledged, wins with its vote.
+#[test]
+fn the_checker_finds_a_leader_elected_by_a_replacement_that_votes_freely() {
+    let checker = check(planted("replacement-votes-freely", replacing()), 10);
+    let (steps, broken) = counterexample(&checker);
+    assert!(broken.contains("leader completeness"), "{broken}");
+    println!("found in {steps} steps");
 }

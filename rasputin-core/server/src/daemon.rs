@@ -567,7 +567,7 @@ impl Daemon {
                 node,
                 term,
                 log_end = ?most_up_to_date,
-                "replacing a lost node: no vote in term {term}, and none at all until this node's log reaches {most_up_to_date:?}"
+                "replacing a lost node: no vote in term {term}, and until this node's log reaches {most_up_to_date:?} no campaign and no vote for a candidate whose log falls short of it"
             );
             self.storage.first_range_mut().start_replacement(term, node, most_up_to_date)?;
         }

@@ -576,8 +576,9 @@ impl<'a> World<'a> {
             replica.kv = split_state.clone();
         }
         if replica.is_empty() {
-            // It knows nothing of the range yet: it must not vote or
-            // campaign until a leader has sent it the range's state.
+            // It knows nothing of the range yet: it must not campaign
+            // until a leader has sent it the range's state, and it votes
+            // only for a candidate that holds some of the range's log.
             recovered.votes_withheld_until = Some((0, 1));
         }
         replica.node = Some(Node::new(config, recovered, seed, local).expect("simulator config is valid"));

@@ -2,7 +2,7 @@
 //! deeper than CI's. Prints the states explored, the depth, the time, and
 //! the first counterexample found, if any.
 //!
-//!     rasputin-model harpoon|raft|raft-pv-cq DEPTH [BUG] [crashes=N] [duplicates=N] [writes=N]
+//!     rasputin-model harpoon|raft|raft-pv-cq DEPTH [BUG] [crashes=N] [replacements=N] [duplicates=N] [writes=N]
 //!         [reads=N] [pauses=N] [transfers=N] [messages=N] [no-preference] [lagging|led] [drift] [dfs]
 //!
 //! BUG is one of `Faults::NAMES` (skip-fetch, votes-ignore-promises, votes-ignore-logs, ...).
@@ -20,7 +20,7 @@ fn main() -> ExitCode {
     let depth = arguments.get(1).and_then(|text| text.parse().ok());
     let (Some(mode), Some(depth)) = (mode, depth) else {
         eprintln!(
-            "usage: rasputin-model harpoon|raft|raft-pv-cq DEPTH [BUG] [crashes=N] [duplicates=N] [writes=N] [reads=N] [pauses=N] [transfers=N] [messages=N] [no-preference] [lagging|led] [drift] [dfs]; BUG: {}",
+            "usage: rasputin-model harpoon|raft|raft-pv-cq DEPTH [BUG] [crashes=N] [replacements=N] [duplicates=N] [writes=N] [reads=N] [pauses=N] [transfers=N] [messages=N] [no-preference] [lagging|led] [drift] [dfs]; BUG: {}",
             Faults::NAMES.join(", ")
         );
         return ExitCode::from(2);
@@ -39,6 +39,7 @@ fn main() -> ExitCode {
         writes: count("writes", 1),
         reads: count("reads", 0),
         crashes: count("crashes", 0) as u32,
+        replacements: count("replacements", 0) as u32,
         transfers: count("transfers", 0) as u32,
         duplicates: count("duplicates", 0) as u32,
         pauses: count("pauses", 0) as u32,
