@@ -446,15 +446,7 @@ fn split(client: &Client, key: &[u8], hex_output: bool, timeout: Duration) -> Re
     };
     if holding.start[..] != *key {
         let version = holding.epoch.unwrap_or_default().version;
-        // A split's answer can be lost (its leader handed over, say) after it
-        // applied; then its retry is refused as stale, and the new range
-        // listed below says it was made.
-        if let Err(error) = client.split(key, version) {
-            let (ranges, _) = known_ranges(client, false)?;
-            if !ranges.iter().any(|range| start_of(range) == key) {
-                return Err(Failure::client(&error));
-            }
-        }
+        client.split(key, version).map_err(|error| Failure::client(&error))?;
     }
     loop {
         let (ranges, _) = known_ranges(client, false)?;

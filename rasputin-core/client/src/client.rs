@@ -816,17 +816,27 @@ impl Client {
     /// Splits the range holding `key` at `key`, if that range is at epoch
     /// version `version` (as `node_status` lists it): it then ends at
     /// `key`, and a new range holds the keys from `key` on, on the same
-    /// replicas and led by the same leader. No data moves. A stale version,
-    /// or a key that starts a range already, is refused (`BAD_REQUEST`) and
-    /// changes nothing; so is a split asked twice, as its version is stale.
-    /// A split needs no session, so a retry after a lost answer (its leader
-    /// handed over, say) is a second ask: refused as stale if the first
-    /// applied. `node_status` then lists a range starting at `key`.
+    /// replicas and led by the same leader. No data moves. Returns `Ok`
+    /// once a range starts at `key`, whoever split it there: a split needs
+    /// no session, so a retry after a lost answer (its leader handed over,
+    /// say) is a second ask, refused as stale when the first applied, and
+    /// the servers' range listings then say that it did. A stale version
+    /// with no range starting at `key` is refused (`BAD_REQUEST`) and
+    /// changes nothing: read the descriptor again and decide anew.
     pub fn split(&self, key: &[u8], version: u64) -> Result<(), ClientError> {
         let operation = Operation::Split { key: Bytes::copy_from_slice(key), right_range: 0, version };
         check_frame(&operation)?;
         let request = ClientRequest { client_id: 0, sequence: nonce(), operation };
-        self.send_routed(&request).outcome.map(|_| ())
+        match self.send_routed(&request).outcome {
+            Err(error) if !self.range_starts_at(key) => Err(error),
+            _ => Ok(()),
+        }
+    }
+
+    /// Whether a server lists a range that starts at `key`.
+    fn range_starts_at(&self, key: &[u8]) -> bool {
+        self.learn_hosted_ranges();
+        self.route_of(key).is_some_and(|route| route.start[..] == *key)
     }
 
     /// Asks the leader of range `range_id` (0: the first range) to hand
