@@ -1083,7 +1083,8 @@ fn a_split_makes_two_ranges_that_serve_their_keys_and_survive_a_restart() {
     assert_eq!(error_code(&misrouted), wire::ErrorCode::RangeMismatch, "{}", misrouted.message);
     let told: Vec<u64> = misrouted.descriptors.iter().map(|descriptor| descriptor.id).collect();
     assert_eq!(told, vec![1, right], "the named range and the one holding the key");
-    let routed = raw.call(&get_request(3, right, "key-3", Some(1)));
+    // The balancer may have handed the new range's leadership to another node.
+    let routed = call_at_leader(&ports, &get_request(3, right, "key-3", Some(1)));
     assert_eq!(error_code(&routed), wire::ErrorCode::Ok, "{}", routed.message);
     assert_eq!(&routed.value[..], b"after-3");
     let stale = raw.call(&get_request(4, 1, "key-1", Some(0)));
@@ -1102,6 +1103,18 @@ fn a_split_makes_two_ranges_that_serve_their_keys_and_survive_a_restart() {
     for port in ports {
         assert_eq!(hosted_ranges(port).len(), 2, "node on port {port} after the restart");
     }
+}
+
+/// The first answer to `request` that is not NOT_LEADER, asking each of
+/// the nodes at `ports` in turn until the deadline.
+fn call_at_leader(ports: &[u16], request: &proto::ClientRequest) -> proto::ClientResponse {
+    let mut answer = None;
+    eventually("a leader answers", || {
+        let mut answers = ports.iter().map(|&port| RawClient::connect(port).call(request));
+        answer = answers.find(|answer| error_code(answer) != wire::ErrorCode::NotLeader);
+        answer.is_some()
+    });
+    answer.expect("eventually found one")
 }
 
 /// The epoch version of the range holding `key`, as the node that has
