@@ -100,6 +100,8 @@ pub enum WireError {
     Invalid(#[from] MessageError),
     #[error("an entry carries a malformed range descriptor: {0}; the peer is broken or hostile")]
     BadDescriptor(DescriptorError),
+    #[error("{message}'s {field} disagree; the peer is broken or hostile")]
+    Mismatched { message: &'static str, field: &'static str },
 }
 
 /// Appends `message` to `out` as one frame.
@@ -470,15 +472,37 @@ fn vote_response_to_proto(
 #[derive(Debug)]
 pub enum PeerFrame {
     Consensus(Envelope),
-    Chunk { from: NodeId, to: NodeId, chunk: proto::SnapshotChunk },
-    ChunkAck { from: NodeId, to: NodeId, ack: proto::SnapshotChunkAck },
+    Chunk {
+        from: NodeId,
+        to: NodeId,
+        chunk: proto::SnapshotChunk,
+    },
+    ChunkAck {
+        from: NodeId,
+        to: NodeId,
+        ack: proto::SnapshotChunkAck,
+    },
+    /// The receiver of a message from `to` does not host its range.
+    RangeUnknown {
+        from: NodeId,
+        to: NodeId,
+    },
+    /// The range's descriptor, for a node that does not host it.
+    RangeIntroduction {
+        from: NodeId,
+        to: NodeId,
+        descriptor: RangeDescriptor,
+    },
 }
 
 impl PeerFrame {
     pub fn from_to(&self) -> (NodeId, NodeId) {
         match self {
             PeerFrame::Consensus(envelope) => (envelope.from, envelope.to),
-            PeerFrame::Chunk { from, to, .. } | PeerFrame::ChunkAck { from, to, .. } => (*from, *to),
+            PeerFrame::Chunk { from, to, .. }
+            | PeerFrame::ChunkAck { from, to, .. }
+            | PeerFrame::RangeUnknown { from, to }
+            | PeerFrame::RangeIntroduction { from, to, .. } => (*from, *to),
         }
     }
 }
@@ -493,6 +517,19 @@ pub fn peer_frame_from_proto(message: proto::PeerMessage) -> Result<PeerFrame, W
     match message.body {
         Some(Body::SnapshotChunk(chunk)) => Ok(PeerFrame::Chunk { from, to, chunk }),
         Some(Body::SnapshotChunkAck(ack)) => Ok(PeerFrame::ChunkAck { from, to, ack }),
+        Some(Body::RangeUnknown(_)) => Ok(PeerFrame::RangeUnknown { from, to }),
+        Some(Body::RangeIntroduction(introduction)) => {
+            let missing = WireError::MissingField { message: "RangeIntroduction", field: "descriptor" };
+            let descriptor = introduction.descriptor.ok_or(missing)?;
+            let descriptor = RangeDescriptor::from_proto(descriptor).map_err(WireError::BadDescriptor)?;
+            if descriptor.id != range_from_wire(message.range_id) {
+                return Err(WireError::Mismatched {
+                    message: "RangeIntroduction",
+                    field: "descriptor id and range_id",
+                });
+            }
+            Ok(PeerFrame::RangeIntroduction { from, to, descriptor })
+        }
         _ => {
             let envelope = peer_message_unchecked(message)?;
             consensus::check_structure(&envelope.message)?;
@@ -516,6 +553,19 @@ pub fn install_snapshot_message(
     let message = Message::InstallSnapshot { term: chunk.term, snapshot, round: chunk.round };
     consensus::check_structure(&message)?;
     Ok(Envelope { from, to, message })
+}
+
+/// The daemon's message saying that `from` does not host `range`.
+pub fn range_unknown_to_proto(from: NodeId, to: NodeId, range: RangeId) -> proto::PeerMessage {
+    let body = proto::peer_message::Body::RangeUnknown(proto::RangeUnknown {});
+    proto::PeerMessage { range_id: range_to_wire(range), from, to, body: Some(body) }
+}
+
+/// The daemon's message introducing `descriptor`'s range to `to`.
+pub fn range_introduction_to_proto(from: NodeId, to: NodeId, descriptor: &RangeDescriptor) -> proto::PeerMessage {
+    let introduction = proto::RangeIntroduction { descriptor: Some(descriptor.to_proto()) };
+    let body = proto::peer_message::Body::RangeIntroduction(introduction);
+    proto::PeerMessage { range_id: range_to_wire(descriptor.id), from, to, body: Some(body) }
 }
 
 /// A snapshot chunk or its acknowledgement, from `from` to `to`.
@@ -582,8 +632,10 @@ fn peer_message_unchecked(message: proto::PeerMessage) -> Result<Envelope, WireE
             last_index: response.last_index,
             round: response.round,
         },
-        Body::SnapshotChunk(_) | Body::SnapshotChunkAck(_) => {
-            unreachable!("peer_frame_from_proto takes snapshot streams out before consensus messages are converted")
+        Body::SnapshotChunk(_) | Body::SnapshotChunkAck(_) | Body::RangeUnknown(_) | Body::RangeIntroduction(_) => {
+            unreachable!(
+                "peer_frame_from_proto takes the daemon's own messages out before consensus messages are converted"
+            )
         }
     };
     Ok(Envelope { from: message.from, to: message.to, message: message_body })
@@ -714,6 +766,30 @@ mod tests {
             let decoded = peer_frame_from_proto(decode(frame, "PeerMessage").unwrap()).unwrap();
             assert!(matches!(decoded, PeerFrame::Consensus(decoded) if decoded == envelope));
         }
+    }
+
+    #[test]
+    fn range_introductions_round_trip_and_must_describe_the_range_they_name() {
+        let (_, right) = RangeDescriptor::first(vec![1, 2, 3]).split_at(&Bytes::from_static(b"m"), 0, 9).unwrap();
+        let introduction = range_introduction_to_proto(1, 2, &right);
+        let converted = peer_frame_from_proto(introduction.clone()).unwrap();
+        assert!(
+            matches!(&converted, PeerFrame::RangeIntroduction { from: 1, to: 2, descriptor } if *descriptor == right)
+        );
+        let unknown = peer_frame_from_proto(range_unknown_to_proto(2, 1, 9)).unwrap();
+        assert!(matches!(unknown, PeerFrame::RangeUnknown { from: 2, to: 1 }));
+
+        let elsewhere = proto::PeerMessage { range_id: 8, ..introduction.clone() };
+        assert!(matches!(peer_frame_from_proto(elsewhere), Err(WireError::Mismatched { .. })));
+        let mut malformed = introduction.clone();
+        let Some(proto::peer_message::Body::RangeIntroduction(body)) = &mut malformed.body else { unreachable!() };
+        body.descriptor.as_mut().unwrap().id = 0;
+        assert!(matches!(peer_frame_from_proto(malformed), Err(WireError::BadDescriptor(_))));
+        let empty = proto::PeerMessage {
+            body: Some(proto::peer_message::Body::RangeIntroduction(proto::RangeIntroduction { descriptor: None })),
+            ..introduction
+        };
+        assert!(matches!(peer_frame_from_proto(empty), Err(WireError::MissingField { .. })));
     }
 
     #[test]

@@ -29,7 +29,9 @@ fn consensus_message(rng: &mut ChaCha8Rng, message: proto::PeerMessage) -> Optio
             let position = (number(rng, 10), number(rng, chunk.term));
             wire::install_snapshot_message(from, to, &chunk, position).ok()
         }
-        wire::PeerFrame::ChunkAck { .. } => None,
+        wire::PeerFrame::ChunkAck { .. }
+        | wire::PeerFrame::RangeUnknown { .. }
+        | wire::PeerFrame::RangeIntroduction { .. } => None,
     }
 }
 

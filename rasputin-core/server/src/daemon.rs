@@ -23,7 +23,7 @@ use super::config::{Flags, Membership};
 use super::connection::{Connection, Kind, Received, READ_CHUNK_BYTES};
 use super::metrics::{Metrics, OPERATIONS};
 use super::observer::{Identity, Observer, Turn};
-use super::replica::{self, Deadlines, Replica, Waiter, REPLICAS_PER_NODE_MAX};
+use super::replica::{self, Deadlines, Replica, Waiter, INTRODUCTION_INTERVAL, REPLICAS_PER_NODE_MAX};
 use super::snapshot::{ChunkOutcome, Streams};
 use super::status::{StatusBoard, StatusServer};
 use super::storage::{Claim, SplitMade, Storage, StorageError, SyncWorker};
@@ -937,12 +937,7 @@ impl Daemon {
             return Ok(());
         }
         if !self.replicas.contains_key(&range) {
-            // A range this node has not made yet (its split has yet to
-            // apply here) or no longer holds; the sender's next message
-            // after that will do. Not bad input: ranges come and go.
-            debug!(peer = from, range, "dropping a message for a range this node does not host");
-            self.observer.metrics.unhosted_messages.fetch_add(1, Ordering::Relaxed);
-            return Ok(());
+            return self.on_unhosted_frame(range, from, frame);
         }
         // From here on, a wiped `from` is known to have taken part.
         self.storage.record_seen(from)?;
@@ -953,7 +948,89 @@ impl Daemon {
                 self.streams.on_ack((range, from), &ack);
                 Ok(())
             }
+            wire::PeerFrame::RangeUnknown { .. } => {
+                self.introduce(range, from);
+                Ok(())
+            }
+            // Hosted already: there is nothing to make.
+            wire::PeerFrame::RangeIntroduction { .. } => Ok(()),
         }
+    }
+
+    /// A message for a range this node does not host: one it has not made
+    /// yet (its split has yet to apply here), one whose split it will
+    /// never apply (a snapshot of the parent from after the split reached
+    /// it), or one it no longer holds. Not bad input: ranges come and go.
+    /// An append or heartbeat is answered `RangeUnknown`, so that the
+    /// sender introduces the range, and an introduction may make an empty
+    /// replica.
+    fn on_unhosted_frame(&mut self, range: RangeId, from: NodeId, frame: wire::PeerFrame) -> Result<(), DaemonError> {
+        match frame {
+            wire::PeerFrame::RangeIntroduction { descriptor, .. } => {
+                return self.on_range_introduction(from, descriptor)
+            }
+            wire::PeerFrame::Consensus(envelope)
+                if matches!(envelope.message, Message::Append { .. } | Message::Heartbeat { .. }) =>
+            {
+                let unknown = wire::range_unknown_to_proto(self.membership.node_id, from, range);
+                self.send_own_message(from, &unknown);
+            }
+            _ => {}
+        }
+        debug!(peer = from, range, "dropping a message for a range this node does not host");
+        self.observer.metrics.unhosted_messages.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// `peer` said it does not host `range`: tells it the range's
+    /// descriptor, if it is one of the range's replicas, at most once per
+    /// `INTRODUCTION_INTERVAL`.
+    fn introduce(&mut self, range: RangeId, peer: NodeId) {
+        let own = self.membership.node_id;
+        let replica = self.replicas.get_mut(&range).expect("the caller checked the range is hosted");
+        let recently = replica.introduced.get(&peer).is_some_and(|at| at.elapsed() < INTRODUCTION_INTERVAL);
+        if !replica.descriptor.replicas.contains(&peer) || recently {
+            return;
+        }
+        replica.introduced.insert(peer, Instant::now());
+        let introduction = wire::range_introduction_to_proto(own, peer, &replica.descriptor);
+        self.send_own_message(peer, &introduction);
+    }
+
+    /// `from` told this node of a range it does not host. If none of its
+    /// ranges holds any of the range's keys, the split that made the range
+    /// will never apply here (a snapshot from after it shrank the parent),
+    /// so this node makes an empty replica, which votes only for
+    /// candidates holding some of the range's log and does not campaign
+    /// until the leader's snapshot arrives (docs/ranges.md). While one of
+    /// its ranges overlaps it, the split is still to apply here, and makes
+    /// the replica itself.
+    fn on_range_introduction(&mut self, from: NodeId, descriptor: RangeDescriptor) -> Result<(), DaemonError> {
+        let (own, range) = (self.membership.node_id, descriptor.id);
+        let among_replicas = descriptor.replicas.contains(&own) && descriptor.replicas.contains(&from);
+        if descriptor.is_meta() || !among_replicas {
+            warn!(peer = from, %descriptor, "ignoring an introduction to a range this node is not to host");
+            return Ok(());
+        }
+        if let Some(other) = self.overlapping(range, &descriptor) {
+            debug!(range, other, "not making an empty replica: its split has yet to apply to a range here");
+            return Ok(());
+        }
+        if self.replicas.len() >= REPLICAS_PER_NODE_MAX {
+            warn!(range, max = REPLICAS_PER_NODE_MAX, "not making an empty replica: this node hosts the most it may");
+            return Ok(());
+        }
+        if self.storage.was_replaced()? {
+            debug!(
+                range,
+                "not making an empty replica: this node replaced a lost one, whose votes in the range are unknown"
+            );
+            return Ok(());
+        }
+        info!(node = own, peer = from, %descriptor, "making an empty replica of a range whose split this node missed; its leader's snapshot fills it");
+        self.storage.open_empty(&descriptor)?;
+        self.observer.metrics.empty_replicas.fetch_add(1, Ordering::Relaxed);
+        self.start_replica(range)
     }
 
     fn on_client_frame(&mut self, token: Token, frame: bytes::Bytes) -> Result<(), DaemonError> {
@@ -1535,12 +1612,19 @@ impl Daemon {
     }
 
     fn send_stream_message(&mut self, range: RangeId, peer: NodeId, body: proto::peer_message::Body) {
-        let Some(token) = self.outbound.get(&peer) else { return };
-        let Some(connection) = self.connections.get_mut(token) else { return };
         let mut message = wire::stream_message_to_proto(self.membership.node_id, peer, body);
         message.range_id = wire::range_to_wire(range);
-        if !connection.queue(&message) {
-            warn!(peer, range, "dropping a snapshot stream message: the peer is not keeping up");
+        self.send_own_message(peer, &message);
+    }
+
+    /// Queues a message of the daemon's own (not consensus's) to `peer`,
+    /// if connected; one the peer is too slow to take is dropped, and the
+    /// exchange it belongs to repeats.
+    fn send_own_message(&mut self, peer: NodeId, message: &proto::PeerMessage) {
+        let Some(token) = self.outbound.get(&peer) else { return };
+        let Some(connection) = self.connections.get_mut(token) else { return };
+        if !connection.queue(message) {
+            warn!(peer, range = message.range_id, "dropping a message to a peer that is not keeping up");
         }
     }
 

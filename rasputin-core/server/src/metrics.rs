@@ -137,6 +137,7 @@ pub struct Metrics {
     pub splits: AtomicU64,
     pub balancing_transfers: AtomicU64,
     pub unhosted_messages: AtomicU64,
+    pub empty_replicas: AtomicU64,
     pub ranges: AtomicU64,
 }
 
@@ -163,6 +164,7 @@ impl Metrics {
             splits: AtomicU64::new(0),
             balancing_transfers: AtomicU64::new(0),
             unhosted_messages: AtomicU64::new(0),
+            empty_replicas: AtomicU64::new(0),
             ranges: AtomicU64::new(0),
         }
     }
@@ -313,6 +315,11 @@ impl Metrics {
             "rasputin_unhosted_messages_total",
             "Peer messages dropped because they were for a range this node does not host.",
             &self.unhosted_messages,
+        );
+        out.counter(
+            "rasputin_empty_replicas_total",
+            "Empty replicas made for ranges whose split this node missed, each then filled by a snapshot.",
+            &self.empty_replicas,
         );
         out.gauge("rasputin_ranges", "Ranges this node hosts.", self.ranges.load(Ordering::Relaxed) as f64);
         out.gauge("rasputin_term", "This node's current term.", gauges.term as f64);

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use mio::Token;
 
-use rasputin_consensus::Nanos;
+use rasputin_consensus::{Nanos, NodeId};
 use rasputin_kv::operation::{ClientRequest, Node};
 use rasputin_kv::range::{RangeDescriptor, RangeId};
 
@@ -15,6 +15,12 @@ use super::snapshot::Receiver;
 
 /// Ranges one node hosts at most; a split that would pass it is refused.
 pub const REPLICAS_PER_NODE_MAX: usize = 10_000;
+
+/// How often a replica tells a peer that does not host its range the
+/// range's descriptor, at most: the peer asks at every append or heartbeat
+/// until it can make its empty replica, which it cannot while one of its
+/// ranges still holds some of the keys.
+pub const INTRODUCTION_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// A client request waiting for its answer.
 pub struct Waiter {
@@ -41,6 +47,9 @@ pub struct Replica {
     pub withholding_votes: bool,
     /// The snapshot this replica is receiving, if any.
     pub receiver: Receiver,
+    /// When this replica last told each peer that missed the range's split
+    /// the range's descriptor (`RangeIntroduction`).
+    pub introduced: HashMap<NodeId, Instant>,
 }
 
 impl Replica {
@@ -53,6 +62,7 @@ impl Replica {
             deadline: 0,
             withholding_votes,
             receiver: Receiver::default(),
+            introduced: HashMap::new(),
         }
     }
 }

@@ -56,6 +56,10 @@ const IDENTITY_KEY: &[u8] = b"m:identity";
 /// them, and the peers this node has heard from; 4 keeps each range's
 /// metadata, sessions and log under its id.
 const FORMAT_KEY: &[u8] = b"m:format";
+/// Present once this node has started as a replacement for one whose
+/// disk was lost: what its lost replicas voted and acknowledged is
+/// unknown, so it makes no replica on demand (`Storage::open_empty`).
+const REPLACED_KEY: &[u8] = b"m:replaced";
 const FORMAT_VERSION: u8 = 4;
 /// Version 3's keys of its one range's metadata, which `migrate_from_3` moves.
 const FORMAT_3_FIELDS: [(&[u8], &[u8]); 5] = [
@@ -496,6 +500,36 @@ impl Storage {
         Ok(self.ranges.entry(range).or_insert(opened))
     }
 
+    /// Stores and opens an empty replica of `descriptor`'s range, for a
+    /// node that missed the split that made it: no state, and votes
+    /// withheld (the target (0, 1)) until its leader's snapshot arrives.
+    /// Synced, so that a restart finds it as the peers now expect it.
+    pub fn open_empty(&mut self, descriptor: &RangeDescriptor) -> Result<&mut RangeStorage, StorageError> {
+        assert!(!self.was_replaced()?, "a replacement makes no replica on demand (range {})", descriptor.id);
+        let range = descriptor.id;
+        let keys = RangeKeys::of(range);
+        if self.ranges.contains_key(&range) || self.db.get(keys.descriptor())?.is_some() {
+            return Err(StorageError::Impossible(format!(
+                "an empty replica of range {range}, which is stored already"
+            )));
+        }
+        let mut batch = WriteBatch::default();
+        batch.put(keys.descriptor(), encode_descriptor(descriptor));
+        batch.put(keys.withhold(), wire::to_bytes(&proto::AppliedPosition { index: 1, term: 0 }));
+        self.write(batch, true)?;
+        let opened = RangeStorage::open(self.db.clone(), &self.directory, keys, &self.members)?;
+        Ok(self.ranges.entry(range).or_insert(opened))
+    }
+
+    /// Whether this node started as a replacement (`start_replacement`).
+    /// Its lost replica of a range may have voted in a term, or helped
+    /// commit entries, that an empty replica would not know of: such a
+    /// replica needs what a replacement learns from every member, which
+    /// membership changes will give it.
+    pub fn was_replaced(&self) -> Result<bool, StorageError> {
+        Ok(self.db.get(REPLACED_KEY)?.is_some())
+    }
+
     /// The first range's storage, which keeps the database open on its own.
     #[cfg(test)]
     pub(crate) fn into_first_range(mut self) -> RangeStorage {
@@ -648,6 +682,7 @@ impl RangeStorage {
         batch.put(self.keys.hard_state(), wire::to_bytes(&wire::hard_state_to_proto(hard_state)));
         let (term, index) = until;
         batch.put(self.keys.withhold(), wire::to_bytes(&proto::AppliedPosition { index, term }));
+        batch.put(REPLACED_KEY, []);
         self.write(batch, true)
     }
 
@@ -1721,6 +1756,31 @@ mod tests {
         assert_eq!(left.descriptor().end.as_deref(), Some(&b"m"[..]));
         let stray = left.apply(&[put(6, b"z", b"stray")], hard_state).unwrap().answers;
         assert!(matches!(stray[0].outcome, Err(Refusal::RangeMismatch { .. })), "{stray:?}");
+        drop(storage);
+        std::fs::remove_dir_all(&directory).unwrap();
+    }
+
+    /// Issue 17: an empty replica, made for a range whose split this node
+    /// missed, is stored with its descriptor and its votes withheld, holds
+    /// nothing, and reopens so after a restart; a replacement is marked.
+    #[test]
+    fn an_empty_replica_reopens_withholding_and_a_replacement_is_marked() {
+        let directory = temporary("empty-replica");
+        let mut storage = Storage::open(&directory, &MEMBERS).unwrap();
+        let (_, right) = storage.first_range().descriptor().split_at(&Bytes::from_static(b"m"), 0, 9).unwrap();
+        assert!(!storage.was_replaced().unwrap());
+        storage.open_empty(&right).unwrap();
+        assert!(storage.open_empty(&right).is_err(), "a range is made once");
+        drop(storage);
+        let mut storage = Storage::open(&directory, &MEMBERS).unwrap();
+        let empty = storage.range_mut(9).expect("the empty replica reopens");
+        assert_eq!(empty.descriptor(), right);
+        assert_eq!(empty.applied(), (0, 0));
+        let recovered = empty.recover().unwrap();
+        assert_eq!(recovered.votes_withheld_until, Some((0, 1)), "until its leader's snapshot arrives");
+        assert_eq!((recovered.hard_state, recovered.entries.len()), (HardState::default(), 0));
+        storage.first_range().start_replacement(3, 2, (3, 10)).unwrap();
+        assert!(storage.was_replaced().unwrap());
         drop(storage);
         std::fs::remove_dir_all(&directory).unwrap();
     }

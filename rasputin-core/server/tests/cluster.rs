@@ -1105,6 +1105,61 @@ fn a_split_makes_two_ranges_that_serve_their_keys_and_survive_a_restart() {
     }
 }
 
+/// The largest number logged as `field=` on a line containing `marker`.
+fn logged_number(log: &str, marker: &str, field: &str) -> Option<u64> {
+    let lines = log.lines().filter(|line| line.contains(marker));
+    let value = |line: &str| {
+        let (_, after) = line.split_once(&format!(" {field}="))?;
+        after.split(|character: char| !character.is_ascii_digit()).next()?.parse().ok()
+    };
+    lines.filter_map(value).max()
+}
+
+/// Issue 17: a node down during a split, whose first range then catches up
+/// through a snapshot taken after the split, never applies the split from
+/// its log. The new range's leader introduces the range when the node says
+/// it does not know it; the node makes an empty replica, which the
+/// leader's snapshot fills, and it then serves the range with the others.
+#[test]
+fn a_node_that_missed_a_split_gets_the_new_range_from_its_leader() {
+    let mut cluster = Cluster::start("missed-split", 50);
+    let client = cluster.client();
+    write_keys(&client, 0..40, "before");
+    let leader = cluster.index_of(client.leader().unwrap());
+    let victim = (leader + 1) % 3;
+    cluster.kill(victim);
+    client.split(b"key-3", version_holding(&client, b"key-3")).unwrap();
+    let split_index = logged_number(&cluster.log(leader), "split: hosting the new range", "index").unwrap();
+    // Left of the split ("key-1x" < "key-3"): enough writes that the first
+    // range's log is compacted past the split on every live node.
+    let mut round = 0;
+    eventually("the first range compacts past the split", || {
+        round += 1;
+        write_keys(&client, 10..20, &format!("left-{round}"));
+        (0..3).filter(|&index| index != victim).all(|index| {
+            logged_number(&cluster.log(index), "compacted the log range=1 ", "index")
+                .is_some_and(|compacted| compacted > split_index)
+        })
+    });
+    write_keys(&client, 30..40, "right");
+    cluster.launch(victim);
+    let victim_port = cluster.members[victim].client_port;
+    eventually("the node that missed the split hosts both ranges", || {
+        TcpStream::connect(("127.0.0.1", victim_port)).is_ok() && hosted_ranges(victim_port).len() == 2
+    });
+    let right = hosted_ranges(victim_port).into_iter().find(|range| range.0 != 1).unwrap().0;
+    let installed = format!("installing a snapshot from the leader range={right} ");
+    eventually("the empty replica is filled by a snapshot", || cluster.log(victim).contains(&installed));
+    assert!(cluster.log(victim).contains("making an empty replica"), "{}", cluster.log(victim));
+    // Without the third node, both ranges need the one that missed the split.
+    let other = 3 - leader - victim;
+    cluster.kill(other);
+    assert_keys(&client, 30..40, "right");
+    write_keys(&client, 30..40, "after");
+    assert_keys(&client, 30..40, "after");
+    assert_keys(&client, 10..20, &format!("left-{round}"));
+}
+
 /// The first answer to `request` that is not NOT_LEADER, asking each of
 /// the nodes at `ports` in turn until the deadline.
 fn call_at_leader(ports: &[u16], request: &proto::ClientRequest) -> proto::ClientResponse {
