@@ -186,10 +186,12 @@ for seed in $broken_seeds; do
     fi
 done
 
-step "fault campaign: a real 3-node cluster under every kind of nemesis"
+step "fault campaign: a real 3-node cluster under every kind of nemesis, splitting ranges during each fault"
 # As root with iptables, partitions are firewall rules in a private network
-# namespace; otherwise the harness falls back to its TCP proxy.
-./target/release/rasputin-nemesis --nodes 3 --time-limit 55 --nemesis all --cover-every-kind \
+# namespace; otherwise the harness falls back to its TCP proxy. --splits
+# splits the range of a key in use during every fault, and fails unless
+# every node hosts the same ranges at the end.
+./target/release/rasputin-nemesis --nodes 3 --time-limit 55 --nemesis all --cover-every-kind --splits \
     --fault-ms 1500,2500 --quiet-ms 1500 --porcupine target/porcupine-check --dir target/nemesis/all
 
 step "constrained election on a real 5-node cluster: the only majority-connected node lags, and must win"

@@ -9,6 +9,7 @@ pub mod nemesis;
 pub mod network;
 pub mod proxy;
 pub mod report;
+pub mod splitter;
 pub mod workload;
 
 use std::fs::File;
@@ -63,6 +64,9 @@ pub struct Settings {
     pub fault_duration: (Duration, Duration),
     /// Fault-free time between rounds, and at the end of the campaign.
     pub quiet: Duration,
+    /// During each fault, split the range holding a key in use
+    /// (`splitter`), and require every node to host the same ranges at the end.
+    pub splits: bool,
 }
 
 /// Runs one campaign: starts the cluster and the workload, injects faults
@@ -76,7 +80,7 @@ pub fn run(settings: &Settings) -> Result<Report, HarnessError> {
     let outcome = drive(settings, &mut cluster, &mut network);
     cluster.stop_all();
     network.stop();
-    let (recorded, windows, end_ns) = outcome?;
+    let (recorded, windows, end_ns, splits) = outcome?;
     let panics: Vec<String> = (0..cluster.len()).flat_map(|node| cluster.log_failures(node)).collect();
     let history_path = settings.directory.join("history.jsonl");
     let mut out =
@@ -89,10 +93,11 @@ pub fn run(settings: &Settings) -> Result<Report, HarnessError> {
     report.porcupine = run_porcupine(settings.porcupine.as_deref(), &history_path)?;
     report.panics = panics;
     report.history = history_path;
+    report.splits = splits;
     Ok(report)
 }
 
-type Driven = (workload::Recorded, Vec<FaultWindow>, u64);
+type Driven = (workload::Recorded, Vec<FaultWindow>, u64, Option<report::Splits>);
 
 fn drive(settings: &Settings, cluster: &mut Cluster, network: &mut Network) -> Result<Driven, HarnessError> {
     wait_for_leader(cluster)?;
@@ -102,6 +107,7 @@ fn drive(settings: &Settings, cluster: &mut Cluster, network: &mut Network) -> R
     let mut random = ChaCha8Rng::seed_from_u64(settings.seed);
     let mut planner = Planner::new(settings.kinds.clone(), settings.combine);
     let mut windows = Vec::new();
+    let mut split_counts = splitter::SplitCounts::default();
     let result = (|| {
         // Each round: quiet, fault, heal; the last quiet period is recovery.
         while Instant::now() + settings.quiet * 2 + settings.fault_duration.0 <= deadline {
@@ -118,6 +124,9 @@ fn drive(settings: &Settings, cluster: &mut Cluster, network: &mut Network) -> R
                 active.push(fault);
                 descriptions.push(description);
             }
+            if settings.splits {
+                descriptions.push(split_in_use(cluster, &workload, &mut random, &mut split_counts));
+            }
             println!("  {:>6.1}s {}", start_ns as f64 / 1e9, descriptions.join("; "));
             sleep_until(fault_end);
             for fault in active.into_iter().rev() {
@@ -130,7 +139,38 @@ fn drive(settings: &Settings, cluster: &mut Cluster, network: &mut Network) -> R
     })();
     let recorded = workload.stop();
     let end_ns = started.elapsed().as_nanos() as u64;
-    result.map(|()| (recorded, windows, end_ns))
+    let splits = settings.splits.then(|| report::Splits {
+        counts: split_counts,
+        converged: splitter::await_convergence(&cluster.client_addresses()),
+    });
+    result.map(|()| (recorded, windows, end_ns, splits))
+}
+
+/// Splits the range holding one of the keys the workload uses now, at
+/// that key; says what happened, for the campaign log.
+fn split_in_use(
+    cluster: &Cluster,
+    workload: &Workload,
+    random: &mut ChaCha8Rng,
+    counts: &mut splitter::SplitCounts,
+) -> String {
+    let in_use = workload.keys_in_use();
+    let key = splitter::key_name(random.gen_range(in_use));
+    let shown = String::from_utf8_lossy(&key).into_owned();
+    match splitter::split(&cluster.client_addresses(), &key) {
+        Ok(splitter::Split::Made) => {
+            counts.made += 1;
+            format!("split at {shown}")
+        }
+        Ok(splitter::Split::Already) => {
+            counts.already += 1;
+            format!("{shown} starts a range already")
+        }
+        Err(error) => {
+            counts.failed += 1;
+            format!("split at {shown} not made: {error}")
+        }
+    }
 }
 
 fn sleep_until(deadline: Instant) {

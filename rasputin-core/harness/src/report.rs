@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use super::nemesis::FaultKind;
+use super::splitter::SplitCounts;
 use super::workload::{Outcome, Recorded};
 use rasputin_checker::Verdict;
 
@@ -44,6 +45,15 @@ pub struct Report {
     pub foreign_values: Vec<String>,
     pub panics: Vec<String>,
     pub history: PathBuf,
+    /// With the split nemesis: what the splits came to, and whether every
+    /// node then hosted the same ranges (how many), or what each hosted.
+    pub splits: Option<Splits>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Splits {
+    pub counts: SplitCounts,
+    pub converged: Result<usize, String>,
 }
 
 /// The share of `outcomes` that succeeded (1.0 when there are none).
@@ -111,6 +121,7 @@ impl Report {
             foreign_values: recorded.foreign_values.clone(),
             panics: Vec::new(),
             history: PathBuf::new(),
+            splits: None,
         }
     }
 
@@ -125,6 +136,9 @@ impl Report {
         }
         found.extend(self.foreign_values.iter().map(|value| format!("a value nobody wrote: {value}")));
         found.extend(self.panics.iter().map(|line| format!("a node panicked: {line}")));
+        if let Some(Splits { converged: Err(error), .. }) = &self.splits {
+            found.push(error.clone());
+        }
         found
     }
 
@@ -175,6 +189,13 @@ impl Report {
         println!("{}", self.verdicts());
         for anomaly in self.anomalies() {
             println!("ANOMALY: {anomaly}");
+        }
+        if let Some(Splits { counts, converged }) = &self.splits {
+            let hosted = converged.as_ref().map_or_else(|_| "not the same on every node".to_string(), usize::to_string);
+            println!(
+                "splits: {} made, {} at keys starting a range already, {} not made (no leader in time); ranges at the end: {hosted}",
+                counts.made, counts.already, counts.failed
+            );
         }
         println!("{}", Report::TABLE_HEADER);
         println!("{}", self.table_row());

@@ -57,6 +57,7 @@ pub struct Recorded {
 pub struct Workload {
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<Recorded>>,
+    shared: Arc<Shared>,
 }
 
 struct Shared {
@@ -84,7 +85,15 @@ impl Workload {
                 std::thread::spawn(move || run_client(&shared, index as u64 + 1))
             })
             .collect();
-        Workload { stop, threads }
+        Workload { stop, threads, shared }
+    }
+
+    /// The numbers of the keys the clients use now (`perform` names them).
+    pub fn keys_in_use(&self) -> std::ops::Range<u64> {
+        let settings = &self.shared.settings;
+        let started = self.shared.operations_started.load(Ordering::SeqCst);
+        let generation = started.min(settings.operations_max) / settings.operations_per_key_max.max(1);
+        generation * settings.keys..(generation + 1) * settings.keys
     }
 
     /// Asks every client to finish its operation in flight and stop, and
@@ -175,15 +184,15 @@ fn perform(
     input: Input,
     foreign_values: &mut Vec<String>,
 ) -> (Operation, Outcome) {
-    let key_bytes = format!("register-{key}");
+    let key_bytes = crate::splitter::key_name(key);
     let invoke_ns = shared.started.elapsed().as_nanos() as u64;
     let result: Result<Response, ClientError> = match &input {
-        Input::Read => client.get(key_bytes.as_bytes()),
-        Input::Write(id) => client.set(key_bytes.as_bytes(), id.to_string().as_bytes()),
+        Input::Read => client.get(&key_bytes),
+        Input::Write(id) => client.set(&key_bytes, id.to_string().as_bytes()),
         Input::Cas { expected, new } => {
-            client.cas(key_bytes.as_bytes(), expected.to_string().as_bytes(), new.to_string().as_bytes())
+            client.cas(&key_bytes, expected.to_string().as_bytes(), new.to_string().as_bytes())
         }
-        Input::Delete => client.del(key_bytes.as_bytes()),
+        Input::Delete => client.del(&key_bytes),
     };
     let complete_ns = shared.started.elapsed().as_nanos() as u64;
     let mut value = |response: &Response| -> Value {

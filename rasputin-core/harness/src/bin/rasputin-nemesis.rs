@@ -22,7 +22,7 @@ const IN_NAMESPACE_VARIABLE: &str = "RASPUTIN_NEMESIS_IN_NAMESPACE";
 #[command(
     name = "rasputin-nemesis",
     about = "Runs a real rasputind cluster under faults and checks the client history for linearizability",
-    after_help = "Exit status: 0 no anomaly, 1 anomalies (or, with --expect-anomaly, not both checkers flagged one), 2 setup or usage error, 3 a checker could not decide.\nThe long campaign: rasputin-nemesis --time-limit 600 --nemesis all --combine"
+    after_help = "Exit status: 0 no anomaly, 1 anomalies (or, with --expect-anomaly, not both checkers flagged one), 2 setup or usage error, 3 a checker could not decide.\nThe long campaign: rasputin-nemesis --time-limit 600 --nemesis all --combine --splits"
 )]
 struct Arguments {
     /// Cluster size: 3 or 5.
@@ -85,6 +85,9 @@ struct Arguments {
     /// Fault-free time between faults and at the end, in milliseconds.
     #[arg(long, default_value_t = 2000)]
     quiet_ms: u64,
+    /// During every fault, split the range holding a key in use at that key; at the end every node must host the same ranges.
+    #[arg(long)]
+    splits: bool,
 }
 
 /// A wrapper, because clap reads a bare `Vec` as a repeated flag.
@@ -192,14 +195,16 @@ fn main() -> ExitCode {
         },
         fault_duration: (Duration::from_millis(arguments.fault_ms.0), Duration::from_millis(arguments.fault_ms.1)),
         quiet: Duration::from_millis(arguments.quiet_ms),
+        splits: arguments.splits,
     };
     let names: Vec<&str> = settings.kinds.iter().map(|kind| kind.name()).collect();
     println!(
-        "rasputin-nemesis: {} nodes, {} s, faults {}{}, seed {seed}",
+        "rasputin-nemesis: {} nodes, {} s, faults {}{}{}, seed {seed}",
         settings.nodes,
         arguments.time_limit,
         names.join(","),
-        if settings.combine { " (combined)" } else { "" }
+        if settings.combine { " (combined)" } else { "" },
+        if settings.splits { ", with splits" } else { "" }
     );
     let report = match harness::run(&settings) {
         Ok(report) => report,
