@@ -1747,7 +1747,7 @@ impl Daemon {
         for Waiter { token, request_id, operation, arrived } in waiters {
             let code = outcome.as_ref().map_or_else(|failure| failure.code, |_| ErrorCode::Ok);
             self.observer.metrics.request_answered(operation, code, arrived.elapsed());
-            self.observer.count_request();
+            self.observer.count_request(range);
             let response = match &outcome {
                 Ok(response) => proto::ClientResponse {
                     request_id,
@@ -1769,7 +1769,7 @@ impl Daemon {
     fn answer_page(&mut self, range: RangeId, key: (u64, u64), page: ScanPage) {
         for Waiter { token, request_id, operation, arrived } in self.take_waiters(range, key) {
             self.observer.metrics.request_answered(operation, ErrorCode::Ok, arrived.elapsed());
-            self.observer.count_request();
+            self.observer.count_request(range);
             let response = wire::scan_page_to_proto(request_id, page.clone());
             self.queue_to_client(token, &response);
         }

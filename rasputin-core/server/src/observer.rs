@@ -2,14 +2,15 @@
 //! and storage into the metrics and the status board, which the status
 //! server and the client port's status request serve.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rasputin_consensus::{Nanos, NodeId, Role};
 use rasputin_kv::operation::Node;
-use rasputin_kv::range::RangeDescriptor;
+use rasputin_kv::range::{RangeDescriptor, RangeId};
 use rasputin_kv::wire::proto;
 
 use crate::metrics::Metrics;
@@ -102,7 +103,8 @@ pub struct Observer {
     leader_seen: Cell<Option<NodeId>>,
     lease_end_seen: Cell<Option<Nanos>>,
     lease_held_seen: Cell<bool>,
-    requests: RequestRate,
+    /// Each hosted range's request rate; a range no longer hosted leaves.
+    requests: RefCell<BTreeMap<RangeId, RequestRate>>,
 }
 
 impl Observer {
@@ -119,7 +121,7 @@ impl Observer {
             board,
             _server: server,
             started,
-            requests: RequestRate::new(started),
+            requests: RefCell::new(BTreeMap::new()),
             published_at: Cell::new(None),
             sized_at: Cell::new(None),
             leader_seen: Cell::new(None),
@@ -142,6 +144,8 @@ impl Observer {
         if self.sized_at.get().is_none_or(|at| now.duration_since(at) >= STORAGE_SIZE_INTERVAL) {
             self.sized_at.set(Some(now));
             self.metrics.storage_bytes.store(turn.storage.size_bytes(), Ordering::Relaxed);
+            let hosted = |range: &RangeId| turn.ranges.iter().any(|(descriptor, _)| descriptor.id == *range);
+            self.requests.borrow_mut().retain(|range, _| hosted(range));
         }
         if urgent || self.published_at.get().is_none_or(|at| now.duration_since(at) >= PUBLISH_INTERVAL) {
             self.published_at.set(Some(now));
@@ -149,9 +153,10 @@ impl Observer {
         }
     }
 
-    /// A client request was answered, for the range's request rate.
-    pub fn count_request(&self) {
-        self.requests.record(Instant::now());
+    /// A client request of `range` was answered, for its request rate.
+    pub fn count_request(&self, range: RangeId) {
+        let now = Instant::now();
+        self.requests.borrow_mut().entry(range).or_insert_with(|| RequestRate::new(now)).record(now);
     }
 
     fn count_leadership(&self, node: &Node, now: Nanos) {
@@ -208,14 +213,16 @@ impl Observer {
         status
     }
 
-    /// A range's line in the status. Its size and request rate are the
-    /// node's while it hosts one range; per range they are not measured yet.
+    /// A range's line in the status: the requests answered for it per
+    /// second, and, while the node hosts one range, the node's storage size
+    /// (per range, size is not measured yet: RocksDB's table files mix the
+    /// ranges' keys with the sessions every write updates, so their key
+    /// bounds cannot apportion it, and this binding of RocksDB offers no
+    /// approximate size of a key span).
     fn range_status(&self, descriptor: &RangeDescriptor, node: &Node, single: bool) -> proto::RangeStatus {
-        let (size_bytes, requests_per_second) = if single {
-            (self.metrics.storage_bytes.load(Ordering::Relaxed), self.requests.per_second(Instant::now()))
-        } else {
-            (0, 0.0)
-        };
+        let size_bytes = if single { self.metrics.storage_bytes.load(Ordering::Relaxed) } else { 0 };
+        let requests = self.requests.borrow();
+        let requests_per_second = requests.get(&descriptor.id).map_or(0.0, |rate| rate.per_second(Instant::now()));
         proto::RangeStatus {
             descriptor: Some(descriptor.to_proto()),
             leader_id: node.leader_id().unwrap_or(0),

@@ -1078,6 +1078,13 @@ fn a_split_makes_two_ranges_that_serve_their_keys_and_survive_a_restart() {
     assert_keys(&client, 0..40, "before");
     write_keys(&client, 0..40, "after");
     assert_keys(&client, 0..40, "after");
+    // Each range counts the requests answered for it (on its leader).
+    let rate_of = |range: u64| {
+        let statuses = ports.iter().flat_map(|&port| range_statuses(port));
+        let of_range = statuses.filter(|status| status.descriptor.as_ref().is_some_and(|found| found.id == range));
+        of_range.map(|status| status.requests_per_second).sum::<f64>()
+    };
+    eventually("both ranges show a request rate", || rate_of(1) > 0.0 && rate_of(right) > 0.0);
 
     let misrouted = raw.call(&get_request(2, 1, "key-3", None));
     assert_eq!(error_code(&misrouted), wire::ErrorCode::RangeMismatch, "{}", misrouted.message);
