@@ -1524,8 +1524,13 @@ impl<C: Command> Node<C> {
             }
             Message::HeartbeatResponse { round, .. } => {
                 self.on_round_ack(from, round);
+                // A follower still probed is sent its probe: a new range's
+                // leader takes every follower to hold the split entry, and
+                // an idle range appends nothing else, so one that missed
+                // the split (an empty replica) learns of it only this way.
                 let progress = &self.leader_ref().progress[&from];
-                if progress.match_index < self.log.last_index() && progress.in_flight.is_empty() {
+                let behind = progress.probing || progress.match_index < self.log.last_index();
+                if behind && progress.in_flight.is_empty() {
                     self.replicate(from);
                 }
             }

@@ -1148,7 +1148,8 @@ fn a_node_that_missed_a_split_gets_the_new_range_from_its_leader() {
                 .is_some_and(|compacted| compacted > split_index)
         })
     });
-    write_keys(&client, 30..40, "right");
+    // The new range stays idle: its leader appends nothing after the split,
+    // so only a probe at a heartbeat's answer tells it the node lacks it.
     cluster.launch(victim);
     let victim_port = cluster.members[victim].client_port;
     eventually("the node that missed the split hosts both ranges", || {
@@ -1158,6 +1159,7 @@ fn a_node_that_missed_a_split_gets_the_new_range_from_its_leader() {
     let installed = format!("installing a snapshot from the leader range={right} ");
     eventually("the empty replica is filled by a snapshot", || cluster.log(victim).contains(&installed));
     assert!(cluster.log(victim).contains("making an empty replica"), "{}", cluster.log(victim));
+    write_keys(&client, 30..40, "right");
     // Without the third node, both ranges need the one that missed the split.
     let other = 3 - leader - victim;
     cluster.kill(other);
