@@ -32,18 +32,8 @@ sample_rss_peak() {
     done
 }
 
-# Every key written once: the preload of a read-only run, then 1 s of reads.
-load_started=$(date +%s)
-"$BENCH" --clients "$CLIENTS" --value-bytes "$VALUE_BYTES" --keys "$KEYS" --mix get --seconds 1 \
-    --warmup-seconds 0 > "$DIR/load.txt"
-echo "loaded $KEYS keys of $VALUE_BYTES bytes ($DATA_MIB MiB) in $(( $(date +%s) - load_started )) s"
-
-# The leader is the node whose latest role change made it leader.
-leader=0
-for n in 1 2 3; do
-    if grep "role changed" "$DIR/node$n.log" | tail -n 1 | grep -q "role=Leader"; then leader=$n; fi
-done
-[ "$leader" -ne 0 ] || { echo "ci/snapshot-catch-up.sh: no leader found in the logs" >&2; exit 1; }
+load_keys "$KEYS" "$VALUE_BYTES" "$CLIENTS"
+leader=$(leader_node)
 victim=$(( leader % 3 + 1 ))
 other=$(( 6 - leader - victim ))
 leader_pid=${pids[$((leader - 1))]}

@@ -536,6 +536,15 @@ impl<C: Command> Node<C> {
         Ok(())
     }
 
+    /// While leading: whether `peer` has acknowledged the whole log. A
+    /// follower still probed has not said where its log ends: a new
+    /// range's leader takes each to hold the split entry until it answers,
+    /// and one that missed the split holds nothing.
+    pub fn follower_caught_up(&self, peer: NodeId) -> bool {
+        let progress = self.leader.as_ref().and_then(|leader| leader.progress.get(&peer));
+        progress.is_some_and(|progress| !progress.probing && progress.match_index == self.log.last_index())
+    }
+
     /// The node this leader is handing its leadership to, if a transfer is under way.
     pub fn transferring_to(&self) -> Option<NodeId> {
         self.leader.as_ref().and_then(|leader| leader.transfer).map(|transfer| transfer.to)
@@ -674,8 +683,16 @@ impl<C: Command> Node<C> {
             .collect();
         for peer in stalled {
             let progress = self.progress_mut(peer);
+            // An unanswered probe goes again where it was: the follower
+            // said nothing, so nothing says it needs more. (Going back to
+            // the match index sent a follower this leader never heard
+            // from, at match 0, a snapshot: one per range to a node that
+            // hosts none of them yet, each holding a transfer slot.)
+            // Appends lost after an answer resume after what it acknowledged.
+            if !progress.probing {
+                progress.next_index = progress.match_index + 1;
+            }
             progress.probing = true;
-            progress.next_index = progress.match_index + 1;
             progress.in_flight.clear();
             progress.snapshot_sent_at = None;
             progress.last_progress_at = now;
@@ -1670,7 +1687,7 @@ impl<C: Command> Node<C> {
     fn release_when_caught_up(&mut self) {
         let Some(leader) = self.leader.as_ref() else { return };
         let Some(transfer) = leader.transfer.filter(|transfer| !transfer.released) else { return };
-        if leader.progress[&transfer.to].match_index == self.log.last_index() {
+        if self.follower_caught_up(transfer.to) {
             self.release(transfer.to);
         }
     }

@@ -496,8 +496,12 @@ impl Daemon {
             .collect();
         for step in balance::balancing_moves(&leaderships, &self.reachable_members()) {
             let Some(replica) = self.replicas.get(&step.range) else { continue };
-            let ready =
-                replica.node.transferring_to().is_none() && replica.node.transfer_leadership_check(step.to).is_ok();
+            // A successor that lacks the log would hold the range's writes
+            // until the transfer gave up: an empty replica waiting for its
+            // snapshot, say.
+            let ready = replica.node.transferring_to().is_none()
+                && replica.node.transfer_leadership_check(step.to).is_ok()
+                && replica.node.follower_caught_up(step.to);
             if step.from != own || !ready {
                 continue;
             }
@@ -961,17 +965,19 @@ impl Daemon {
     /// yet (its split has yet to apply here), one whose split it will
     /// never apply (a snapshot of the parent from after the split reached
     /// it), or one it no longer holds. Not bad input: ranges come and go.
-    /// An append or heartbeat is answered `RangeUnknown`, so that the
-    /// sender introduces the range, and an introduction may make an empty
-    /// replica.
+    /// An append, heartbeat or snapshot chunk is answered `RangeUnknown`,
+    /// so that the sender introduces the range (and stops streaming it
+    /// here), and an introduction may make an empty replica.
     fn on_unhosted_frame(&mut self, range: RangeId, from: NodeId, frame: wire::PeerFrame) -> Result<(), DaemonError> {
         match frame {
             wire::PeerFrame::RangeIntroduction { descriptor, .. } => {
                 return self.on_range_introduction(from, descriptor)
             }
-            wire::PeerFrame::Consensus(envelope)
-                if matches!(envelope.message, Message::Append { .. } | Message::Heartbeat { .. }) =>
-            {
+            wire::PeerFrame::Consensus(Envelope {
+                message: Message::Append { .. } | Message::Heartbeat { .. },
+                ..
+            })
+            | wire::PeerFrame::Chunk { .. } => {
                 let unknown = wire::range_unknown_to_proto(self.membership.node_id, from, range);
                 self.send_own_message(from, &unknown);
             }
@@ -982,10 +988,11 @@ impl Daemon {
         Ok(())
     }
 
-    /// `peer` said it does not host `range`: tells it the range's
-    /// descriptor, if it is one of the range's replicas, at most once per
-    /// `INTRODUCTION_INTERVAL`.
+    /// `peer` said it does not host `range`: stops streaming it a snapshot
+    /// of the range, and tells it the range's descriptor, if it is one of
+    /// the range's replicas, at most once per `INTRODUCTION_INTERVAL`.
     fn introduce(&mut self, range: RangeId, peer: NodeId) {
+        self.streams.abort_unhosted((range, peer));
         let own = self.membership.node_id;
         let replica = self.replicas.get_mut(&range).expect("the caller checked the range is hosted");
         let recently = replica.introduced.get(&peer).is_some_and(|at| at.elapsed() < INTRODUCTION_INTERVAL);

@@ -323,6 +323,13 @@ impl Streams {
         }
     }
 
+    /// The follower said it does not host the range: it drops the
+    /// chunks, so the transfer would hold a slot until it timed out, and
+    /// the one a range it does host needs could wait behind it.
+    pub fn abort_unhosted(&mut self, peer: Follower) {
+        self.abort(peer, "the follower does not host the range");
+    }
+
     /// The follower's acknowledgement of the transfer to it.
     pub fn on_ack(&mut self, peer: Follower, ack: &proto::SnapshotChunkAck) {
         let Some(transfer) = self.transfers.get_mut(&peer).filter(|transfer| transfer.id == ack.transfer_id) else {
