@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use rasputin::client::{ClientError, STATUSES};
 use rasputin::{Client, KeyValue, NodeStatus, RangeStatus, Response};
 use rasputin_cli::load::{self, Mix, RasputinStore, Settings, Store};
+use rasputin_kv::wire::ErrorCode;
 use serde_json::{json, Value};
 
 const EXIT_CODES: &str = "\
@@ -436,17 +437,29 @@ const SPLIT_POLL_INTERVAL: Duration = Duration::from_millis(50);
 
 fn split(client: &Client, key: &[u8], hex_output: bool, timeout: Duration) -> Result<(Vec<Record>, u8), Failure> {
     let deadline = std::time::Instant::now() + timeout;
-    let (ranges, _) = known_ranges(client, true)?;
-    let holding = ranges
-        .iter()
-        .filter_map(|range| range.descriptor.as_ref())
-        .find(|descriptor| descriptor.start[..] <= *key && (!descriptor.has_end || *key < descriptor.end[..]));
-    let Some(holding) = holding else {
-        return Err(Failure { code: 4, message: "no endpoint listed the range holding the key".to_string() });
-    };
-    if holding.start[..] != *key {
+    let mut report = true;
+    loop {
+        let (ranges, _) = known_ranges(client, std::mem::take(&mut report))?;
+        let holding = ranges
+            .iter()
+            .filter_map(|range| range.descriptor.as_ref())
+            .find(|descriptor| descriptor.start[..] <= *key && (!descriptor.has_end || *key < descriptor.end[..]));
+        let Some(holding) = holding else {
+            return Err(Failure { code: 4, message: "no endpoint listed the range holding the key".to_string() });
+        };
+        if holding.start[..] == *key {
+            break;
+        }
         let version = holding.epoch.unwrap_or_default().version;
-        client.split(key, version).map_err(|error| Failure::client(&error))?;
+        match client.split(key, version) {
+            Ok(()) => break,
+            // A listing taken from a node that had not applied the range's
+            // last split yet names its old version: read it again.
+            Err(ClientError::Refused { code: ErrorCode::BadRequest, .. }) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(SPLIT_POLL_INTERVAL);
+            }
+            Err(error) => return Err(Failure::client(&error)),
+        }
     }
     loop {
         let (ranges, _) = known_ranges(client, false)?;
