@@ -33,6 +33,15 @@ pub struct WorkloadSettings {
     pub seed: u64,
 }
 
+impl WorkloadSettings {
+    /// The numbers of the keys operation `number` chooses among: the
+    /// workload moves to fresh keys every `operations_per_key_max` operations.
+    fn keys_of(&self, number: u64) -> std::ops::Range<u64> {
+        let generation = number / self.operations_per_key_max.max(1);
+        generation * self.keys..(generation + 1) * self.keys
+    }
+}
+
 /// How an operation ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {
@@ -92,8 +101,7 @@ impl Workload {
     pub fn keys_in_use(&self) -> std::ops::Range<u64> {
         let settings = &self.shared.settings;
         let started = self.shared.operations_started.load(Ordering::SeqCst);
-        let generation = started.min(settings.operations_max) / settings.operations_per_key_max.max(1);
-        generation * settings.keys..(generation + 1) * settings.keys
+        settings.keys_of(started.min(settings.operations_max))
     }
 
     /// Asks every client to finish its operation in flight and stop, and
@@ -139,8 +147,7 @@ fn run_client(shared: &Shared, client_number: u64) -> Recorded {
         if number >= settings.operations_max {
             break;
         }
-        let generation = number / settings.operations_per_key_max.max(1);
-        let key = generation * settings.keys + random.gen_range(0..settings.keys);
+        let key = settings.keys_of(number).start + random.gen_range(0..settings.keys);
         let input = match random.gen_range(0..10) {
             0..=3 => Input::Read,
             4..=7 => {
