@@ -11,6 +11,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .type_attribute("rasputin.wire.NodeStatus", "#[cfg_attr(feature = \"serde\", derive(serde::Serialize))]")
         // Its ranges hold raw keys; `rasputin ranges list` shows them its own way.
         .field_attribute("rasputin.wire.NodeStatus.ranges", "#[cfg_attr(feature = \"serde\", serde(skip))]")
+        .field_attribute("rasputin.wire.NodeStatus.meta_range", "#[cfg_attr(feature = \"serde\", serde(skip))]")
         .compile_protos(&["proto/rasputin.proto"], &["proto/"])?;
     Ok(())
 }

@@ -25,7 +25,7 @@ use prost::Message as _;
 use thiserror::Error;
 
 use rasputin_kv::operation::{ClientRequest, Operation};
-use rasputin_kv::range::{RangeDescriptor, RangeId, FIRST_RANGE_ID};
+use rasputin_kv::range::{RangeDescriptor, RangeId, FIRST_RANGE_ID, META_RANGE_ID};
 use rasputin_kv::route::{RouteCache, ROUTES_COUNT_MAX};
 use rasputin_kv::wire::{self, proto, ErrorCode, WireError, CLIENT_FRAME_BYTES_MAX, KEY_BYTES_MAX, VALUE_BYTES_MAX};
 
@@ -41,6 +41,11 @@ pub const ATTEMPT_TIMEOUT_DEFAULT: Duration = Duration::from_secs(2);
 pub const OPERATION_TIMEOUT_DEFAULT: Duration = Duration::from_secs(10);
 /// Pause before retrying after a refusal without a leader hint.
 const RETRY_BACKOFF: Duration = Duration::from_millis(50);
+/// How long a meta lookup may take before the client asks the servers instead.
+const LOOKUP_TIMEOUT: Duration = Duration::from_secs(1);
+/// Descriptors a client asks for in one lookup: its key's range and some
+/// after it, for the next keys of a scan.
+const LOOKUP_DESCRIPTORS_COUNT: u32 = 16;
 
 #[derive(Debug, Error)]
 pub enum ClientError {
@@ -358,6 +363,8 @@ struct Inner {
     next_request_id: AtomicU64,
     attempt_timeout: Mutex<Duration>,
     operation_timeout: Mutex<Duration>,
+    /// Meta lookups the meta range answered, for tests and diagnostics.
+    meta_lookups: AtomicU64,
 }
 
 /// A client of a Rasputin cluster. It is `Send + Sync`: share one between
@@ -392,11 +399,13 @@ impl Client {
                 next_connection: AtomicUsize::new(0),
                 leader: Mutex::new(None),
                 idle_sessions: Mutex::new(HashMap::new()),
-                routes: Mutex::new(RouteCache::new(RangeDescriptor::first(Vec::new()), ())),
+                // Filled from the meta range as keys are first written.
+                routes: Mutex::new(RouteCache::empty()),
                 range_leaders: Mutex::new(HashMap::new()),
                 next_request_id: AtomicU64::new(1),
                 attempt_timeout: Mutex::new(ATTEMPT_TIMEOUT_DEFAULT),
                 operation_timeout: Mutex::new(OPERATION_TIMEOUT_DEFAULT),
+                meta_lookups: AtomicU64::new(0),
             }),
             timeouts: None,
         }
@@ -606,14 +615,47 @@ impl Client {
     }
 
     /// The range holding `key`, as far as the client knows; when it knows
-    /// none (a split left a gap in what it learnt), it asks the servers
+    /// none (a split left a gap in what it learnt), it looks the key up in
+    /// the meta range, or (with servers from before it) asks the servers
     /// which ranges they hold. The first range if they cannot say.
     fn range_of(&self, key: &[u8]) -> RangeId {
         if let Some(route) = lock(&self.inner.routes).for_key(key) {
             return route.descriptor.id;
         }
-        self.learn_hosted_ranges();
+        self.look_up(key);
         lock(&self.inner.routes).for_key(key).map_or(FIRST_RANGE_ID, |route| route.descriptor.id)
+    }
+
+    /// Learns the ranges from the one holding `key` on from the meta range;
+    /// if it does not answer (no leader in time, or a server from before
+    /// it), or teaches nothing new (it lags a split by a moment), from what
+    /// the servers say they host.
+    fn look_up(&self, key: &[u8]) {
+        let operation = Operation::MetaLookup { key: Bytes::copy_from_slice(key), limit: LOOKUP_DESCRIPTORS_COUNT };
+        let request = ClientRequest { client_id: 0, sequence: nonce(), operation };
+        let client = Client { timeouts: Some(self.lookup_timeouts()), ..self.clone() };
+        match client.send_in(&request, Some(META_RANGE_ID)).outcome {
+            Ok(response) => {
+                self.inner.meta_lookups.fetch_add(1, Ordering::Relaxed);
+                if !self.learn(response.descriptors) {
+                    self.learn_hosted_ranges();
+                }
+            }
+            Err(_) => self.learn_hosted_ranges(),
+        }
+    }
+
+    /// A lookup gives up sooner than an operation, so that a meta range
+    /// without a leader costs a fallback, not the operation's whole time.
+    fn lookup_timeouts(&self) -> (Duration, Duration) {
+        let (attempt, operation) =
+            self.timeouts.unwrap_or_else(|| (*lock(&self.inner.attempt_timeout), *lock(&self.inner.operation_timeout)));
+        (attempt.min(LOOKUP_TIMEOUT), operation.min(LOOKUP_TIMEOUT))
+    }
+
+    /// Meta lookups this client made that the meta range answered.
+    pub fn meta_lookups(&self) -> u64 {
+        self.inner.meta_lookups.load(Ordering::Relaxed)
     }
 
     /// Learns every range the servers list in their status.
@@ -630,8 +672,9 @@ impl Client {
         let mut routes = lock(&self.inner.routes);
         let mut news = false;
         for descriptor in descriptors {
-            // A malformed descriptor teaches nothing; the server's next answer will do.
-            if let Ok(descriptor) = RangeDescriptor::from_proto(descriptor) {
+            // A malformed descriptor teaches nothing; the server's next answer
+            // will do. The meta range holds no data key, so it is no route.
+            if let Some(descriptor) = RangeDescriptor::from_proto(descriptor).ok().filter(|route| !route.is_meta()) {
                 news |= routes.learn(descriptor, ());
             }
         }
@@ -667,7 +710,7 @@ impl Client {
             return route.id;
         }
         std::thread::sleep(RETRY_BACKOFF);
-        self.learn_hosted_ranges();
+        self.look_up(key);
         self.range_of(key)
     }
 
@@ -774,7 +817,10 @@ impl Client {
             };
             match ErrorCode::try_from(response.error).unwrap_or(ErrorCode::Internal) {
                 ErrorCode::Ok => {
-                    *lock(&self.inner.leader) = Some(target);
+                    // Where the meta range's leader is says nothing of the data ranges'.
+                    if range != META_RANGE_ID {
+                        *lock(&self.inner.leader) = Some(target);
+                    }
                     self.remember_leader(range, target);
                     return Sent { outcome: Ok(response), uncertain };
                 }
@@ -1193,6 +1239,10 @@ mod tests {
             let version = request.epoch.map_or(0, |epoch| epoch.version);
             match &request.operation {
                 None => response.error = ErrorCode::BadRequest as i32,
+                // A server from before the meta range.
+                Some(proto::client_request::Operation::MetaLookup(_)) => {
+                    response.error = ErrorCode::UnknownRange as i32
+                }
                 Some(proto::client_request::Operation::OpenSession(_)) => response.index = 100 * range,
                 Some(proto::client_request::Operation::Set(set)) if range == 1 && set.key >= "m" => {
                     response.error = ErrorCode::RangeMismatch as i32;

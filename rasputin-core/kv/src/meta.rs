@@ -119,17 +119,17 @@ impl MetaRecords {
         Ok(())
     }
 
-    /// Puts the update's descriptors in place of the records they cover.
+    /// Puts the update's descriptors in place of the records they cover,
+    /// and returns those records (a store on disk deletes their keys).
     /// The caller has checked it (`check`), so the records still tile.
-    pub fn replace(&mut self, update: &[RangeDescriptor]) {
-        let (Some(first), Some(last)) = (update.first(), update.last()) else { return };
+    pub fn replace(&mut self, update: &[RangeDescriptor]) -> Vec<RangeDescriptor> {
+        let (Some(first), Some(last)) = (update.first(), update.last()) else { return Vec::new() };
         let ends: Vec<EndKey> =
             self.covered(&first.start, &EndKey::of(last)).iter().map(|record| EndKey::of(record)).collect();
-        for end in ends {
-            self.by_end.remove(&end);
-        }
+        let replaced = ends.iter().filter_map(|end| self.by_end.remove(end)).collect();
         self.by_end.extend(update.iter().map(|descriptor| (EndKey::of(descriptor), descriptor.clone())));
         assert!(self.tiles_the_key_space(), "a checked meta update left a gap or an overlap: {update:?}");
+        replaced
     }
 
     /// The records a snapshot held, if they tile the key space.

@@ -30,9 +30,15 @@ pub struct RouteCache<T> {
 }
 
 impl<T: Clone> RouteCache<T> {
+    /// A cache that knows no range yet: each key's first request looks its
+    /// range up.
+    pub fn empty() -> RouteCache<T> {
+        RouteCache { by_start: BTreeMap::new(), starts: BTreeMap::new() }
+    }
+
     /// A cache that knows one range, as a client of a new cluster does.
     pub fn new(first: RangeDescriptor, target: T) -> RouteCache<T> {
-        let mut cache = RouteCache { by_start: BTreeMap::new(), starts: BTreeMap::new() };
+        let mut cache = RouteCache::empty();
         cache.insert(Route { descriptor: first, target });
         cache
     }

@@ -757,11 +757,12 @@ pub fn decode_range(bytes: &[u8]) -> Result<RangeDescriptor, SnapshotDecodeError
     RangeDescriptor::from_proto(stored).map_err(|_| SnapshotDecodeError::BadRange)
 }
 
-fn meta_update_bytes(descriptors: &[RangeDescriptor]) -> Vec<u8> {
+/// A split's outcome as stored and streamed: the meta update it makes.
+pub fn meta_update_bytes(descriptors: &[RangeDescriptor]) -> Vec<u8> {
     proto::MetaUpdate { descriptors: descriptors.iter().map(RangeDescriptor::to_proto).collect() }.encode_to_vec()
 }
 
-fn decode_meta_update(bytes: &[u8]) -> Result<Vec<RangeDescriptor>, SnapshotDecodeError> {
+pub fn decode_meta_update(bytes: &[u8]) -> Result<Vec<RangeDescriptor>, SnapshotDecodeError> {
     let update = proto::MetaUpdate::decode(bytes).map_err(|_| SnapshotDecodeError::BadRange)?;
     let descriptors = update.descriptors.into_iter().map(RangeDescriptor::from_proto);
     descriptors.collect::<Result<_, _>>().map_err(|_| SnapshotDecodeError::BadRange)

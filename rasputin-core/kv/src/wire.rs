@@ -5,6 +5,7 @@
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use thiserror::Error;
 
+use crate::meta;
 use crate::operation::{ClientRequest, Entry, EntryPayload, Envelope, Message, Operation};
 use crate::range::{DescriptorError, RangeDescriptor, RangeId, FIRST_RANGE_ID};
 use crate::scan::{KeyValue, ScanPage, SCAN_PAGE_BYTES_MAX, SCAN_PAIR_OVERHEAD_BYTES};
@@ -493,6 +494,20 @@ pub enum PeerFrame {
         to: NodeId,
         descriptor: RangeDescriptor,
     },
+    /// A data leader's last split, for the meta range to record.
+    MetaRecord {
+        from: NodeId,
+        to: NodeId,
+        term: Term,
+        descriptors: Vec<RangeDescriptor>,
+    },
+    /// The meta range holds the split of `version` sent in `term`, or newer.
+    MetaRecorded {
+        from: NodeId,
+        to: NodeId,
+        term: Term,
+        version: u64,
+    },
 }
 
 impl PeerFrame {
@@ -502,7 +517,9 @@ impl PeerFrame {
             PeerFrame::Chunk { from, to, .. }
             | PeerFrame::ChunkAck { from, to, .. }
             | PeerFrame::RangeUnknown { from, to }
-            | PeerFrame::RangeIntroduction { from, to, .. } => (*from, *to),
+            | PeerFrame::RangeIntroduction { from, to, .. }
+            | PeerFrame::MetaRecord { from, to, .. }
+            | PeerFrame::MetaRecorded { from, to, .. } => (*from, *to),
         }
     }
 }
@@ -529,6 +546,21 @@ pub fn peer_frame_from_proto(message: proto::PeerMessage) -> Result<PeerFrame, W
                 });
             }
             Ok(PeerFrame::RangeIntroduction { from, to, descriptor })
+        }
+        Some(Body::MetaRecord(record)) => {
+            let count = record.descriptors.len();
+            if count == 0 || count > meta::DESCRIPTORS_PER_UPDATE_MAX {
+                return Err(WireError::Mismatched { message: "MetaRecord", field: "descriptors (1 or 2 of them)" });
+            }
+            let descriptors = record.descriptors.into_iter().map(RangeDescriptor::from_proto);
+            let descriptors = descriptors.collect::<Result<Vec<_>, _>>().map_err(WireError::BadDescriptor)?;
+            if descriptors.iter().any(RangeDescriptor::is_meta) {
+                return Err(WireError::Mismatched { message: "MetaRecord", field: "descriptors (of data ranges)" });
+            }
+            Ok(PeerFrame::MetaRecord { from, to, term: record.term, descriptors })
+        }
+        Some(Body::MetaRecorded(recorded)) => {
+            Ok(PeerFrame::MetaRecorded { from, to, term: recorded.term, version: recorded.version })
         }
         _ => {
             let envelope = peer_message_unchecked(message)?;
@@ -566,6 +598,31 @@ pub fn range_introduction_to_proto(from: NodeId, to: NodeId, descriptor: &RangeD
     let introduction = proto::RangeIntroduction { descriptor: Some(descriptor.to_proto()) };
     let body = proto::peer_message::Body::RangeIntroduction(introduction);
     proto::PeerMessage { range_id: range_to_wire(descriptor.id), from, to, body: Some(body) }
+}
+
+/// A data leader's last split, from the leader of `range` in `term`, for the meta range.
+pub fn meta_record_to_proto(
+    from: NodeId,
+    to: NodeId,
+    range: RangeId,
+    term: Term,
+    descriptors: &[RangeDescriptor],
+) -> proto::PeerMessage {
+    let descriptors = descriptors.iter().map(RangeDescriptor::to_proto).collect();
+    let body = proto::peer_message::Body::MetaRecord(proto::MetaRecord { term, descriptors });
+    proto::PeerMessage { range_id: range_to_wire(range), from, to, body: Some(body) }
+}
+
+/// The meta range's answer to a `MetaRecord` from the leader of `range`.
+pub fn meta_recorded_to_proto(
+    from: NodeId,
+    to: NodeId,
+    range: RangeId,
+    term: Term,
+    version: u64,
+) -> proto::PeerMessage {
+    let body = proto::peer_message::Body::MetaRecorded(proto::MetaRecorded { term, version });
+    proto::PeerMessage { range_id: range_to_wire(range), from, to, body: Some(body) }
 }
 
 /// A snapshot chunk or its acknowledgement, from `from` to `to`.
@@ -632,7 +689,12 @@ fn peer_message_unchecked(message: proto::PeerMessage) -> Result<Envelope, WireE
             last_index: response.last_index,
             round: response.round,
         },
-        Body::SnapshotChunk(_) | Body::SnapshotChunkAck(_) | Body::RangeUnknown(_) | Body::RangeIntroduction(_) => {
+        Body::SnapshotChunk(_)
+        | Body::SnapshotChunkAck(_)
+        | Body::RangeUnknown(_)
+        | Body::RangeIntroduction(_)
+        | Body::MetaRecord(_)
+        | Body::MetaRecorded(_) => {
             unreachable!(
                 "peer_frame_from_proto takes the daemon's own messages out before consensus messages are converted"
             )
@@ -766,6 +828,28 @@ mod tests {
             let decoded = peer_frame_from_proto(decode(frame, "PeerMessage").unwrap()).unwrap();
             assert!(matches!(decoded, PeerFrame::Consensus(decoded) if decoded == envelope));
         }
+    }
+
+    #[test]
+    fn meta_records_round_trip_and_carry_one_or_two_well_formed_descriptors() {
+        let (left, right) = RangeDescriptor::first(vec![1, 2, 3]).split_at(&Bytes::from_static(b"m"), 0, 9).unwrap();
+        let record = meta_record_to_proto(1, 2, 1, 4, &[left.clone(), right.clone()]);
+        let converted = peer_frame_from_proto(record.clone()).unwrap();
+        assert!(matches!(&converted, PeerFrame::MetaRecord { from: 1, to: 2, term: 4, descriptors }
+            if *descriptors == [left.clone(), right.clone()]));
+        let recorded = peer_frame_from_proto(meta_recorded_to_proto(2, 1, 1, 4, 1)).unwrap();
+        assert!(matches!(recorded, PeerFrame::MetaRecorded { from: 2, to: 1, term: 4, version: 1 }));
+
+        let too_many = meta_record_to_proto(1, 2, 1, 4, &[left.clone(), right.clone(), right.clone()]);
+        assert!(matches!(peer_frame_from_proto(too_many), Err(WireError::Mismatched { .. })));
+        assert!(matches!(
+            peer_frame_from_proto(meta_record_to_proto(1, 2, 1, 4, &[])),
+            Err(WireError::Mismatched { .. })
+        ));
+        let mut malformed = record;
+        let Some(proto::peer_message::Body::MetaRecord(body)) = &mut malformed.body else { unreachable!() };
+        body.descriptors[1].id = 0;
+        assert!(matches!(peer_frame_from_proto(malformed), Err(WireError::BadDescriptor(_))));
     }
 
     #[test]

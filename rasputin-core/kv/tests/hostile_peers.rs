@@ -31,7 +31,9 @@ fn consensus_message(rng: &mut ChaCha8Rng, message: proto::PeerMessage) -> Optio
         }
         wire::PeerFrame::ChunkAck { .. }
         | wire::PeerFrame::RangeUnknown { .. }
-        | wire::PeerFrame::RangeIntroduction { .. } => None,
+        | wire::PeerFrame::RangeIntroduction { .. }
+        | wire::PeerFrame::MetaRecord { .. }
+        | wire::PeerFrame::MetaRecorded { .. } => None,
     }
 }
 

@@ -40,6 +40,9 @@ use rasputin_kv::scan::ScanPage;
 use rasputin_kv::state_machine::{Refusal, Response};
 use rasputin_kv::wire::{self, proto, ErrorCode, PROTOCOL_VERSION};
 
+mod meta_sync;
+use meta_sync::MetaAsker;
+
 const PEER_LISTENER: Token = Token(0);
 const CLIENT_LISTENER: Token = Token(1);
 const SIGNALS: Token = Token(2);
@@ -211,6 +214,13 @@ struct Daemon {
     observer: Observer,
     /// When the sync under way was asked for, for its latency.
     sync_requested_at: Instant,
+    /// As the meta range's leader: the senders of the meta updates it
+    /// proposed, by sequence, bounded by META_ASKERS_COUNT_MAX.
+    meta_askers: BTreeMap<u64, MetaAsker>,
+    /// The sequence of the last meta update this node proposed.
+    meta_sequence: u64,
+    /// When the data leaders here last sent their splits; None: at once.
+    meta_synced_at: Option<Instant>,
 }
 
 /// Runs the daemon until SIGTERM or SIGINT.
@@ -299,6 +309,10 @@ pub fn run(flags: Flags) -> Result<(), DaemonError> {
         membership,
         observer: Observer::new(identity, metrics, board, status_server),
         sync_requested_at: Instant::now(),
+        meta_askers: BTreeMap::new(),
+        // Apart from the nonces of this node's earlier runs.
+        meta_sequence: std::hash::BuildHasher::hash_one(&std::collections::hash_map::RandomState::new(), 0),
+        meta_synced_at: None,
     };
     info!(
         node = daemon.membership.node_id,
@@ -343,6 +357,11 @@ impl Daemon {
     fn start_consensus(&mut self) -> Result<(), DaemonError> {
         if cfg!(feature = "fault-stale-reads") {
             warn!("built with the test-only feature fault-stale-reads: reads ignore the lease and may be stale; never run this build for real");
+        }
+        if self.storage.was_replaced()? {
+            // Its lost meta replica's votes and acknowledgements are unknown,
+            // as for a range made on demand; that waits for membership.
+            self.storage.stop_hosting_meta();
         }
         let ranges: Vec<RangeId> = self.storage.range_ids().collect();
         for range in ranges {
@@ -391,7 +410,9 @@ impl Daemon {
         if self.replicas.len() >= REPLICAS_PER_NODE_MAX {
             return Err(DaemonError::TooManyRanges { range });
         }
-        self.by_start.insert(replica.descriptor.start.to_vec(), range);
+        if !replica.descriptor.is_meta() {
+            self.by_start.insert(replica.descriptor.start.to_vec(), range);
+        }
         self.deadlines.set(range, 0, 0);
         self.replicas.insert(range, replica);
         Ok(())
@@ -454,6 +475,7 @@ impl Daemon {
             self.flush_persist()?;
             self.maybe_finish_joining()?;
             self.balance_leaders()?;
+            self.sync_meta();
             self.observe(false);
             self.warn_if_slow(turn_started.elapsed());
         }
@@ -489,6 +511,8 @@ impl Daemon {
         let leaderships: Vec<Leadership> = self
             .replicas
             .iter()
+            // The meta range's light load is not worth a transfer's pause.
+            .filter(|(&range, _)| range != META_RANGE_ID)
             .filter_map(|(&range, replica)| {
                 let leader = replica.node.leader_id()?;
                 Some(Leadership { range, leader, replicas: replica.descriptor.replicas.clone() })
@@ -940,6 +964,18 @@ impl Daemon {
             debug!(peer = from, "dropping a peer message while joining");
             return Ok(());
         }
+        // Between nodes about a data range, which the receiver need not host.
+        match frame {
+            wire::PeerFrame::MetaRecord { term, descriptors, .. } => {
+                self.on_meta_record(from, range, term, descriptors);
+                return Ok(());
+            }
+            wire::PeerFrame::MetaRecorded { term, version, .. } => {
+                self.on_meta_recorded(range, term, version);
+                return Ok(());
+            }
+            _ => {}
+        }
         if !self.replicas.contains_key(&range) {
             return self.on_unhosted_frame(range, from, frame);
         }
@@ -958,6 +994,9 @@ impl Daemon {
             }
             // Hosted already: there is nothing to make.
             wire::PeerFrame::RangeIntroduction { .. } => Ok(()),
+            wire::PeerFrame::MetaRecord { .. } | wire::PeerFrame::MetaRecorded { .. } => {
+                unreachable!("handled before the range is looked up")
+            }
         }
     }
 
@@ -1069,10 +1108,8 @@ impl Daemon {
                 return Ok(());
             }
         };
-        if matches!(request.operation, Operation::MetaUpdate { .. } | Operation::MetaLookup { .. }) {
-            // The meta range exists in the simulator so far (docs/ranges.md).
-            let message = "this node holds no meta range; look ranges up in `rasputin ranges list`".to_string();
-            self.respond_error(token, request_id, ErrorCode::UnknownRange, message);
+        if let Some((code, message)) = self.meta_request_refusal(&request.operation) {
+            self.respond_error(token, request_id, code, message);
             return Ok(());
         }
         if self.join.is_some() {
@@ -1085,16 +1122,23 @@ impl Daemon {
             self.respond_error(token, request_id, ErrorCode::Overloaded, message);
             return Ok(());
         }
-        let range = match self.route(named_range, epoch, &request.operation) {
+        let routed = match request.operation {
+            Operation::MetaLookup { .. } => Ok(META_RANGE_ID),
+            _ => self.route(named_range, epoch, &request.operation),
+        };
+        let range = match routed {
             Ok(range) => range,
             Err(mismatch) => {
                 self.respond_mismatch(token, request_id, mismatch);
                 return Ok(());
             }
         };
-        if let Operation::Split { right_range, .. } = &mut request.operation {
-            if let Err(message) = self.allocate_range(right_range) {
-                self.respond_error(token, request_id, ErrorCode::BadRequest, message);
+        if let Operation::Split { right_range, version, .. } = &mut request.operation {
+            let refusal = self.split_refusal(range, *version);
+            let refusal =
+                refusal.or_else(|| self.allocate_range(right_range).err().map(|m| (ErrorCode::BadRequest, m)));
+            if let Some((code, message)) = refusal {
+                self.respond_error(token, request_id, code, message);
                 return Ok(());
             }
         }
@@ -1131,7 +1175,10 @@ impl Daemon {
             (wire::DEFAULT_RANGE_ID, None) => holder,
             (named, _) => Some(wire::range_from_wire(named)),
         };
-        let Some(replica) = range.and_then(|range| self.replicas.get(&range)) else {
+        let Some(replica) =
+            range.and_then(|range| self.replicas.get(&range)).filter(|replica| !replica.descriptor.is_meta())
+        else {
+            // The meta range holds descriptors, not the data keys it covers.
             return Err(known().into_iter().collect());
         };
         let epoch_differs = epoch.is_some_and(|(version, conf_ver)| {
@@ -1236,6 +1283,10 @@ impl Daemon {
         self.carry_out(range, ready)?;
         if was_leader && !is_leader {
             self.redirect_waiting_writes(range);
+            if range == META_RANGE_ID {
+                // Their entries may never commit now; their senders send again.
+                self.meta_askers.clear();
+            }
         }
         self.check_withholding(range)
     }
@@ -1333,11 +1384,16 @@ impl Daemon {
         self.compaction_due.insert(range);
         if !applying.splits.is_empty() {
             self.reindex(range, descriptor);
+            // The meta range learns of the split now, not a round later.
+            self.meta_synced_at = None;
         }
         for split in applying.splits {
             self.start_split_off(range, split)?;
         }
         for applied in applying.answers {
+            if range == META_RANGE_ID {
+                self.on_meta_applied(&applied);
+            }
             let outcome = applied.outcome.map_err(|refusal| self.refusal_failure(refusal));
             self.answer(range, (applied.client_id, applied.sequence), outcome);
         }
@@ -1373,6 +1429,9 @@ impl Daemon {
     /// Records `range`'s new bounds for routing.
     fn reindex(&mut self, range: RangeId, descriptor: RangeDescriptor) {
         let Some(replica) = self.replicas.get_mut(&range) else { return };
+        if descriptor.is_meta() {
+            return;
+        }
         if self.by_start.get(&replica.descriptor.start[..]) == Some(&range) {
             self.by_start.remove(&replica.descriptor.start[..]);
         }
@@ -1430,7 +1489,7 @@ impl Daemon {
                     let page = storage.scan(start, end.as_deref(), *limit)?;
                     self.answer_page(range, key, page);
                 }
-                Operation::MetaLookup { .. } => unreachable!("on_client_frame refuses meta lookups"),
+                Operation::MetaLookup { key: lookup, limit } => self.answer_lookup(key, lookup, *limit),
                 operation => {
                     let response = storage.read(operation.key())?;
                     self.answer(range, key, Ok(response));
@@ -1706,7 +1765,13 @@ impl Daemon {
     fn turn(&self) -> Turn<'_> {
         Turn {
             node: self.first().map(|first| &first.node),
-            ranges: self.replicas.values().map(|replica| (&replica.descriptor, &replica.node)).collect(),
+            ranges: self
+                .replicas
+                .values()
+                .filter(|replica| !replica.descriptor.is_meta())
+                .map(|replica| (&replica.descriptor, &replica.node))
+                .collect(),
+            meta: self.replicas.get(&META_RANGE_ID).map(|replica| (&replica.descriptor, &replica.node)),
             now: self.now(),
             storage: &self.storage,
             leader_address: self.leader_client_address(FIRST_RANGE_ID),
@@ -1730,6 +1795,9 @@ impl Daemon {
     // ----- answering clients -----
 
     fn answer_rejection(&mut self, range: RangeId, request: &ClientRequest, rejection: Rejection) {
+        if range == META_RANGE_ID {
+            self.forget_meta_asker(request, &rejection);
+        }
         let (code, message) = match rejection {
             Rejection::NotLeader { .. } => (ErrorCode::NotLeader, "this node is not the leader".to_string()),
             Rejection::Overloaded => (ErrorCode::Overloaded, "the leader is overloaded; retry shortly".to_string()),

@@ -138,6 +138,7 @@ pub struct Metrics {
     pub balancing_transfers: AtomicU64,
     pub unhosted_messages: AtomicU64,
     pub empty_replicas: AtomicU64,
+    pub meta_updates: AtomicU64,
     pub ranges: AtomicU64,
 }
 
@@ -165,6 +166,7 @@ impl Metrics {
             balancing_transfers: AtomicU64::new(0),
             unhosted_messages: AtomicU64::new(0),
             empty_replicas: AtomicU64::new(0),
+            meta_updates: AtomicU64::new(0),
             ranges: AtomicU64::new(0),
         }
     }
@@ -321,7 +323,12 @@ impl Metrics {
             "Empty replicas made for ranges whose split this node missed, each then filled by a snapshot.",
             &self.empty_replicas,
         );
-        out.gauge("rasputin_ranges", "Ranges this node hosts.", self.ranges.load(Ordering::Relaxed) as f64);
+        out.counter(
+            "rasputin_meta_updates_total",
+            "Splits this node, as the meta range's leader, recorded in the meta range.",
+            &self.meta_updates,
+        );
+        out.gauge("rasputin_ranges", "Data ranges this node hosts.", self.ranges.load(Ordering::Relaxed) as f64);
         out.gauge("rasputin_term", "This node's current term.", gauges.term as f64);
         out.header("rasputin_role", "gauge", "1 for this node's role, 0 for the others.");
         for role in ["leader", "leader-elect", "follower", "candidate", "joining"] {

@@ -80,8 +80,10 @@ pub struct Identity {
 pub struct Turn<'a> {
     /// The first range's node, whose role and log the status reports.
     pub node: Option<&'a Node>,
-    /// Every hosted range, with its node.
+    /// Every hosted data range, with its node.
     pub ranges: Vec<(&'a RangeDescriptor, &'a Node)>,
+    /// The meta range's replica here, if this node hosts one.
+    pub meta: Option<(&'a RangeDescriptor, &'a Node)>,
     pub now: Nanos,
     pub storage: &'a Storage,
     /// The leader's client address, when known.
@@ -210,6 +212,7 @@ impl Observer {
         let single = turn.ranges.len() == 1;
         let ranges = turn.ranges.iter().map(|(descriptor, node)| self.range_status(descriptor, node, single));
         status.ranges = ranges.collect();
+        status.meta_range = turn.meta.map(|(descriptor, node)| self.range_status(descriptor, node, false));
         status
     }
 

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use mio::Token;
 
-use rasputin_consensus::{Nanos, NodeId};
+use rasputin_consensus::{Nanos, NodeId, Term};
 use rasputin_kv::operation::{ClientRequest, Node};
 use rasputin_kv::range::{RangeDescriptor, RangeId};
 
@@ -50,6 +50,9 @@ pub struct Replica {
     /// When this replica last told each peer that missed the range's split
     /// the range's descriptor (`RangeIntroduction`).
     pub introduced: HashMap<NodeId, Instant>,
+    /// As a data range's leader: the (term, version) of its last split that
+    /// the meta range said it holds, in this leader's term.
+    pub meta_recorded: Option<(Term, u64)>,
 }
 
 impl Replica {
@@ -63,6 +66,7 @@ impl Replica {
             withholding_votes,
             receiver: Receiver::default(),
             introduced: HashMap::new(),
+            meta_recorded: None,
         }
     }
 }

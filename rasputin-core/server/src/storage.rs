@@ -43,8 +43,9 @@ use rocksdb::{
 use thiserror::Error;
 
 use rasputin_consensus::{HardState, LogIndex, NodeId, Snapshot, Term};
+use rasputin_kv::meta::{self, MetaRecords};
 use rasputin_kv::operation::{Entry, Persist, Recovered};
-use rasputin_kv::range::{RangeDescriptor, RangeId, FIRST_RANGE_ID};
+use rasputin_kv::range::{RangeDescriptor, RangeId, FIRST_RANGE_ID, META_RANGE_ID};
 use rasputin_kv::scan::{self, ScanPage};
 use rasputin_kv::snapshot::{ChunkReader, ChunkWriter, Record, SnapshotDecodeError};
 use rasputin_kv::state_machine::{self, Applied, Change, KvRead, Response, Session, SessionCensus, SessionLimits};
@@ -54,13 +55,14 @@ const IDENTITY_KEY: &[u8] = b"m:identity";
 /// The layout version: 2 keeps the log in a column family of its own; 3
 /// stores a snapshot's position only, sessions as `state_machine` encodes
 /// them, and the peers this node has heard from; 4 keeps each range's
-/// metadata, sessions and log under its id.
+/// metadata, sessions and log under its id; 5 adds the meta range's records
+/// and each range's last split outcome.
 const FORMAT_KEY: &[u8] = b"m:format";
 /// Present once this node has started as a replacement for one whose
 /// disk was lost: what its lost replicas voted and acknowledged is
 /// unknown, so it makes no replica on demand (`Storage::open_empty`).
 const REPLACED_KEY: &[u8] = b"m:replaced";
-const FORMAT_VERSION: u8 = 4;
+const FORMAT_VERSION: u8 = 5;
 /// Version 3's keys of its one range's metadata, which `migrate_from_3` moves.
 const FORMAT_3_FIELDS: [(&[u8], &[u8]); 5] = [
     (b"m:hard", HARD_STATE_FIELD),
@@ -82,6 +84,16 @@ const INSTALLING_FIELD: &[u8] = b"installing";
 /// The range's descriptor: its bounds, replicas and epoch. The first range
 /// has none until it splits: it holds every key.
 const DESCRIPTOR_FIELD: &[u8] = b"descriptor";
+/// The descriptors the range's last split made, which its leader sends the
+/// meta range until the meta range holds them (docs/ranges.md).
+const SPLIT_OUTCOME_FIELD: &[u8] = b"outcome";
+/// The stream key of a snapshot's split outcome: after every value's, before
+/// every session's, as its storage key (`r:`…) lies between theirs.
+const SPLIT_OUTCOME_STREAM_KEY: &[u8] = b"o:";
+/// The meta range's records: `e:` + `meta::record_key` (its end key) for
+/// each data range's descriptor. The meta range's values, in a key space
+/// of their own, apart from the data ranges' `k:`.
+const META_RECORD_PREFIX: &[u8] = b"e:";
 /// The stream key of a snapshot's descriptor record, which comes first:
 /// it sorts before every value's and session's.
 const RANGE_STREAM_KEY: &[u8] = b"d:";
@@ -123,6 +135,8 @@ pub enum StorageError {
     WrongIdentity { stored_node: u64, stored_cluster: u64, node: u64, cluster: u64 },
     #[error("storage in {path} has layout version {found}, but this rasputind reads version {FORMAT_VERSION}; wipe the directory and let the node catch up from its peers (start it with --replace), or run the rasputind that wrote it")]
     UnknownFormat { path: String, found: u8 },
+    #[error("storage in {path} holds {ranges} ranges split by a development build from before the meta range (layout 4), which cannot be upgraded in place; start the cluster afresh, or run the rasputind that wrote it")]
+    SplitBeforeMeta { path: String, ranges: usize },
     #[error("cannot stage a snapshot in {path}: {source}; check the disk and the directory's permissions")]
     Staging { path: String, source: std::io::Error },
     #[error("the sync thread stopped; the node stops rather than lose track of what is durable")]
@@ -148,6 +162,8 @@ pub enum ChunkError {
     OutOfOrder(Vec<u8>),
     #[error("snapshot of range {range} holds key {key:?} outside its bounds, or describes another range; the sender is misbehaving")]
     OutsideRange { range: RangeId, key: Vec<u8> },
+    #[error("the meta range's snapshot leaves a gap or an overlap at key {next:?}: its records must tile the key space; the sender is misbehaving")]
+    MetaGap { next: Vec<u8> },
     #[error(transparent)]
     Storage(#[from] StorageError),
 }
@@ -193,6 +209,33 @@ impl RangeKeys {
         self.field(DESCRIPTOR_FIELD)
     }
 
+    fn split_outcome(&self) -> Vec<u8> {
+        self.field(SPLIT_OUTCOME_FIELD)
+    }
+
+    fn is_meta(&self) -> bool {
+        self.range_id() == META_RANGE_ID
+    }
+
+    /// Where the range's values live: the shared `k:` space, or for the
+    /// meta range its records.
+    fn values_prefix(&self) -> &'static [u8] {
+        if self.is_meta() {
+            META_RECORD_PREFIX
+        } else {
+            VALUE_PREFIX
+        }
+    }
+
+    /// The storage keys of the range's values in `descriptor`'s span (none:
+    /// every value), as the bounds of an iteration or a range deletion.
+    fn value_span(&self, descriptor: Option<&RangeDescriptor>) -> (Vec<u8>, Vec<u8>) {
+        if self.is_meta() {
+            return (META_RECORD_PREFIX.to_vec(), prefix_end(META_RECORD_PREFIX));
+        }
+        value_span(descriptor)
+    }
+
     fn range_id(&self) -> RangeId {
         RangeId::from_be_bytes(self.id)
     }
@@ -221,7 +264,7 @@ impl RangeKeys {
     /// The state machine's prefixes, in the order a snapshot carries them.
     #[cfg(test)]
     fn state_prefixes(&self) -> [Vec<u8>; 2] {
-        [VALUE_PREFIX.to_vec(), self.sessions()]
+        [self.values_prefix().to_vec(), self.sessions()]
     }
 }
 
@@ -257,7 +300,7 @@ fn stream_key(record: &Record) -> Result<Vec<u8>, SnapshotDecodeError> {
         Record::Value { key, .. } => Ok(value_key(key)),
         Record::Session { client_id, .. } => Ok([SESSION_PREFIX, &client_id.to_be_bytes()].concat()),
         Record::Range { .. } => Ok(RANGE_STREAM_KEY.to_vec()),
-        Record::SplitOutcome { .. } => Err(SnapshotDecodeError::RangesUnsupported),
+        Record::SplitOutcome { .. } => Ok(SPLIT_OUTCOME_STREAM_KEY.to_vec()),
     }
 }
 
@@ -306,6 +349,10 @@ pub struct RangeStorage {
     log_last_index: LogIndex,
     /// The stored descriptor; None for the first range before it splits.
     descriptor: Option<RangeDescriptor>,
+    /// The meta range's records, as stored under `e:`; None for a data range.
+    meta: Option<MetaRecords>,
+    /// The descriptors the range's last split made, if it has split.
+    split_outcome: Option<Vec<RangeDescriptor>>,
     /// The cluster's members: the replicas of the first range before it splits.
     members: Vec<NodeId>,
     /// Sessions as stored, for the clients seen lately.
@@ -327,6 +374,7 @@ fn check_format(db: &DB, path: &str) -> Result<(), StorageError> {
     match db.get(FORMAT_KEY)? {
         Some(stored) if stored == [FORMAT_VERSION] => Ok(()),
         Some(stored) if stored == [3] => migrate_from_3(db),
+        Some(stored) if stored == [4] => migrate_from_4(db, path),
         Some(stored) => {
             Err(StorageError::UnknownFormat { path: path.to_string(), found: stored.first().copied().unwrap_or(0) })
         }
@@ -374,6 +422,46 @@ fn migrate_from_3(db: &DB) -> Result<(), StorageError> {
     db.write_opt(batch, &options)?;
     tracing::info!(sessions, entries, "moved the storage from layout 3 to layout 4 (state per range)");
     Ok(())
+}
+
+/// Layout 5 adds the meta range, which starts with one record: the first
+/// range, covering every key. A layout 4 database that never split is
+/// that, and needs only the new version. One that split cannot be
+/// upgraded in place: its replicas would each start a meta range from
+/// what they alone hold, and their records would differ.
+fn migrate_from_4(db: &DB, path: &str) -> Result<(), StorageError> {
+    let mut ranges = stored_ranges(db)?;
+    ranges.remove(&META_RANGE_ID);
+    if ranges.iter().any(|&range| range != FIRST_RANGE_ID) {
+        return Err(StorageError::SplitBeforeMeta { path: path.to_string(), ranges: ranges.len() });
+    }
+    db.put(FORMAT_KEY, [FORMAT_VERSION])?;
+    tracing::info!("moved the storage from layout 4 to layout 5 (a meta range)");
+    Ok(())
+}
+
+/// The key of a meta record: the descriptor's end key, under `e:`.
+fn meta_record_key(descriptor: &RangeDescriptor) -> Vec<u8> {
+    [META_RECORD_PREFIX, &meta::record_key(descriptor)].concat()
+}
+
+/// The meta range's records as stored; a meta range that has recorded
+/// nothing yet holds the first range on every member.
+fn load_meta_records(db: &DB, members: &[NodeId]) -> Result<MetaRecords, StorageError> {
+    let records =
+        scan(db, META_RECORD_PREFIX).map(|item| decode_descriptor(&item?.1)).collect::<Result<Vec<_>, _>>()?;
+    if records.is_empty() {
+        return Ok(MetaRecords::new(RangeDescriptor::first(members.to_vec())));
+    }
+    let count = records.len();
+    MetaRecords::restore(records).ok_or_else(|| {
+        StorageError::Impossible(format!("the meta range's {count} stored records do not tile the key space"))
+    })
+}
+
+fn load_split_outcome(db: &DB, keys: &RangeKeys) -> Result<Option<Vec<RangeDescriptor>>, StorageError> {
+    let Some(bytes) = db.get(keys.split_outcome())? else { return Ok(None) };
+    Ok(Some(state_machine::decode_meta_update(&bytes)?))
 }
 
 /// The ranges whose metadata the database holds, by their `r:` keys: one
@@ -451,7 +539,9 @@ impl Storage {
         check_format(&db, &path)?;
         let seen = scan(&db, SEEN_PREFIX).map(|item| client_id_of(&item?.0)).collect::<Result<_, _>>()?;
         let mut stored = stored_ranges(&db)?;
+        // Every member hosts the first range and the meta range from the start.
         stored.insert(FIRST_RANGE_ID);
+        stored.insert(META_RANGE_ID);
         let db = Arc::new(db);
         let mut ranges = BTreeMap::new();
         for range in stored {
@@ -519,6 +609,11 @@ impl Storage {
         self.write(batch, true)?;
         let opened = RangeStorage::open(self.db.clone(), &self.directory, keys, &self.members)?;
         Ok(self.ranges.entry(range).or_insert(opened))
+    }
+
+    /// Stops hosting the meta range, as a replacement does (`Daemon::start_consensus`).
+    pub fn stop_hosting_meta(&mut self) {
+        self.ranges.remove(&META_RANGE_ID);
     }
 
     /// Whether this node started as a replacement (`start_replacement`).
@@ -635,6 +730,10 @@ impl Storage {
 impl RangeStorage {
     fn open(db: Arc<DB>, directory: &Path, keys: RangeKeys, members: &[NodeId]) -> Result<RangeStorage, StorageError> {
         finish_interrupted_install(&db, &keys)?;
+        if keys.is_meta() && db.get(keys.descriptor())?.is_none() {
+            // Stored, so that its snapshots carry it as any range's do.
+            db.put(keys.descriptor(), encode_descriptor(&RangeDescriptor::meta(members.to_vec())))?;
+        }
         let descriptor = db.get(keys.descriptor())?.map(|bytes| decode_descriptor(&bytes)).transpose()?;
         let range = keys.range_id();
         if descriptor.is_none() && range != FIRST_RANGE_ID {
@@ -650,6 +749,8 @@ impl RangeStorage {
             None => proto::AppliedPosition::default(),
         };
         let census = session_census(&db, &keys)?;
+        let meta = keys.is_meta().then(|| load_meta_records(&db, members)).transpose()?;
+        let split_outcome = load_split_outcome(&db, &keys)?;
         Ok(RangeStorage {
             db,
             keys,
@@ -657,6 +758,8 @@ impl RangeStorage {
             applied_term: applied.term,
             log_last_index: 0,
             descriptor,
+            meta,
+            split_outcome,
             members: members.to_vec(),
             sessions: HashMap::new(),
             census,
@@ -789,6 +892,10 @@ impl RangeStorage {
         };
         replace_state(&self.db, &self.keys, &install)?;
         self.descriptor = staged.descriptor;
+        if self.keys.is_meta() {
+            self.meta = Some(load_meta_records(&self.db, &self.members)?);
+        }
+        self.split_outcome = load_split_outcome(&self.db, &self.keys)?;
         stage_finished_install(&self.db, &self.keys, batch, &install);
         if log_emptied {
             self.log_last_index = snapshot.last_index;
@@ -820,6 +927,7 @@ impl RangeStorage {
             records: 0,
             last_key: None,
             descriptor: None,
+            meta_next_start: keys.is_meta().then(Bytes::new),
         })
     }
 
@@ -865,6 +973,7 @@ impl RangeStorage {
             descriptor: self.descriptor(),
             hard_state,
             splits: Vec::new(),
+            meta: self.meta.clone(),
         };
         let mut answers = Vec::new();
         let mut last = None;
@@ -877,13 +986,15 @@ impl RangeStorage {
             answers.extend(decision.applied);
             last = Some((entry.index, entry.term));
         }
-        let Overlay { sessions, census, expired_below, descriptor, splits, .. } = overlay;
+        let Overlay { sessions, census, expired_below, descriptor, splits, meta, .. } = overlay;
         let Some((index, term)) = last else { return Ok(Applying { answers, splits }) };
         self.stage_applied(&mut batch, index, term);
         self.write(batch, false)?;
-        if !splits.is_empty() {
+        if let Some(split) = splits.last() {
+            self.split_outcome = Some(vec![descriptor.clone(), split.descriptor.clone()]);
             self.descriptor = Some(descriptor);
         }
+        self.meta = meta;
         self.census = census;
         self.sessions_expired_below.set(self.sessions_expired_below.get().max(expired_below.get()));
         if self.sessions.len() + sessions.len() > SESSIONS_CACHED_COUNT_MAX {
@@ -900,6 +1011,16 @@ impl RangeStorage {
             }
         }
         Ok(Applying { answers, splits })
+    }
+
+    /// The descriptors this range's last split made, if it has split.
+    pub fn split_outcome(&self) -> Option<&[RangeDescriptor]> {
+        self.split_outcome.as_deref()
+    }
+
+    /// The meta range's records; None for a data range.
+    pub fn meta_records(&self) -> Option<&MetaRecords> {
+        self.meta.as_ref()
     }
 
     pub fn read(&self, key: &[u8]) -> Result<Response, StorageError> {
@@ -1100,7 +1221,8 @@ fn applied_position(view: &rocksdb::Snapshot, keys: &RangeKeys) -> Result<(LogIn
 
 /// Reads the records after stream key `after` (see `stream_key`) into one
 /// chunk, as many as fit: the range's descriptor (if it has one), every
-/// value in its span in key order, then every session.
+/// value in its span in key order (the meta range's records), its last
+/// split's outcome, then every session.
 fn read_chunk(
     view: &rocksdb::Snapshot,
     keys: &RangeKeys,
@@ -1108,24 +1230,64 @@ fn read_chunk(
     sequence: u64,
     after: Option<&[u8]>,
 ) -> Result<ReadChunk, StorageError> {
-    let mut writer = ChunkWriter::new(position.0, position.1, sequence);
-    let mut last_key = None;
+    let mut fill = ChunkFill { writer: ChunkWriter::new(position.0, position.1, sequence), last_key: None, after };
     let stored_descriptor = view.get(keys.descriptor())?;
     let descriptor = stored_descriptor.as_deref().map(decode_descriptor).transpose()?;
-    if let (Some(stored), None) = (&stored_descriptor, after) {
-        writer.push(&Record::Range { descriptor: stored });
-        last_key = Some(RANGE_STREAM_KEY.to_vec());
+    if let Some(stored) = &stored_descriptor {
+        fill.push(&Record::Range { descriptor: stored })?;
     }
-    let (values_start, values_end) = value_span(descriptor.as_ref());
+    let (values_start, values_end) = keys.value_span(descriptor.as_ref());
+    if !fill.section(view, keys.values_prefix(), VALUE_PREFIX, values_start, values_end)? {
+        return Ok(fill.finish(false));
+    }
+    if let Some(update) = view.get(keys.split_outcome())? {
+        if !fill.push(&Record::SplitOutcome { update: &update })? {
+            return Ok(fill.finish(false));
+        }
+    }
     let sessions = keys.sessions();
-    let sections = [
-        (VALUE_PREFIX.to_vec(), VALUE_PREFIX, values_start, values_end),
-        (sessions.clone(), SESSION_PREFIX, sessions.clone(), prefix_end(&sessions)),
-    ];
-    for (prefix, stream_prefix, lowest, upper_bound) in sections {
-        let start = match after {
-            Some(after) if after >= &prefix_end(stream_prefix)[..] => continue,
-            Some(after) if after >= stream_prefix => [&prefix[..], &after[stream_prefix.len()..]].concat().max(lowest),
+    let sessions_end = prefix_end(&sessions);
+    let whole = fill.section(view, &sessions, SESSION_PREFIX, sessions.clone(), sessions_end)?;
+    Ok(fill.finish(whole))
+}
+
+/// A chunk being filled with the records after a stream key.
+struct ChunkFill<'a> {
+    writer: ChunkWriter,
+    last_key: Option<Vec<u8>>,
+    after: Option<&'a [u8]>,
+}
+
+impl ChunkFill<'_> {
+    /// Adds `record` unless the stream has sent it already; false if it
+    /// does not fit, and the chunk is full.
+    fn push(&mut self, record: &Record) -> Result<bool, StorageError> {
+        let key = stream_key(record)?;
+        if self.after.is_some_and(|after| key[..] <= *after) {
+            return Ok(true);
+        }
+        if !self.writer.fits(record) {
+            return Ok(false);
+        }
+        self.writer.push(record);
+        self.last_key = Some(key);
+        Ok(true)
+    }
+
+    /// Adds the records stored from `lowest` to `upper_bound` under
+    /// `prefix`, whose stream keys are under `stream_prefix`; false if the
+    /// chunk filled before the last.
+    fn section(
+        &mut self,
+        view: &rocksdb::Snapshot,
+        prefix: &[u8],
+        stream_prefix: &[u8],
+        lowest: Vec<u8>,
+        upper_bound: Vec<u8>,
+    ) -> Result<bool, StorageError> {
+        let start = match self.after {
+            Some(after) if after >= &prefix_end(stream_prefix)[..] => return Ok(true),
+            Some(after) if after >= stream_prefix => [prefix, &after[stream_prefix.len()..]].concat().max(lowest),
             _ => lowest,
         };
         let mut options = ReadOptions::default();
@@ -1134,19 +1296,16 @@ fn read_chunk(
         options.fill_cache(false);
         for item in view.iterator_opt(IteratorMode::From(&start, Direction::Forward), options) {
             let (key, value) = item?;
-            let record = state_record(stream_prefix, &key[prefix.len()..], &value)?;
-            let key = stream_key(&record)?;
-            if Some(&key[..]) == after {
-                continue;
+            if !self.push(&state_record(stream_prefix, &key[prefix.len()..], &value)?)? {
+                return Ok(false);
             }
-            if !writer.fits(&record) {
-                return Ok(ReadChunk { data: writer.finish(false).into(), last_key, last: false });
-            }
-            writer.push(&record);
-            last_key = Some(key);
         }
+        Ok(true)
     }
-    Ok(ReadChunk { data: writer.finish(true).into(), last_key, last: true })
+
+    fn finish(self, last: bool) -> ReadChunk {
+        ReadChunk { data: self.writer.finish(last).into(), last_key: self.last_key, last }
+    }
 }
 
 /// The record stored under `key` (its prefix gone) of the state under `kind`
@@ -1164,6 +1323,8 @@ impl RangeKeys {
     fn record(&self, record: &Record) -> Result<Vec<u8>, SnapshotDecodeError> {
         match record {
             Record::Session { client_id, .. } => Ok(self.session(*client_id)),
+            Record::Value { key, .. } => Ok([self.values_prefix(), key].concat()),
+            Record::SplitOutcome { .. } => Ok(self.split_outcome()),
             record => stream_key(record),
         }
     }
@@ -1182,6 +1343,9 @@ pub struct IncomingSnapshot {
     /// The range the snapshot is of, from its first record (none: the
     /// first range, never split).
     descriptor: Option<RangeDescriptor>,
+    /// Where the meta range's next record must start, so that the records
+    /// tile the key space; None once the last (unbounded) one came.
+    meta_next_start: Option<Bytes>,
 }
 
 impl IncomingSnapshot {
@@ -1200,6 +1364,9 @@ impl IncomingSnapshot {
                     if self.descriptor.as_ref().is_some_and(|descriptor| !descriptor.contains(key)) {
                         return Err(ChunkError::OutsideRange { range: self.keys.range_id(), key: key.to_vec() });
                     }
+                    if self.keys.is_meta() {
+                        self.check_meta_record(key, value)?;
+                    }
                     value
                 }
                 Record::Session { session, .. } => {
@@ -1217,13 +1384,37 @@ impl IncomingSnapshot {
                     self.last_key = Some(key);
                     continue;
                 }
-                Record::SplitOutcome { .. } => unreachable!("stream_key refused the split outcome"),
+                Record::SplitOutcome { update } => {
+                    state_machine::decode_meta_update(update)?;
+                    update
+                }
             };
             self.writer.put(&stored, value).map_err(StorageError::from)?;
             self.records += 1;
             self.last_key = Some(key);
         }
+        if chunk.last && self.keys.is_meta() && self.meta_next_start.is_some() {
+            // Records that stop before the last range would leave keys unroutable.
+            return Err(ChunkError::MetaGap { next: self.meta_next_start.clone().unwrap_or_default().to_vec() });
+        }
         Ok(())
+    }
+
+    /// A meta record must be a descriptor, stored under its own end key,
+    /// starting where the one before it ended.
+    fn check_meta_record(&mut self, key: &[u8], value: &[u8]) -> Result<(), ChunkError> {
+        let descriptor = state_machine::decode_range(value)?;
+        let range = self.keys.range_id();
+        if key != meta::record_key(&descriptor) || descriptor.is_meta() {
+            return Err(ChunkError::OutsideRange { range, key: key.to_vec() });
+        }
+        match &self.meta_next_start {
+            Some(start) if *start == descriptor.start => {
+                self.meta_next_start = descriptor.end;
+                Ok(())
+            }
+            _ => Err(ChunkError::MetaGap { next: descriptor.start.to_vec() }),
+        }
     }
 
     /// The stream key (see `stream_key`) of the last record written.
@@ -1297,8 +1488,9 @@ fn replace_state(db: &DB, keys: &RangeKeys, install: &proto::SnapshotInstall) ->
             None
         }
     };
-    let (values_start, values_end) = value_span(descriptor.as_ref());
+    let (values_start, values_end) = keys.value_span(descriptor.as_ref());
     batch.delete_range(values_start, values_end);
+    batch.delete(keys.split_outcome());
     let sessions = keys.sessions();
     let sessions_end = prefix_end(&sessions);
     batch.delete_range(sessions, sessions_end);
@@ -1376,6 +1568,8 @@ struct Overlay<'a> {
     /// The hard state the right half of a split starts with: its parent's here.
     hard_state: HardState,
     splits: Vec<SplitMade>,
+    /// The meta range's records as this batch leaves them; None for a data range.
+    meta: Option<MetaRecords>,
 }
 
 /// The right half of a split this node applied: stored with the left
@@ -1420,7 +1614,13 @@ impl Overlay<'_> {
             }
             Change::Split { left, right } => self.stage_split(batch, left, right, position)?,
             Change::Meta { descriptors } => {
-                unreachable!("a meta update {descriptors:?} was decided on a daemon store, which holds no meta range")
+                let records = self.meta.as_mut().expect("decide records meta updates in the meta range only");
+                for replaced in records.replace(&descriptors) {
+                    batch.delete(meta_record_key(&replaced));
+                }
+                for descriptor in &descriptors {
+                    batch.put(meta_record_key(descriptor), encode_descriptor(descriptor));
+                }
             }
         }
         Ok(())
@@ -1446,6 +1646,7 @@ impl Overlay<'_> {
             )));
         }
         batch.put(self.storage.keys.descriptor(), encode_descriptor(&left));
+        batch.put(self.storage.keys.split_outcome(), state_machine::meta_update_bytes(&[left.clone(), right.clone()]));
         batch.put(right_keys.descriptor(), encode_descriptor(&right));
         let position = wire::to_bytes(&proto::AppliedPosition { index, term });
         batch.put(right_keys.applied(), &position);
@@ -1488,6 +1689,10 @@ impl KvRead for Overlay<'_> {
 
     fn range(&self) -> Result<Option<RangeDescriptor>, StorageError> {
         Ok(Some(self.descriptor.clone()))
+    }
+
+    fn meta(&self) -> Option<&MetaRecords> {
+        self.meta.as_ref()
     }
 
     fn census(&self) -> SessionCensus {
@@ -1547,6 +1752,10 @@ impl KvRead for RangeStorage {
         Ok(Some(self.descriptor()))
     }
 
+    fn meta(&self) -> Option<&MetaRecords> {
+        self.meta.as_ref()
+    }
+
     fn census(&self) -> SessionCensus {
         self.census
     }
@@ -1572,6 +1781,7 @@ impl KvRead for RangeStorage {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rasputin_kv::meta::MetaError;
     use rasputin_kv::operation::Persist;
     use rasputin_kv::operation::{ClientRequest, EntryPayload, Operation};
     use rasputin_kv::state_machine::Refusal;
@@ -1742,7 +1952,13 @@ mod tests {
         drop(storage);
 
         let mut storage = Storage::open(&directory, &MEMBERS).unwrap();
-        assert_eq!(storage.range_ids().collect::<Vec<_>>(), vec![FIRST_RANGE_ID, 9]);
+        assert_eq!(storage.range_ids().collect::<Vec<_>>(), vec![FIRST_RANGE_ID, 9, META_RANGE_ID]);
+        let outcome = storage.first_range().split_outcome().map(|outcome| outcome.to_vec());
+        assert_eq!(
+            outcome,
+            Some(vec![storage.first_range().descriptor(), made.descriptor.clone()]),
+            "for the meta range"
+        );
         let right = storage.range_mut(9).unwrap();
         let recovered = right.recover().unwrap();
         assert_eq!(recovered.hard_state, hard_state, "the right half starts with its parent's vote");
@@ -1820,6 +2036,8 @@ mod tests {
         assert_eq!(target.value(b"a").unwrap().as_deref(), Some(&b"new"[..]));
         assert_eq!(target.value(b"y").unwrap().as_deref(), Some(&b"other"[..]), "outside the bounds, untouched");
         assert_eq!(target.descriptor().end.as_deref(), Some(&b"m"[..]), "the bounds came with the snapshot");
+        let outcome = target.split_outcome().map(|outcome| outcome.iter().map(|range| range.id).collect::<Vec<_>>());
+        assert_eq!(outcome, Some(vec![FIRST_RANGE_ID, 9]), "the split's outcome came with the snapshot");
 
         let mut writer = ChunkWriter::new(position.0, position.1, 0);
         let descriptor = encode_descriptor(&target.descriptor());
@@ -1831,6 +2049,62 @@ mod tests {
         assert!(matches!(refused, Err(ChunkError::OutsideRange { range: 1, .. })), "{refused:?}");
         drop((view, hostile));
         target.clear_staging().unwrap();
+        drop((source, target));
+        std::fs::remove_dir_all(&from).unwrap();
+        std::fs::remove_dir_all(&to).unwrap();
+    }
+
+    fn meta_update(index: LogIndex, descriptors: &[RangeDescriptor]) -> Entry {
+        command(index, 0, 7_000 + index, Operation::MetaUpdate { descriptors: descriptors.to_vec() })
+    }
+
+    /// Issue 17: the meta range records a split once (a repeat is stale),
+    /// in a key space of its own, keeps its records over a restart, and
+    /// streams them to a follower, which refuses records that leave a gap.
+    #[test]
+    fn the_meta_range_records_a_split_keeps_it_and_streams_records_that_tile() {
+        let (from, to) = (temporary("meta-source"), temporary("meta-target"));
+        let first = RangeDescriptor::first(MEMBERS.to_vec());
+        let (left, right) = first.split_at(&Bytes::from_static(b"m"), 0, 9).unwrap();
+        let halves = [left.clone(), right.clone()];
+        let mut source = Storage::open(&from, &MEMBERS).unwrap();
+        let meta = source.range_mut(META_RANGE_ID).expect("every member hosts the meta range");
+        let applying = meta.apply(&[meta_update(1, &halves), meta_update(2, &halves)], HardState::default()).unwrap();
+        let outcomes: Vec<_> = applying.answers.iter().map(|applied| applied.outcome.clone()).collect();
+        assert!(outcomes[0].is_ok(), "{outcomes:?}");
+        assert!(matches!(outcomes[1], Err(Refusal::Meta(MetaError::Stale { .. }))), "{outcomes:?}");
+        assert!(scan(&source.db, VALUE_PREFIX).next().is_none(), "meta records are not data values");
+        drop(source);
+
+        let source = Storage::open(&from, &MEMBERS).unwrap();
+        let records = source.range(META_RANGE_ID).unwrap().meta_records().unwrap();
+        assert_eq!(records.lookup(b"", 10), halves.to_vec(), "the records survive a restart");
+        let keys = RangeKeys::of(META_RANGE_ID);
+        let view = source.db.snapshot();
+        let position = applied_position(&view, &keys).unwrap();
+        let chunk = read_chunk(&view, &keys, position, 0, None).unwrap();
+        let mut target = Storage::open(&to, &MEMBERS).unwrap();
+        let follower = target.range_mut(META_RANGE_ID).unwrap();
+        let mut incoming = follower.begin_incoming(position).unwrap();
+        incoming.write(&ChunkReader::new(&chunk.data).unwrap()).unwrap();
+        follower.offer_staged(incoming.finish().unwrap());
+        let snapshot = Snapshot { last_index: position.0, last_term: position.1, data: Bytes::new() };
+        let mut batch = WriteBatch::default();
+        follower.stage(&mut batch, &Persist { snapshot: Some(snapshot), ..Persist::default() }, true).unwrap();
+        follower.write(batch, true).unwrap();
+        assert_eq!(follower.meta_records().unwrap().lookup(b"z", 10), vec![right.clone()]);
+
+        let mut writer = ChunkWriter::new(position.0, position.1, 0);
+        let descriptor = encode_descriptor(&follower.descriptor());
+        writer.push(&Record::Range { descriptor: &descriptor });
+        let (key, value) = (meta::record_key(&right), encode_descriptor(&right));
+        writer.push(&Record::Value { key: &key, value: &value });
+        let data = writer.finish(true);
+        let mut hostile = follower.begin_incoming(position).unwrap();
+        let refused = hostile.write(&ChunkReader::new(&data).unwrap());
+        assert!(matches!(refused, Err(ChunkError::MetaGap { .. })), "a record missing before it: {refused:?}");
+        drop((view, hostile));
+        follower.clear_staging().unwrap();
         drop((source, target));
         std::fs::remove_dir_all(&from).unwrap();
         std::fs::remove_dir_all(&to).unwrap();
@@ -1920,6 +2194,25 @@ mod tests {
         drop(storage);
         let error = Storage::open(&directory, &MEMBERS).err().expect("a range without bounds is refused");
         assert!(matches!(&error, StorageError::Impossible(message) if message.contains("range 7")), "{error}");
+        std::fs::remove_dir_all(&directory).unwrap();
+    }
+
+    #[test]
+    fn a_layout_4_database_gains_a_meta_range_unless_it_split() {
+        let directory = temporary("layout-4");
+        let stamp_layout_4 = |storage: Storage| {
+            storage.db.put(FORMAT_KEY, [4]).unwrap();
+            drop(storage);
+        };
+        let storage = Storage::open(&directory, &MEMBERS).unwrap();
+        stamp_layout_4(storage);
+        let mut storage = Storage::open(&directory, &MEMBERS).expect("one range, never split: upgraded");
+        assert_eq!(storage.db.get(FORMAT_KEY).unwrap().as_deref(), Some(&[FORMAT_VERSION][..]));
+        let applying = storage.first_range_mut().apply(&[open(1), split(2, b"m", 9)], HardState::default()).unwrap();
+        storage.open_split_off(&applying.splits[0]).unwrap();
+        stamp_layout_4(storage);
+        let error = Storage::open(&directory, &MEMBERS).err().expect("a split layout 4 database is refused");
+        assert!(matches!(error, StorageError::SplitBeforeMeta { ranges: 2, .. }), "{error}");
         std::fs::remove_dir_all(&directory).unwrap();
     }
 

@@ -10,6 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rasputin::Client;
+use rasputin_kv::range::{RangeDescriptor, META_RANGE_ID};
 use rasputin_kv::state_machine::KvRead;
 use rasputin_kv::wire::{self, proto};
 
@@ -825,17 +826,20 @@ fn requests_without_a_session_or_with_a_stale_sequence_are_refused() {
         "a retry gets the original answer"
     );
     assert_eq!(cluster.client().get(b"k").unwrap().get_value(), b"five");
-    // No daemon hosts the meta range yet: meta requests get a clear error,
-    // and the connection goes on serving.
-    let lookup = proto::ClientRequest {
+    // A client cannot write the meta range: only data leaders send meta
+    // updates, over the peer port. The connection goes on serving.
+    let forged = RangeDescriptor::first(vec![1, 2, 3]).split_at(&bytes::Bytes::from_static(b"k"), 0, 7).unwrap();
+    let update = proto::MetaUpdate { descriptors: vec![forged.0.to_proto(), forged.1.to_proto()] };
+    let forgery = proto::ClientRequest {
         request_id: 7,
         sequence: 77,
-        operation: Some(proto::client_request::Operation::MetaLookup(proto::MetaLookup { key: "k".into(), limit: 8 })),
+        range_id: META_RANGE_ID,
+        operation: Some(proto::client_request::Operation::MetaUpdate(update)),
         ..Default::default()
     };
-    let refused = raw.call(&lookup);
-    assert_eq!(error_code(&refused), wire::ErrorCode::UnknownRange, "{}", refused.message);
-    assert!(refused.message.contains("no meta range"), "{}", refused.message);
+    let refused = raw.call(&forgery);
+    assert_eq!(error_code(&refused), wire::ErrorCode::BadRequest, "{}", refused.message);
+    assert!(refused.message.contains("not from clients"), "{}", refused.message);
     let after = raw.call(&set_request(8, session, 6, "k", "six"));
     assert_eq!(error_code(&after), wire::ErrorCode::Ok, "{}", after.message);
 }
@@ -1167,6 +1171,71 @@ fn a_node_that_missed_a_split_gets_the_new_range_from_its_leader() {
     write_keys(&client, 30..40, "after");
     assert_keys(&client, 30..40, "after");
     assert_keys(&client, 10..20, &format!("left-{round}"));
+}
+
+/// Every data range's descriptor as the meta range's leader records it, as
+/// (id, start, epoch version).
+fn meta_records(ports: &[u16]) -> Vec<(u64, Vec<u8>, u64)> {
+    let lookup = proto::ClientRequest {
+        request_id: 1,
+        sequence: 99,
+        range_id: META_RANGE_ID,
+        operation: Some(proto::client_request::Operation::MetaLookup(proto::MetaLookup { key: "".into(), limit: 0 })),
+        ..Default::default()
+    };
+    let answer = call_at_leader(ports, &lookup);
+    assert_eq!(error_code(&answer), wire::ErrorCode::Ok, "{}", answer.message);
+    let descriptors = answer.descriptors.into_iter();
+    descriptors.map(|range| (range.id, range.start.to_vec(), range.epoch.map_or(0, |epoch| epoch.version))).collect()
+}
+
+/// The meta range's leader, as the first node that knows one says.
+fn meta_leader(ports: &[u16]) -> Option<u64> {
+    ports.iter().find_map(|&port| {
+        let request =
+            proto::ClientRequest { request_id: 1, status: Some(proto::StatusRequest {}), ..Default::default() };
+        let status = RawClient::connect(port).call(&request).status?;
+        status.meta_range.map(|meta| meta.leader_id).filter(|&leader| leader != 0)
+    })
+}
+
+/// Issue 17: the meta range in the daemons. Every split reaches it: a
+/// lookup at its leader answers each data range's descriptor as the nodes
+/// list them. With its leader killed, a later split still reaches it (the
+/// successor records it), and a client with no route for a key looks the
+/// key's range up there.
+#[test]
+fn the_meta_range_records_every_split_even_once_its_leader_dies() {
+    let mut cluster = Cluster::start("meta", 10_000);
+    let client = cluster.client();
+    write_keys(&client, 0..40, "before");
+    let ports: Vec<u16> = cluster.members.iter().map(|member| member.client_port).collect();
+    assert_eq!(meta_records(&ports).len(), 1, "a new cluster's meta range holds its one range");
+    for key in ["key-1", "key-2"] {
+        client.split(key.as_bytes(), version_holding(&client, key.as_bytes())).unwrap();
+    }
+    let listed = |port: u16| {
+        let mut ranges = hosted_ranges(port);
+        ranges.sort_by(|first, second| first.1.cmp(&second.1));
+        ranges
+    };
+    eventually("every node lists three ranges", || ports.iter().all(|&port| hosted_ranges(port).len() == 3));
+    eventually("the meta range records both splits", || meta_records(&ports) == listed(ports[0]));
+
+    let killed = meta_leader(&ports).expect("the meta range has a leader") as usize - 1;
+    cluster.kill(killed);
+    let alive: Vec<u16> =
+        ports.iter().enumerate().filter(|(index, _)| *index != killed).map(|(_, &port)| port).collect();
+    client.split(b"key-3", version_holding(&client, b"key-3")).unwrap();
+    eventually("the others list four ranges", || alive.iter().all(|&port| hosted_ranges(port).len() == 4));
+    eventually("the new meta leader records the third split", || meta_records(&alive) == listed(alive[0]));
+
+    // Its first range's refusal names that range and the next only; the
+    // key's own range it learns from the meta range.
+    let fresh = cluster.client();
+    write_keys(&fresh, 30..40, "after");
+    assert_keys(&fresh, 30..40, "after");
+    assert!(fresh.meta_lookups() >= 1, "the client looked a route up in the meta range");
 }
 
 /// The first answer to `request` that is not NOT_LEADER, asking each of
