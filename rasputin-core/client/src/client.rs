@@ -631,17 +631,46 @@ impl Client {
     /// it), or teaches nothing new (it lags a split by a moment), from what
     /// the servers say they host.
     fn look_up(&self, key: &[u8]) {
-        let operation = Operation::MetaLookup { key: Bytes::copy_from_slice(key), limit: LOOKUP_DESCRIPTORS_COUNT };
-        let request = ClientRequest { client_id: 0, sequence: nonce(), operation };
         let client = Client { timeouts: Some(self.lookup_timeouts()), ..self.clone() };
-        match client.send_in(&request, Some(META_RANGE_ID)).outcome {
-            Ok(response) => {
+        match client.meta_lookup(key, LOOKUP_DESCRIPTORS_COUNT) {
+            Ok(descriptors) => {
                 self.inner.meta_lookups.fetch_add(1, Ordering::Relaxed);
-                if !self.learn(response.descriptors) {
+                if !self.learn(descriptors) {
                     self.learn_hosted_ranges();
                 }
             }
             Err(_) => self.learn_hosted_ranges(),
+        }
+    }
+
+    /// The descriptors the meta range records from the range holding `key`
+    /// on, at most `limit` (0: as many as one lookup answers).
+    fn meta_lookup(&self, key: &[u8], limit: u32) -> Result<Vec<proto::RangeDescriptor>, ClientError> {
+        let operation = Operation::MetaLookup { key: Bytes::copy_from_slice(key), limit };
+        let request = ClientRequest { client_id: 0, sequence: nonce(), operation };
+        self.send_in(&request, Some(META_RANGE_ID)).outcome.map(|response| response.descriptors)
+    }
+
+    /// Every data range's descriptor as the meta range records it, in key
+    /// order, one lookup per page of descriptors. The meta range may lag a
+    /// split by a moment; the data ranges stay the authority.
+    pub fn meta_ranges(&self) -> Result<Vec<RangeDescriptor>, ClientError> {
+        let mut ranges: Vec<RangeDescriptor> = Vec::new();
+        loop {
+            let from = ranges.last().and_then(|last| last.end.clone()).unwrap_or_default();
+            let page = self.meta_lookup(&from, 0)?;
+            let page: Vec<RangeDescriptor> =
+                page.into_iter().filter_map(|range| RangeDescriptor::from_proto(range).ok()).collect();
+            // Each page must go on from where the last ended, or the walk would not end.
+            let follows = page.first().is_some_and(|first| first.contains(&from));
+            if !follows {
+                let message = format!("the meta range's lookup from {from:?} did not start at the range holding it");
+                return Err(ClientError::Refused { code: ErrorCode::Internal, message });
+            }
+            ranges.extend(page);
+            if ranges.last().is_some_and(|last| last.end.is_none()) {
+                return Ok(ranges);
+            }
         }
     }
 

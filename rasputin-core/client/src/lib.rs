@@ -13,4 +13,5 @@ pub use client::{
     prefix_end, Client, ClientBuilder, ClientError, KeyValue, NodeStatus, RangeStatus, Response, RetryToken, ScanIter,
     ScanPage,
 };
+pub use rasputin_kv::range::RangeDescriptor;
 pub use rasputin_kv::wire::{CLIENT_FRAME_BYTES_MAX, KEY_BYTES_MAX, VALUE_BYTES_MAX};

@@ -2,12 +2,12 @@
 //! split at that key, so that the workload's keys move between ranges
 //! (and, with the daemons' balancing, between leaders) while nodes die and
 //! links fail. A split is not a fault and is never healed; at the end every
-//! node must host the same ranges.
+//! node must host the same ranges, and the meta range record exactly them.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use rasputin::{Client, RangeStatus};
+use rasputin::{Client, RangeDescriptor, RangeStatus};
 
 /// How long one split may take: a split needs its range's leader, so under
 /// a fault it may wait for an election, and it gives up with the fault.
@@ -84,8 +84,22 @@ fn listed(range: RangeStatus) -> Option<Listed> {
     })
 }
 
-/// Waits until every node answers and lists the same ranges; otherwise
-/// says what each listed at the deadline.
+/// The ranges the meta range records, as the nodes list theirs.
+fn recorded(client: &Client) -> Option<Vec<Listed>> {
+    let ranges = client.meta_ranges().ok()?;
+    let listed = |range: &RangeDescriptor| Listed {
+        id: range.id,
+        start: range.start.to_vec(),
+        end: range.end.as_ref().map(|end| end.to_vec()),
+        version: range.epoch.version,
+    };
+    let mut recorded: Vec<Listed> = ranges.iter().map(listed).collect();
+    recorded.sort();
+    Some(recorded)
+}
+
+/// Waits until every node answers and lists the same ranges, and the meta
+/// range records those; otherwise says what each listed at the deadline.
 pub fn await_convergence(peers: &[SocketAddr]) -> Result<usize, String> {
     let client = Client::new(peers.to_vec(), 1);
     client.set_timeouts(SPLIT_ATTEMPT_TIMEOUT, SPLIT_TIMEOUT);
@@ -101,8 +115,10 @@ pub fn await_convergence(peers: &[SocketAddr]) -> Result<usize, String> {
             })
             .collect();
         let first = per_node.first().cloned().flatten();
-        if let Some(first) = first.filter(|first| per_node.iter().all(|node| node.as_ref() == Some(first))) {
-            return Ok(first.len());
+        let agreed = first.filter(|first| per_node.iter().all(|node| node.as_ref() == Some(first)));
+        let meta = recorded(&client);
+        if agreed.is_some() && meta == agreed {
+            return Ok(meta.map_or(0, |meta| meta.len()));
         }
         if Instant::now() >= deadline {
             let shown: Vec<String> = per_node
@@ -113,8 +129,10 @@ pub fn await_convergence(peers: &[SocketAddr]) -> Result<usize, String> {
                     None => format!("node {}: no status", index + 1),
                 })
                 .collect();
+            let meta =
+                meta.map_or_else(|| "no answer".to_string(), |meta| format!("{} ranges {:?}", meta.len(), ids(&meta)));
             return Err(format!(
-                "the nodes did not come to host the same ranges within {CONVERGENCE_TIMEOUT:?}: {}",
+                "the nodes did not come to host the same ranges, recorded in the meta range, within {CONVERGENCE_TIMEOUT:?}: {}; meta range: {meta}",
                 shown.join("; ")
             ));
         }
