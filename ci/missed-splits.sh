@@ -83,6 +83,17 @@ made=$(made_ids | wc -l)
 peak=$(rss_kib "$victim_pid" VmHWM)
 echo "node $victim hosts all $RANGES ranges after $(elapsed) s: empty_replicas=$made installs=$(victim_log | grep -c "installing a snapshot from the leader") peak_rss_mib=$(( peak / 1024 ))"
 
+# The meta range, which the node that was down hosts too, records every range.
+recorded() { $CLI ranges list --meta 2>/dev/null | wc -l; }
+until [ "$(recorded)" -eq "$RANGES" ]; do
+    if awk -v seconds="$(elapsed)" -v max="$CONVERGE_SECONDS_MAX" 'BEGIN { exit !(seconds > max) }'; then
+        echo "ci/missed-splits.sh: the meta range records $(recorded) of $RANGES ranges" >&2
+        exit 1
+    fi
+    sleep 0.2
+done
+echo "the meta range records all $RANGES ranges"
+
 if [ "$CHECK" = 1 ]; then
     # Most ranges come as empty replicas; a split the node replayed from
     # its log before its first range's snapshot arrived makes one itself.

@@ -130,7 +130,12 @@ enum Command {
 enum RangesCommand {
     /// One row per range: id, bounds, epoch, replicas, leader, size and
     /// request rate, as the range's leader (or else any replica) reports them.
-    List,
+    List {
+        /// The descriptors the meta range records instead (id, bounds,
+        /// epoch and replicas), which may lag a split by a moment.
+        #[arg(long)]
+        meta: bool,
+    },
     /// Asks RANGE's leader to hand its leadership to node NODE, and waits
     /// (up to --timeout) until NODE leads.
     Transfer { range: u64, node: u64 },
@@ -274,7 +279,8 @@ fn execute(arguments: &Arguments) -> Result<(Vec<Record>, u8), Failure> {
             Ok((vec![Record { texts: key_text(&key), ..record }], 0))
         }
         Command::Status => status(&client),
-        Command::Ranges { command: RangesCommand::List } => ranges_list(&client, arguments.hex),
+        Command::Ranges { command: RangesCommand::List { meta: false } } => ranges_list(&client, arguments.hex),
+        Command::Ranges { command: RangesCommand::List { meta: true } } => meta_list(&client, arguments.hex),
         Command::Ranges { command: RangesCommand::Transfer { range, node } } => {
             transfer(&client, *range, *node, arguments.timeout)
         }
@@ -392,6 +398,14 @@ const STATUS_FIELDS: [&str; 17] = [
 fn ranges_list(client: &Client, hex_output: bool) -> Result<(Vec<Record>, u8), Failure> {
     let (ranges, code) = known_ranges(client, true)?;
     Ok((ranges.iter().map(|range| range_record(range, hex_output)).collect(), code))
+}
+
+/// Every data range the meta range records, in key order, as rows of
+/// `ranges list` without what only a replica knows (leader, size, rate).
+fn meta_list(client: &Client, hex_output: bool) -> Result<(Vec<Record>, u8), Failure> {
+    let ranges = client.meta_ranges().map_err(|error| Failure::client(&error))?;
+    let recorded = ranges.iter().map(|range| RangeStatus { descriptor: Some(range.to_proto()), ..Default::default() });
+    Ok((recorded.map(|range| range_record(&range, hex_output)).collect(), 0))
 }
 
 /// Every range the endpoints hold, in key order, each as its leader sees
