@@ -21,6 +21,12 @@ pub use proto::ErrorCode;
 
 /// Bumped on any incompatible change to the protocol.
 pub const PROTOCOL_VERSION: u32 = 2;
+
+/// A peer that hosts many ranges: it takes messages whose `range_id` is
+/// not the first range's. A daemon from before ranges closes a connection
+/// that carries one, so a node sends it only the first range's messages,
+/// and a mixed cluster keeps its first range running through an upgrade.
+pub const FEATURE_RANGES: u32 = 1;
 /// Bytes in the length prefix of a frame.
 pub const FRAME_HEADER_BYTES: usize = 4;
 /// The largest key a client may write.

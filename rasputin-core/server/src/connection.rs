@@ -45,6 +45,9 @@ pub struct Connection {
     pub address: SocketAddr,
     /// The handshake is complete.
     pub greeted: bool,
+    /// For an outbound peer connection: the peer said it hosts many ranges
+    /// (`wire::FEATURE_RANGES`), so it takes every range's messages.
+    pub hosts_ranges: bool,
     /// For peer connections: the node at the other end.
     pub remote: Option<NodeId>,
     pub opened_at: Instant,
@@ -82,6 +85,7 @@ impl Connection {
             kind,
             address,
             greeted: false,
+            hosts_ranges: false,
             remote,
             opened_at: Instant::now(),
             incoming: BytesMut::new(),

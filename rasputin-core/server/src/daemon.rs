@@ -671,6 +671,7 @@ impl Daemon {
                 node_id: self.membership.node_id,
                 cluster_id: self.membership.cluster_id,
                 client_address: self.client_address.clone(),
+                features: wire::FEATURE_RANGES,
             };
             self.connections.get_mut(&token).expect("just registered").queue(&hello);
             self.outbound.insert(peer, token);
@@ -849,6 +850,7 @@ impl Daemon {
                     last_log_term,
                     last_log_index,
                     knows_you,
+                    features: wire::FEATURE_RANGES,
                     ..Default::default()
                 }
             }
@@ -917,7 +919,15 @@ impl Daemon {
     fn on_hello_reply(&mut self, token: Token, peer: NodeId, frame: bytes::Bytes) {
         match wire::decode::<proto::HelloReply>(frame, "HelloReply") {
             Ok(reply) if reply.accepted => {
-                self.connections.get_mut(&token).expect("checked by the caller").greeted = true;
+                let connection = self.connections.get_mut(&token).expect("checked by the caller");
+                connection.greeted = true;
+                connection.hosts_ranges = reply.features & wire::FEATURE_RANGES != 0;
+                if !connection.hosts_ranges {
+                    info!(
+                        peer,
+                        "this peer hosts one range (an older rasputind): it gets the first range's messages only"
+                    );
+                }
                 let Some(join) = &mut self.join else { return };
                 // The same bounds as for a peer message: a joining node stores what it learns here.
                 let numbers = [reply.term, reply.last_log_term, reply.last_log_index];
@@ -1646,6 +1656,9 @@ impl Daemon {
         let Some(connection) = self.connections.get_mut(token) else { return };
         let mut message = wire::peer_message_to_proto(&envelope);
         message.range_id = wire::range_to_wire(range);
+        if !takes_range(connection, &message) {
+            return;
+        }
         if !connection.queue(&message) {
             warn!(
                 peer = envelope.to,
@@ -1689,6 +1702,9 @@ impl Daemon {
     fn send_own_message(&mut self, peer: NodeId, message: &proto::PeerMessage) {
         let Some(token) = self.outbound.get(&peer) else { return };
         let Some(connection) = self.connections.get_mut(token) else { return };
+        if !takes_range(connection, message) {
+            return;
+        }
         if !connection.queue(message) {
             warn!(peer, range = message.range_id, "dropping a message to a peer that is not keeping up");
         }
@@ -1900,6 +1916,14 @@ impl Failure {
             ..Default::default()
         }
     }
+}
+
+/// Whether the peer at the end of `connection` takes `message`: the first
+/// range's, which every daemon does, or another range's, which only one
+/// that said it hosts many ranges does (`wire::FEATURE_RANGES`). Before
+/// its handshake reply, a peer is not known to; the message is sent again.
+fn takes_range(connection: &Connection, message: &proto::PeerMessage) -> bool {
+    message.range_id == wire::DEFAULT_RANGE_ID || connection.hosts_ranges
 }
 
 /// The request's operation as an index into `metrics::OPERATIONS`.

@@ -921,6 +921,62 @@ fn hostile_peer(cluster: &Cluster, target: usize) -> (TcpStream, u64, u64) {
     (stream, as_node, membership.node_id)
 }
 
+/// Plays a daemon from before ranges on `listener` for `window`: answers
+/// every peer's handshake without `FEATURE_RANGES` and returns the
+/// `range_id` of every message the peers then sent it.
+fn old_daemon_hears(listener: TcpListener, window: Duration) -> Vec<u64> {
+    listener.set_nonblocking(true).unwrap();
+    let until = Instant::now() + window;
+    let mut connections: Vec<(TcpStream, bytes::BytesMut, bool)> = Vec::new();
+    let mut heard = Vec::new();
+    while Instant::now() < until {
+        if let Ok((stream, _)) = listener.accept() {
+            stream.set_nonblocking(true).unwrap();
+            connections.push((stream, bytes::BytesMut::new(), false));
+        }
+        for (stream, buffer, greeted) in &mut connections {
+            let mut chunk = [0u8; 65536];
+            if let Ok(read) = stream.read(&mut chunk) {
+                buffer.extend_from_slice(&chunk[..read]);
+            }
+            while let Ok(Some(body)) = wire::take_frame(buffer, wire::PEER_FRAME_BYTES_MAX) {
+                if !*greeted {
+                    let reply = proto::HelloReply {
+                        accepted: true,
+                        protocol_version: wire::PROTOCOL_VERSION,
+                        ..Default::default()
+                    };
+                    let _ = stream.write_all(&frame(&reply));
+                    *greeted = true;
+                } else if let Ok(message) = <proto::PeerMessage as prost::Message>::decode(body) {
+                    heard.push(message.range_id);
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    heard
+}
+
+/// A mixed cluster during an upgrade: a peer from before ranges closes a
+/// connection that carries another range's message, so the others send
+/// it the first range's only, and the meta range runs without it. (Before
+/// `FEATURE_RANGES`, the meta range's heartbeats went to it at once.)
+#[test]
+fn a_peer_from_before_ranges_gets_only_the_first_ranges_messages() {
+    let mut cluster = Cluster::start("old-peer", 10_000);
+    write_keys(&cluster.client(), 0..5, "before");
+    cluster.kill(2);
+    let listener = TcpListener::bind(("127.0.0.1", cluster.members[2].peer_port)).expect("node 3's peer port is free");
+    let heard = old_daemon_hears(listener, Duration::from_secs(3));
+    assert!(heard.contains(&wire::DEFAULT_RANGE_ID), "the first range's messages reach it: {heard:?}");
+    let others: Vec<u64> = heard.iter().copied().filter(|&range| range != wire::DEFAULT_RANGE_ID).collect();
+    assert!(others.is_empty(), "it got messages of other ranges: {others:?}");
+    let two = Client::new(cluster.client_addresses()[..2].to_vec(), 1);
+    write_keys(&two, 0..5, "during");
+    assert_keys(&two, 0..5, "during");
+}
+
 /// Issue 13, item 8: after a valid handshake, messages that once killed the
 /// whole cluster for good are refused, and the connection closed.
 #[test]
