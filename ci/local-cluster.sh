@@ -35,7 +35,7 @@ load_keys() {
 leader_node() {
     local leader=0 n
     for n in 1 2 3; do
-        if grep "role changed" "$DIR/node$n.log" | tail -n 1 | grep -q "role=Leader"; then leader=$n; fi
+        if grep "role changed" "$DIR/node$n.log" | grep " range=1 " | tail -n 1 | grep -q "role=Leader"; then leader=$n; fi
     done
     [ "$leader" -ne 0 ] || { echo "no leader found in the logs of $DIR" >&2; exit 1; }
     echo "$leader"

@@ -51,7 +51,7 @@ bench() { # mix seconds [more flags]
 }
 leader() { # of the nodes whose last role change made them leader, the one of the highest term
     for index in 1 2 3; do
-        grep "role changed" "$work/node$index.log" 2>/dev/null | tail -n 1 | grep "role=Leader" |
+        grep "role changed" "$work/node$index.log" 2>/dev/null | grep " range=1 " | tail -n 1 | grep "role=Leader" |
             grep -o 'term=[0-9]*' | sed "s/term=\(.*\)/\1 $index/" || true
     done | sort -n | tail -n 1 | awk '{print $2}'
 }
