@@ -623,7 +623,14 @@ impl Client {
             return route.descriptor.id;
         }
         self.look_up(key);
-        lock(&self.inner.routes).for_key(key).map_or(FIRST_RANGE_ID, |route| route.descriptor.id)
+        let mut routes = lock(&self.inner.routes);
+        if routes.for_key(key).is_none() {
+            // Servers from before ranges say nothing of them: the first range,
+            // at the epoch before any split, routes every key there, and
+            // spares the next operations another lookup.
+            routes.learn(RangeDescriptor::first(Vec::new()), ());
+        }
+        routes.for_key(key).map_or(FIRST_RANGE_ID, |route| route.descriptor.id)
     }
 
     /// Learns the ranges from the one holding `key` on from the meta range;
@@ -1303,6 +1310,34 @@ mod tests {
         let sessions_opened_in = lock(&client.inner.idle_sessions).keys().copied().collect::<BTreeSet<_>>();
         assert_eq!(sessions_opened_in, BTreeSet::from([1, 7]), "a session per range");
         assert_eq!(*lock(&writes), [(1, 100), (7, 700)], "each write in its range's own session");
+    }
+
+    /// A server from before ranges answers a meta lookup BAD_REQUEST (an
+    /// operation it does not know) and its status lists no range: the
+    /// client then routes every key to the first range, and looks nothing
+    /// up again for the next keys.
+    #[test]
+    fn against_a_server_from_before_ranges_a_client_looks_up_once() {
+        let lookups = Arc::new(AtomicUsize::new(0));
+        let counted = lookups.clone();
+        let (address, _) = fake_server(move |request| {
+            let mut response = proto::ClientResponse { request_id: request.request_id, ..Default::default() };
+            match &request.operation {
+                Some(proto::client_request::Operation::MetaLookup(_)) => {
+                    counted.fetch_add(1, Ordering::SeqCst);
+                    response.error = ErrorCode::BadRequest as i32;
+                }
+                Some(proto::client_request::Operation::OpenSession(_)) => response.index = 5,
+                None => response.error = ErrorCode::BadRequest as i32,
+                Some(_) => response.success = true,
+            }
+            Some(response)
+        });
+        let client = Client::new(vec![address], 1);
+        for key in [&b"a"[..], b"m", b"z"] {
+            client.set(key, b"value").expect("the old server takes every write");
+        }
+        assert_eq!(lookups.load(Ordering::SeqCst), 1, "one lookup, then the first range routes every key");
     }
 
     /// Opens sessions from id 100 up and refuses, as expired, every write

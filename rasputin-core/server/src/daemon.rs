@@ -1045,7 +1045,8 @@ impl Daemon {
         let own = self.membership.node_id;
         let replica = self.replicas.get_mut(&range).expect("the caller checked the range is hosted");
         let recently = replica.introduced.get(&peer).is_some_and(|at| at.elapsed() < INTRODUCTION_INTERVAL);
-        if !replica.descriptor.replicas.contains(&peer) || recently {
+        // A member without the meta range is a replacement, which makes none on demand.
+        if !replica.descriptor.replicas.contains(&peer) || recently || replica.descriptor.is_meta() {
             return;
         }
         replica.introduced.insert(peer, Instant::now());
