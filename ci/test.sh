@@ -193,7 +193,7 @@ step "fault campaign: a real 3-node cluster under every kind of nemesis, splitti
 # As root with iptables, partitions are firewall rules in a private network
 # namespace; otherwise the harness falls back to its TCP proxy. --splits
 # splits the range of a key in use during every fault, and fails unless
-# every node hosts the same ranges at the end.
+# every node hosts the same ranges at the end, recorded by the meta range.
 ./target/release/rasputin-nemesis --nodes 3 --time-limit 55 --nemesis all --cover-every-kind --splits \
     --fault-ms 1500,2500 --quiet-ms 1500 --porcupine target/porcupine-check --dir target/nemesis/all
 

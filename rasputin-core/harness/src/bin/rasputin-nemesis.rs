@@ -85,7 +85,7 @@ struct Arguments {
     /// Fault-free time between faults and at the end, in milliseconds.
     #[arg(long, default_value_t = 2000)]
     quiet_ms: u64,
-    /// During every fault, split the range holding a key in use at that key; at the end every node must host the same ranges.
+    /// During every fault, split the range holding a key in use at that key; at the end every node must host the same ranges, and the meta range record them.
     #[arg(long)]
     splits: bool,
 }
